@@ -1,0 +1,46 @@
+"""sacam: class activation maps for convolutional classifiers, with SA-CAM.
+
+The stable surface is :func:`explain` and :func:`list_methods`.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import methods  # noqa: F401  (registers the methods)
+from ._layers import list_layers
+from .api import build_method, explain, explain_full
+from .core import BaseCAM, Explanation
+from .errors import InputError, LayerError, MethodError, ModelError, SacamError, TargetError
+from .registry import get_method, list_methods, method_info, register_method
+from .targets import (
+    ClassifierOutputSoftmaxTarget,
+    ClassifierOutputTarget,
+    SemanticSegmentationTarget,
+)
+
+try:
+    __version__ = version("sacam")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = [
+    "BaseCAM",
+    "ClassifierOutputSoftmaxTarget",
+    "ClassifierOutputTarget",
+    "Explanation",
+    "InputError",
+    "LayerError",
+    "MethodError",
+    "ModelError",
+    "SacamError",
+    "SemanticSegmentationTarget",
+    "TargetError",
+    "__version__",
+    "build_method",
+    "explain",
+    "explain_full",
+    "get_method",
+    "list_layers",
+    "list_methods",
+    "method_info",
+    "register_method",
+]

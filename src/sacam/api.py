@@ -1,0 +1,91 @@
+"""The stable functional surface: :func:`explain`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._layers import LayersLike
+from .core import BaseCAM, Explanation
+from .errors import MethodError
+from .registry import get_method
+from .targets import TargetsLike
+
+
+def build_method(
+    model: nn.Module, method: str = "grad-cam", layer: LayersLike = None, **method_options: Any
+) -> BaseCAM:
+    """Instantiate a registered method, with a clear error for unknown options."""
+    cls = get_method(method)
+    allowed = cls.option_names()
+    unknown = sorted(set(method_options) - set(allowed))
+    if unknown:
+        raise MethodError(
+            f"method {method!r} does not accept option(s) {', '.join(unknown)}; "
+            f"it accepts: {', '.join(allowed)}"
+        )
+    return cls(model, layer, **method_options)
+
+
+def explain(
+    model: nn.Module,
+    images: torch.Tensor,
+    method: str = "grad-cam",
+    layer: LayersLike = None,
+    targets: TargetsLike = None,
+    upsample: bool = True,
+    **method_options: Any,
+) -> torch.Tensor:
+    """Explain a batch of images with a registered CAM method.
+
+    Args:
+        model: a classifier (or any model whose output a target reduces to one score per
+            sample). It is left exactly as it was: training flags, ``requires_grad`` flags
+            and hooks are restored after the call, also after an exception.
+        images: ``(B, C, H, W)`` float tensor, normalised as the model expects, on the
+            model's device. The maps stay on that device.
+        method: a name from :func:`sacam.list_methods` (``"grad-cam"``, ``"sa-cam"``, ...).
+        layer: target layer(s): a module, a dotted name (``"_blocks.15"``; ``"name@k"`` for
+            call ``k`` of a module run several times; a bare name means its last call), a
+            list of them (one map each, fused), or ``None`` for the last layer whose output
+            is 4-D with a spatial size above 1.
+        targets: ``None`` for each sample's top-1 class, an ``int`` class, one ``int`` per
+            sample, or callables mapping the model output to one score per sample.
+        upsample: resize to the input size (bilinear); ``False`` keeps the layer's size.
+        **method_options: options of the method (see its class docstring).
+
+    Returns:
+        ``(B, H, W)`` tensor with values in [0, 1] per image (``(B, h, w)`` at layer
+        resolution when ``upsample=False``). A constant map comes back as all zeros; use
+        :func:`explain_full` to see which maps were constant.
+
+    Example:
+        >>> import torch, sacam
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+        ...                     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+        >>> maps = sacam.explain(net, torch.rand(2, 3, 32, 32), method="grad-cam", targets=3)
+        >>> maps.shape, bool(maps.min() >= 0), bool(maps.max() <= 1)
+        (torch.Size([2, 32, 32]), True, True)
+    """
+    return explain_full(model, images, method, layer, targets, upsample, **method_options).maps
+
+
+def explain_full(
+    model: nn.Module,
+    images: torch.Tensor,
+    method: str = "grad-cam",
+    layer: LayersLike = None,
+    targets: TargetsLike = None,
+    upsample: bool = True,
+    **method_options: Any,
+) -> Explanation:
+    """Like :func:`explain`, but return the full :class:`~sacam.core.Explanation`.
+
+    It carries the per-layer maps, the explained class and its probability, the flags of
+    constant maps and method-specific inspection data (``extras``).
+    """
+    cam = build_method(model, method, layer, **method_options)
+    return cam.explain(images, targets, upsample=upsample)

@@ -1,0 +1,215 @@
+"""The ``sacam`` command line.
+
+``sacam explain [IMAGES...]`` explains images (the scikit-image sample photos by default)
+with the default pretrained model, prints each image's top-5 classes and writes overlay
+PNGs. ``sacam methods`` lists the registered methods.
+
+Exit codes: 0 success; 2 bad arguments (unknown method, layer, target or model);
+3 an image could not be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import __version__
+from .api import build_method
+from .errors import InputError, SacamError
+from .models import SAMPLE_IMAGES, LoadedModel, load_image, load_model
+from .registry import list_methods, method_info
+from .viz import overlay, save_grid
+
+EXIT_USAGE = 2
+EXIT_IMAGE = 3
+GRID_ROWS = 8
+
+
+def default_method() -> str:
+    """SA-CAM when it is registered, else Grad-CAM."""
+    return "sa-cam" if "sa-cam" in list_methods() else "grad-cam"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sacam", description="Class activation maps for CNN classifiers, with SA-CAM."
+    )
+    parser.add_argument("--version", action="version", version=f"sacam {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ex = sub.add_parser("explain", help="explain images and write overlay PNGs")
+    ex.add_argument(
+        "images",
+        nargs="*",
+        help="image files; 'sample:NAME' for a scikit-image photo; none: the sample photos "
+        f"({', '.join(SAMPLE_IMAGES)})",
+    )
+    ex.add_argument(
+        "--model", default=None, help="model name, .pt2/TorchScript file, or pkg.mod:factory"
+    )
+    ex.add_argument("--weights", default=None, help="state dict for the --model architecture")
+    ex.add_argument(
+        "--method",
+        action="append",
+        choices=list_methods(),
+        metavar="METHOD",
+        help=f"CAM method, repeat for a comparison grid; one of: {', '.join(list_methods())} "
+        f"(default: {default_method()})",
+    )
+    ex.add_argument(
+        "--layer", action="append", help="target layer (dotted name; repeat for several)"
+    )
+    ex.add_argument(
+        "--target", default=None, help="class index or exact class name (default: top-1)"
+    )
+    ex.add_argument("--out", default="sacam-out", help="output folder (default: sacam-out)")
+    ex.add_argument("--resize", choices=["crop", "squash"], default=None, help="image resize mode")
+    ex.add_argument("--batch-size", type=int, default=8, help="images per batch (default: 8)")
+    ex.add_argument("--cmap", default="jet", help="matplotlib colour map (default: jet)")
+    ex.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default: 0.5)")
+    ex.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+
+    sub.add_parser("methods", help="list the registered CAM methods")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = _parser().parse_args(argv)
+    if args.command == "methods":
+        for name in list_methods():
+            info = method_info(name)
+            print(f"{name:14s} {info.paper:34s} {info.description}")
+        return 0
+    try:
+        return _explain(args)
+    except InputError as exc:
+        print(f"sacam: error: {exc}", file=sys.stderr)
+        return EXIT_IMAGE
+    except SacamError as exc:
+        print(f"sacam: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _parse_target(text: str | None, loaded: LoadedModel) -> int | None:
+    if text is None:
+        return None
+    n = len(loaded.class_names)
+    try:
+        index = int(text)
+    except ValueError:
+        matches = [i for i, name in enumerate(loaded.class_names) if name.lower() == text.lower()]
+        if not matches:
+            raise SacamError(
+                f"--target {text!r} is neither a class index nor a class name"
+            ) from None
+        return matches[0]
+    if n and not 0 <= index < n:
+        raise SacamError(
+            f"--target {index} is out of range: the model has {n} classes (0..{n - 1})"
+        )
+    return index
+
+
+def _image_names(sources: Sequence[str]) -> list[str]:
+    names: list[str] = []
+    for src in sources:
+        stem = src.split(":", 1)[1] if src.startswith("sample:") else Path(src).stem
+        name, k = stem, 1
+        while name in names:
+            k += 1
+            name = f"{stem}-{k}"
+        names.append(name)
+    return names
+
+
+def _explain(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise SacamError("--batch-size must be at least 1")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise SacamError("--alpha must be between 0 and 1")
+    sources = list(args.images) or [f"sample:{s}" for s in SAMPLE_IMAGES]
+    pictures = []
+    bad = []
+    for src in sources:
+        try:
+            pictures.append(load_image(src))
+        except InputError as exc:
+            bad.append(str(exc))
+    if bad:
+        raise InputError("; ".join(bad))
+    methods = list(dict.fromkeys(args.method or [default_method()]))
+    loaded = load_model(args.model, weights=args.weights, device=args.device)
+    if args.resize:
+        from .models import with_preprocess
+
+        loaded = with_preprocess(loaded, resize=args.resize)
+    target = _parse_target(args.target, loaded)
+    layer = args.layer if args.layer is None or len(args.layer) > 1 else args.layer[0]
+    cams = {m: build_method(loaded.model, m, layer) for m in methods}
+    pre = loaded.preprocess
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = _image_names(sources)
+    pixels = [pre.pixels(p) for p in pictures]
+    all_maps: dict[str, list[torch.Tensor]] = {m: [] for m in methods}
+    titles: list[str] = []
+    written: list[Path] = []
+    bar = tqdm(total=len(pictures), unit="image", desc="explaining", disable=None)
+    try:
+        for start in range(0, len(pictures), args.batch_size):
+            chunk = slice(start, start + args.batch_size)
+            x = pre.normalize(torch.stack(pixels[chunk])).to(args.device)
+            with torch.inference_mode():
+                logits = loaded.model(x)
+            probs = torch.softmax(logits.float(), dim=1)
+            top = probs.topk(min(5, probs.shape[1]), dim=1)
+            targets = target if target is not None else top.indices[:, 0]
+            for m, cam in cams.items():
+                all_maps[m].append(cam(x, targets).cpu())
+            for b, name in enumerate(names[chunk]):
+                cls = int(targets if isinstance(targets, int) else targets[b])
+                ranked = ", ".join(
+                    f"{loaded.class_name(int(i))} ({p:.3f})"
+                    for p, i in zip(top.values[b].tolist(), top.indices[b].tolist(), strict=True)
+                )
+                tqdm.write(f"{name}: top-5 {ranked}")
+                titles.append(f"{name}: {loaded.class_name(cls)} {float(probs[b, cls]):.2f}")
+            bar.update(len(names[chunk]))
+    finally:
+        bar.close()
+    maps = {m: torch.cat(v) for m, v in all_maps.items()}
+    for i, name in enumerate(names):
+        for m in methods:
+            path = out / f"{name}_{m}.png"
+            overlay(pixels[i], maps[m][i], cmap=args.cmap, alpha=args.alpha).save(path)
+            written.append(path)
+    if len(methods) > 1:
+        pages = range(0, len(names), GRID_ROWS)
+        for page, start in enumerate(pages, start=1):
+            rows = slice(start, start + GRID_ROWS)
+            suffix = "" if len(pages) == 1 else f"-{page:02d}"
+            written.append(
+                save_grid(
+                    pixels[rows],
+                    {m: v[rows] for m, v in maps.items()},
+                    out / f"comparison{suffix}.png",
+                    titles=titles[rows],
+                    cmap=args.cmap,
+                    alpha=args.alpha,
+                )
+            )
+    print(f"model {loaded.name}, method(s) {', '.join(methods)}")
+    print(f"wrote {len(written)} PNG file(s) to {out}/:")
+    for path in written:
+        print(f"  {path}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,452 @@
+"""The engine every CAM method stands on.
+
+A method subclasses :class:`BaseCAM` and overrides one function: :meth:`BaseCAM.weights`
+(channel weights, shape ``(B, K)``) or, where a method needs it, :meth:`BaseCAM.layer_map`
+(the whole raw map, shape ``(B, h, w)``). The base owns everything else: input checks,
+hooks, targets, the weighted sum, ReLU, upsampling, normalisation and multi-layer fusion.
+
+Hook discipline:
+
+- forward hooks only; gradients come from ``torch.autograd.grad`` on the stored layer
+  output, so in-place operations after the layer are harmless (the hook hands the rest of
+  the network a copy);
+- during a call the model is put in eval mode and its parameters stop requiring grad (the
+  graph then starts at the target layer: a backward pass goes no further than needed);
+  every training flag and ``requires_grad`` flag is restored, and every hook removed, in
+  ``finally`` blocks, after success and after an exception;
+- nothing of a call (activations, gradients, graphs) is kept on the model or the method;
+- gradient-free passes run under ``torch.inference_mode()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._layers import LayerRef, LayersLike, probe, resolve_layers
+from .errors import InputError, LayerError, MethodError, ModelError, TargetError
+from .targets import ScoreFn, TargetsLike, evaluate_scores, resolve_targets
+
+ReshapeTransform = Callable[[torch.Tensor], torch.Tensor]
+
+__all__ = ["BaseCAM", "CallContext", "Explanation", "LayerData", "model_guard", "normalize_maps"]
+
+
+@dataclass
+class LayerData:
+    """What a method sees of one target layer for one batch.
+
+    Attributes:
+        ref: the layer (module, name, call).
+        activations: ``A``, shape ``(B, K, h, w)``.
+        gradients: ``dy/dA`` of the summed target scores, same shape, or ``None`` for
+            gradient-free methods.
+    """
+
+    ref: LayerRef
+    activations: torch.Tensor
+    gradients: torch.Tensor | None
+
+
+@dataclass
+class CallContext:
+    """The batch-level state of one call, shared by every layer.
+
+    Attributes:
+        model: the model (in eval mode, parameters frozen, hooks active only when capturing).
+        images: the input batch ``(B, C, H, W)``.
+        output: the model output on the clean images (detached).
+        score_fn: batch callable, model output -> ``(B,)`` target scores.
+        class_idx: target class per sample, or ``None`` for callable targets.
+        scores: ``score_fn(output)``, shape ``(B,)``.
+        extras: per-call results a method wants to expose (e.g. SA-CAM's attention).
+    """
+
+    model: nn.Module
+    images: torch.Tensor
+    output: torch.Tensor
+    score_fn: ScoreFn
+    class_idx: torch.Tensor | None
+    scores: torch.Tensor
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Explanation:
+    """The full result of a call.
+
+    Attributes:
+        maps: ``(B, H, W)`` in [0, 1] (``(B, h, w)`` when not upsampled); the fused map when
+            several layers are explained.
+        layer_maps: per layer label, its own normalised map.
+        class_idx: the explained class of each sample (``None`` for callable targets).
+        scores: the target score of each sample on the clean image.
+        probabilities: softmax probability of the explained class (classification only).
+        constant: ``(B,)`` bool, True where the map was constant (reported as all zeros).
+        layers: labels of the explained layers.
+        extras: method-specific inspection data (see each method's docs).
+    """
+
+    maps: torch.Tensor
+    layer_maps: dict[str, torch.Tensor]
+    class_idx: torch.Tensor | None
+    scores: torch.Tensor
+    probabilities: torch.Tensor | None
+    constant: torch.Tensor
+    layers: list[str]
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def model_guard(model: nn.Module, *, eval_mode: bool = True, freeze: bool = True) -> Iterator[None]:
+    """Temporarily set eval mode and freeze parameters; restore both, whatever happens.
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout()).train()
+        >>> with model_guard(net):
+        ...     net.training, net[0].weight.requires_grad
+        (False, False)
+        >>> net.training, net[0].weight.requires_grad
+        (True, True)
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        if eval_mode:
+            model.eval()
+        if freeze:
+            for p, _ in grads:
+                p.requires_grad_(False)
+        yield
+    finally:
+        for m, training in flags:
+            m.training = training
+        for p, requires in grads:
+            p.requires_grad_(requires)
+
+
+def normalize_maps(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min-max normalise each map of ``(B, ...)`` to [0, 1].
+
+    A constant map (max == min) has no ordering to show: it becomes all zeros and is
+    flagged in the returned ``(B,)`` bool tensor rather than divided by zero.
+
+    Example:
+        >>> import torch
+        >>> m, const = normalize_maps(torch.tensor([[[1.0, 3.0]], [[2.0, 2.0]]]))
+        >>> m.tolist(), const.tolist()
+        ([[[0.0, 1.0]], [[0.0, 0.0]]], [False, True])
+    """
+    flat = maps.flatten(1)
+    lo = flat.min(dim=1).values
+    hi = flat.max(dim=1).values
+    span = hi - lo
+    constant = ~(span > 0)
+    shape = (-1,) + (1,) * (maps.ndim - 1)
+    safe = torch.where(constant, torch.ones_like(span), span)
+    out = (maps - lo.view(shape)) / safe.view(shape)
+    out = torch.where(constant.view(shape), torch.zeros_like(out), out)
+    return out.clamp_(0.0, 1.0), constant
+
+
+def _check_images(images: object, model: nn.Module) -> torch.Tensor:
+    if not isinstance(images, torch.Tensor):
+        raise InputError(
+            f"images must be a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}; "
+            "use sacam.models.load_model(...).preprocess to turn PIL images into a batch"
+        )
+    if images.ndim != 4:
+        hint = " (add a batch axis: images.unsqueeze(0))" if images.ndim == 3 else ""
+        raise InputError(f"images must be 4-D (B, C, H, W), got shape {tuple(images.shape)}{hint}")
+    if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
+        raise InputError(f"images must not be empty, got shape {tuple(images.shape)}")
+    if not images.dtype.is_floating_point:
+        raise InputError(
+            f"images must be floating point (normalised as the model expects), got {images.dtype}"
+        )
+    if not torch.isfinite(images).all():
+        raise InputError("images contain NaN or infinite values")
+    param = next(iter(model.parameters()), None)
+    if param is not None and param.device != images.device:
+        raise InputError(
+            f"images are on {images.device} but the model is on {param.device}: "
+            "move one of them (images.to(device))"
+        )
+    return images.detach()
+
+
+def _check_output(output: object) -> torch.Tensor:
+    if not isinstance(output, torch.Tensor):
+        raise TargetError(
+            f"the model returned {type(output).__name__}, not a tensor: wrap it so that "
+            "forward returns the tensor to explain (e.g. logits)"
+        )
+    return output
+
+
+class _Capture:
+    """Forward hooks that store the outputs of the chosen (module, call) pairs."""
+
+    def __init__(self, refs: list[LayerRef], *, with_grad: bool) -> None:
+        self.refs = refs
+        self.with_grad = with_grad
+        self.stored: dict[str, torch.Tensor] = {}
+        self._count: dict[nn.Module, int] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self.active = True
+
+    def __enter__(self) -> _Capture:
+        by_module: dict[nn.Module, list[LayerRef]] = {}
+        for ref in self.refs:
+            by_module.setdefault(ref.module, []).append(ref)
+        try:
+            for module, refs in by_module.items():
+                self._handles.append(module.register_forward_hook(self._make_hook(refs)))
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def reset(self) -> None:
+        """Forget stored outputs and call counts (before a new forward pass)."""
+        self.stored.clear()
+        self._count.clear()
+
+    def _make_hook(self, refs: list[LayerRef]) -> Callable[..., torch.Tensor | None]:
+        wanted = {ref.call: ref.label for ref in refs}
+
+        def hook(module: nn.Module, _inp: object, out: object) -> torch.Tensor | None:
+            if not self.active:
+                return None
+            k = self._count.get(module, 0)
+            self._count[module] = k + 1
+            if k not in wanted:
+                return None
+            if not isinstance(out, torch.Tensor):
+                raise LayerError(
+                    f"layer {wanted[k]!r} returns {type(out).__name__}, not a tensor: pick a "
+                    "layer whose output is a tensor"
+                )
+            if self.with_grad:
+                kept = out if out.requires_grad else out.detach().requires_grad_(True)
+                self.stored[wanted[k]] = kept
+                return kept.clone()  # the rest of the net may work in place on its copy
+            self.stored[wanted[k]] = out.clone()
+            return None
+
+        return hook
+
+
+class BaseCAM:
+    """Private base of every CAM method; subclasses override :meth:`weights` or :meth:`layer_map`.
+
+    Args:
+        model: a ``torch.nn.Module`` mapping ``(B, C, H, W)`` images to an output tensor.
+        layer: the target layer(s): a module, a dotted name (``"_blocks.15"``, ``"_swish@1"``
+            for the second call of a module run twice), a list of them, or ``None`` for the
+            last layer with a 4-D output of spatial size above 1.
+        reshape_transform: maps a layer output to ``(B, K, h, w)``, e.g. tokens
+            ``(B, N, C)`` of a transformer block.
+        fusion: how maps of several layers combine: ``"max"`` (element-wise maximum of the
+            normalised maps, torchcam's choice) or ``"mean"``.
+        eval_mode: run the model in eval mode during the call (restored afterwards).
+    """
+
+    name: ClassVar[str] = ""
+    uses_gradients: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayersLike = None,
+        *,
+        reshape_transform: ReshapeTransform | None = None,
+        fusion: Literal["max", "mean"] = "max",
+        eval_mode: bool = True,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise MethodError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if isinstance(model, torch.jit.ScriptModule):
+            raise ModelError(
+                "TorchScript modules take no forward hooks, so their layers cannot be read: "
+                "export the model with torch.export.save (a .pt2 file) or load the "
+                "architecture with its state dict instead"
+            )
+        if fusion not in ("max", "mean"):
+            raise MethodError(f"fusion must be 'max' or 'mean', got {fusion!r}")
+        self.model = model
+        self.layer = layer
+        self.reshape_transform = reshape_transform
+        self.fusion = fusion
+        self.eval_mode = eval_mode
+
+    # ----------------------------------------------------------------- to override
+    def weights(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
+        """Channel weights ``w^c_k`` of shape ``(B, K)``; the default map is ReLU(Σ_k w_k A^k)."""
+        raise NotImplementedError(f"{type(self).__name__} must override weights() or layer_map()")
+
+    def layer_map(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
+        """Raw map of one layer, ``(B, h, w)``, before ReLU and normalisation."""
+        w = self.weights(layer, ctx)
+        return torch.einsum("bk,bkhw->bhw", w.to(layer.activations.dtype), layer.activations)
+
+    # ----------------------------------------------------------------- public API
+    def __call__(
+        self, images: torch.Tensor, targets: TargetsLike = None, *, upsample: bool = True
+    ) -> torch.Tensor:
+        """Return the maps ``(B, H, W)`` in [0, 1] (``(B, h, w)`` if ``upsample=False``)."""
+        return self.explain(images, targets, upsample=upsample).maps
+
+    def explain(
+        self, images: torch.Tensor, targets: TargetsLike = None, *, upsample: bool = True
+    ) -> Explanation:
+        """Explain a batch and return an :class:`Explanation` with maps and details.
+
+        Args:
+            images: ``(B, C, H, W)`` float tensor on the model's device, normalised as the
+                model expects.
+            targets: ``None`` (top-1 class per sample), an ``int``, one ``int`` per sample,
+                or callables mapping the model output to one score per sample.
+            upsample: resize maps bilinearly to the input size (else keep layer size).
+        """
+        model = self.model
+        images = _check_images(images, model)
+        with model_guard(model, eval_mode=self.eval_mode, freeze=True):
+            record = probe(model, images)
+            refs = resolve_layers(model, self.layer, record)
+            ctx, layers = self._forward(images, refs, targets)
+            raw = {ld.ref.label: self.layer_map(ld, ctx) for ld in layers}
+        return self._finish(raw, ctx, images, upsample)
+
+    # ----------------------------------------------------------------- internals
+    def _forward(
+        self, images: torch.Tensor, refs: list[LayerRef], targets: TargetsLike
+    ) -> tuple[CallContext, list[LayerData]]:
+        model = self.model
+        with _Capture(refs, with_grad=self.uses_gradients) as cap:
+            if self.uses_gradients:
+                with torch.enable_grad():
+                    output = _check_output(model(images))
+                    score_fn, class_idx = resolve_targets(targets, output.detach())
+                    scores = evaluate_scores(score_fn, output)
+                    stored = self._stored(cap, refs)
+                    if not scores.requires_grad:
+                        raise LayerError(
+                            "the target score does not depend on the target layer(s) "
+                            f"{[r.label for r in refs]}: pick a layer on the path to the output"
+                        )
+                    grads = torch.autograd.grad(scores.sum(), stored, allow_unused=True)
+                for ref, g in zip(refs, grads, strict=True):
+                    if g is None:
+                        raise LayerError(
+                            f"the target score does not depend on layer {ref.label!r}: pick a "
+                            "layer on the path to the output"
+                        )
+                acts = [a.detach() for a in stored]
+                grad_list: list[torch.Tensor | None] = [g.detach() for g in grads]
+            else:
+                with torch.inference_mode():
+                    output = _check_output(model(images))
+                    score_fn, class_idx = resolve_targets(targets, output)
+                    scores = evaluate_scores(score_fn, output)
+                acts = [a.clone() for a in self._stored(cap, refs)]  # leave inference mode
+                grad_list = [None] * len(refs)
+                output, scores = output.clone(), scores.clone()
+        layers = [
+            LayerData(ref, *self._to_maps(ref, a, g))
+            for ref, a, g in zip(refs, acts, grad_list, strict=True)
+        ]
+        ctx = CallContext(
+            model=model,
+            images=images,
+            output=output.detach(),
+            score_fn=score_fn,
+            class_idx=class_idx,
+            scores=scores.detach(),
+        )
+        return ctx, layers
+
+    @staticmethod
+    def _stored(cap: _Capture, refs: list[LayerRef]) -> list[torch.Tensor]:
+        missing = [r.label for r in refs if r.label not in cap.stored]
+        if missing:
+            raise LayerError(f"layer(s) {missing} did not run in this forward pass")
+        return [cap.stored[r.label] for r in refs]
+
+    def _to_maps(
+        self, ref: LayerRef, a: torch.Tensor, g: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.reshape_transform is not None:
+            a = self.reshape_transform(a)
+            g = self.reshape_transform(g) if g is not None else None
+        if a.ndim != 4:
+            raise LayerError(
+                f"layer {ref.label!r} outputs shape {tuple(a.shape)}, not (B, K, h, w): pick a "
+                "convolutional layer, or pass reshape_transform for token outputs"
+            )
+        return a, g
+
+    def _finish(
+        self,
+        raw: dict[str, torch.Tensor],
+        ctx: CallContext,
+        images: torch.Tensor,
+        upsample: bool,
+    ) -> Explanation:
+        if upsample:
+            size = tuple(images.shape[-2:])
+        else:
+            size = max((tuple(m.shape[-2:]) for m in raw.values()), key=lambda s: s[0] * s[1])
+        layer_maps: dict[str, torch.Tensor] = {}
+        constant_any = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
+        for label, m in raw.items():
+            m = torch.nan_to_num(m.float(), nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0)
+            if tuple(m.shape[-2:]) != size:
+                m = F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+            m, constant = normalize_maps(m)
+            layer_maps[label] = m
+            constant_any |= constant
+        stack = torch.stack(list(layer_maps.values()))
+        if len(layer_maps) == 1:
+            maps, constant = stack[0], constant_any
+        else:
+            fused = stack.amax(0) if self.fusion == "max" else stack.mean(0)
+            maps, constant = normalize_maps(fused)
+        probs = None
+        if ctx.class_idx is not None and ctx.output.ndim == 2:
+            probs = torch.softmax(ctx.output.float(), 1).gather(1, ctx.class_idx[:, None])[:, 0]
+        return Explanation(
+            maps=maps,
+            layer_maps=layer_maps,
+            class_idx=ctx.class_idx,
+            scores=ctx.scores,
+            probabilities=probs,
+            constant=constant,
+            layers=list(layer_maps),
+            extras=ctx.extras,
+        )
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        """Keyword options this method's constructor accepts (besides model and layer)."""
+        names: list[str] = []
+        for klass in cls.__mro__:
+            if "__init__" not in vars(klass):
+                continue
+            for p in inspect.signature(vars(klass)["__init__"]).parameters.values():
+                if p.kind is p.KEYWORD_ONLY and p.name not in names:
+                    names.append(p.name)
+        return names

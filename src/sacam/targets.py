@@ -1,0 +1,190 @@
+"""Targets: what score a CAM explains.
+
+A target is any callable that takes the model output (the whole batch) and returns one
+score per sample, shape ``(B,)``. This one idea serves classification, segmentation and
+anything else whose output can be reduced to a scalar per image. The helpers below cover
+the common cases; :func:`resolve_targets` turns what a user passes (``None``, an ``int``,
+one ``int`` per sample, or callables) into a single batch callable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .errors import TargetError
+
+ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+TargetsLike = None | int | Sequence[int] | torch.Tensor | ScoreFn | Sequence[ScoreFn]
+
+
+@dataclass(frozen=True)
+class ClassifierOutputTarget:
+    """Logit of one class for every sample: ``output[:, category]``.
+
+    Example:
+        >>> import torch
+        >>> ClassifierOutputTarget(1)(torch.tensor([[0.0, 2.0], [1.0, 3.0]]))
+        tensor([2., 3.])
+    """
+
+    category: int
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        """Return the logit of ``category`` for each sample."""
+        return output[:, self.category]
+
+
+@dataclass(frozen=True)
+class ClassifierOutputSoftmaxTarget:
+    """Softmax probability of one class for every sample."""
+
+    category: int
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        """Return the softmax probability of ``category`` for each sample."""
+        return torch.softmax(output, dim=1)[:, self.category]
+
+
+@dataclass(frozen=True)
+class PerSampleClassTarget:
+    """One class per sample: ``output[b, categories[b]]`` (logits)."""
+
+    categories: tuple[int, ...]
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        """Return the logit of each sample's own class."""
+        idx = torch.as_tensor(self.categories, device=output.device, dtype=torch.long)
+        return output.gather(1, idx[:, None])[:, 0]
+
+
+@dataclass(frozen=True)
+class SemanticSegmentationTarget:
+    """Sum of one category's scores over a region, for (B, C, H, W) segmentation outputs.
+
+    ``mask`` is an (H, W) tensor of weights (usually 0/1) on the output grid.
+    """
+
+    category: int
+    mask: torch.Tensor
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        """Return the masked sum of the category's score map for each sample."""
+        if output.ndim != 4:
+            raise TargetError(
+                f"SemanticSegmentationTarget needs a (B, C, H, W) output, got {tuple(output.shape)}"
+            )
+        mask = self.mask.to(device=output.device, dtype=output.dtype)
+        return (output[:, self.category] * mask).flatten(1).sum(1)
+
+
+def class_indices(targets: TargetsLike, output: torch.Tensor) -> torch.Tensor | None:
+    """Return the class index of each sample, or ``None`` when targets are callables.
+
+    ``None`` targets mean the top-1 class of each sample (needs a 2-D output).
+    """
+    batch = output.shape[0]
+    if isinstance(targets, ClassifierOutputTarget | ClassifierOutputSoftmaxTarget):
+        targets = targets.category
+    if isinstance(targets, PerSampleClassTarget):
+        targets = list(targets.categories)
+    if targets is None:
+        if output.ndim != 2:
+            raise TargetError(
+                f"the model output has shape {tuple(output.shape)}, so there is no top-1 class "
+                "to explain: pass targets (a callable returning one score per sample)"
+            )
+        return output.argmax(dim=1)
+    if isinstance(targets, bool):
+        raise TargetError("a target must be an int class index or a callable, not a bool")
+    if isinstance(targets, int):
+        idx = torch.full((batch,), targets, dtype=torch.long, device=output.device)
+    elif isinstance(targets, torch.Tensor):
+        if targets.dtype.is_floating_point or targets.ndim > 1:
+            raise TargetError("a target tensor must hold one integer class index per sample")
+        idx = targets.reshape(-1).to(device=output.device, dtype=torch.long)
+        if idx.numel() == 1:
+            idx = idx.expand(batch).clone()
+    elif isinstance(targets, Sequence) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in targets
+    ):
+        idx = torch.as_tensor(list(targets), dtype=torch.long, device=output.device)
+    else:
+        return None
+    if idx.numel() != batch:
+        raise TargetError(f"got {idx.numel()} target classes for a batch of {batch} images")
+    if output.ndim < 2:
+        raise TargetError(f"class targets need an output with a class axis, got {output.ndim}-D")
+    n_classes = output.shape[1]
+    bad = [int(i) for i in idx.tolist() if not 0 <= i < n_classes]
+    if bad:
+        raise TargetError(
+            f"target class {bad[0]} is out of range: the model has {n_classes} classes "
+            f"(valid indices 0..{n_classes - 1})"
+        )
+    return idx
+
+
+def resolve_targets(
+    targets: TargetsLike, output: torch.Tensor
+) -> tuple[ScoreFn, torch.Tensor | None]:
+    """Turn user targets into one batch score function, plus class indices where known.
+
+    Args:
+        targets: ``None`` (top-1 per sample), an ``int`` (the same class for all), one
+            ``int`` per sample (sequence or 1-D tensor), one callable mapping the batch
+            output to ``(B,)`` scores, or one callable per sample (each gets the whole
+            output and the sample's score is taken from its row).
+        output: the model output for the batch (used for the top-1 class and checks).
+
+    Returns:
+        ``(score_fn, class_idx)``; ``class_idx`` is ``None`` for callable targets.
+
+    Example:
+        >>> import torch
+        >>> fn, idx = resolve_targets(None, torch.tensor([[0.1, 0.9], [0.8, 0.2]]))
+        >>> idx.tolist(), fn(torch.tensor([[0.1, 0.9], [0.8, 0.2]])).tolist()
+        ([1, 0], [0.8999999761581421, 0.800000011920929])
+    """
+    if isinstance(targets, ClassifierOutputSoftmaxTarget):
+        class_indices(targets, output)  # range check
+        return targets, class_indices(targets, output)
+    idx = class_indices(targets, output)
+    if idx is not None:
+        return PerSampleClassTarget(tuple(int(i) for i in idx.tolist())), idx
+    batch = output.shape[0]
+    if callable(targets):
+        fn: ScoreFn = targets
+    elif isinstance(targets, Sequence) and all(callable(t) for t in targets):
+        fns: list[ScoreFn] = [t for t in targets if callable(t)]
+        if len(fns) != batch:
+            raise TargetError(f"got {len(fns)} target callables for a batch of {batch} images")
+
+        def fn(out: torch.Tensor) -> torch.Tensor:
+            return torch.stack([_one_score(f(out[b : b + 1])) for b, f in enumerate(fns)])
+    else:
+        raise TargetError(
+            f"unsupported targets {targets!r}: pass None, an int class index, one int per "
+            "sample, or callables that map the model output to one score per sample"
+        )
+    return fn, None
+
+
+def _one_score(value: torch.Tensor) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        raise TargetError("a per-sample target callable must return a single score")
+    return value.reshape(())
+
+
+def evaluate_scores(score_fn: ScoreFn, output: torch.Tensor) -> torch.Tensor:
+    """Apply a score function and check it returns one finite-shaped score per sample."""
+    scores = score_fn(output)
+    batch = output.shape[0]
+    if not isinstance(scores, torch.Tensor) or scores.shape != (batch,):
+        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise TargetError(
+            f"a target callable must return one score per sample, shape ({batch},), got {shape}"
+        )
+    return scores

@@ -1,0 +1,119 @@
+"""Pictures: a map over its image, and grids of images × methods, saved as PNG."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+ImageLike = Image.Image | np.ndarray | torch.Tensor
+
+
+def to_rgb_array(image: ImageLike) -> np.ndarray:
+    """An image as an ``(H, W, 3)`` float array in [0, 1].
+
+    Accepts a PIL image, a ``(3, H, W)`` tensor of [0, 1] pixels, or an ``(H, W, 3)``
+    array (uint8 or float in [0, 1]).
+    """
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    if isinstance(image, torch.Tensor):
+        t = image.detach().float().cpu()
+        if t.ndim == 3 and t.shape[0] in (1, 3):
+            t = t.permute(1, 2, 0)
+        arr = t.numpy()
+    else:
+        arr = np.asarray(image)
+    if arr.dtype == np.uint8:
+        arr = arr.astype(np.float32) / 255.0
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    return np.clip(arr.astype(np.float32), 0.0, 1.0)
+
+
+def overlay(
+    image: ImageLike, cam: torch.Tensor | np.ndarray, *, cmap: str = "jet", alpha: float = 0.5
+) -> Image.Image:
+    """Blend a [0, 1] map onto its image with a matplotlib colour map.
+
+    Args:
+        image: the picture (PIL, ``(3, H, W)`` tensor in [0, 1], or ``(H, W, 3)`` array).
+        cam: ``(h, w)`` map in [0, 1]; resized to the image if sizes differ.
+        cmap: any matplotlib colour map name.
+        alpha: weight of the colour map (0 = image only, 1 = map only).
+
+    Example:
+        >>> import torch
+        >>> from PIL import Image
+        >>> overlay(Image.new("RGB", (8, 8)), torch.rand(4, 4)).size
+        (8, 8)
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    rgb = to_rgb_array(image)
+    m = cam.detach().float().cpu().numpy() if isinstance(cam, torch.Tensor) else np.asarray(cam)
+    m = np.nan_to_num(np.clip(m.astype(np.float32), 0.0, 1.0))
+    if m.shape != rgb.shape[:2]:
+        resized = Image.fromarray(m).resize((rgb.shape[1], rgb.shape[0]), Image.Resampling.BILINEAR)
+        m = np.asarray(resized, dtype=np.float32)
+    colours = matplotlib.colormaps[cmap](m)[..., :3]
+    blended = (1.0 - alpha) * rgb + alpha * colours
+    return Image.fromarray((np.clip(blended, 0, 1) * 255).round().astype(np.uint8))
+
+
+def save_grid(
+    images: Sequence[ImageLike],
+    maps: Mapping[str, torch.Tensor],
+    path: str | Path,
+    *,
+    titles: Sequence[str] | None = None,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+    cell: float = 2.6,
+) -> Path:
+    """Save a grid: one row per image (the image, then one overlay per method).
+
+    Args:
+        images: the B pictures.
+        maps: method name -> ``(B, H, W)`` maps in [0, 1].
+        path: PNG file to write.
+        titles: one caption per image (e.g. "Egyptian cat 0.77").
+        cmap: matplotlib colour map, as in :func:`overlay`.
+        alpha: overlay opacity, as in :func:`overlay`.
+        cell: size of one cell in inches.
+
+    Returns:
+        the path written.
+    """
+    n_rows, n_cols = len(images), len(maps) + 1
+    for name, m in maps.items():
+        if m.shape[0] != n_rows:
+            raise ValueError(f"maps[{name!r}] holds {m.shape[0]} maps for {n_rows} images")
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(cell * n_cols, cell * n_rows + 0.3), squeeze=False
+    )
+    try:
+        for r, image in enumerate(images):
+            axes[r, 0].imshow(to_rgb_array(image))
+            axes[r, 0].set_title(titles[r] if titles else "image", fontsize=9)
+            for c, (name, m) in enumerate(maps.items(), start=1):
+                axes[r, c].imshow(overlay(image, m[r], cmap=cmap, alpha=alpha))
+                axes[r, c].set_title(name, fontsize=9)
+            for ax in axes[r]:
+                ax.axis("off")
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+    return path

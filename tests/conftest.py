@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny seeded models with hand-set weights, and the default model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+class GapNet(nn.Module):
+    """feat (identity on the input, K=2 channels) -> global average pool -> fc."""
+
+    def __init__(self, weight: list[list[float]]) -> None:
+        super().__init__()
+        self.feat = nn.Identity()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(len(weight[0]), len(weight), bias=False)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.tensor(weight))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.feat(x)).flatten(1))
+
+
+class FlatNet(nn.Module):
+    """feat (identity) -> flatten -> fc: the gradient varies with position."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.feat = nn.Identity()
+        self.fc = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        with torch.no_grad():
+            self.fc.weight.copy_(weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.feat(x).flatten(1))
+
+
+def small_cnn(inplace: bool = False, seed: int = 0, classes: int = 5) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(inplace=inplace),
+        nn.Conv2d(8, 16, 3, padding=1, stride=2),
+        nn.BatchNorm2d(16),
+        nn.ReLU(inplace=inplace),
+        nn.Dropout(0.5),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, classes),
+    )
+
+
+@pytest.fixture
+def cnn() -> nn.Sequential:
+    return small_cnn()
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(3, 3, 16, 16, generator=g)
+
+
+@pytest.fixture(scope="session")
+def default_model():  # noqa: ANN201
+    from sacam.models import load_model
+
+    return load_model()
