@@ -22,7 +22,7 @@ from . import __version__
 from .api import build_method
 from .errors import InputError, SacamError
 from .models import SAMPLE_IMAGES, LoadedModel, load_image, load_model
-from .registry import list_methods, method_info
+from .registry import list_methods, method_info, methods_table
 from .viz import overlay, save_grid
 
 EXIT_USAGE = 2
@@ -74,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default: 0.5)")
     ex.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
-    sub.add_parser("methods", help="list the registered CAM methods")
+    meth = sub.add_parser("methods", help="list the registered CAM methods")
+    meth.add_argument("--markdown", action="store_true", help="print the README's Markdown table")
     return parser
 
 
@@ -82,6 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
     if args.command == "methods":
+        if args.markdown:
+            print(methods_table())
+            return 0
         for name in list_methods():
             info = method_info(name)
             print(f"{name:14s} {info.paper:34s} {info.description}")

@@ -117,3 +117,58 @@ def save_grid(
     finally:
         plt.close(fig)
     return path
+
+
+def save_attention(
+    image: ImageLike,
+    cam: torch.Tensor,
+    attention_row: torch.Tensor,
+    position: tuple[int, int],
+    path: str | Path,
+    *,
+    title: str = "",
+    cmap: str = "jet",
+    alpha: float = 0.5,
+) -> Path:
+    """Save SA-CAM's view of one position: the image, its map, and the position's attention.
+
+    Args:
+        image: the picture.
+        cam: its ``(H, W)`` map in [0, 1].
+        attention_row: ``(h, w)`` attention of the chosen position over the layer grid
+            (``SALayerInspection.attention_row``).
+        position: ``(row, col)`` of that position on the layer grid (marked with a cross).
+        path: PNG file to write.
+        title: caption of the figure.
+        cmap: matplotlib colour map.
+        alpha: overlay opacity.
+
+    Returns:
+        the path written.
+    """
+    rgb = to_rgb_array(image)
+    h, w = attention_row.shape
+    row = attention_row.detach().float().cpu()
+    shown = (row - row.min()) / (row.max() - row.min()).clamp_min(1e-12)
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
+    try:
+        axes[0].imshow(rgb)
+        axes[0].set_title(title or "image", fontsize=9)
+        axes[1].imshow(overlay(rgb, cam, cmap=cmap, alpha=alpha))
+        axes[1].set_title("map", fontsize=9)
+        axes[2].imshow(overlay(rgb, shown, cmap=cmap, alpha=alpha))
+        y = (position[0] + 0.5) * rgb.shape[0] / h
+        x = (position[1] + 0.5) * rgb.shape[1] / w
+        axes[2].plot([x], [y], marker="x", color="white", markersize=12, mew=3)
+        axes[2].set_title(
+            f"attention of position {position} (max {float(row.max()):.3f})", fontsize=9
+        )
+        for ax in axes:
+            ax.axis("off")
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+    return path
