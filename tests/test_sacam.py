@@ -30,8 +30,8 @@ def test_cosine_operator_by_hand() -> None:
     assert p == pytest.approx(0.5727043, abs=1e-7)
     assert torch.allclose(S[0], torch.tensor([[p, 1 - p], [1 - p, p]]), atol=1e-6)
     # O^k_i = sum_j S_ij A^k_j: O^0 = [1, 1], O^1 = [S_12, S_22] = [.42730, .57270]
-    O = attend(F2, S)
-    assert torch.allclose(O[0], torch.tensor([[1.0, 1.0], [1 - p, p]]), atol=1e-6)
+    attended = attend(F2, S)
+    assert torch.allclose(attended[0], torch.tensor([[1.0, 1.0], [1 - p, p]]), atol=1e-6)
 
 
 def test_dot_operator_by_hand() -> None:

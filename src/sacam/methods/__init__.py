@@ -1,6 +1,7 @@
 """CAM methods; importing this package registers them all (in this order)."""
 
-from . import activation, gradient, perturbation
-from . import attention  # last: SA-CAM refines the methods above
+# attention (SA-CAM) refines the methods above; registration order is import order
+from . import activation, gradient, perturbation  # isort: skip
+from . import attention  # isort: skip
 
 __all__ = ["activation", "attention", "gradient", "perturbation"]

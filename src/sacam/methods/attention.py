@@ -119,8 +119,10 @@ class SALayerInspection:
     family="attention",
 )
 class SACAM(BaseCAM):
-    r"""SA-CAM, the self-attention CAM (Liang, Li & Jiang, Neurocomputing 490, 2022,
-    https://doi.org/10.1016/j.neucom.2021.11.084).
+    r"""SA-CAM, the self-attention CAM.
+
+    Liang, Li & Jiang, Neurocomputing 490 (2022) 206-216,
+    https://doi.org/10.1016/j.neucom.2021.11.084.
 
     sacam's SA-CAM is a reconstruction from the paper's abstract, whose full text is not
     available to us: every choice the abstract leaves open is a parameter.
