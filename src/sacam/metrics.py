@@ -1,0 +1,290 @@
+"""Faithfulness metrics of saliency maps (the protocols of docs/evaluation.md).
+
+Each metric is a plain function returning per-sample values, plus an accumulator
+(``update`` / ``compute`` / ``reset``) that knows whether higher is better. Implemented
+so far: Average Drop, Increase in Confidence and Average Gain (one function, three
+values), and Deletion / Insertion.
+
+Conventions (from the evaluation protocols):
+
+- the class is each sample's top-1 on the clean image unless ``targets`` are given;
+- scores are softmax probabilities;
+- maps are ``(B, H, W)`` in [0, 1] at the input size (as :func:`sacam.explain` returns);
+- where a metric masks in pixel space it needs the model's ``Preprocess`` (to go from
+  the normalised tensor to [0, 1] pixels and back); without one it multiplies the
+  normalised tensor, which moves pixels towards the dataset mean, and says so in its
+  docstring.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .core import model_guard
+from .errors import InputError
+from .models import Preprocess
+
+
+def _check(images: torch.Tensor, maps: torch.Tensor) -> None:
+    if images.ndim != 4 or maps.ndim != 3 or maps.shape[0] != images.shape[0]:
+        raise InputError(
+            f"metrics need images (B, C, H, W) and maps (B, H, W), got {tuple(images.shape)} "
+            f"and {tuple(maps.shape)}"
+        )
+    if maps.shape[-2:] != images.shape[-2:]:
+        raise InputError("maps must have the input's size: explain with upsample=True")
+    if not torch.isfinite(maps).all():
+        raise InputError("maps contain NaN or infinite values")
+
+
+@torch.inference_mode()
+def _probs(
+    model: nn.Module, x: torch.Tensor, classes: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    out = []
+    for start in range(0, x.shape[0], batch_size):
+        logits = model(x[start : start + batch_size])
+        out.append(
+            torch.softmax(logits.float(), 1).gather(1, classes[start : start + batch_size, None])[
+                :, 0
+            ]
+        )
+    return torch.cat(out)
+
+
+def _classes(
+    model: nn.Module, images: torch.Tensor, targets: torch.Tensor | int | None
+) -> torch.Tensor:
+    if targets is None:
+        with torch.inference_mode():
+            return model(images).argmax(1)
+    if isinstance(targets, int):
+        return torch.full((images.shape[0],), targets, dtype=torch.long, device=images.device)
+    return torch.as_tensor(targets, device=images.device, dtype=torch.long).reshape(-1)
+
+
+def confidence_change(
+    model: nn.Module,
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    targets: torch.Tensor | int | None = None,
+    *,
+    preprocess: Preprocess | None = None,
+    batch_size: int = 32,
+) -> dict[str, torch.Tensor]:
+    r"""Average Drop, Increase in Confidence and Average Gain, per sample (in %).
+
+    Chattopadhyay et al., https://arxiv.org/abs/1710.11063 (AD, IC); Zhang et al.,
+    https://arxiv.org/abs/2301.07002 (AG). With ``E = x ⊙ L`` (in pixel space when a
+    ``preprocess`` is given), ``Y = p_c(x)``, ``O = p_c(E)``:
+
+    - ``average_drop = 100 · max(0, Y − O) / Y`` (lower is better),
+    - ``increase_in_confidence = 100 · 1[O > Y]`` (higher is better),
+    - ``average_gain = 100 · max(0, O − Y) / (1 − Y)`` (higher is better).
+
+    Returns:
+        ``{"average_drop", "increase_in_confidence", "average_gain"}`` -> ``(B,)`` tensors.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+        >>> x = torch.rand(2, 3, 2, 2)
+        >>> confidence_change(net, x, torch.ones(2, 2, 2))["average_drop"].tolist()
+        [0.0, 0.0]
+    """
+    _check(images, maps)
+    with model_guard(model):
+        classes = _classes(model, images, targets)
+        y = _probs(model, images, classes, batch_size)
+        m = maps[:, None].to(images.dtype)
+        if preprocess is not None:
+            explained = preprocess.normalize(preprocess.denormalize(images) * m)
+        else:
+            explained = images * m
+        o = _probs(model, explained, classes, batch_size)
+    drop = 100.0 * (y - o).clamp_min(0) / y.clamp_min(1e-12)
+    increase = 100.0 * (o > y).float()
+    gain = 100.0 * (o - y).clamp_min(0) / (1 - y).clamp_min(1e-12)
+    return {"average_drop": drop, "increase_in_confidence": increase, "average_gain": gain}
+
+
+def gaussian_blur(images: torch.Tensor, kernel: int = 11, sigma: float = 5.0) -> torch.Tensor:
+    """Gaussian blur of ``(B, C, H, W)`` images (separable, reflect padding)."""
+    half = kernel // 2
+    t = torch.arange(kernel, dtype=images.dtype, device=images.device) - half
+    g = torch.exp(-(t**2) / (2 * sigma**2))
+    g = g / g.sum()
+    c = images.shape[1]
+    x = F.pad(images, (half, half, half, half), mode="reflect")
+    x = F.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, kernel), groups=c)
+    return F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, kernel, 1), groups=c)
+
+
+@dataclass
+class CurveResult:
+    """Per-sample AUCs of a deletion or insertion curve, and the curves themselves."""
+
+    auc: torch.Tensor  # (B,)
+    curves: torch.Tensor  # (B, n + 1)
+    step: int
+
+
+def _rank(maps: torch.Tensor, seed: int) -> torch.Tensor:
+    """Rank of each pixel by decreasing saliency (0 = most salient); seeded tiny jitter."""
+    flat = maps.flatten(1).double()
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    jitter = torch.rand(flat.shape, generator=g, dtype=torch.float64).to(flat.device) * 1e-9
+    order = torch.argsort(flat + jitter, dim=1, descending=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
+    return rank
+
+
+def _curve(
+    model: nn.Module,
+    start: torch.Tensor,
+    finish: torch.Tensor,
+    maps: torch.Tensor,
+    classes: torch.Tensor,
+    step: int,
+    batch_size: int,
+    seed: int,
+) -> CurveResult:
+    b_count, _, h, w = start.shape
+    n = math.ceil(h * w / step)
+    rank = _rank(maps, seed)
+    thresholds = torch.arange(n + 1, device=start.device) * step  # pixels switched at point t
+    curves = torch.empty(b_count, n + 1)
+    with model_guard(model), torch.inference_mode():
+        for b in range(b_count):
+            for lo in range(0, n + 1, batch_size):
+                th = thresholds[lo : lo + batch_size]
+                switched = (rank[b][None] < th[:, None]).view(-1, 1, h, w)
+                x = torch.where(switched, finish[b][None], start[b][None])
+                logits = model(x)
+                curves[b, lo : lo + th.shape[0]] = torch.softmax(logits.float(), 1)[
+                    :, classes[b]
+                ].cpu()
+    xs = torch.linspace(0, 1, n + 1)
+    auc = torch.trapezoid(curves, xs, dim=1)
+    return CurveResult(auc=auc, curves=curves, step=step)
+
+
+def _step(h: int, w: int, steps: int | None) -> int:
+    if steps is None:
+        return w  # 224 pixels for 224×224 inputs: n = 224
+    if steps < 1:
+        raise InputError(f"steps must be >= 1, got {steps}")
+    return math.ceil(h * w / steps)
+
+
+def deletion(
+    model: nn.Module,
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    targets: torch.Tensor | int | None = None,
+    *,
+    steps: int | None = None,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> CurveResult:
+    """Deletion AUC (Petsiuk et al., RISE, https://arxiv.org/abs/1806.07421); lower is better.
+
+    Pixels are removed in decreasing saliency (all channels at once), ``step`` per
+    iteration, replaced by zeros of the normalised tensor (the dataset mean); the softmax
+    probability of the class at each of the ``n + 1`` points is integrated by the
+    trapezoid rule over [0, 1]. Default step: the image width (224 pixels for 224×224,
+    n = 224); ``steps=n`` trades precision for speed.
+    """
+    _check(images, maps)
+    classes = _classes(model, images, targets)
+    step = _step(*images.shape[-2:], steps)
+    return _curve(model, images, torch.zeros_like(images), maps, classes, step, batch_size, seed)
+
+
+def insertion(
+    model: nn.Module,
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    targets: torch.Tensor | int | None = None,
+    *,
+    steps: int | None = None,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> CurveResult:
+    """Insertion AUC (Petsiuk et al., RISE); higher is better.
+
+    Starts from the image blurred with a Gaussian (kernel 11, sigma 5, reflect padding)
+    and puts original pixels back in decreasing saliency; otherwise as :func:`deletion`.
+    """
+    _check(images, maps)
+    classes = _classes(model, images, targets)
+    step = _step(*images.shape[-2:], steps)
+    return _curve(model, gaussian_blur(images), images, maps, classes, step, batch_size, seed)
+
+
+@dataclass
+class MetricInfo:
+    """A registered metric: its name, direction and per-sample function."""
+
+    name: str
+    higher_is_better: bool
+    description: str
+
+
+METRICS: dict[str, MetricInfo] = {
+    "average_drop": MetricInfo("average_drop", False, "Average Drop, % (Chattopadhyay et al.)"),
+    "increase_in_confidence": MetricInfo(
+        "increase_in_confidence", True, "Increase in Confidence, % (Chattopadhyay et al.)"
+    ),
+    "average_gain": MetricInfo("average_gain", True, "Average Gain, % (Zhang et al.)"),
+    "deletion": MetricInfo("deletion", False, "Deletion AUC (Petsiuk et al.)"),
+    "insertion": MetricInfo("insertion", True, "Insertion AUC (Petsiuk et al.)"),
+}
+
+
+@dataclass
+class MeanAccumulator:
+    """Accumulates per-sample values of one metric: mean and 95% interval.
+
+    Example:
+        >>> acc = MeanAccumulator("deletion")
+        >>> acc.update(torch.tensor([0.1, 0.3]))
+        >>> round(acc.compute()["mean"], 3), acc.higher_is_better
+        (0.2, False)
+    """
+
+    metric: str
+    values: list[float] = field(default_factory=list)
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Direction of the metric."""
+        return METRICS[self.metric].higher_is_better
+
+    def update(self, values: torch.Tensor) -> None:
+        """Add per-sample values (NaNs are counted, not averaged in)."""
+        self.values.extend(float(v) for v in values.flatten().tolist())
+
+    def reset(self) -> None:
+        """Forget all values."""
+        self.values.clear()
+
+    def compute(self) -> dict[str, float]:
+        """``mean``, ``ci95`` (half-width, normal approximation), ``n`` and ``nan_count``."""
+        vals = [v for v in self.values if math.isfinite(v)]
+        n = len(vals)
+        mean = sum(vals) / n if n else float("nan")
+        var = sum((v - mean) ** 2 for v in vals) / (n - 1) if n > 1 else 0.0
+        return {
+            "mean": mean,
+            "ci95": 1.96 * math.sqrt(var / n) if n else float("nan"),
+            "n": float(n),
+            "nan_count": float(len(self.values) - n),
+        }
