@@ -204,7 +204,7 @@ def deletion(
     """
     _check(images, maps)
     classes = _classes(model, images, targets)
-    step = _step(*images.shape[-2:], steps)
+    step = _step(images.shape[-2], images.shape[-1], steps)
     return _curve(model, images, torch.zeros_like(images), maps, classes, step, batch_size, seed)
 
 
@@ -225,7 +225,7 @@ def insertion(
     """
     _check(images, maps)
     classes = _classes(model, images, targets)
-    step = _step(*images.shape[-2:], steps)
+    step = _step(images.shape[-2], images.shape[-1], steps)
     return _curve(model, gaussian_blur(images), images, maps, classes, step, batch_size, seed)
 
 
