@@ -5,7 +5,8 @@ The stable surface is :func:`explain` and :func:`list_methods`.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import methods  # noqa: F401  (registers the methods)
+# methods registers the methods; smoothing and transforms are public submodules
+from . import methods, smoothing, transforms  # noqa: F401
 from ._layers import list_layers
 from .api import build_method, explain, explain_full
 from .core import BaseCAM, Explanation

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -36,6 +37,8 @@ def explain(
     layer: LayersLike = None,
     targets: TargetsLike = None,
     upsample: bool = True,
+    *,
+    tta: bool | Mapping[str, Any] = False,
     **method_options: Any,
 ) -> torch.Tensor:
     """Explain a batch of images with a registered CAM method.
@@ -54,7 +57,12 @@ def explain(
         targets: ``None`` for each sample's top-1 class, an ``int`` class, one ``int`` per
             sample, or callables mapping the model output to one score per sample.
         upsample: resize to the input size (bilinear); ``False`` keeps the layer's size.
-        **method_options: options of the method (see its class docstring).
+        tta: test-time augmentation (:func:`sacam.smoothing.tta`): ``True`` averages the
+            maps of the flipped and rescaled images (scales 1, 0.75, 1.25); a dict sets
+            its options (``{"scales": (1.0, 1.5), "hflip": False}``). Needs ``upsample``.
+        **method_options: options of the method (see its class docstring), and the
+            engine's ``reshape_transform``, ``fusion``, ``eval_mode`` and
+            ``eigen_smooth`` (first-principal-component smoothing).
 
     Returns:
         ``(B, H, W)`` tensor with values in [0, 1] per image (``(B, h, w)`` at layer
@@ -70,7 +78,9 @@ def explain(
         >>> maps.shape, bool(maps.min() >= 0), bool(maps.max() <= 1)
         (torch.Size([2, 32, 32]), True, True)
     """
-    return explain_full(model, images, method, layer, targets, upsample, **method_options).maps
+    return explain_full(
+        model, images, method, layer, targets, upsample, tta=tta, **method_options
+    ).maps
 
 
 def explain_full(
@@ -80,6 +90,8 @@ def explain_full(
     layer: LayersLike = None,
     targets: TargetsLike = None,
     upsample: bool = True,
+    *,
+    tta: bool | Mapping[str, Any] = False,
     **method_options: Any,
 ) -> Explanation:
     """Like :func:`explain`, but return the full :class:`~sacam.core.Explanation`.
@@ -88,4 +100,18 @@ def explain_full(
     constant maps and method-specific inspection data (``extras``).
     """
     cam = build_method(model, method, layer, **method_options)
-    return cam.explain(images, targets, upsample=upsample)
+    if tta is False or tta is None:
+        return cam.explain(images, targets, upsample=upsample)
+    if not (tta is True or isinstance(tta, Mapping)):
+        raise MethodError(f"tta must be True, False or a dict of tta options, got {tta!r}")
+    if not upsample:
+        raise MethodError(
+            "test-time augmentation averages maps at the input resolution: use upsample=True"
+        )
+    from .smoothing import tta as run_tta
+
+    options = dict(tta) if isinstance(tta, Mapping) else {}
+    unknown = sorted(set(options) - {"scales", "hflip"})
+    if unknown:
+        raise MethodError(f"unknown tta option(s) {', '.join(unknown)}; valid: scales, hflip")
+    return run_tta(cam, images, targets, **options)

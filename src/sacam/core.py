@@ -1,9 +1,12 @@
 """The engine every CAM method stands on.
 
 A method subclasses :class:`BaseCAM` and overrides one function: :meth:`BaseCAM.weights`
-(channel weights, shape ``(B, K)``) or, where a method needs it, :meth:`BaseCAM.layer_map`
-(the whole raw map, shape ``(B, h, w)``). The base owns everything else: input checks,
-hooks, targets, the weighted sum, ReLU, upsampling, normalisation and multi-layer fusion.
+(channel weights, shape ``(B, K)``), :meth:`BaseCAM.channel_maps` (per-channel, per-position
+contributions ``(B, K, h, w)`` whose channel sum is the raw map, for element-wise methods)
+or, where a method needs it, :meth:`BaseCAM.layer_map` (the whole raw map, shape
+``(B, h, w)``). The base owns everything else: input checks, hooks, targets, the weighted
+sum (or, with ``eigen_smooth=True``, the first-principal-component projection of the
+contributions), ReLU, upsampling, normalisation and multi-layer fusion.
 
 Hook discipline:
 
@@ -24,13 +27,14 @@ import contextlib
 import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ._layers import LayerRef, LayersLike, probe, resolve_layers
+from ._projection import principal_projection
 from .errors import InputError, LayerError, MethodError, ModelError, TargetError
 from .targets import ScoreFn, TargetsLike, evaluate_scores, resolve_targets
 
@@ -133,6 +137,18 @@ def model_guard(model: nn.Module, *, eval_mode: bool = True, freeze: bool = True
             p.requires_grad_(requires)
 
 
+def predict(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Top-1 class of each image (eval mode, no graph), as an ordinary tensor.
+
+    Example:
+        >>> from torch import nn
+        >>> predict(nn.Flatten(), torch.tensor([[[[0.0, 2.0, 1.0]]]])).tolist()
+        [1]
+    """
+    with model_guard(model), torch.no_grad():
+        return model(images).argmax(1)
+
+
 def normalize_maps(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Min-max normalise each map of ``(B, ...)`` to [0, 1].
 
@@ -193,11 +209,24 @@ def _check_output(output: object) -> torch.Tensor:
 
 
 class _Capture:
-    """Forward hooks that store the outputs of the chosen (module, call) pairs."""
+    """Forward hooks on the chosen (module, call) pairs: store their outputs, or edit them.
 
-    def __init__(self, refs: list[LayerRef], *, with_grad: bool) -> None:
+    Calls are counted modulo the module's calls per forward pass, so one capture serves
+    several forward passes in a row (each pass overwrites what the previous one stored).
+    With ``edit``, the hook returns ``edit(label, output)`` in place of the output and
+    stores nothing (used for ablations); hooks exist only inside the ``with`` block.
+    """
+
+    def __init__(
+        self,
+        refs: list[LayerRef],
+        *,
+        with_grad: bool,
+        edit: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         self.refs = refs
         self.with_grad = with_grad
+        self.edit = edit
         self.stored: dict[str, torch.Tensor] = {}
         self._count: dict[nn.Module, int] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -227,12 +256,14 @@ class _Capture:
 
     def _make_hook(self, refs: list[LayerRef]) -> Callable[..., torch.Tensor | None]:
         wanted = {ref.call: ref.label for ref in refs}
+        n_calls = max(1, refs[0].n_calls)
 
         def hook(module: nn.Module, _inp: object, out: object) -> torch.Tensor | None:
             if not self.active:
                 return None
             k = self._count.get(module, 0)
             self._count[module] = k + 1
+            k %= n_calls
             if k not in wanted:
                 return None
             if not isinstance(out, torch.Tensor):
@@ -240,6 +271,8 @@ class _Capture:
                     f"layer {wanted[k]!r} returns {type(out).__name__}, not a tensor: pick a "
                     "layer whose output is a tensor"
                 )
+            if self.edit is not None:
+                return self.edit(wanted[k], out)
             if self.with_grad:
                 kept = out if out.requires_grad else out.detach().requires_grad_(True)
                 self.stored[wanted[k]] = kept
@@ -263,6 +296,13 @@ class BaseCAM:
         fusion: how maps of several layers combine: ``"max"`` (element-wise maximum of the
             normalised maps, torchcam's choice) or ``"mean"``.
         eval_mode: run the model in eval mode during the call (restored afterwards).
+        eigen_smooth: replace the channel sum of the contributions (``w_k A^k``, or the
+            element-wise terms of Layer-CAM, HiRes-CAM, ...) by their projection on their
+            first principal component, as pytorch-grad-cam's ``eigen_smooth`` (centred SVD
+            over positions); sacam fixes the sign so the projection correlates positively
+            with the unsmoothed map, where pytorch-grad-cam keeps the SVD's arbitrary sign.
+            Methods that build their map another way (Eigen-CAM, Group-CAM, SA-CAM, ...)
+            refuse it.
     """
 
     name: ClassVar[str] = ""
@@ -276,6 +316,7 @@ class BaseCAM:
         reshape_transform: ReshapeTransform | None = None,
         fusion: Literal["max", "mean"] = "max",
         eval_mode: bool = True,
+        eigen_smooth: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise MethodError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -287,6 +328,14 @@ class BaseCAM:
             )
         if fusion not in ("max", "mean"):
             raise MethodError(f"fusion must be 'max' or 'mean', got {fusion!r}")
+        if not isinstance(eigen_smooth, bool):
+            raise MethodError(f"eigen_smooth must be True or False, got {eigen_smooth!r}")
+        if eigen_smooth and type(self).layer_map is not BaseCAM.layer_map:
+            raise MethodError(
+                f"{self.name or type(self).__name__} builds its map without a channel sum, so "
+                "eigen_smooth does not apply to it"
+            )
+        self.eigen_smooth = eigen_smooth
         self.model = model
         self.layer = layer
         self.reshape_transform = reshape_transform
@@ -298,10 +347,24 @@ class BaseCAM:
         """Channel weights ``w^c_k`` of shape ``(B, K)``; the default map is ReLU(Σ_k w_k A^k)."""
         raise NotImplementedError(f"{type(self).__name__} must override weights() or layer_map()")
 
+    def channel_maps(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
+        """Contributions ``(B, K, h, w)`` whose sum over channels is the raw map.
+
+        The default is ``w_k A^k`` from :meth:`weights`; element-wise methods override it.
+        """
+        w = self.weights(layer, ctx)
+        return w.to(layer.activations.dtype)[:, :, None, None] * layer.activations
+
     def layer_map(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """Raw map of one layer, ``(B, h, w)``, before ReLU and normalisation."""
-        w = self.weights(layer, ctx)
-        return torch.einsum("bk,bkhw->bhw", w.to(layer.activations.dtype), layer.activations)
+        if self.eigen_smooth:
+            contrib = self.channel_maps(layer, ctx)
+            return principal_projection(contrib, center=True, reference=contrib.sum(1))
+        if type(self).channel_maps is BaseCAM.channel_maps:
+            # the weighted sum, without building the (B, K, h, w) products
+            w = self.weights(layer, ctx)
+            return torch.einsum("bk,bkhw->bhw", w.to(layer.activations.dtype), layer.activations)
+        return self.channel_maps(layer, ctx).sum(1)
 
     # ----------------------------------------------------------------- public API
     def __call__(
@@ -385,6 +448,30 @@ class BaseCAM:
         if missing:
             raise LayerError(f"layer(s) {missing} did not run in this forward pass")
         return [cap.stored[r.label] for r in refs]
+
+    def gradient_pass(
+        self, images: torch.Tensor, ref: LayerRef, score_fn: ScoreFn
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One more forward and backward pass: ``(A, dy/dA)`` of ``ref`` on ``images``.
+
+        For methods that need the layer on other inputs (noisy copies, ...). It uses the
+        engine's own capture hook, only for this pass, and ``torch.autograd.grad`` on the
+        stored layer output, so nothing is accumulated in ``.grad``; the caller runs it
+        inside the call (model in eval mode, parameters frozen). Both come back detached,
+        as ``(B, K, h, w)`` (after ``reshape_transform``).
+        """
+        with _Capture([ref], with_grad=True) as cap, torch.enable_grad():
+            output = _check_output(self.model(images))
+            scores = evaluate_scores(score_fn, output)
+            (stored,) = self._stored(cap, [ref])
+            if not scores.requires_grad:
+                raise LayerError(
+                    f"the target score does not depend on layer {ref.label!r}: pick a layer "
+                    "on the path to the output"
+                )
+            (grad,) = torch.autograd.grad(scores.sum(), stored)
+        a, g = self._to_maps(ref, stored.detach(), grad.detach())
+        return a, cast(torch.Tensor, g)
 
     def _to_maps(
         self, ref: LayerRef, a: torch.Tensor, g: torch.Tensor | None

@@ -1,7 +1,7 @@
 """CAM methods; importing this package registers them all (in this order)."""
 
 # attention (SA-CAM) refines the methods above; registration order is import order
-from . import activation, gradient, perturbation  # isort: skip
+from . import activation, gradient, perturbation, decomposition, baseline  # isort: skip
 from . import attention  # isort: skip
 
-__all__ = ["activation", "attention", "gradient", "perturbation"]
+__all__ = ["activation", "attention", "baseline", "decomposition", "gradient", "perturbation"]

@@ -1,4 +1,8 @@
-"""Gradient-weighted CAMs: Grad-CAM and Grad-CAM++."""
+"""Gradient-weighted CAMs.
+
+Channel weights from gradients (Grad-CAM, Grad-CAM++, XGrad-CAM, Smooth Grad-CAM++) and
+element-wise gradient maps (Layer-CAM, HiRes-CAM, Grad-CAM element-wise).
+"""
 
 from __future__ import annotations
 
@@ -87,13 +91,289 @@ class GradCAMPlusPlus(BaseCAM):
     def weights(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """Grad-CAM++ channel weights, ``(B, K)``."""
         g = _grads(layer)
-        a = layer.activations
         g2 = g * g
-        g3 = g2 * g
-        if self.variant == "paper":
-            denom = 2 * g2 + g3 * a.sum(dim=(2, 3), keepdim=True)
-        else:
-            denom = 2 * g2 + (g3 * a).sum(dim=(2, 3), keepdim=True)
-        ok = (g != 0) & (denom != 0)
-        alpha = torch.where(ok, g2 / torch.where(ok, denom, torch.ones_like(denom)), 0.0)
+        alpha = _gradcampp_alpha(g2, g2 * g, layer.activations, self.variant)
         return (alpha * g.clamp_min(0)).sum(dim=(2, 3))
+
+
+def _gradcampp_alpha(
+    g2: torch.Tensor, g3: torch.Tensor, acts: torch.Tensor, variant: str
+) -> torch.Tensor:
+    """Grad-CAM++'s ``α`` from the second and third derivative terms; 0 where undefined."""
+    if variant == "torchcam":
+        denom = 2 * g2 + (g3 * acts).sum(dim=(2, 3), keepdim=True)
+    else:
+        denom = 2 * g2 + g3 * acts.sum(dim=(2, 3), keepdim=True)
+    ok = (g2 != 0) & (denom != 0)
+    return torch.where(ok, g2 / torch.where(ok, denom, torch.ones_like(denom)), 0.0)
+
+
+@register_method(
+    "xgrad-cam",
+    paper="Fu et al., BMVC 2020",
+    url="https://arxiv.org/abs/2008.02312",
+    description="Gradients averaged with each channel's own activations as weights (axiom-based).",
+    family="gradient",
+)
+class XGradCAM(BaseCAM):
+    r"""XGrad-CAM, axiom-based Grad-CAM (Fu et al., 2020, https://arxiv.org/abs/2008.02312).
+
+    .. math:: w^c_k = \sum_{ij} \frac{A^k_{ij}}{\sum_{ab} A^k_{ab}}
+              \frac{\partial y^c}{\partial A^k_{ij}},\quad
+              L^c = \mathrm{ReLU}\Big(\sum_k w^c_k A^k\Big)
+
+    A channel whose activations sum to 0 gets weight 0 (default ``variant="paper"``);
+    torchcam 0.5.0 divides without a guard, and for an all-zero channel the NaN weight is
+    dropped by its ``nansum``, the same result. ``variant="pytorch-grad-cam"`` reproduces
+    pytorch-grad-cam 1.5.7, which adds ``ε = 1e-7`` to every denominator instead (so a
+    zero-sum channel with signed activations can get a huge weight). One forward and one
+    backward pass.
+
+    Example:
+        >>> import torch, sacam
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        ...                     nn.Flatten(), nn.Linear(4, 2))
+        >>> sacam.explain(net, torch.rand(2, 3, 16, 16), method="xgrad-cam").shape
+        torch.Size([2, 16, 16])
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        variant: Literal["paper", "pytorch-grad-cam"] = "paper",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if variant not in ("paper", "pytorch-grad-cam"):
+            raise MethodError(
+                f"xgrad-cam variant must be 'paper' or 'pytorch-grad-cam', got {variant!r}"
+            )
+        self.variant = variant
+
+    def weights(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
+        """Activation-weighted sums of the gradient, ``(B, K)``."""
+        a = layer.activations
+        num = (a * _grads(layer)).sum(dim=(2, 3))
+        total = a.sum(dim=(2, 3))
+        if self.variant == "pytorch-grad-cam":
+            return num / (total + 1e-7)
+        ok = total != 0
+        return torch.where(ok, num / torch.where(ok, total, torch.ones_like(total)), 0.0)
+
+
+@register_method(
+    "layer-cam",
+    paper="Jiang et al., IEEE TIP 2021",
+    url="https://doi.org/10.1109/TIP.2021.3089943",
+    description="Each activation weighted by its own positive gradient, summed over channels.",
+    family="gradient",
+)
+class LayerCAM(BaseCAM):
+    r"""Layer-CAM (Jiang et al., IEEE TIP 30, 2021, https://doi.org/10.1109/TIP.2021.3089943).
+
+    A weight per position instead of per channel:
+
+    .. math:: L^c = \mathrm{ReLU}\Big(\sum_k \mathrm{ReLU}\Big(
+              \frac{\partial y^c}{\partial A^k}\Big) \odot A^k\Big)
+
+    pytorch-grad-cam 1.5.7 and torchcam 0.5.0 compute the same single-layer map. For
+    several layers the paper (and torchcam's ``LayerCAM.fuse_cams``) first scales each
+    layer's map by ``tanh(2·map)``; sacam fuses normalised maps by ``fusion`` ("max" by
+    default) without that scaling. Works with ``eigen_smooth=True`` (projection of the
+    element-wise terms). One forward and one backward pass.
+
+    Example:
+        >>> import torch, sacam
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        ...                     nn.Flatten(), nn.Linear(4, 2))
+        >>> sacam.explain(net, torch.rand(2, 3, 16, 16), method="layer-cam").shape
+        torch.Size([2, 16, 16])
+    """
+
+    def channel_maps(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
+        """``ReLU(g) ⊙ A``, ``(B, K, h, w)``."""
+        return _grads(layer).clamp_min(0) * layer.activations
+
+
+@register_method(
+    "hires-cam",
+    paper="Draelos & Carin, arXiv 2020",
+    url="https://arxiv.org/abs/2011.08891",
+    description="Element-wise product of gradient and activation, summed over channels.",
+    family="gradient",
+)
+class HiResCAM(BaseCAM):
+    r"""HiRes-CAM (Draelos & Carin, 2020, https://arxiv.org/abs/2011.08891).
+
+    .. math:: L^c = \mathrm{ReLU}\Big(\sum_k \frac{\partial y^c}{\partial A^k}
+              \odot A^k\Big)
+
+    Grad-CAM with the spatial averaging of the gradient removed, so the map is faithful
+    to the score for networks ending in one linear layer. Same as pytorch-grad-cam 1.5.7's
+    ``HiResCAM`` (torchcam 0.5.0 has none). Works with ``eigen_smooth=True``.
+
+    Example:
+        >>> import torch, sacam
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        ...                     nn.Flatten(), nn.Linear(4, 2))
+        >>> sacam.explain(net, torch.rand(2, 3, 16, 16), method="hires-cam").shape
+        torch.Size([2, 16, 16])
+    """
+
+    def channel_maps(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
+        """``g ⊙ A``, ``(B, K, h, w)``."""
+        return _grads(layer) * layer.activations
+
+
+@register_method(
+    "grad-cam-elementwise",
+    paper="pytorch-grad-cam (Gildenblat et al.), 2021",
+    url="https://github.com/jacobgil/pytorch-grad-cam",
+    description="Positive part of each gradient-activation product, summed over channels.",
+    family="gradient",
+)
+class GradCAMElementWise(BaseCAM):
+    r"""Grad-CAM element-wise, pytorch-grad-cam's ``GradCAMElementWise``.
+
+    From pytorch-grad-cam (https://github.com/jacobgil/pytorch-grad-cam), where it has no
+    paper of its own: HiRes-CAM with the ReLU moved inside the channel sum,
+
+    .. math:: L^c = \sum_k \mathrm{ReLU}\Big(\frac{\partial y^c}{\partial A^k}
+              \odot A^k\Big)
+
+    (the engine's final ReLU then changes nothing). Same as pytorch-grad-cam 1.5.7;
+    torchcam 0.5.0 has none. Works with ``eigen_smooth=True``.
+
+    Example:
+        >>> import torch, sacam
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        ...                     nn.Flatten(), nn.Linear(4, 2))
+        >>> sacam.explain(net, torch.rand(2, 3, 16, 16), method="grad-cam-elementwise").shape
+        torch.Size([2, 16, 16])
+    """
+
+    def channel_maps(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
+        """``ReLU(g ⊙ A)``, ``(B, K, h, w)``."""
+        return (_grads(layer) * layer.activations).clamp_min(0)
+
+
+@register_method(
+    "smooth-grad-cam++",
+    paper="Omeiza et al., arXiv 2019",
+    url="https://arxiv.org/abs/1908.01224",
+    description="Grad-CAM++ with its gradient terms averaged over noisy copies of the input.",
+    family="gradient",
+)
+class SmoothGradCAMPlusPlus(BaseCAM):
+    r"""Smooth Grad-CAM++ (Omeiza et al., 2019, https://arxiv.org/abs/1908.01224).
+
+    SmoothGrad applied to Grad-CAM++: ``n_samples`` noisy copies
+    ``x_m = x + ε_m``, ``ε_m ~ N(0, σ²)``, ``σ = std_spread · (max x − min x)`` (per image;
+    ``std`` sets an absolute σ instead). With ``g_m = ∂y^c/∂A^k`` on copy ``m`` (``y^c`` the
+    logit, under Grad-CAM++'s exponential assumption, so the higher derivatives are powers
+    of ``g_m``) and ``\bar{D^p} = \frac{1}{n}\sum_m g_m^p``:
+
+    .. math:: \alpha^{kc}_{ij} = \frac{\bar{D^2}_{ij}}{2\bar{D^2}_{ij} + \bar{D^3}_{ij}
+              \sum_{ab} A^k_{ab}},\quad
+              w^c_k = \sum_{ij} \alpha^{kc}_{ij}\,\mathrm{ReLU}(\bar{D^1}_{ij}),\quad
+              L^c = \mathrm{ReLU}\Big(\sum_k w^c_k A^k\Big)
+
+    with ``A`` the activations of the clean image (default ``variant="paper"``, sacam's
+    reading of the paper: the derivatives are averaged over the copies, then combined as in
+    Grad-CAM++). torchcam notes that the paper prints ``\bar{D^1}`` in the numerator of
+    ``α``; sacam, like torchcam, uses Grad-CAM++'s ``\bar{D^2}``. ``α`` is 0 where undefined.
+
+    ``variant="mean-weights"``: the Grad-CAM++ weights of each noisy copy (its own
+    activations and gradients) averaged over the copies. ``variant="torchcam"``:
+    torchcam 0.5.0's ``SmoothGradCAMpp`` (its defaults are ``n_samples=4`` and an absolute
+    ``std=0.3``): ``α`` with the denominator ``2\bar{D^2} + \sum_{ab} \bar{D^3}_{ab} A_{ab}``
+    and ``ReLU`` of the *last* copy's gradient in place of ``\bar{D^1}``.
+    pytorch-grad-cam 1.5.7 has no Smooth Grad-CAM++.
+
+    Defaults: ``n_samples=16``, ``std_spread=0.15`` (SmoothGrad's advice: σ at 10-20 % of
+    the input range). Reproducible: the noise comes from a ``torch.Generator`` seeded with
+    ``seed`` on the images' device (CPU and CUDA generators give different streams),
+    drawn as ``n_samples`` tensors of shape ``(C, H, W)`` in turn and shared by every
+    image of the batch (scaled by each image's own σ), so a batch gives the maps of its
+    images explained one by one. Costs ``n_samples`` extra forward and backward
+    passes of the batch, made with the engine's capture hook and
+    ``torch.autograd.grad`` (the model's ``.grad`` fields stay untouched).
+
+    Example:
+        >>> import torch, sacam
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        ...                     nn.Flatten(), nn.Linear(4, 2))
+        >>> x = torch.rand(1, 3, 16, 16)
+        >>> a = sacam.explain(net, x, method="smooth-grad-cam++", n_samples=4, seed=1)
+        >>> torch.equal(a, sacam.explain(net, x, method="smooth-grad-cam++", n_samples=4, seed=1))
+        True
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        n_samples: int = 16,
+        std_spread: float = 0.15,
+        std: float | None = None,
+        seed: int = 0,
+        variant: Literal["paper", "mean-weights", "torchcam"] = "paper",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
+            raise MethodError(f"n_samples must be a positive int, got {n_samples!r}")
+        if not (isinstance(std_spread, int | float) and std_spread >= 0):
+            raise MethodError(f"std_spread must be a number >= 0, got {std_spread!r}")
+        if std is not None and not (isinstance(std, int | float) and std >= 0):
+            raise MethodError(f"std must be None or a number >= 0, got {std!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise MethodError(f"seed must be an int, got {seed!r}")
+        if variant not in ("paper", "mean-weights", "torchcam"):
+            raise MethodError(
+                "smooth-grad-cam++ variant must be 'paper', 'mean-weights' or 'torchcam', "
+                f"got {variant!r}"
+            )
+        self.n_samples = n_samples
+        self.std_spread = float(std_spread)
+        self.std = None if std is None else float(std)
+        self.seed = seed
+        self.variant = variant
+
+    def noise_sigma(self, images: torch.Tensor) -> torch.Tensor:
+        """Noise standard deviation of each image, ``(B,)``."""
+        if self.std is not None:
+            return torch.full(images.shape[:1], self.std, dtype=images.dtype, device=images.device)
+        flat = images.flatten(1)
+        return self.std_spread * (flat.amax(dim=1) - flat.amin(dim=1))
+
+    def weights(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
+        """Smoothed Grad-CAM++ channel weights, ``(B, K)``."""
+        images = ctx.images
+        sigma = self.noise_sigma(images).view(-1, 1, 1, 1)
+        gen = torch.Generator(device=images.device)
+        gen.manual_seed(self.seed)
+        acts = layer.activations
+        mean_w = torch.zeros(acts.shape[:2], dtype=acts.dtype, device=acts.device)
+        d1, d2, d3 = (torch.zeros_like(acts) for _ in range(3))
+        for _ in range(self.n_samples):
+            noise = torch.randn(
+                images.shape[1:], generator=gen, dtype=images.dtype, device=images.device
+            )
+            a, g = self.gradient_pass(images + sigma * noise, layer.ref, ctx.score_fn)
+            if self.variant == "mean-weights":
+                g2 = g * g
+                alpha = _gradcampp_alpha(g2, g2 * g, a, "paper")
+                mean_w += (alpha * g.clamp_min(0)).sum(dim=(2, 3)) / self.n_samples
+            else:
+                d1 = g if self.variant == "torchcam" else d1 + g / self.n_samples
+                d2 = d2 + g * g / self.n_samples
+                d3 = d3 + g * g * g / self.n_samples
+        if self.variant == "mean-weights":
+            return mean_w
+        alpha = _gradcampp_alpha(d2, d3, acts, self.variant)
+        return (alpha * d1.clamp_min(0)).sum(dim=(2, 3))
