@@ -67,3 +67,27 @@ def default_model():  # noqa: ANN201
     from sacam.models import load_model
 
     return load_model()
+
+
+def colour_net() -> nn.Sequential:
+    """A hand-weighted classifier of the dominant colour: red, green, blue, dark, bright."""
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 5)
+    )
+    with torch.no_grad():
+        eye = torch.eye(3)
+        net[0].weight.copy_(torch.cat([eye, -eye])[:, :, None, None])
+        net[0].bias.zero_()
+        net[4].weight.copy_(
+            torch.tensor(
+                [
+                    [3.0, -1, -1, 0, 0, 0],
+                    [-1, 3.0, -1, 0, 0, 0],
+                    [-1, -1, 3.0, 0, 0, 0],
+                    [-1, -1, -1, 1, 1, 1],
+                    [1, 1, 1, -1, -1, -1],
+                ]
+            )
+        )
+        net[4].bias.copy_(torch.tensor([0.0, 0.0, 0.0, -3.0, -1.0]))
+    return net

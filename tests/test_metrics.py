@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
+from sacam.filters import gaussian_blur
 from sacam.metrics import (
     MeanAccumulator,
     confidence_change,
     deletion,
-    gaussian_blur,
     insertion,
 )
 from sacam.models import Preprocess
@@ -53,7 +53,7 @@ def test_insertion_curve_starts_from_the_blur() -> None:
     x = torch.rand(1, 1, 6, 6)
     sal = torch.rand(1, 6, 6)
     res = insertion(net, x, sal, targets=0, steps=36)
-    blurred = gaussian_blur(x)
+    blurred = gaussian_blur(x, 11, 5.0)
     with torch.no_grad():
         start = torch.softmax(net(blurred), 1)[0, 0]
         end = torch.softmax(net(x), 1)[0, 0]
@@ -63,9 +63,9 @@ def test_insertion_curve_starts_from_the_blur() -> None:
 
 def test_blur_keeps_constants_and_smooths() -> None:
     c = torch.full((1, 3, 16, 16), 0.3)
-    assert torch.allclose(gaussian_blur(c), c, atol=1e-6)
+    assert torch.allclose(gaussian_blur(c, 11, 5.0), c, atol=1e-6)
     noise = torch.rand(1, 3, 32, 32)
-    assert gaussian_blur(noise).std() < noise.std() / 2
+    assert gaussian_blur(noise, 11, 5.0).std() < noise.std() / 2
 
 
 def test_oracle_map_beats_random_on_deletion_and_insertion() -> None:

@@ -74,6 +74,45 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default: 0.5)")
     ex.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
+    bench = sub.add_parser(
+        "benchmark", help="score methods with the evaluation metrics on a folder"
+    )
+    bench.add_argument(
+        "data_dir", type=Path, help="folder with images and labels.csv (file,class_index)"
+    )
+    bench.add_argument("--model", default=None, help="model (as for explain)")
+    bench.add_argument("--weights", default=None, help="state dict for the --model architecture")
+    bench.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list_methods(),
+        metavar="METHOD",
+        default=None,
+        help="methods to compare (default: grad-cam grad-cam++ sa-cam)",
+    )
+    bench.add_argument(
+        "--metrics",
+        nargs="+",
+        default=None,
+        metavar="METRIC",
+        help="metric groups (default: confidence deletion insertion complexity; "
+        "also road pointing energy_pointing grid_pointing stability sanity, or all)",
+    )
+    bench.add_argument("--limit", type=int, default=None, help="first N images of labels.csv")
+    bench.add_argument("--out", type=Path, default=Path("sacam-benchmark"), help="output folder")
+    bench.add_argument(
+        "--steps", type=int, default=None, help="deletion/insertion steps (default: image width)"
+    )
+    bench.add_argument("--annotations", type=Path, default=None, help="boxes/masks CSV or JSON")
+    bench.add_argument("--attacks", nargs="+", default=["pgd"], choices=["random", "pgd", "topk"])
+    bench.add_argument("--iterations", type=int, default=100, help="attack steps (default: 100)")
+    bench.add_argument(
+        "--use-labels", action="store_true", help="explain the labelled class, not the top-1"
+    )
+    bench.add_argument(
+        "--grid-threshold", type=float, default=0.99, help="grid pointing: min. softmax"
+    )
+
     meth = sub.add_parser("methods", help="list the registered CAM methods")
     meth.add_argument("--markdown", action="store_true", help="print the README's Markdown table")
     return parser
@@ -91,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name:14s} {info.paper:34s} {info.description}")
         return 0
     try:
+        if args.command == "benchmark":
+            return _benchmark(args)
         return _explain(args)
     except InputError as exc:
         print(f"sacam: error: {exc}", file=sys.stderr)
@@ -98,6 +139,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SacamError as exc:
         print(f"sacam: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    from .benchmark import DEFAULT_METRICS, BenchmarkConfig, run_benchmark
+
+    config = BenchmarkConfig(
+        data_dir=args.data_dir,
+        out=args.out,
+        model=args.model,
+        weights=args.weights,
+        limit=args.limit,
+        steps=args.steps,
+        annotations=args.annotations,
+        attacks=tuple(args.attacks),
+        iterations=args.iterations,
+        use_labels=args.use_labels,
+        grid_threshold=args.grid_threshold,
+        metrics=args.metrics or list(DEFAULT_METRICS),
+    )
+    if args.methods:
+        config.methods = list(dict.fromkeys(args.methods))
+    summary = run_benchmark(config)
+    from .benchmark import render_markdown
+
+    print(render_markdown(summary))
+    print(f"wrote results.csv, summary.md, summary.json, figures and report.html to {args.out}/")
+    return 0
 
 
 def _parse_target(text: str | None, loaded: LoadedModel) -> int | None:

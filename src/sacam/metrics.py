@@ -22,11 +22,11 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .core import model_guard
+from .core import model_guard, predict
 from .errors import InputError
+from .filters import gaussian_blur
 from .models import Preprocess
 
 
@@ -61,8 +61,7 @@ def _classes(
     model: nn.Module, images: torch.Tensor, targets: torch.Tensor | int | None
 ) -> torch.Tensor:
     if targets is None:
-        with torch.inference_mode():
-            return model(images).argmax(1)
+        return predict(model, images)
     if isinstance(targets, int):
         return torch.full((images.shape[0],), targets, dtype=torch.long, device=images.device)
     return torch.as_tensor(targets, device=images.device, dtype=torch.long).reshape(-1)
@@ -112,18 +111,6 @@ def confidence_change(
     increase = 100.0 * (o > y).float()
     gain = 100.0 * (o - y).clamp_min(0) / (1 - y).clamp_min(1e-12)
     return {"average_drop": drop, "increase_in_confidence": increase, "average_gain": gain}
-
-
-def gaussian_blur(images: torch.Tensor, kernel: int = 11, sigma: float = 5.0) -> torch.Tensor:
-    """Gaussian blur of ``(B, C, H, W)`` images (separable, reflect padding)."""
-    half = kernel // 2
-    t = torch.arange(kernel, dtype=images.dtype, device=images.device) - half
-    g = torch.exp(-(t**2) / (2 * sigma**2))
-    g = g / g.sum()
-    c = images.shape[1]
-    x = F.pad(images, (half, half, half, half), mode="reflect")
-    x = F.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, kernel), groups=c)
-    return F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, kernel, 1), groups=c)
 
 
 @dataclass
@@ -226,7 +213,28 @@ def insertion(
     _check(images, maps)
     classes = _classes(model, images, targets)
     step = _step(images.shape[-2], images.shape[-1], steps)
-    return _curve(model, gaussian_blur(images), images, maps, classes, step, batch_size, seed)
+    return _curve(
+        model, gaussian_blur(images, 11, 5.0), images, maps, classes, step, batch_size, seed
+    )
+
+
+def gini(maps: torch.Tensor) -> torch.Tensor:
+    """Sparsity: Gini index of each map (0 = uniform, → 1 = one pixel); NaN for all-zero."""
+    x = maps.flatten(1).double().clamp_min(0).sort(1).values
+    n = x.shape[1]
+    total = x.sum(1)
+    i = torch.arange(1, n + 1, dtype=torch.float64)
+    g = ((2 * i - n - 1) * x).sum(1) / (n * total)
+    return torch.where(total > 0, g, torch.full_like(g, float("nan"))).float()
+
+
+def entropy(maps: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) of each map as a distribution over pixels; NaN for all-zero."""
+    x = maps.flatten(1).double().clamp_min(0)
+    total = x.sum(1, keepdim=True)
+    p = x / total.clamp_min(1e-300)
+    h = -(torch.where(p > 0, p * torch.log(p), torch.zeros_like(p))).sum(1)
+    return torch.where(total[:, 0] > 0, h, torch.full_like(h, float("nan"))).float()
 
 
 @dataclass
