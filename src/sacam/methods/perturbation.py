@@ -17,6 +17,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from .._layers import probe
+from .._tuning import Plan, measure_plan, memory_cap
 from ..core import BaseCAM, CallContext, LayerData, _Capture, normalize_maps
 from ..errors import LayerError, MethodError
 from ..filters import gaussian_blur
@@ -49,21 +51,35 @@ def batch_target_scores(output: torch.Tensor, ctx: CallContext, kind: ScoreKind)
 
 
 def perturbed_scores(
-    ctx: CallContext, b: int, count: int, build: Build, batch_size: int, kind: ScoreKind
+    ctx: CallContext,
+    b: int,
+    count: int,
+    build: Build,
+    batch_size: int,
+    kind: ScoreKind,
+    *,
+    channels_last: bool = False,
+    bf16: bool = False,
 ) -> torch.Tensor:
     """Target scores of ``count`` perturbed copies of image ``b``, ``(count,)`` float32.
 
     ``build(start, stop)`` returns the inputs ``start..stop-1`` (a batch of at most
     ``batch_size``) and optionally a bool ``(stop - start,)`` mask of the rows to keep
     (the others score 0). The loop runs under ``torch.inference_mode()``; each batch of
-    inputs is built just before its forward pass and released after it.
+    inputs is built just before its forward pass and released after it. ``channels_last``
+    passes the inputs in that memory format (same results); ``bf16`` runs the passes under
+    bfloat16 autocast (faster on CPUs with bf16 units, not exact).
     """
     out = torch.zeros(count, dtype=torch.float32, device=ctx.images.device)
     with torch.inference_mode():
         for start in range(0, count, batch_size):
             stop = min(start + batch_size, count)
             inputs, keep = build(start, stop)
-            scores = target_scores(ctx.model(inputs), ctx, b, kind).float()
+            if channels_last and inputs.ndim == 4:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=bf16):
+                output = ctx.model(inputs)
+            scores = target_scores(output.float(), ctx, b, kind).float()
             if keep is not None:
                 scores = torch.where(keep, scores, torch.zeros_like(scores))
             out[start:stop] = scores
@@ -103,6 +119,69 @@ def _image_size(ctx: CallContext) -> tuple[int, ...]:
     return tuple(ctx.images.shape[-2:])
 
 
+class _PerturbationCAM(BaseCAM):
+    """Shared options of the perturbation methods: how their many forward passes run.
+
+    Args:
+        batch_size: perturbed inputs per forward pass, or ``"auto"`` (default): the
+            fastest batch size and memory format measured once per model and input shape
+            (see ``sacam._tuning``), capped by the memory budget. Results do not depend on
+            it beyond float rounding.
+        max_memory_mb: budget for one batch's estimated live memory; the batch size is cut
+            to fit, so peak memory does not grow with the number of channels.
+        bf16: run the perturbed passes under bfloat16 autocast (off by default: faster on
+            CPUs with bf16 units, but not exact; see docs/performance.md).
+    """
+
+    uses_gradients = False
+
+    def __init__(
+        self,
+        *args: Any,
+        batch_size: int | Literal["auto"] = "auto",
+        max_memory_mb: float = 1024.0,
+        bf16: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if batch_size != "auto":
+            _check_count("batch_size", batch_size)
+        if not (isinstance(max_memory_mb, int | float) and max_memory_mb > 0):
+            raise MethodError(f"max_memory_mb must be > 0, got {max_memory_mb!r}")
+        self.batch_size = batch_size
+        self.max_memory_mb = float(max_memory_mb)
+        self.bf16 = bool(bf16)
+
+    def plan(self, ctx: CallContext) -> Plan:
+        """Batch size and memory format for this call's perturbed passes."""
+        sample_shape = tuple(ctx.images.shape[1:])
+        cap = memory_cap(probe(ctx.model, ctx.images), sample_shape, self.max_memory_mb)
+        if self.batch_size != "auto":
+            return Plan(min(int(self.batch_size), cap), False)
+        return measure_plan(ctx.model, ctx.images[0], cap)
+
+    def _perturbed(
+        self,
+        ctx: CallContext,
+        b: int,
+        count: int,
+        build: Build,
+        kind: ScoreKind,
+        plan: Plan | None = None,
+    ) -> torch.Tensor:
+        plan = plan or self.plan(ctx)
+        return perturbed_scores(
+            ctx,
+            b,
+            count,
+            build,
+            plan.batch_size,
+            kind,
+            channels_last=plan.channels_last,
+            bf16=self.bf16,
+        )
+
+
 @register_method(
     "score-cam",
     paper="Wang et al., CVPR-W 2020",
@@ -110,7 +189,7 @@ def _image_size(ctx: CallContext) -> tuple[int, ...]:
     description="Channel weights are the class probability of the input masked by each channel.",
     family="perturbation",
 )
-class ScoreCAM(BaseCAM):
+class ScoreCAM(_PerturbationCAM):
     r"""Score-CAM (Wang et al., 2020, https://arxiv.org/abs/1910.01279).
 
     For each channel ``k``: ``M^k = minmax(upsample(A^k))`` (per image), and
@@ -126,9 +205,14 @@ class ScoreCAM(BaseCAM):
     agree): the weights are a softmax across channels of the class *logits* on the masked
     inputs (torchcam subtracts a baseline logit first, which the softmax cancels).
 
-    Costs K masked forward passes per image, run in batches of ``batch_size`` under
-    ``torch.inference_mode()`` with the hooks removed; nothing of one batch is kept for
-    the next.
+    Costs K masked forward passes per image, run in batches (``batch_size``, measured by
+    default, capped by ``max_memory_mb``) under ``torch.inference_mode()`` with the hooks
+    removed; nothing of one batch is kept for the next.
+
+    ``top_channels=n`` (off by default, not exact) scores only the ``n`` channels with the
+    largest mean activation and gives the others weight 0, as Faster Score-CAM does:
+    ``K / n`` times fewer forward passes; docs/performance.md measures its effect on time
+    and on the maps.
 
     Example:
         >>> import torch, sacam
@@ -144,25 +228,33 @@ class ScoreCAM(BaseCAM):
     def __init__(
         self,
         *args: Any,
-        batch_size: int = 32,
         variant: Literal["paper", "softmax"] = "paper",
+        top_channels: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         _check_variant("score-cam", variant, ("paper", "softmax"))
-        self.batch_size = _check_count("batch_size", batch_size)
+        if top_channels is not None:
+            _check_count("top_channels", top_channels)
         self.variant = variant
+        self.top_channels = top_channels
 
     def weights(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """Score of each channel's masked input, ``(B, K)``."""
         acts = layer.activations
         kind: ScoreKind = "logit" if self.variant == "softmax" else "probability"
-        rows = []
+        k_count = acts.shape[1]
+        n = k_count if self.top_channels is None else min(self.top_channels, k_count)
+        out = torch.zeros(acts.shape[0], k_count, dtype=torch.float32, device=acts.device)
+        scored = torch.zeros_like(out, dtype=torch.bool)
         for b in range(acts.shape[0]):
-            build = functools.partial(self._build, acts[b], ctx.images[b], _image_size(ctx))
-            rows.append(perturbed_scores(ctx, b, acts.shape[1], build, self.batch_size, kind))
-        out = torch.stack(rows)
-        return torch.softmax(out, dim=1) if self.variant == "softmax" else out
+            chosen = acts[b].mean((1, 2)).topk(n).indices
+            build = functools.partial(self._build, acts[b, chosen], ctx.images[b], _image_size(ctx))
+            out[b, chosen] = self._perturbed(ctx, b, n, build, kind)
+            scored[b, chosen] = True
+        if self.variant == "softmax":  # channels never scored stay out of the softmax
+            return torch.softmax(out.masked_fill(~scored, float("-inf")), dim=1)
+        return out
 
     def _build(
         self, acts: torch.Tensor, image: torch.Tensor, size: tuple[int, ...], start: int, stop: int
@@ -179,7 +271,7 @@ class ScoreCAM(BaseCAM):
     description="Score-CAM weights averaged over noisy copies of each channel's mask.",
     family="perturbation",
 )
-class SSCAM(BaseCAM):
+class SSCAM(_PerturbationCAM):
     r"""SS-CAM: Smoothed Score-CAM (Wang et al., 2020, https://arxiv.org/abs/2006.14255).
 
     Score-CAM with each mask smoothed by noise: with ``M^k = minmax(upsample(A^k))`` and
@@ -218,7 +310,6 @@ class SSCAM(BaseCAM):
         n_samples: int = 35,
         std: float = 2.0,
         seed: int = 0,
-        batch_size: int = 32,
         variant: Literal["paper", "torchcam"] = "paper",
         **kwargs: Any,
     ) -> None:
@@ -229,7 +320,6 @@ class SSCAM(BaseCAM):
         self.n_samples = _check_count("n_samples", n_samples)
         self.std = float(std)
         self.seed = _check_seed(seed)
-        self.batch_size = _check_count("batch_size", batch_size)
         self.variant = variant
 
     def weights(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
@@ -242,7 +332,7 @@ class SSCAM(BaseCAM):
             gen = torch.Generator(device=ctx.images.device)
             gen.manual_seed(self.seed)
             build = functools.partial(self._build, acts[b], ctx.images[b], gen)
-            scores = perturbed_scores(ctx, b, k_count * n, build, self.batch_size, kind)
+            scores = self._perturbed(ctx, b, k_count * n, build, kind)
             rows.append(scores.view(k_count, n).mean(dim=1))
         out = torch.stack(rows)
         return torch.softmax(out, dim=1) if self.variant == "torchcam" else out
@@ -272,7 +362,7 @@ class SSCAM(BaseCAM):
     description="Score-CAM weights integrated along masks scaled from 0 to the full mask.",
     family="perturbation",
 )
-class ISCAM(BaseCAM):
+class ISCAM(_PerturbationCAM):
     r"""IS-CAM: Integrated Score-CAM (Naidu et al., 2020, https://arxiv.org/abs/2010.03023).
 
     The Score-CAM score integrated along the path from the empty mask to ``M^k`` (a
@@ -304,14 +394,12 @@ class ISCAM(BaseCAM):
         self,
         *args: Any,
         n_samples: int = 10,
-        batch_size: int = 32,
         variant: Literal["paper", "torchcam"] = "paper",
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         _check_variant("is-cam", variant, ("paper", "torchcam"))
         self.n_samples = _check_count("n_samples", n_samples)
-        self.batch_size = _check_count("batch_size", batch_size)
         self.variant = variant
 
     def coefficients(self) -> torch.Tensor:
@@ -329,7 +417,7 @@ class ISCAM(BaseCAM):
         rows = []
         for b in range(acts.shape[0]):
             build = functools.partial(self._build, acts[b], ctx.images[b], coeffs)
-            scores = perturbed_scores(ctx, b, k_count * n, build, self.batch_size, kind)
+            scores = self._perturbed(ctx, b, k_count * n, build, kind)
             rows.append(scores.view(k_count, n).mean(dim=1))
         out = torch.stack(rows)
         return torch.softmax(out, dim=1) if self.variant == "torchcam" else out
@@ -361,7 +449,7 @@ ABLATION_CAM_URL = (
     description="Channel weights are the relative drop of the score when the channel is zeroed.",
     family="perturbation",
 )
-class AblationCAM(BaseCAM):
+class AblationCAM(_PerturbationCAM):
     r"""Ablation-CAM (Desai & Ramaswamy, WACV 2020).
 
     Paper:
@@ -400,7 +488,6 @@ class AblationCAM(BaseCAM):
     def __init__(
         self,
         *args: Any,
-        batch_size: int = 32,
         variant: Literal["paper", "pytorch-grad-cam"] = "paper",
         **kwargs: Any,
     ) -> None:
@@ -411,7 +498,6 @@ class AblationCAM(BaseCAM):
                 "ablation-cam zeroes channels of the layer's own output, so it cannot use a "
                 "reshape_transform: pick a layer with a (B, K, h, w) output"
             )
-        self.batch_size = _check_count("batch_size", batch_size)
         self.variant = variant
 
     def fill_value(self, acts: torch.Tensor) -> float:
@@ -426,12 +512,13 @@ class AblationCAM(BaseCAM):
         acts = layer.activations
         k_count = acts.shape[1]
         ablated = []
+        plan = self.plan(ctx)  # measured before the ablation hook exists
         for b in range(acts.shape[0]):
             channels: list[torch.Tensor] = []
             edit = functools.partial(self._ablate, channels, self.fill_value(acts[b]))
             build = functools.partial(self._build, ctx.images[b], channels)
             with _Capture([layer.ref], with_grad=False, edit=edit):
-                ablated.append(perturbed_scores(ctx, b, k_count, build, self.batch_size, "logit"))
+                ablated.append(self._perturbed(ctx, b, k_count, build, "logit", plan))
         y_k = torch.stack(ablated)
         y = ctx.scores.float()[:, None]
         return torch.where(y != 0, (y - y_k) / torch.where(y != 0, y, 1.0), -y_k)
@@ -466,7 +553,7 @@ class AblationCAM(BaseCAM):
     description="Grad-CAM-weighted channel groups as masks, scored against a blurred image.",
     family="perturbation",
 )
-class GroupCAM(BaseCAM):
+class GroupCAM(_PerturbationCAM):
     r"""Group-CAM (Zhang, Rao & Yang, 2021, https://arxiv.org/abs/2103.13859).
 
     As in the authors' code: the Grad-CAM-weighted activations ``w_k A^k`` (``w_k`` the
@@ -501,6 +588,8 @@ class GroupCAM(BaseCAM):
         torch.Size([1, 16, 16])
     """
 
+    uses_gradients = True  # its groups are weighted by Grad-CAM
+
     def __init__(
         self,
         *args: Any,
@@ -509,7 +598,6 @@ class GroupCAM(BaseCAM):
         blur_kernel: int = 51,
         blur_sigma: float = 50.0,
         baseline: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        batch_size: int = 32,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -530,7 +618,6 @@ class GroupCAM(BaseCAM):
         self.blur_kernel = blur_kernel
         self.blur_sigma = float(blur_sigma)
         self.baseline = baseline
-        self.batch_size = _check_count("batch_size", batch_size)
 
     def group_masks(self, layer: LayerData) -> torch.Tensor:
         """The de-noised initial masks ``M_g``, ``(B, G, h, w)``."""
@@ -559,15 +646,18 @@ class GroupCAM(BaseCAM):
     def layer_map(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """``Σ_g s_g minmax(M_g)`` at the layer's resolution, ``(B, h, w)``."""
         masks = self.group_masks(layer)
+        plan = self.plan(ctx)
         with torch.inference_mode():
             base = self.blurred(ctx.images)
-            base_scores = batch_target_scores(ctx.model(base), ctx, "probability").float()
+            fmt = torch.channels_last if plan.channels_last else torch.contiguous_format
+            out_base = ctx.model(base.contiguous(memory_format=fmt))  # as the masked passes
+            base_scores = batch_target_scores(out_base, ctx, "probability").float()
         base = base.clone()
         base_scores = base_scores.clone()
         out = torch.zeros(masks.shape[0], masks.shape[2], masks.shape[3], device=masks.device)
         for b in range(masks.shape[0]):
             build = functools.partial(self._build, masks[b], ctx.images[b], base[b])
-            s = perturbed_scores(ctx, b, masks.shape[1], build, self.batch_size, "probability")
+            s = self._perturbed(ctx, b, masks.shape[1], build, "probability", plan)
             small, _ = normalize_maps(masks[b])
             out[b] = torch.einsum("g,ghw->hw", s - base_scores[b], small.float())
         return out
