@@ -40,7 +40,9 @@ def main() -> int:
         cells = []
         for metric in metrics:
             ref, cur = vals.get((args.reference, metric), {}), vals.get((method, metric), {})
-            common = [i for i in cur if i in ref and math.isfinite(cur[i]) and math.isfinite(ref[i])]
+            common = [
+                i for i in cur if i in ref and math.isfinite(cur[i]) and math.isfinite(ref[i])
+            ]
             d = [cur[i] - ref[i] for i in common]
             if not d:
                 cells.append("–")
