@@ -233,6 +233,31 @@ def equal_maps(method: str) -> float | None:
     return float((ours - theirs.detach()).abs().max())
 
 
+def tradeoffs() -> list[str]:
+    """Time and map correlation of Score-CAM's inexact options against exact Score-CAM."""
+    import sacam
+    from sacam.models import load_model
+
+    lm = load_model()
+    x = images(1)
+    rows = []
+    t0 = time.perf_counter()
+    exact = sacam.explain(lm.model, x, "score-cam")
+    t_exact = time.perf_counter() - t0
+    rows.append(f"| exact | {t_exact:.1f} | 1.00 | 1.000 |")
+    for label, opts in (
+        ("top_channels=128", {"top_channels": 128}),
+        ("top_channels=256", {"top_channels": 256}),
+        ("bf16=True", {"bf16": True}),
+    ):
+        t0 = time.perf_counter()
+        m = sacam.explain(lm.model, x, "score-cam", **opts)
+        t = time.perf_counter() - t0
+        corr = float(torch.corrcoef(torch.stack([exact.flatten(), m.flatten()]))[0, 1])
+        rows.append(f"| {label} | {t:.1f} | {t_exact / t:.2f} | {corr:.3f} |")
+    return rows
+
+
 def main() -> int:
     """Measure and print the tables."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -242,6 +267,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--skip-torchcam", action="store_true")
+    ap.add_argument("--skip-tradeoffs", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.child:
@@ -328,6 +354,16 @@ def main() -> int:
                 f"{'' if diff is None else f'{diff:.1e}'} |"
             )
             print(lines[-1], file=sys.stderr, flush=True)
+    # options that trade exactness for speed (off by default)
+    if "score-cam" in methods and not args.skip_tradeoffs:
+        lines += [
+            "",
+            "| option (score-cam, batch 1) | s / image | speed-up | correlation with exact |",
+            "|---|---|---|---|",
+        ]
+        lines += tradeoffs()
+        print("\n".join(lines[-3:]), file=sys.stderr, flush=True)
+
     # deletion / insertion against their forwards
     steps = 28
     r = measure(base | {"kind": "delins", "batch": 1, "steps": steps})
