@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import matplotlib
 
@@ -103,7 +103,7 @@ class BenchmarkConfig:
     limit: int | None = None
     use_labels: bool = False
     steps: int | None = None
-    batch_size: int = 32
+    batch_size: int | Literal["auto"] = "auto"
     road_percentages: tuple[float, ...] = road.PERCENTAGES
     annotations: Path | None = None
     tolerance: float = 15.0

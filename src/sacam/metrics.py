@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
 
+from ._layers import probe
+from ._tuning import Plan, measure_plan, memory_cap
 from .core import model_guard, predict
 from .errors import InputError
 from .filters import gaussian_blur
@@ -140,7 +143,7 @@ def _curve(
     maps: torch.Tensor,
     classes: torch.Tensor,
     step: int,
-    batch_size: int,
+    batch_size: int | Literal["auto"],
     seed: int,
 ) -> CurveResult:
     b_count, _, h, w = start.shape
@@ -148,19 +151,29 @@ def _curve(
     rank = _rank(maps, seed)
     thresholds = torch.arange(n + 1, device=start.device) * step  # pixels switched at point t
     curves = torch.empty(b_count, n + 1)
-    with model_guard(model), torch.inference_mode():
-        for b in range(b_count):
-            for lo in range(0, n + 1, batch_size):
-                th = thresholds[lo : lo + batch_size]
-                switched = (rank[b][None] < th[:, None]).view(-1, 1, h, w)
-                x = torch.where(switched, finish[b][None], start[b][None])
-                logits = model(x)
-                curves[b, lo : lo + th.shape[0]] = torch.softmax(logits.float(), 1)[
-                    :, classes[b]
-                ].cpu()
+    with model_guard(model):
+        plan = _plan(model, start, batch_size)
+        fmt = torch.channels_last if plan.channels_last else torch.contiguous_format
+        with torch.inference_mode():
+            for b in range(b_count):
+                for lo in range(0, n + 1, plan.batch_size):
+                    th = thresholds[lo : lo + plan.batch_size]
+                    switched = (rank[b][None] < th[:, None]).view(-1, 1, h, w)
+                    x = torch.where(switched, finish[b][None], start[b][None])
+                    logits = model(x.contiguous(memory_format=fmt))
+                    probs = torch.softmax(logits.float(), 1)[:, classes[b]]
+                    curves[b, lo : lo + th.shape[0]] = probs.cpu()
     xs = torch.linspace(0, 1, n + 1)
     auc = torch.trapezoid(curves, xs, dim=1)
     return CurveResult(auc=auc, curves=curves, step=step)
+
+
+def _plan(model: nn.Module, images: torch.Tensor, batch_size: int | Literal["auto"]) -> Plan:
+    """Batch size and memory format of the perturbed passes (measured for ``"auto"``)."""
+    if batch_size != "auto":
+        return Plan(int(batch_size), False)
+    cap = memory_cap(probe(model, images[:1]), tuple(images.shape[1:]), 1024.0)
+    return measure_plan(model, images[0], cap)
 
 
 def _step(h: int, w: int, steps: int | None) -> int:
@@ -178,7 +191,7 @@ def deletion(
     targets: torch.Tensor | int | None = None,
     *,
     steps: int | None = None,
-    batch_size: int = 32,
+    batch_size: int | Literal["auto"] = "auto",
     seed: int = 0,
 ) -> CurveResult:
     """Deletion AUC (Petsiuk et al., RISE, https://arxiv.org/abs/1806.07421); lower is better.
@@ -187,7 +200,8 @@ def deletion(
     iteration, replaced by zeros of the normalised tensor (the dataset mean); the softmax
     probability of the class at each of the ``n + 1`` points is integrated by the
     trapezoid rule over [0, 1]. Default step: the image width (224 pixels for 224×224,
-    n = 224); ``steps=n`` trades precision for speed.
+    n = 224); ``steps=n`` trades precision for speed. The perturbed images are batched
+    (``batch_size="auto"``: the batch size and memory format measured fastest).
     """
     _check(images, maps)
     classes = _classes(model, images, targets)
@@ -202,7 +216,7 @@ def insertion(
     targets: torch.Tensor | int | None = None,
     *,
     steps: int | None = None,
-    batch_size: int = 32,
+    batch_size: int | Literal["auto"] = "auto",
     seed: int = 0,
 ) -> CurveResult:
     """Insertion AUC (Petsiuk et al., RISE); higher is better.
