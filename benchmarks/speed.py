@@ -110,9 +110,10 @@ def child(spec: dict) -> dict:
     from sacam.models import load_model
 
     torch.set_num_threads(spec["threads"])
-    lm = load_model()
+    device = torch.device(spec.get("device", "cpu"))
+    lm = load_model(device=device)
     model = lm.model
-    x = images(spec["batch"])
+    x = images(spec["batch"]).to(device)
     kind = spec["kind"]
     import sacam
 
@@ -141,7 +142,7 @@ def child(spec: dict) -> dict:
         fn = lambda: grad_floor(model, x)  # noqa: E731
     elif kind == "forward":
         fmt = torch.channels_last if spec.get("channels_last") else torch.contiguous_format
-        xb = images(spec["batch"]).contiguous(memory_format=fmt)
+        xb = images(spec["batch"]).to(device).contiguous(memory_format=fmt)
 
         def fn() -> torch.Tensor:
             with torch.inference_mode():
@@ -156,10 +157,22 @@ def child(spec: dict) -> dict:
             insertion(model, x, maps, steps=spec["steps"])
     else:
         raise ValueError(kind)
-    fn()  # warm-up (also for the RSS baseline)
-    base = rss_mb()
-    seconds = timeit(fn, spec["repeat"])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    fn()  # warm-up (also for the memory baseline)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2**20
+
+        def synced() -> None:
+            fn()
+            torch.cuda.synchronize()
+
+        seconds = timeit(synced, spec["repeat"])
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        base = rss_mb()
+        seconds = timeit(fn, spec["repeat"])
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"s_per_image": seconds / spec["batch"], "peak_mb": max(0.0, peak - base)}
 
 
@@ -269,6 +282,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--skip-torchcam", action="store_true")
     ap.add_argument("--skip-tradeoffs", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (peak memory: CUDA allocator)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.child:
@@ -277,9 +291,10 @@ def main() -> int:
     import sacam
 
     methods = args.methods or [m for m in sacam.list_methods()]
-    base = {"threads": args.threads, "repeat": args.repeat}
+    base = {"threads": args.threads, "repeat": args.repeat, "device": args.device}
+    gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "no GPU"
     lines = [
-        f"Machine: {cpu_name()}, {args.threads} threads, torch {torch.__version__}, "
+        f"Machine: {cpu_name()} ({gpu}), {args.threads} threads, torch {torch.__version__}, "
         f"Python {platform.python_version()}; default model efficientnet-lite0 at 224×224.",
         "",
     ]
