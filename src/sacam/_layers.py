@@ -73,7 +73,9 @@ def probe(model: nn.Module, images: torch.Tensor) -> ProbeRecord:
         order.append((name, k, tuple(out.shape) if isinstance(out, torch.Tensor) else None))
 
     handles = []
+    flags = [(m, m.training) for m in model.modules()]
     try:
+        model.eval()  # a probe must not update batch-norm statistics
         for module in names:
             handles.append(module.register_forward_hook(hook))
         with torch.inference_mode():
@@ -81,6 +83,8 @@ def probe(model: nn.Module, images: torch.Tensor) -> ProbeRecord:
     finally:
         for h in handles:
             h.remove()
+        for m, training in flags:
+            m.training = training
     record = ProbeRecord(tuple(order), calls)
     per_model[key] = record
     return record

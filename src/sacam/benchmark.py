@@ -387,7 +387,9 @@ def _evaluate(
         res_c = sanity.sanity_check(
             model,
             x,
-            lambda m, imgs: build_method(m, method, None)(imgs, target),
+            lambda m, imgs: build_method(m, method, None, **config.method_options.get(method, {}))(
+                imgs, target
+            ),
             "cascading",
             max_layers=config.sanity_layers,
             seed=config.seed,

@@ -5,7 +5,7 @@ with the default pretrained model, prints each image's top-5 classes and writes 
 PNGs. ``sacam methods`` lists the registered methods.
 
 Exit codes: 0 success; 2 bad arguments (unknown method, layer, target or model);
-3 an image could not be read.
+3 unreadable input (an image, or a data folder without labels.csv).
 """
 
 from __future__ import annotations

@@ -145,8 +145,9 @@ def predict(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         >>> predict(nn.Flatten(), torch.tensor([[[[0.0, 2.0, 1.0]]]])).tolist()
         [1]
     """
-    with model_guard(model), torch.no_grad():
-        return model(images).argmax(1)
+    with model_guard(model), torch.inference_mode():
+        top = model(images).argmax(1)
+    return top.clone()  # an ordinary tensor, usable outside inference mode
 
 
 def normalize_maps(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,6 +192,11 @@ def _check_images(images: object, model: nn.Module) -> torch.Tensor:
     if not torch.isfinite(images).all():
         raise InputError("images contain NaN or infinite values")
     param = next(iter(model.parameters()), None)
+    if param is not None and param.is_floating_point() and param.dtype != images.dtype:
+        raise InputError(
+            f"images are {images.dtype} but the model's parameters are {param.dtype}: "
+            f"convert one of them (images.to({param.dtype}))"
+        )
     if param is not None and param.device != images.device:
         raise InputError(
             f"images are on {images.device} but the model is on {param.device}: "
@@ -428,6 +434,7 @@ class BaseCAM:
                 acts = [a.clone() for a in self._stored(cap, refs)]  # leave inference mode
                 grad_list = [None] * len(refs)
                 output, scores = output.clone(), scores.clone()
+                class_idx = class_idx.clone() if class_idx is not None else None
         layers = [
             LayerData(ref, *self._to_maps(ref, a, g))
             for ref, a, g in zip(refs, acts, grad_list, strict=True)

@@ -117,7 +117,7 @@ def pointing_game(maps: torch.Tensor, masks: torch.Tensor, tolerance: float = 15
 def energy_pointing_game(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Share of each map's energy inside its object mask, ``(B,)``; NaN for an all-zero map."""
     total = maps.flatten(1).sum(1).cpu()
-    inside = (maps * masks.to(maps.dtype)).flatten(1).sum(1).cpu()
+    inside = (maps * masks.to(maps.device, maps.dtype)).flatten(1).sum(1).cpu()
     return torch.where(
         total > 0, inside / total.clamp_min(1e-12), torch.full_like(total, float("nan"))
     )

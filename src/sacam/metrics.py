@@ -31,9 +31,11 @@ from .core import model_guard, predict
 from .errors import InputError
 from .filters import gaussian_blur
 from .models import Preprocess
+from .targets import class_indices
 
 
-def _check(images: torch.Tensor, maps: torch.Tensor) -> None:
+def check_inputs(images: torch.Tensor, maps: torch.Tensor) -> None:
+    """Check that images ``(B, C, H, W)`` and maps ``(B, H, W)`` fit; raise InputError."""
     if images.ndim != 4 or maps.ndim != 3 or maps.shape[0] != images.shape[0]:
         raise InputError(
             f"metrics need images (B, C, H, W) and maps (B, H, W), got {tuple(images.shape)} "
@@ -60,14 +62,21 @@ def _probs(
     return torch.cat(out)
 
 
-def _classes(
+def target_classes(
     model: nn.Module, images: torch.Tensor, targets: torch.Tensor | int | None
 ) -> torch.Tensor:
+    """The class per sample: top-1 for ``None``, else the given, range-checked, indices."""
     if targets is None:
         return predict(model, images)
-    if isinstance(targets, int):
-        return torch.full((images.shape[0],), targets, dtype=torch.long, device=images.device)
-    return torch.as_tensor(targets, device=images.device, dtype=torch.long).reshape(-1)
+    with model_guard(model), torch.inference_mode():
+        output = model(images[:1])
+    given = [targets] * images.shape[0] if isinstance(targets, int) else targets
+    idx = torch.as_tensor(given, dtype=torch.long).reshape(-1)
+    if idx.numel() == 1:
+        idx = idx.expand(images.shape[0])
+    checked = class_indices(idx.clone(), output.expand(images.shape[0], *output.shape[1:]))
+    assert checked is not None
+    return checked.clone().to(images.device)
 
 
 def confidence_change(
@@ -100,9 +109,9 @@ def confidence_change(
         >>> confidence_change(net, x, torch.ones(2, 2, 2))["average_drop"].tolist()
         [0.0, 0.0]
     """
-    _check(images, maps)
+    check_inputs(images, maps)
     with model_guard(model):
-        classes = _classes(model, images, targets)
+        classes = target_classes(model, images, targets)
         y = _probs(model, images, classes, batch_size)
         m = maps[:, None].to(images.dtype)
         if preprocess is not None:
@@ -163,13 +172,15 @@ def _curve(
                     logits = model(x.contiguous(memory_format=fmt))
                     probs = torch.softmax(logits.float(), 1)[:, classes[b]]
                     curves[b, lo : lo + th.shape[0]] = probs.cpu()
-    xs = torch.linspace(0, 1, n + 1)
-    auc = torch.trapezoid(curves, xs, dim=1)
+    xs = (thresholds.clamp(max=h * w) / (h * w)).double().cpu()  # the last step may be partial
+    auc = torch.trapezoid(curves.double(), xs, dim=1).float()
     return CurveResult(auc=auc, curves=curves, step=step)
 
 
 def _plan(model: nn.Module, images: torch.Tensor, batch_size: int | Literal["auto"]) -> Plan:
     """Batch size and memory format of the perturbed passes (measured for ``"auto"``)."""
+    if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
+        raise InputError(f"batch_size must be a positive int or 'auto', got {batch_size!r}")
     if batch_size != "auto":
         return Plan(int(batch_size), False)
     cap = memory_cap(probe(model, images[:1]), tuple(images.shape[1:]), 1024.0)
@@ -203,8 +214,8 @@ def deletion(
     n = 224); ``steps=n`` trades precision for speed. The perturbed images are batched
     (``batch_size="auto"``: the batch size and memory format measured fastest).
     """
-    _check(images, maps)
-    classes = _classes(model, images, targets)
+    check_inputs(images, maps)
+    classes = target_classes(model, images, targets)
     step = _step(images.shape[-2], images.shape[-1], steps)
     return _curve(model, images, torch.zeros_like(images), maps, classes, step, batch_size, seed)
 
@@ -224,8 +235,8 @@ def insertion(
     Starts from the image blurred with a Gaussian (kernel 11, sigma 5, reflect padding)
     and puts original pixels back in decreasing saliency; otherwise as :func:`deletion`.
     """
-    _check(images, maps)
-    classes = _classes(model, images, targets)
+    check_inputs(images, maps)
+    classes = target_classes(model, images, targets)
     step = _step(images.shape[-2], images.shape[-1], steps)
     return _curve(
         model, gaussian_blur(images, 11, 5.0), images, maps, classes, step, batch_size, seed
@@ -237,7 +248,7 @@ def gini(maps: torch.Tensor) -> torch.Tensor:
     x = maps.flatten(1).double().clamp_min(0).sort(1).values
     n = x.shape[1]
     total = x.sum(1)
-    i = torch.arange(1, n + 1, dtype=torch.float64)
+    i = torch.arange(1, n + 1, dtype=torch.float64, device=x.device)
     g = ((2 * i - n - 1) * x).sum(1) / (n * total)
     return torch.where(total > 0, g, torch.full_like(g, float("nan"))).float()
 

@@ -23,8 +23,9 @@ import scipy.sparse.linalg as spla
 import torch
 from torch import nn
 
-from .core import model_guard, predict
+from .core import model_guard
 from .errors import InputError
+from .metrics import check_inputs, target_classes
 from .models import Preprocess
 
 PERCENTAGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
@@ -169,8 +170,9 @@ def road(
     Returns:
         a :class:`RoadResult`.
     """
+    check_inputs(images, maps)
     b_count, _, h, w = images.shape
-    classes = predict(model, images) if targets is None else targets.to(images.device)
+    classes = target_classes(model, images, targets)
     pixels = preprocess.denormalize(images)
     morf = torch.empty(b_count, len(percentages))
     lerf = torch.empty(b_count, len(percentages))

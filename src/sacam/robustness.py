@@ -9,9 +9,9 @@ iterate whose predicted class is still the clean one. Kinds:
 - ``"pgd"``: ``g`` is the gradient of the cross-entropy loss of the clean class (the
   attack pushes towards misclassification and stops before the label flips);
 - ``"topk"``: ``g`` lowers the share of the top-k pixels of the clean map in the
-  perturbed map. Maps of gradient-free methods are not differentiable, so this attack
-  differentiates a Grad-CAM map of the same layer (a white-box attack on the gradient
-  family, a transfer attack on the others).
+  perturbed map. Maps of most methods are not differentiable end to end, so this attack
+  differentiates a Grad-CAM map at the model's automatic target layer (a white-box attack
+  on Grad-CAM there, a transfer attack on other methods and layers).
 
 Measures between clean and perturbed maps: top-k intersection ``|topk ∩ topk'| / k``
 (k = 1000 for 224×224), Spearman rank correlation, SSIM, centre-of-mass shift (pixels).

@@ -9,12 +9,13 @@ one ``int`` per sample, or callables) into a single batch callable.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from .errors import TargetError
+from .errors import ModelError, TargetError
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 TargetsLike = None | int | Sequence[int] | torch.Tensor | ScoreFn | Sequence[ScoreFn]
@@ -99,7 +100,7 @@ def class_indices(targets: TargetsLike, output: torch.Tensor) -> torch.Tensor | 
         return output.argmax(dim=1)
     if isinstance(targets, bool):
         raise TargetError("a target must be an int class index or a callable, not a bool")
-    if isinstance(targets, int):
+    if isinstance(targets, numbers.Integral):
         idx = torch.full((batch,), targets, dtype=torch.long, device=output.device)
     elif isinstance(targets, torch.Tensor):
         if targets.dtype.is_floating_point or targets.ndim > 1:
@@ -108,7 +109,7 @@ def class_indices(targets: TargetsLike, output: torch.Tensor) -> torch.Tensor | 
         if idx.numel() == 1:
             idx = idx.expand(batch).clone()
     elif isinstance(targets, Sequence) and all(
-        isinstance(t, int) and not isinstance(t, bool) for t in targets
+        isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in targets
     ):
         idx = torch.as_tensor(list(targets), dtype=torch.long, device=output.device)
     else:
@@ -155,21 +156,36 @@ def resolve_targets(
     if idx is not None:
         return PerSampleClassTarget(tuple(int(i) for i in idx.tolist())), idx
     batch = output.shape[0]
+    fn: ScoreFn
     if callable(targets):
-        fn: ScoreFn = targets
+        fn = targets
     elif isinstance(targets, Sequence) and all(callable(t) for t in targets):
         fns: list[ScoreFn] = [t for t in targets if callable(t)]
         if len(fns) != batch:
             raise TargetError(f"got {len(fns)} target callables for a batch of {batch} images")
-
-        def fn(out: torch.Tensor) -> torch.Tensor:
-            return torch.stack([_one_score(f(out[b : b + 1])) for b, f in enumerate(fns)])
+        fn = PerSampleCallables(tuple(fns))
     else:
         raise TargetError(
             f"unsupported targets {targets!r}: pass None, an int class index, one int per "
             "sample, or callables that map the model output to one score per sample"
         )
     return fn, None
+
+
+@dataclass(frozen=True)
+class PerSampleCallables:
+    """One score callable per sample; each gets its own sample's output row ``(1, ...)``."""
+
+    fns: tuple[ScoreFn, ...]
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        """Row ``b`` scored by callable ``b``."""
+        return torch.stack([_one_score(f(output[b : b + 1])) for b, f in enumerate(self.fns)])
+
+    def for_sample(self, b: int) -> ScoreFn:
+        """A batch score function that applies sample ``b``'s callable to every row."""
+        f = self.fns[b]
+        return lambda out: torch.stack([_one_score(f(out[i : i + 1])) for i in range(len(out))])
 
 
 def _one_score(value: torch.Tensor) -> torch.Tensor:
@@ -186,5 +202,10 @@ def evaluate_scores(score_fn: ScoreFn, output: torch.Tensor) -> torch.Tensor:
         shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
         raise TargetError(
             f"a target callable must return one score per sample, shape ({batch},), got {shape}"
+        )
+    if not torch.isfinite(scores.detach()).all():
+        raise ModelError(
+            "the model's target scores contain NaN or infinite values, so no map can be "
+            "computed: check the model and its inputs"
         )
     return scores

@@ -170,9 +170,11 @@ class SACAM(BaseCAM):
             raise MethodError(f"operator must be 'cosine', 'dot' or 'class', got {operator!r}")
         if not (isinstance(gamma, int | float) and gamma >= 0 and math.isfinite(gamma)):
             raise MethodError(f"gamma must be a finite number >= 0, got {gamma!r}")
-        if not (isinstance(temperature, int | float) and temperature > 0):
+        if not (
+            isinstance(temperature, int | float) and temperature > 0 and math.isfinite(temperature)
+        ):
             raise MethodError(f"temperature must be > 0, got {temperature!r}")
-        if not isinstance(hops, int) or hops < 1:
+        if not isinstance(hops, int) or isinstance(hops, bool) or hops < 1:
             raise MethodError(f"hops must be an int >= 1, got {hops!r}")
         base_name = BASE_ALIASES.get(base, base)
         if base_name == "sa-cam" or base_name not in list_methods():
@@ -183,6 +185,12 @@ class SACAM(BaseCAM):
             raise MethodError(
                 f"SA-CAM's base must produce channel weights; {base_name!r} builds its map "
                 "another way"
+            )
+        unknown = sorted(set(base_options or {}) - set(base_cls.option_names()))
+        if unknown:
+            raise MethodError(
+                f"base {base_name!r} does not accept option(s) {', '.join(unknown)}; it "
+                f"accepts: {', '.join(base_cls.option_names())}"
             )
         self.base = base_cls(self.model, self.layer, **(base_options or {}))
         self.base_name = base_name

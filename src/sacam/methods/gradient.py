@@ -6,6 +6,7 @@ element-wise gradient maps (Layer-CAM, HiRes-CAM, Grad-CAM element-wise).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
@@ -327,9 +328,13 @@ class SmoothGradCAMPlusPlus(BaseCAM):
         super().__init__(*args, **kwargs)
         if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
             raise MethodError(f"n_samples must be a positive int, got {n_samples!r}")
-        if not (isinstance(std_spread, int | float) and std_spread >= 0):
+        if not (
+            isinstance(std_spread, int | float) and std_spread >= 0 and math.isfinite(std_spread)
+        ):
             raise MethodError(f"std_spread must be a number >= 0, got {std_spread!r}")
-        if std is not None and not (isinstance(std, int | float) and std >= 0):
+        if std is not None and not (
+            isinstance(std, int | float) and std >= 0 and math.isfinite(std)
+        ):
             raise MethodError(f"std must be None or a number >= 0, got {std!r}")
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise MethodError(f"seed must be an int, got {seed!r}")

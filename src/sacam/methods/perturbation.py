@@ -23,6 +23,7 @@ from ..core import BaseCAM, CallContext, LayerData, _Capture, normalize_maps
 from ..errors import LayerError, MethodError
 from ..filters import gaussian_blur
 from ..registry import register_method
+from ..targets import PerSampleCallables
 
 ScoreKind = Literal["probability", "logit"]
 Build = Callable[[int, int], tuple[torch.Tensor, torch.Tensor | None]]
@@ -35,7 +36,10 @@ def target_scores(output: torch.Tensor, ctx: CallContext, b: int, kind: ScoreKin
     class; for callable targets: the callable's score, whatever ``kind``.
     """
     if ctx.class_idx is None:
-        return ctx.score_fn(output)
+        fn = ctx.score_fn
+        if isinstance(fn, PerSampleCallables):  # copies of sample b: its own callable
+            fn = fn.for_sample(b)
+        return fn(output)
     c = int(ctx.class_idx[b])
     if kind == "logit":
         return output[:, c]
@@ -520,7 +524,7 @@ class AblationCAM(_PerturbationCAM):
             with _Capture([layer.ref], with_grad=False, edit=edit):
                 ablated.append(self._perturbed(ctx, b, k_count, build, "logit", plan))
         y_k = torch.stack(ablated)
-        y = ctx.scores.float()[:, None]
+        y = batch_target_scores(ctx.output, ctx, "logit").float()[:, None]  # as y_k
         return torch.where(y != 0, (y - y_k) / torch.where(y != 0, y, 1.0), -y_k)
 
     @staticmethod
