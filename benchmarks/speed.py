@@ -11,8 +11,9 @@ For the default model at 224×224 it measures, in one run:
   channels_last memory formats (the best is the floor of a forward pass);
 - for each method and batch size (1 and 8; Score-type methods at batch 1, since their
   cost is K masked forwards per image whatever the batch): time per image (median of
-  ``--repeat`` runs after one warm-up), peak memory (peak RSS of a fresh child process
-  above its RSS after loading and warming up), and the ratio to the method's floor:
+  ``--repeat`` runs after one warm-up), peak memory (peak RSS, ``VmHWM``, of a fresh
+  child process above its RSS after loading the model and the images), and the ratio
+  to the method's floor:
     - gradient family: one forward plus a backward to the target layer (measured by hand,
       without sacam);
     - Score family: the K masked forwards alone at the best batch size and format;
@@ -31,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -97,10 +97,13 @@ def timeit(fn, repeat: int) -> float:  # noqa: ANN001
     return statistics.median(times)
 
 
-def rss_mb() -> float:
-    """Current resident set size in MiB (Linux)."""
+def rss_mb(field: str = "VmRSS") -> float:
+    """Resident set size in MiB (Linux): current (``VmRSS``) or peak (``VmHWM``).
+
+    ``VmHWM``, unlike ``ru_maxrss``, is not inherited from the parent process.
+    """
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -157,7 +160,8 @@ def child(spec: dict) -> dict:
             insertion(model, x, maps, steps=spec["steps"])
     else:
         raise ValueError(kind)
-    fn()  # warm-up (also for the memory baseline)
+    base = rss_mb()  # after loading the model and the images, before any explaining
+    fn()  # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -170,9 +174,8 @@ def child(spec: dict) -> dict:
         seconds = timeit(synced, spec["repeat"])
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
-        base = rss_mb()
         seconds = timeit(fn, spec["repeat"])
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = rss_mb("VmHWM")
     return {"s_per_image": seconds / spec["batch"], "peak_mb": max(0.0, peak - base)}
 
 
