@@ -448,19 +448,6 @@ def _grid_pointing(
                 writer.failure(name, method, f"{type(exc).__name__}: {exc}")
 
 
-def _mean_ci(vals: list[float]) -> dict[str, float]:
-    finite = [v for v in vals if math.isfinite(v)]
-    n = len(finite)
-    mean = sum(finite) / n if n else float("nan")
-    var = sum((v - mean) ** 2 for v in finite) / (n - 1) if n > 1 else 0.0
-    return {
-        "mean": mean,
-        "ci95": 1.96 * math.sqrt(var / n) if n else float("nan"),
-        "n": n,
-        "nan_count": len(vals) - n,
-    }
-
-
 def summarize(
     out: Path,
     config: BenchmarkConfig,
@@ -483,7 +470,7 @@ def summarize(
             vals = [sum(v) / len(v) for v in per_class.values()]
         if metric == "time_s":
             vals = [v for img, v in pairs if not img.startswith("grid-")]
-        stats = _mean_ci(vals)
+        stats: dict[str, Any] = dict(metrics.mean_ci(vals))
         higher = VALUES.get(metric, (False, ""))[0]
         stats["higher_is_better"] = higher
         table.setdefault(method, {})[metric] = stats

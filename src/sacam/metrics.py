@@ -311,13 +311,25 @@ class MeanAccumulator:
 
     def compute(self) -> dict[str, float]:
         """``mean``, ``ci95`` (half-width, normal approximation), ``n`` and ``nan_count``."""
-        vals = [v for v in self.values if math.isfinite(v)]
-        n = len(vals)
-        mean = sum(vals) / n if n else float("nan")
-        var = sum((v - mean) ** 2 for v in vals) / (n - 1) if n > 1 else 0.0
-        return {
-            "mean": mean,
-            "ci95": 1.96 * math.sqrt(var / n) if n else float("nan"),
-            "n": float(n),
-            "nan_count": float(len(self.values) - n),
-        }
+        return mean_ci(self.values)
+
+
+def mean_ci(values: list[float]) -> dict[str, float]:
+    """Mean and 95% interval half-width (normal approximation) of the finite values.
+
+    Non-finite values are counted in ``nan_count``, not averaged in.
+
+    Example:
+        >>> mean_ci([1.0, 3.0, float("nan")])["mean"], mean_ci([1.0, 3.0])["nan_count"]
+        (2.0, 0.0)
+    """
+    vals = [v for v in values if math.isfinite(v)]
+    n = len(vals)
+    mean = sum(vals) / n if n else float("nan")
+    var = sum((v - mean) ** 2 for v in vals) / (n - 1) if n > 1 else 0.0
+    return {
+        "mean": mean,
+        "ci95": 1.96 * math.sqrt(var / n) if n else float("nan"),
+        "n": float(n),
+        "nan_count": float(len(values) - n),
+    }
