@@ -31,19 +31,15 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Literal
 
-import matplotlib
+import torch
+from tqdm import tqdm
 
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from . import localization, metrics, road, robustness, sanity  # noqa: E402
-from .api import build_method  # noqa: E402
-from .errors import InputError, SacamError  # noqa: E402
-from .models import LoadedModel, load_image, load_model, with_preprocess  # noqa: E402
-from .registry import method_info  # noqa: E402
-from .viz import save_grid  # noqa: E402
+from . import localization, metrics, road, robustness, sanity
+from .api import build_method
+from .errors import InputError, SacamError
+from .models import LoadedModel, load_image, load_model, with_preprocess
+from .registry import method_info
+from .viz import save_grid, saved_figure
 
 # value name -> (higher is better, description)
 VALUES: dict[str, tuple[bool, str]] = {
@@ -553,8 +549,8 @@ def _plot_mean_curves(
     present = [k for k in kinds if any(kind == k for _, kind in curves)]
     if not present:
         return None
-    fig, axes = plt.subplots(1, len(present), figsize=(5 * len(present), 3.6), squeeze=False)
-    try:
+    grid = {"nrows": 1, "ncols": len(present), "figsize": (5 * len(present), 3.6)}
+    with saved_figure(path, dpi=90, squeeze=False, **grid) as (_, axes):
         for ax, kind in zip(axes[0], present, strict=True):
             for (method, k), cs in curves.items():
                 if k != kind:
@@ -566,10 +562,6 @@ def _plot_mean_curves(
             ax.set_xlabel(xlabel)
             ax.set_ylabel("class probability")
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(path, dpi=90)
-    finally:
-        plt.close(fig)
     return path
 
 
@@ -595,8 +587,10 @@ def _figures(
     if names:
         cols = min(4, len(names))
         nrows = math.ceil(len(names) / cols)
-        fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.8 * nrows), squeeze=False)
-        try:
+        size = (3.6 * cols, 2.8 * nrows)
+        with saved_figure(
+            out / "metrics.png", dpi=90, nrows=nrows, ncols=cols, figsize=size, squeeze=False
+        ) as (_, axes):
             for ax, m in zip(axes.flat, names, strict=False):
                 methods = [k for k, t in summary["table"].items() if m in t]
                 means = [summary["table"][k][m]["mean"] for k in methods]
@@ -606,10 +600,6 @@ def _figures(
                 ax.set_title(f"{m} {'↑' if VALUES[m][0] else '↓'}", fontsize=8)
             for ax in list(axes.flat)[len(names) :]:
                 ax.axis("off")
-            fig.tight_layout()
-            fig.savefig(out / "metrics.png", dpi=90)
-        finally:
-            plt.close(fig)
     examples = []
     for r in rows[:4]:
         try:

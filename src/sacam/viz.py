@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -14,6 +16,32 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor
+
+
+@contextlib.contextmanager
+def saved_figure(path: str | Path, *, dpi: int = 100, **subplots: Any) -> Iterator[tuple[Any, Any]]:
+    """A ``plt.subplots(**subplots)`` figure, saved as PNG at ``path`` if the block succeeds.
+
+    The figure is laid out and saved (parent folders created) when the block ends without
+    an exception, and closed whatever happens.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "a" / "f.png"
+        >>> with saved_figure(p, figsize=(1, 1)) as (fig, ax):
+        ...     _ = ax.plot([0, 1])
+        >>> p.exists()
+        True
+    """
+    fig, axes = plt.subplots(**subplots)
+    try:
+        yield fig, axes
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi)
+    finally:
+        plt.close(fig)
 
 
 def to_rgb_array(image: ImageLike) -> np.ndarray:
@@ -98,10 +126,8 @@ def save_grid(
     for name, m in maps.items():
         if m.shape[0] != n_rows:
             raise ValueError(f"maps[{name!r}] holds {m.shape[0]} maps for {n_rows} images")
-    fig, axes = plt.subplots(
-        n_rows, n_cols, figsize=(cell * n_cols, cell * n_rows + 0.3), squeeze=False
-    )
-    try:
+    size = (cell * n_cols, cell * n_rows + 0.3)
+    with saved_figure(path, nrows=n_rows, ncols=n_cols, figsize=size, squeeze=False) as (_, axes):
         for r, image in enumerate(images):
             axes[r, 0].imshow(to_rgb_array(image))
             axes[r, 0].set_title(titles[r] if titles else "image", fontsize=9)
@@ -110,13 +136,7 @@ def save_grid(
                 axes[r, c].set_title(name, fontsize=9)
             for ax in axes[r]:
                 ax.axis("off")
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-    finally:
-        plt.close(fig)
-    return path
+    return Path(path)
 
 
 def save_attention(
@@ -150,8 +170,7 @@ def save_attention(
     h, w = attention_row.shape
     row = attention_row.detach().float().cpu()
     shown = (row - row.min()) / (row.max() - row.min()).clamp_min(1e-12)
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
-    try:
+    with saved_figure(path, nrows=1, ncols=3, figsize=(9, 3.3)) as (_, axes):
         axes[0].imshow(rgb)
         axes[0].set_title(title or "image", fontsize=9)
         axes[1].imshow(overlay(rgb, cam, cmap=cmap, alpha=alpha))
@@ -165,10 +184,4 @@ def save_attention(
         )
         for ax in axes:
             ax.axis("off")
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-    finally:
-        plt.close(fig)
-    return path
+    return Path(path)

@@ -227,8 +227,6 @@ class ScoreCAM(_PerturbationCAM):
         torch.Size([1, 16, 16])
     """
 
-    uses_gradients = False
-
     def __init__(
         self,
         *args: Any,
@@ -305,8 +303,6 @@ class SSCAM(_PerturbationCAM):
         >>> sacam.explain(net, torch.rand(1, 3, 16, 16), method="ss-cam", n_samples=4).shape
         torch.Size([1, 16, 16])
     """
-
-    uses_gradients = False
 
     def __init__(
         self,
@@ -391,8 +387,6 @@ class ISCAM(_PerturbationCAM):
         >>> sacam.explain(net, torch.rand(1, 3, 16, 16), method="is-cam", n_samples=4).shape
         torch.Size([1, 16, 16])
     """
-
-    uses_gradients = False
 
     def __init__(
         self,
@@ -486,8 +480,6 @@ class AblationCAM(_PerturbationCAM):
         >>> sacam.explain(net, torch.rand(1, 3, 16, 16), method="ablation-cam").shape
         torch.Size([1, 16, 16])
     """
-
-    uses_gradients = False
 
     def __init__(
         self,
