@@ -2,7 +2,8 @@
 
 ``sacam explain [IMAGES...]`` explains images (the scikit-image sample photos by default)
 with the default pretrained model, prints each image's top-5 classes and writes overlay
-PNGs. ``sacam methods`` lists the registered methods.
+PNGs. ``sacam methods`` lists the registered methods. ``sacam serve`` runs the web page
+(with the ``serve`` extra).
 
 Exit codes: 0 success; 2 bad arguments (unknown method, layer, target or model);
 3 unreadable input (an image, or a data folder without labels.csv).
@@ -28,6 +29,7 @@ from .viz import overlay, save_grid
 EXIT_USAGE = 2
 EXIT_IMAGE = 3
 GRID_ROWS = 8
+WEB_MODULES = {"fastapi", "starlette", "uvicorn", "multipart", "python_multipart", "pydantic"}
 
 
 def default_method() -> str:
@@ -113,6 +115,18 @@ def _parser() -> argparse.ArgumentParser:
         "--grid-threshold", type=float, default=0.99, help="grid pointing: min. softmax"
     )
 
+    srv = sub.add_parser(
+        "serve", help="serve a local web page to explain images (needs the 'serve' extra)"
+    )
+    srv.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    srv.add_argument("--model", default=None, help="model (as for explain)")
+    srv.add_argument("--weights", default=None, help="state dict for the --model architecture")
+    srv.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    srv.add_argument(
+        "--max-upload-mb", type=float, default=20.0, help="largest upload in MB (default: 20)"
+    )
+
     meth = sub.add_parser("methods", help="list the registered CAM methods")
     meth.add_argument("--markdown", action="store_true", help="print the README's Markdown table")
     return parser
@@ -132,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "benchmark":
             return _benchmark(args)
+        if args.command == "serve":
+            return _serve(args)
         return _explain(args)
     except InputError as exc:
         print(f"sacam: error: {exc}", file=sys.stderr)
@@ -165,6 +181,32 @@ def _benchmark(args: argparse.Namespace) -> int:
 
     print(render_markdown(summary))
     print(f"wrote results.csv, summary.md, summary.json, figures and report.html to {args.out}/")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if not args.max_upload_mb > 0:
+        raise SacamError("--max-upload-mb must be a positive number")
+    try:
+        from .serve import serve
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in WEB_MODULES:
+            raise
+        raise SacamError(
+            f"sacam serve needs the web dependencies ({exc.name} is missing): "
+            'pip install -e ".[serve]"'
+        ) from None
+    try:
+        serve(
+            args.model,
+            weights=args.weights,
+            device=args.device,
+            host=args.host,
+            port=args.port,
+            max_upload_mb=args.max_upload_mb,
+        )
+    except KeyboardInterrupt:  # pragma: no cover - Ctrl+C
+        pass
     return 0
 
 
