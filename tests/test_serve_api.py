@@ -355,7 +355,11 @@ def test_page_and_static_files_are_served_with_a_strict_policy(client) -> None: 
         r = client.get(f"/static/{name}")
         assert r.status_code == 200 and len(r.content) > 500
     # nothing on the page refers to another host
-    for text in (page.text, client.get("/static/app.js").text, client.get("/static/style.css").text):
+    for text in (
+        page.text,
+        client.get("/static/app.js").text,
+        client.get("/static/style.css").text,
+    ):
         assert "http://" not in text and "https://" not in text and "//cdn" not in text
     assert client.get("/static/../app.py").status_code == 404
     assert client.get("/docs").status_code == 404  # the interactive docs would use a CDN

@@ -68,7 +68,11 @@ def test_progress_and_cancel_of_a_long_job(slow) -> None:  # noqa: ANN001
         while True:
             info = c.get(f"/api/jobs/{job['job_id']}").json()
             seen.append(info["progress"])
-            if info["status"] == "running" and info["stage"] == "score-cam" and info["progress"] > 0.5:
+            if (
+                info["status"] == "running"
+                and info["stage"] == "score-cam"
+                and info["progress"] > 0.5
+            ):
                 break
             assert info["status"] in ("queued", "running") and time.monotonic() < deadline
             time.sleep(0.01)
