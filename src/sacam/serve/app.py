@@ -218,6 +218,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     415: {"model": ErrorOut, "description": "not an image"},
     422: {"model": ErrorOut, "description": "malformed request"},
 }
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "unknown name or id"},
+    422: {"model": ErrorOut, "description": "malformed request"},
+}
 
 
 # ---------------------------------------------------------------------- middleware
@@ -461,7 +465,7 @@ def create_app(
     @app.get(
         "/api/samples/{name}",
         response_class=Response,
-        responses={200: {"content": {"image/png": {}}}, 404: {"model": ErrorOut}},
+        responses={200: {"content": {"image/png": {}}}, **NOT_FOUND},
     )
     async def sample(name: Annotated[str, Path(max_length=64)]) -> Response:
         """A sample photo as PNG (by name; see ``GET /api/samples``)."""
@@ -509,7 +513,12 @@ def create_app(
         job = await _explain_job(image, methods, target, layer)
         return job.snapshot()
 
-    @app.post("/api/jobs/curves", response_model=JobOut, status_code=202, responses=ERRORS)
+    @app.post(
+        "/api/jobs/curves",
+        response_model=JobOut,
+        status_code=202,
+        responses={**ERRORS, **NOT_FOUND},
+    )
     async def curves_job(body: CurvesIn) -> Any:
         """Deletion and insertion curves of an explanation's maps, as a job."""
         stored = store.get(body.result_id)
@@ -527,12 +536,12 @@ def create_app(
         )
         return job.snapshot()
 
-    @app.get("/api/jobs/{job_id}", response_model=JobOut, responses={404: {"model": ErrorOut}})
+    @app.get("/api/jobs/{job_id}", response_model=JobOut, responses=NOT_FOUND)
     async def job_status(job_id: Annotated[str, Path(max_length=64)]) -> Any:
         """A job's status and progress, with its result once done."""
         return _job_out(_job(job_id))
 
-    @app.delete("/api/jobs/{job_id}", response_model=JobOut, responses={404: {"model": ErrorOut}})
+    @app.delete("/api/jobs/{job_id}", response_model=JobOut, responses=NOT_FOUND)
     async def cancel_job(job_id: Annotated[str, Path(max_length=64)]) -> Any:
         """Cancel a job: a queued job never runs; a running one stops at its next pass."""
         _job(job_id)
@@ -541,7 +550,7 @@ def create_app(
     @app.get(
         "/api/results/{result_id}/attention",
         response_model=AttentionOut,
-        responses={400: {"model": ErrorOut}, 404: {"model": ErrorOut}},
+        responses={**ERRORS, **NOT_FOUND},
     )
     def attention(
         result_id: Annotated[str, Path(max_length=64)],

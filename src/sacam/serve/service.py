@@ -37,6 +37,9 @@ from .worker import JobError, Progress
 
 MAX_ATTENTION_POSITIONS = 64 * 64
 """SA-CAM's attention is N×N over the layer's N positions: larger grids are refused."""
+CURVE_BATCH = 16
+"""Images per forward pass of the curves: fixed, since measuring the fastest batch size
+(``batch_size="auto"``) costs more than a short curve itself."""
 
 
 @dataclass(frozen=True)
@@ -441,7 +444,14 @@ def run_curves(
         entry: dict[str, Any] = {"method": name}
         for j, (kind, fn) in enumerate((("deletion", deletion), ("insertion", insertion))):
             progress.stage(2 * k + j, f"{kind} curve of {name}", n + 1)
-            res = fn(loaded.model, stored.x, cam, targets=stored.class_index, steps=steps)
+            res = fn(
+                loaded.model,
+                stored.x,
+                cam,
+                targets=stored.class_index,
+                steps=steps,
+                batch_size=CURVE_BATCH,
+            )
             entry[kind] = {
                 "auc": float(res.auc[0]),
                 "curve": [round(float(v), 6) for v in res.curves[0].tolist()],

@@ -194,7 +194,7 @@ function render(result) {
     const bar = el("span", { class: "bar" });
     bar.style.width = `${Math.max(2, 100 * p.probability)}%`;
     const button = el("button", { type: "button", class: p.class_index === result.explained_class.class_index ? "active" : "", "data-class": String(p.class_index) },
-      el("span", { text: `${p.name} (${p.class_index})` }), el("span", {}, bar), el("span", { text: p.probability.toFixed(3) }));
+      el("span", { text: `${p.name} (${p.class_index})` }), el("span", { class: "track" }, bar), el("span", { text: p.probability.toFixed(3) }));
     button.addEventListener("click", () => { state.target = p.class_index; explain(); });
     list.append(el("li", {}, button));
   }
