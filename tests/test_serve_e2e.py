@@ -47,6 +47,11 @@ def _playwright():  # noqa: ANN202
     return sync_playwright
 
 
+def shoot(page, path: Path) -> None:  # noqa: ANN001
+    page.screenshot(path=str(path), full_page=True, type="jpeg", quality=85)
+    assert path.stat().st_size > 10_000
+
+
 def test_page_end_to_end(default_model, tmp_path) -> None:  # noqa: ANN001
     sync_playwright = _playwright()
     shots = Path(os.environ.get("SACAM_SCREENSHOTS") or tmp_path)
@@ -102,7 +107,7 @@ def test_page_end_to_end(default_model, tmp_path) -> None:  # noqa: ANN001
             )
         assert page.locator("#predictions li").count() == 5
         assert "Egyptian cat" in page.inner_text("#explained")  # chelsea's top-1, class 285
-        page.screenshot(path=str(shots / "serve-maps.png"), full_page=True)
+        shoot(page, shots / "serve-maps.jpg")
 
         # click another class: the maps now explain it
         second = page.locator("#predictions button").nth(1)
@@ -122,7 +127,7 @@ def test_page_end_to_end(default_model, tmp_path) -> None:  # noqa: ANN001
         assert info.startswith("attention of position (2, 3)")  # floor(100/40), floor(150/40)
         assert sa.locator("img.attention").get_attribute("src").startswith("data:image/png")
         page.mouse.move(5, 5)  # off the maps: overlays, not the raw map shown on hover
-        page.screenshot(path=str(shots / "serve-attention.png"), full_page=True)
+        shoot(page, shots / "serve-attention.jpg")
 
         # deletion and insertion curves of both maps
         page.fill("#steps", "16")
@@ -145,7 +150,7 @@ def test_page_end_to_end(default_model, tmp_path) -> None:  # noqa: ANN001
         assert numbers["explained_class"]["class_index"] == int(index)
         assert [m["method"] for m in numbers["curves"]["methods"]] == ["grad-cam", "sa-cam"]
         assert numbers["attention"][0]["position"] == [2, 3]
-        page.screenshot(path=str(shots / "serve-curves.png"), full_page=True)
+        shoot(page, shots / "serve-curves.jpg")
 
         # a long method shows progress and can be cancelled; the page stays usable
         page.uncheck("#methods input[value='sa-cam']")

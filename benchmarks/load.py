@@ -1,0 +1,195 @@
+"""A bounded load test of ``sacam serve`` on localhost.
+
+Usage:
+
+    python benchmarks/load.py                                   # 60 requests, 4 at a time
+    python benchmarks/load.py --requests 120 --concurrency 8 --method grad-cam --method sa-cam
+
+It starts ``sacam serve`` (the default model, EfficientNet-Lite0) as a child process on
+a free port of 127.0.0.1 and, in one run, measures:
+
+- the floor: ``--floor`` sequential ``POST /api/explain`` requests, one at a time (after
+  one warm-up request), whose median is the service time of one request;
+- the load: ``--requests`` of the same request, ``--concurrency`` at a time, cycling
+  through the four sample photos; every answer must be 200 with one map per method;
+- ``GET /api/health`` latency while the load runs (the event loop stays free);
+- the server's resident memory (``VmRSS`` of the child) after start-up, after the
+  warm-up, and after the load, and its peak (``VmHWM``).
+
+The model works on one thread, so requests queue: with ``c`` requests in flight the
+expected latency is about ``c`` × the floor. The report prints p50/p95 against that
+expectation. Needs ``pip install -e ".[serve,serve-test]"`` (httpx).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import torch
+
+from sacam.models import SAMPLE_IMAGES, sample_image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rss_kib(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of a process, in KiB (Linux /proc)."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) with linear interpolation between order statistics."""
+    s = sorted(values)
+    pos = (len(s) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
+    """Start ``sacam serve`` on a free port; return the process and its base URL."""
+    cmd = [sys.executable, "-m", "sacam.cli", "serve", "--port", "0", "--device", args.device]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if "open http://" not in line:
+        proc.kill()
+        raise SystemExit(f"the server did not start: {line!r}")
+    base = line.rsplit(" ", 1)[1].rstrip("/")
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            httpx.get(base + "/api/health", timeout=5).raise_for_status()
+            return proc, base
+        except httpx.TransportError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise SystemExit("the server did not answer") from None
+            time.sleep(0.1)
+
+
+def main() -> None:
+    """Run the load test and print a Markdown report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=60)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--floor", type=int, default=8, help="sequential requests (floor)")
+    parser.add_argument("--method", action="append", help="method(s) (default: sa-cam)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    methods = args.method or ["sa-cam"]
+
+    images = []
+    for name in SAMPLE_IMAGES:
+        buf = io.BytesIO()
+        sample_image(name).save(buf, format="JPEG", quality=90)
+        images.append((f"{name}.jpg", buf.getvalue()))
+
+    t_start = time.perf_counter()
+    proc, base = start_server(args)
+    start_s = time.perf_counter() - t_start
+    mem_start = rss_kib(proc.pid)
+    errors: list[str] = []
+
+    def explain(k: int, client: httpx.Client) -> float:
+        name, data = images[k % len(images)]
+        t0 = time.perf_counter()
+        r = client.post(
+            "/api/explain",
+            files={"image": (name, data, "image/jpeg")},
+            data={"methods": methods},
+        )
+        elapsed = time.perf_counter() - t0
+        if r.status_code != 200 or len(r.json()["maps"]) != len(methods):
+            errors.append(f"{r.status_code}: {r.text[:200]}")
+        return elapsed
+
+    try:
+        with httpx.Client(base_url=base, timeout=600) as client:
+            explain(0, client)  # warm-up
+            mem_warm = rss_kib(proc.pid)
+            floor = [explain(k, client) for k in range(args.floor)]
+
+        health: list[float] = []
+        stop = threading.Event()
+
+        def poll_health() -> None:
+            with httpx.Client(base_url=base, timeout=60) as c:
+                while not stop.is_set():
+                    t0 = time.perf_counter()
+                    c.get("/api/health").raise_for_status()
+                    health.append(time.perf_counter() - t0)
+                    time.sleep(0.1)
+
+        clients = [httpx.Client(base_url=base, timeout=600) for _ in range(args.concurrency)]
+        poller = threading.Thread(target=poll_health)
+        poller.start()
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(args.concurrency) as pool:
+            latencies = list(
+                pool.map(lambda k: explain(k, clients[k % args.concurrency]), range(args.requests))
+            )
+        wall = time.perf_counter() - t0
+        stop.set()
+        poller.join()
+        for c in clients:
+            c.close()
+        mem_end = rss_kib(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+    floor_ms = 1000 * statistics.median(floor)
+    p50, p95 = (1000 * percentile(latencies, q) for q in (50, 95))
+    print(f"# sacam serve load test: {args.requests} requests, {args.concurrency} at a time\n")
+    print(
+        f"Machine: {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+        f"device {args.device}; methods: {', '.join(methods)}; server start "
+        f"(model load) {start_s:.1f} s.\n"
+    )
+    print("| measure | value |")
+    print("|---|---|")
+    print(f"| errors | {len(errors)} of {args.requests} |")
+    print(f"| floor: one request alone (median of {args.floor}) | {floor_ms:.0f} ms |")
+    print(f"| p50 latency under load | {p50:.0f} ms ({p50 / floor_ms:.2f} × floor) |")
+    print(f"| p95 latency under load | {p95:.0f} ms ({p95 / floor_ms:.2f} × floor) |")
+    print(
+        f"| expected with one model thread ({args.concurrency} in flight) | "
+        f"≈ {args.concurrency * floor_ms:.0f} ms ({args.concurrency} × floor) |"
+    )
+    print(f"| throughput | {args.requests / wall:.2f} requests/s |")
+    print(
+        f"| /api/health during the load (n = {len(health)}) | p50 "
+        f"{1000 * percentile(health, 50):.1f} ms, max {1000 * max(health):.1f} ms |"
+    )
+    mib = 1 / 1024
+    print(f"| RSS after start-up | {mem_start['VmRSS'] * mib:.0f} MiB |")
+    print(f"| RSS after warm-up request | {mem_warm['VmRSS'] * mib:.0f} MiB |")
+    print(
+        f"| RSS after the load | {mem_end['VmRSS'] * mib:.0f} MiB "
+        f"(+{(mem_end['VmRSS'] - mem_warm['VmRSS']) * mib:.0f} MiB over warm-up) |"
+    )
+    print(f"| peak RSS (VmHWM) | {mem_end['VmHWM'] * mib:.0f} MiB |")
+    if errors:
+        print("\nErrors:\n" + "\n".join(f"- {e}" for e in errors[:10]))
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
