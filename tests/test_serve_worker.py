@@ -153,3 +153,15 @@ def test_finished_jobs_are_forgotten_beyond_the_limit(net) -> None:  # noqa: ANN
         w.close()
     with pytest.raises(RuntimeError, match="closed"):
         w.submit("t", lambda _p: None)
+
+
+def test_forget_drops_finished_jobs_only(worker) -> None:  # noqa: ANN001
+    gate = threading.Event()
+    running = worker.submit("t", lambda _p: gate.wait(30))
+    worker.forget(running.id)
+    assert worker.get(running.id) is running  # still running: kept
+    gate.set()
+    wait(running)
+    worker.forget(running.id)
+    with pytest.raises(KeyError):
+        worker.get(running.id)

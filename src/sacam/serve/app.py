@@ -495,6 +495,8 @@ def create_app(
             return await asyncio.wrap_future(job.future)
         except JobCancelled:
             raise HTTPException(409, "the request was cancelled") from None
+        finally:
+            worker.forget(job.id)
 
     @app.post("/api/jobs/explain", response_model=JobOut, status_code=202, responses=ERRORS)
     async def explain_job(

@@ -170,6 +170,13 @@ class ModelWorker:
             job.status = "cancelled"
         return job
 
+    def forget(self, job_id: str) -> None:
+        """Drop a finished job (its answer went to the client that waited for it)."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is not None and job.status not in ("queued", "running"):
+                del self._jobs[job_id]
+
     def pending(self) -> int:
         """Number of jobs queued or running."""
         with self._lock:

@@ -163,8 +163,14 @@ async function cancelJob() {
   try { await api(`/api/jobs/${state.job}`, { method: "DELETE" }); } catch (err) { say(err.message, true); }
 }
 
+function busy() {
+  if (state.job === null) return false;
+  say("a job is running: wait for it or cancel it first", true);
+  return true;
+}
+
 async function explain() {
-  if (!state.image) return;
+  if (!state.image || busy()) return;
   const form = new FormData();
   form.append("image", state.image, state.imageName || "image");
   for (const m of chosenMethods()) form.append("methods", m);
@@ -311,7 +317,7 @@ function clearCurves() {
 }
 
 async function curves() {
-  if (!state.result) return;
+  if (!state.result || busy()) return;
   const steps = Math.max(2, Math.min(512, Number($("#steps").value) || 50));
   say("computing deletion and insertion curves…");
   try {
