@@ -174,6 +174,9 @@ class BaseCAM:
         fusion: how maps of several layers combine: ``"max"`` (element-wise maximum of the
             normalised maps, torchcam's choice) or ``"mean"``.
         eval_mode: run the model in eval mode during the call (restored afterwards).
+            ``False`` runs it in its own mode (batch statistics, dropout for a training-mode
+            model); batch-norm running statistics updated by the call's forward passes
+            are restored afterwards, so the model is left exactly as it was.
         eigen_smooth: replace the channel sum of the contributions (``w_k A^k``, or the
             element-wise terms of Layer-CAM, HiRes-CAM, ...) by their projection on their
             first principal component, as pytorch-grad-cam's ``eigen_smooth`` (centred SVD
