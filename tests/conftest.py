@@ -91,3 +91,23 @@ def colour_net() -> nn.Sequential:
         )
         net[4].bias.copy_(torch.tensor([0.0, 0.0, 0.0, -3.0, -1.0]))
     return net
+
+
+# Tolerances. Comparing two *different* computations of the same map (a batch against
+# single calls, another batch size or memory format) in float32 measures the CPU's
+# kernels, not sacam: oneDNN/MKL pick their blocking by batch size and instruction set
+# (AVX2 on one machine, AVX-512 on another), so the rounding differs, and a min-max
+# normalised map divides that rounding by its span, which can be small (a 1e-7 relative
+# error in logits became 1.2e-4 in a Group-CAM map on an Intel Xeon). Such comparisons
+# run in float64 instead: rounding is then ~1e-16 per operation, a few hundred operations
+# deep at most, so F64_ATOL = 1e-9 leaves six orders of magnitude of margin while any
+# logic error (a sample leaking into another's map) shows at 1e-3 or more. Comparisons of
+# one computation with hand-computed numbers stay in float32 at 1e-6 (≈ 10 ulp of 1).
+F64_ATOL = 1e-9
+
+
+def in_double(model: nn.Module, images: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+    """A float64 copy of the model and the images, for comparisons of two computations."""
+    import copy
+
+    return copy.deepcopy(model).double(), images.double()

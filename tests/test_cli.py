@@ -83,3 +83,92 @@ def test_console_script_runs(tmp_path) -> None:
         [sys.executable, "-m", "sacam.cli", "methods"], capture_output=True, text=True, check=True
     )
     assert "grad-cam++" in res.stdout
+
+
+def _one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sacam: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["explain", "--cmap", "nocmap"], r"--cmap: unknown colour map 'nocmap'.*viridis"),
+        (["explain", "--device", "nonsense"], r"--device: .*cpu, cuda, cuda:N or mps"),
+        (["explain", "--alpha", "1.5"], r"--alpha: 1.5 is outside \[0, 1\]"),
+        (["explain", "--alpha", "nan"], r"--alpha: nan is outside"),
+        (["explain", "--batch-size", "0"], r"--batch-size: 0 is below the minimum of 1"),
+        (["explain", "--batch-size", "x"], r"--batch-size: 'x' is not a whole number"),
+        (["explain", "--weights", "no-such.pth"], r"--weights: no such file"),
+        (["explain", "--method", "nope"], r"--method: invalid choice.*grad-cam"),
+        (["benchmark"], r"the following arguments are required: data_dir"),
+        (["benchmark", "no-such-folder"], r"data_dir: no such folder"),
+        (["benchmark", ".", "--limit", "0"], r"--limit: 0 is below the minimum of 1"),
+        (["benchmark", ".", "--iterations", "-3"], r"--iterations: -3 is below"),
+        (["benchmark", ".", "--steps", "0"], r"--steps: 0 is below"),
+        (["benchmark", ".", "--grid-threshold", "2"], r"--grid-threshold: 2 is outside"),
+        (["benchmark", ".", "--annotations", "none.csv"], r"--annotations: no such file"),
+        (["methods", "--bogus"], r"unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(args, message, capsys, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    import re
+
+    line = _one_error_line(capsys.readouterr().err)
+    assert re.search(message, line), line
+    assert not (tmp_path / "sacam-out").exists()  # nothing was done
+
+
+def test_cuda_device_without_cuda_is_a_bad_argument(capsys, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exc:
+        main(["explain", "--device", "cuda"])
+    assert exc.value.code == 2
+    assert "CUDA is not available" in _one_error_line(capsys.readouterr().err)
+
+
+def test_out_must_be_a_usable_folder(tmp_path, capsys) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out, message in ((afile, "is a file"), (afile / "sub", "lies under the file")):
+        for command in (["explain", "sample:chelsea"], ["benchmark", str(tmp_path)]):
+            with pytest.raises(SystemExit) as exc:
+                main([*command, "--out", str(out)])
+            assert exc.value.code == 2
+            assert message in _one_error_line(capsys.readouterr().err)
+
+
+def test_unreadable_images_are_reported_and_the_rest_explained(tmp_path, capsys) -> None:
+    from .test_images import _blank_1bit_png
+
+    huge = tmp_path / "huge.png"
+    _blank_1bit_png(huge, 30000, 30000)
+    out = tmp_path / "out"
+    args = ["explain", str(huge), "sample:chelsea", str(tmp_path / "missing.jpg")]
+    code = main([*args, "--method", "grad-cam", "--out", str(out)])
+    assert code == 3
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("sacam: error: ") for line in lines)
+    assert "huge.png is too large" in lines[0] and "image not found" in lines[1]
+    assert sorted(p.name for p in out.iterdir()) == ["chelsea_grad-cam.png"]
+
+
+def test_explain_refuses_a_model_file_that_runs_code(tmp_path, capsys) -> None:
+    from .test_models import _exported, _pickled_weight, _rewrite
+
+    marker = tmp_path / "marker"
+    evil = _exported(tmp_path / "evil.pt2")
+    _rewrite(evil, _pickled_weight(marker))
+    code = main(["explain", "sample:chelsea", "--model", str(evil), "--out", str(tmp_path)])
+    assert code == 2
+    assert "--trust-model-file" in _one_error_line(capsys.readouterr().err)
+    assert not marker.exists()

@@ -11,19 +11,19 @@ from sacam import metrics, road
 from sacam.errors import InputError, MethodError, ModelError, TargetError
 from sacam.models import Preprocess
 
-from .conftest import small_cnn
+from .conftest import F64_ATOL, in_double, small_cnn
 
 
 @pytest.mark.parametrize("method", ["score-cam", "ablation-cam"])
 def test_per_sample_callables_in_perturbation_methods(method, images) -> None:
-    net = small_cnn()
+    net, images = in_double(small_cnn(), images)  # see F64_ATOL in conftest
     by_class = sacam.explain(net, images, method=method, targets=[0, 1, 2])
     callables = [lambda o, c=c: o[:, c].sum() for c in (0, 1, 2)]
     by_callable = sacam.explain(net, images, method=method, targets=callables)
     if method == "ablation-cam":  # both on the logit: same weights
-        assert torch.allclose(by_class, by_callable, atol=1e-5)
+        torch.testing.assert_close(by_class, by_callable, rtol=0, atol=F64_ATOL)
     single = sacam.explain(net, images[1:2], method=method, targets=[callables[1]])
-    assert torch.allclose(by_callable[1:2], single, atol=1e-5)
+    torch.testing.assert_close(by_callable[1:2], single, rtol=0, atol=F64_ATOL)
 
 
 def test_ablation_cam_with_a_softmax_target_uses_one_unit(images) -> None:

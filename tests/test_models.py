@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import pickle
+import zipfile
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -11,6 +17,7 @@ from sacam.models import (
     TF_LITE_MEAN,
     TF_LITE_STD,
     Preprocess,
+    check_device,
     imagenet_class_names,
     load_image,
     load_model,
@@ -139,3 +146,186 @@ def test_model_errors(tmp_path) -> None:
     torch.save(small_cnn().state_dict(), plain)
     with pytest.raises(ModelError, match="neither a TorchScript"):
         load_model(str(plain))
+
+
+# --- model files that would run code while loading -------------------------------------
+
+
+class _TouchOnUnpickle:
+    """A pickle payload that creates a marker file when it is unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.marker), "w"))
+
+
+def _exported(path: Path) -> Path:
+    net = small_cnn().eval()
+    torch.export.save(torch.export.export(net, (torch.rand(1, 3, 16, 16),)), str(path))
+    return path
+
+
+def _rewrite(path: Path, change) -> None:
+    """Rewrite the archive: ``change(files)`` edits a dict of relative name -> bytes."""
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        root = names[0].split("/", 1)[0] + "/"
+        files = {n[len(root) :]: zf.read(n) for n in names}
+    change(files)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in files.items():
+            zf.writestr(root + name, data)
+
+
+def _pickled_weight(marker: Path):
+    def change(files: dict[str, bytes]) -> None:
+        config_name = "data/weights/model_weights_config.json"
+        config = json.loads(files[config_name])
+        entry = config["config"]["0.weight"]
+        entry["use_pickle"] = True
+        files[config_name] = json.dumps(config).encode()
+        files["data/weights/" + entry["path_name"]] = pickle.dumps(_TouchOnUnpickle(marker))
+
+    return change
+
+
+def _pickled_sample_inputs(marker: Path):
+    def change(files: dict[str, bytes]) -> None:
+        files["data/sample_inputs/model.pt"] = pickle.dumps(_TouchOnUnpickle(marker))
+
+    return change
+
+
+def test_pt2_with_a_pickled_weight_is_refused_without_running_it(tmp_path) -> None:
+    marker = tmp_path / "marker"
+    evil = _exported(tmp_path / "evil.pt2")
+    _rewrite(evil, _pickled_weight(marker))
+    with pytest.raises(ModelError, match=r"pickle.*trust_model_file=True.*--trust-model-file"):
+        load_model(str(evil))
+    assert not marker.exists()
+    # the file really is malicious: trusting it runs the payload (harmless here)
+    with pytest.raises(ModelError):
+        load_model(str(evil), trust_model_file=True)
+    assert marker.exists()
+
+
+def test_pt2_with_pickled_sample_inputs_is_refused(tmp_path) -> None:
+    """torch retries sample inputs that fail weights_only=True with weights_only=False."""
+    marker = tmp_path / "marker"
+    evil = _exported(tmp_path / "evil.pt2")
+    _rewrite(evil, _pickled_sample_inputs(marker))
+    with pytest.raises(ModelError, match="sample inputs.*trust_model_file"):
+        load_model(str(evil))
+    assert not marker.exists()
+    with contextlib.suppress(Exception):
+        load_model(str(evil), trust_model_file=True)
+    assert marker.exists()
+
+
+def _set_first_target(target: str):
+    def change(files: dict[str, bytes]) -> None:
+        program = json.loads(files["models/model.json"])
+        program["graph_module"]["graph"]["nodes"][0]["target"] = target
+        files["models/model.json"] = json.dumps(program).encode()
+
+    return change
+
+
+def _add_expression(expr: str):
+    def change(files: dict[str, bytes]) -> None:
+        program = json.loads(files["models/model.json"])
+        program["graph_module"]["graph"]["sym_int_values"] = {
+            "n": {"as_expr": {"expr_str": expr, "hint": None}}
+        }
+        files["models/model.json"] = json.dumps(program).encode()
+
+    return change
+
+
+def _add_file(name: str):
+    def change(files: dict[str, bytes]) -> None:
+        files[name] = b"\0"
+
+    return change
+
+
+def _guards(files: dict[str, bytes]) -> None:
+    program = json.loads(files["models/model.json"])
+    program["guards_code"] = ["__import__('os').system('true')"]
+    files["models/model.json"] = json.dumps(program).encode()
+
+
+def _opaque_constant(files: dict[str, bytes]) -> None:
+    name = "data/constants/model_constants_config.json"
+    config = {"config": {"c": {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": True}}}
+    files[name] = json.dumps(config).encode()
+    files["data/constants/opaque_obj_0"] = pickle.dumps(1)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_set_first_target("torch.serialization.os.system"), "not a torch operator"),
+        (_set_first_target("_operator.methodcaller"), "not a torch operator"),
+        (_set_first_target("builtins.eval"), "not a torch operator"),
+        (_add_expression("eval(chr(49))"), "not plain arithmetic"),
+        (_add_expression("Symbol('s0').__class__"), "not plain arithmetic"),
+        (_add_file("data/aotinductor/model/model.so"), "a plain exported model has not"),
+        (_add_file("data/weights/model.pt"), "a plain exported model has not"),
+        (_guards, "guard code"),
+        (_opaque_constant, "opaque_obj_0"),
+    ],
+)
+def test_pt2_holding_code_is_refused(tmp_path, change, message) -> None:
+    path = _exported(tmp_path / "net.pt2")
+    _rewrite(path, change)
+    with pytest.raises(ModelError, match=f"{message}.*trust_model_file"):
+        load_model(str(path))
+
+
+def test_plain_pt2_loads_with_or_without_trust(tmp_path) -> None:
+    path = _exported(tmp_path / "net.pt2")
+    b = torch.export.Dim("b", min=1, max=8)
+    h = torch.export.Dim("h", min=4, max=32)
+    dynamic = tmp_path / "dynamic.pt2"  # symbolic shapes: srepr expressions such as Mul(...)
+    ep = torch.export.export(
+        small_cnn().eval(), (torch.rand(2, 3, 16, 16),), dynamic_shapes=({0: b, 2: 2 * h},)
+    )
+    torch.export.save(ep, str(dynamic))
+    for spec, x in ((path, torch.rand(1, 3, 16, 16)), (dynamic, torch.rand(3, 3, 20, 16))):
+        expected = small_cnn().eval()(x)
+        for trust in (False, True):
+            loaded = load_model(str(spec), trust_model_file=trust)
+            with torch.inference_mode():
+                assert torch.allclose(loaded.model(x), expected, atol=1e-5)
+
+
+def test_torchscript_needs_trust(tmp_path) -> None:
+    path = tmp_path / "net.ts"
+    torch.jit.save(torch.jit.script(small_cnn().eval()), str(path))
+    with pytest.raises(ModelError, match="TorchScript.*trust_model_file"):
+        load_model(str(path))
+    loaded = load_model(str(path), trust_model_file=True)
+    x = torch.rand(1, 3, 16, 16)
+    assert torch.allclose(loaded.model(x), small_cnn().eval()(x), atol=1e-5)
+
+
+def test_check_device(monkeypatch) -> None:
+    assert check_device("cpu") == torch.device("cpu")
+    with pytest.raises(ModelError, match="not a torch device.*cpu, cuda, cuda:N or mps"):
+        check_device("nonsense")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ModelError, match="CUDA is not available"):
+        check_device("cuda")
+    with pytest.raises(ModelError, match="CUDA is not available"):
+        load_model("tests.conftest:small_cnn", device="cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert check_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ModelError, match=r"2 CUDA device\(s\), cuda:0..cuda:1"):
+        check_device("cuda:2")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ModelError, match="MPS is not available"):
+        check_device("mps")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ._hooks import model_lock, this_thread_only
 from .errors import LayerError
 
 LayerLike = nn.Module | str
@@ -58,6 +59,11 @@ _PROBES: weakref.WeakKeyDictionary[nn.Module, dict[tuple, ProbeRecord]] = (
 
 def probe(model: nn.Module, images: torch.Tensor) -> ProbeRecord:
     """Run (or reuse) one probe forward that records every module call and output shape."""
+    with model_lock(model):
+        return _probe_locked(model, images)
+
+
+def _probe_locked(model: nn.Module, images: torch.Tensor) -> ProbeRecord:
     key = (tuple(images.shape), images.dtype, str(images.device), _structure_key(model))
     per_model = _PROBES.setdefault(model, {})
     if key in per_model:
@@ -77,7 +83,7 @@ def probe(model: nn.Module, images: torch.Tensor) -> ProbeRecord:
     try:
         model.eval()  # a probe must not update batch-norm statistics
         for module in names:
-            handles.append(module.register_forward_hook(hook))
+            handles.append(module.register_forward_hook(this_thread_only(hook)))
         with torch.inference_mode():
             model(images)
     finally:

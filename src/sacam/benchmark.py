@@ -93,6 +93,7 @@ class BenchmarkConfig:
     out: Path = Path("sacam-benchmark")
     model: str | None = None
     weights: str | None = None
+    trust_model_file: bool = False
     image_size: int | None = None
     methods: list[str] = field(default_factory=lambda: ["grad-cam", "grad-cam++", "sa-cam"])
     metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
@@ -119,7 +120,7 @@ class BenchmarkConfig:
     def settings(self) -> dict[str, Any]:
         """The settings that change the numbers (compared when resuming)."""
         d = asdict(self)
-        for key in ("out", "limit", "data_dir", "methods"):
+        for key in ("out", "limit", "data_dir", "methods", "trust_model_file"):
             d.pop(key)
         d["road_percentages"] = list(self.road_percentages)
         d["attacks"] = list(self.attacks)
@@ -227,7 +228,7 @@ def run_benchmark(config: BenchmarkConfig, *, progress: bool = True) -> dict[str
                 f"{out} holds results of a run with other settings; use another --out or delete it"
             )
     run_file.write_text(json.dumps(settings, indent=1))
-    lm = load_model(config.model, weights=config.weights)
+    lm = load_model(config.model, weights=config.weights, trust_model_file=config.trust_model_file)
     if config.image_size is not None:
         lm = with_preprocess(lm, size=config.image_size)
     cams = {

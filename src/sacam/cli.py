@@ -5,24 +5,29 @@ with the default pretrained model, prints each image's top-5 classes and writes 
 PNGs. ``sacam methods`` lists the registered methods. ``sacam serve`` runs the web page
 (with the ``serve`` extra).
 
-Exit codes: 0 success; 2 bad arguments (unknown method, layer, target or model);
-3 unreadable input (an image, or a data folder without labels.csv).
+Exit codes: 0 success; 2 bad arguments (unknown method, layer, target or model, a value
+out of range, an unavailable device), checked before any work; 3 unreadable input (an
+image, or a data folder without labels.csv). ``explain`` goes on with the other images
+when one cannot be read, reports it on one line, and exits 3 at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from tqdm import tqdm
 
 from . import __version__
 from .api import build_method
-from .errors import InputError, SacamError
-from .models import SAMPLE_IMAGES, LoadedModel, load_image, load_model
+from .errors import InputError, ModelError, SacamError
+from .models import SAMPLE_IMAGES, LoadedModel, check_device, load_image, load_model
 from .registry import list_methods, method_info, methods_table
 from .viz import overlay, save_grid
 
@@ -37,8 +42,96 @@ def default_method() -> str:
     return "sa-cam" if "sa-cam" in list_methods() else "grad-cam"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with sacam's one-line errors (``sacam: error: ...``, exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print one line and exit with the usage code."""
+        print(f"sacam: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum of {low}")
+        return value
+
+    parse.__name__ = "whole number"
+    return parse
+
+
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1]")
+    return value
+
+
+def _device(text: str) -> str:
+    try:
+        check_device(text)
+    except ModelError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _cmap(text: str) -> str:
+    import matplotlib
+
+    names = sorted(n for n in matplotlib.colormaps if not n.endswith("_r"))
+    if text in matplotlib.colormaps:
+        return text
+    close = difflib.get_close_matches(text, names, n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise argparse.ArgumentTypeError(
+        f"unknown colour map {text!r}; {hint}matplotlib's maps: {', '.join(names)} "
+        "(each also reversed with _r)"
+    )
+
+
+def _out_dir(text: str) -> Path:
+    """A folder that exists and is writable, or that can be created."""
+    path = Path(text)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        what = "is a file" if probe == path else f"lies under the file {probe}"
+        raise argparse.ArgumentTypeError(f"{text!r} {what}; name a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be written: {probe} is not writable")
+    return path
+
+
+def _existing_file(text: str) -> str:
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text!r}")
+    return text
+
+
+def _existing_file_path(text: str) -> Path:
+    return Path(_existing_file(text))
+
+
+def _existing_dir(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"no such folder: {text!r}")
+    return path
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sacam", description="Class activation maps for CNN classifiers, with SA-CAM."
     )
     parser.add_argument("--version", action="version", version=f"sacam {__version__}")
@@ -54,7 +147,17 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument(
         "--model", default=None, help="model name, .pt2/TorchScript file, or pkg.mod:factory"
     )
-    ex.add_argument("--weights", default=None, help="state dict for the --model architecture")
+    ex.add_argument(
+        "--weights",
+        type=_existing_file,
+        default=None,
+        help="state dict for the --model architecture",
+    )
+    ex.add_argument(
+        "--trust-model-file",
+        action="store_true",
+        help="allow a model file that runs code while loading (TorchScript, pickles)",
+    )
     ex.add_argument(
         "--method",
         action="append",
@@ -69,21 +172,41 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument(
         "--target", default=None, help="class index or exact class name (default: top-1)"
     )
-    ex.add_argument("--out", default="sacam-out", help="output folder (default: sacam-out)")
+    ex.add_argument(
+        "--out", type=_out_dir, default="sacam-out", help="output folder (default: sacam-out)"
+    )
     ex.add_argument("--resize", choices=["crop", "squash"], default=None, help="image resize mode")
-    ex.add_argument("--batch-size", type=int, default=8, help="images per batch (default: 8)")
-    ex.add_argument("--cmap", default="jet", help="matplotlib colour map (default: jet)")
-    ex.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default: 0.5)")
-    ex.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    ex.add_argument(
+        "--batch-size", type=_int_at_least(1), default=8, help="images per batch (default: 8)"
+    )
+    ex.add_argument(
+        "--cmap", type=_cmap, default="jet", help="matplotlib colour map (default: jet)"
+    )
+    ex.add_argument(
+        "--alpha", type=_unit_float, default=0.5, help="overlay opacity in [0, 1] (default: 0.5)"
+    )
+    ex.add_argument(
+        "--device", type=_device, default="cpu", help="torch device: cpu, cuda, cuda:N, mps"
+    )
 
     bench = sub.add_parser(
         "benchmark", help="score methods with the evaluation metrics on a folder"
     )
     bench.add_argument(
-        "data_dir", type=Path, help="folder with images and labels.csv (file,class_index)"
+        "data_dir", type=_existing_dir, help="folder with images and labels.csv (file,class_index)"
     )
     bench.add_argument("--model", default=None, help="model (as for explain)")
-    bench.add_argument("--weights", default=None, help="state dict for the --model architecture")
+    bench.add_argument(
+        "--weights",
+        type=_existing_file,
+        default=None,
+        help="state dict for the --model architecture",
+    )
+    bench.add_argument(
+        "--trust-model-file",
+        action="store_true",
+        help="allow a model file that runs code while loading (TorchScript, pickles)",
+    )
     bench.add_argument(
         "--methods",
         nargs="+",
@@ -100,19 +223,30 @@ def _parser() -> argparse.ArgumentParser:
         help="metric groups (default: confidence deletion insertion complexity; "
         "also road pointing energy_pointing grid_pointing stability sanity, or all)",
     )
-    bench.add_argument("--limit", type=int, default=None, help="first N images of labels.csv")
-    bench.add_argument("--out", type=Path, default=Path("sacam-benchmark"), help="output folder")
     bench.add_argument(
-        "--steps", type=int, default=None, help="deletion/insertion steps (default: image width)"
+        "--limit", type=_int_at_least(1), default=None, help="first N images of labels.csv"
     )
-    bench.add_argument("--annotations", type=Path, default=None, help="boxes/masks CSV or JSON")
+    bench.add_argument(
+        "--out", type=_out_dir, default=Path("sacam-benchmark"), help="output folder"
+    )
+    bench.add_argument(
+        "--steps",
+        type=_int_at_least(1),
+        default=None,
+        help="deletion/insertion steps (default: image width)",
+    )
+    bench.add_argument(
+        "--annotations", type=_existing_file_path, default=None, help="boxes/masks CSV or JSON"
+    )
     bench.add_argument("--attacks", nargs="+", default=["pgd"], choices=["random", "pgd", "topk"])
-    bench.add_argument("--iterations", type=int, default=100, help="attack steps (default: 100)")
+    bench.add_argument(
+        "--iterations", type=_int_at_least(1), default=100, help="attack steps (default: 100)"
+    )
     bench.add_argument(
         "--use-labels", action="store_true", help="explain the labelled class, not the top-1"
     )
     bench.add_argument(
-        "--grid-threshold", type=float, default=0.99, help="grid pointing: min. softmax"
+        "--grid-threshold", type=_unit_float, default=0.99, help="grid pointing: min. softmax"
     )
 
     srv = sub.add_parser(
@@ -165,6 +299,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         out=args.out,
         model=args.model,
         weights=args.weights,
+        trust_model_file=args.trust_model_file,
         limit=args.limit,
         steps=args.steps,
         annotations=args.annotations,
@@ -242,23 +377,49 @@ def _image_names(sources: Sequence[str]) -> list[str]:
     return names
 
 
+def _write_pngs(
+    args: argparse.Namespace,
+    out: Path,
+    names: list[str],
+    pixels: list[torch.Tensor],
+    maps: dict[str, torch.Tensor],
+    titles: list[str],
+) -> list[Path]:
+    """Write one overlay per image and method, and comparison grids for several methods."""
+    methods = list(maps)
+    written: list[Path] = []
+    for i, name in enumerate(names):
+        for m in methods:
+            path = out / f"{name}_{m}.png"
+            overlay(pixels[i], maps[m][i], cmap=args.cmap, alpha=args.alpha).save(path)
+            written.append(path)
+    if len(methods) > 1:
+        pages = range(0, len(names), GRID_ROWS)
+        for page, start in enumerate(pages, start=1):
+            rows = slice(start, start + GRID_ROWS)
+            suffix = "" if len(pages) == 1 else f"-{page:02d}"
+            written.append(
+                save_grid(
+                    pixels[rows],
+                    {m: v[rows] for m, v in maps.items()},
+                    out / f"comparison{suffix}.png",
+                    titles=titles[rows],
+                    cmap=args.cmap,
+                    alpha=args.alpha,
+                )
+            )
+    return written
+
+
 def _explain(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
-        raise SacamError("--batch-size must be at least 1")
-    if not 0.0 <= args.alpha <= 1.0:
-        raise SacamError("--alpha must be between 0 and 1")
     sources = list(args.images) or [f"sample:{s}" for s in SAMPLE_IMAGES]
-    pictures = []
-    bad = []
-    for src in sources:
-        try:
-            pictures.append(load_image(src))
-        except InputError as exc:
-            bad.append(str(exc))
-    if bad:
-        raise InputError("; ".join(bad))
     methods = list(dict.fromkeys(args.method or [default_method()]))
-    loaded = load_model(args.model, weights=args.weights, device=args.device)
+    loaded = load_model(
+        args.model,
+        weights=args.weights,
+        device=args.device,
+        trust_model_file=args.trust_model_file,
+    )
     if args.resize:
         from .models import with_preprocess
 
@@ -267,16 +428,31 @@ def _explain(args: argparse.Namespace) -> int:
     layer = args.layer if args.layer is None or len(args.layer) > 1 else args.layer[0]
     cams = {m: build_method(loaded.model, m, layer) for m in methods}
     pre = loaded.preprocess
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out: Path = args.out
+    # each image is reduced to the model's input at once: only one decoded image is held
+    pixels: list[torch.Tensor] = []
+    readable: list[str] = []
+    unreadable = 0
+    for src in sources:
+        try:
+            pixels.append(pre.pixels(load_image(src, draft_size=(pre.size, pre.size))))
+            readable.append(src)
+        except InputError as exc:
+            print(f"sacam: error: {exc}", file=sys.stderr)
+            unreadable += 1
+    if not pixels:
+        return EXIT_IMAGE
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SacamError(f"cannot create the output folder {out}: {exc}") from None
+    sources = readable
     names = _image_names(sources)
-    pixels = [pre.pixels(p) for p in pictures]
     all_maps: dict[str, list[torch.Tensor]] = {m: [] for m in methods}
     titles: list[str] = []
-    written: list[Path] = []
-    bar = tqdm(total=len(pictures), unit="image", desc="explaining", disable=None)
+    bar = tqdm(total=len(pixels), unit="image", desc="explaining", disable=None)
     try:
-        for start in range(0, len(pictures), args.batch_size):
+        for start in range(0, len(pixels), args.batch_size):
             chunk = slice(start, start + args.batch_size)
             x = pre.normalize(torch.stack(pixels[chunk])).to(args.device)
             with torch.inference_mode():
@@ -298,30 +474,16 @@ def _explain(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     maps = {m: torch.cat(v) for m, v in all_maps.items()}
-    for i, name in enumerate(names):
-        for m in methods:
-            path = out / f"{name}_{m}.png"
-            overlay(pixels[i], maps[m][i], cmap=args.cmap, alpha=args.alpha).save(path)
-            written.append(path)
-    if len(methods) > 1:
-        pages = range(0, len(names), GRID_ROWS)
-        for page, start in enumerate(pages, start=1):
-            rows = slice(start, start + GRID_ROWS)
-            suffix = "" if len(pages) == 1 else f"-{page:02d}"
-            written.append(
-                save_grid(
-                    pixels[rows],
-                    {m: v[rows] for m, v in maps.items()},
-                    out / f"comparison{suffix}.png",
-                    titles=titles[rows],
-                    cmap=args.cmap,
-                    alpha=args.alpha,
-                )
-            )
+    try:
+        written = _write_pngs(args, out, names, pixels, maps, titles)
+    except OSError as exc:
+        raise SacamError(f"cannot write to the output folder {out}: {exc}") from None
     print(f"model {loaded.name}, method(s) {', '.join(methods)}")
     print(f"wrote {len(written)} PNG file(s) to {out}/:")
     for path in written:
         print(f"  {path}")
+    if unreadable:  # each was reported on its own line above
+        return EXIT_IMAGE
     return 0
 
 

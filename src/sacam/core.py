@@ -17,15 +17,17 @@ Hook discipline:
   graph then starts at the target layer: a backward pass goes no further than needed);
   every training flag and ``requires_grad`` flag is restored, and every hook removed, in
   ``finally`` blocks, after success and after an exception;
+- every call holds the model's lock (:func:`sacam._hooks.model_lock`), so calls on one
+  model from several threads are serialised and never see each other's flags or hooks;
+  hooks act only on forward passes of the calling thread;
 - nothing of a call (activations, gradients, graphs) is kept on the model or the method;
 - gradient-free passes run under ``torch.inference_mode()``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, cast
 
@@ -33,12 +35,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._hooks import Capture, check_images, model_guard
 from ._layers import LayerRef, LayersLike, probe, resolve_layers
 from ._projection import principal_projection
-from .errors import InputError, LayerError, MethodError, ModelError, TargetError
+from .errors import LayerError, MethodError, ModelError, TargetError
 from .targets import ScoreFn, TargetsLike, evaluate_scores, resolve_targets
 
 ReshapeTransform = Callable[[torch.Tensor], torch.Tensor]
+
+# kept for modules that still import the private names from here
+_Capture = Capture
+_check_images = check_images
 
 __all__ = ["BaseCAM", "CallContext", "Explanation", "LayerData", "model_guard", "normalize_maps"]
 
@@ -108,35 +115,6 @@ class Explanation:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-@contextlib.contextmanager
-def model_guard(model: nn.Module, *, eval_mode: bool = True, freeze: bool = True) -> Iterator[None]:
-    """Temporarily set eval mode and freeze parameters; restore both, whatever happens.
-
-    Example:
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout()).train()
-        >>> with model_guard(net):
-        ...     net.training, net[0].weight.requires_grad
-        (False, False)
-        >>> net.training, net[0].weight.requires_grad
-        (True, True)
-    """
-    flags = [(m, m.training) for m in model.modules()]
-    grads = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        if eval_mode:
-            model.eval()
-        if freeze:
-            for p, _ in grads:
-                p.requires_grad_(False)
-        yield
-    finally:
-        for m, training in flags:
-            m.training = training
-        for p, requires in grads:
-            p.requires_grad_(requires)
-
-
 def predict(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Top-1 class of each image (eval mode, no graph), as an ordinary tensor.
 
@@ -174,37 +152,6 @@ def normalize_maps(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return out.clamp_(0.0, 1.0), constant
 
 
-def _check_images(images: object, model: nn.Module) -> torch.Tensor:
-    if not isinstance(images, torch.Tensor):
-        raise InputError(
-            f"images must be a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}; "
-            "use sacam.models.load_model(...).preprocess to turn PIL images into a batch"
-        )
-    if images.ndim != 4:
-        hint = " (add a batch axis: images.unsqueeze(0))" if images.ndim == 3 else ""
-        raise InputError(f"images must be 4-D (B, C, H, W), got shape {tuple(images.shape)}{hint}")
-    if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
-        raise InputError(f"images must not be empty, got shape {tuple(images.shape)}")
-    if not images.dtype.is_floating_point:
-        raise InputError(
-            f"images must be floating point (normalised as the model expects), got {images.dtype}"
-        )
-    if not torch.isfinite(images).all():
-        raise InputError("images contain NaN or infinite values")
-    param = next(iter(model.parameters()), None)
-    if param is not None and param.is_floating_point() and param.dtype != images.dtype:
-        raise InputError(
-            f"images are {images.dtype} but the model's parameters are {param.dtype}: "
-            f"convert one of them (images.to({param.dtype}))"
-        )
-    if param is not None and param.device != images.device:
-        raise InputError(
-            f"images are on {images.device} but the model is on {param.device}: "
-            "move one of them (images.to(device))"
-        )
-    return images.detach()
-
-
 def _check_output(output: object) -> torch.Tensor:
     if not isinstance(output, torch.Tensor):
         raise TargetError(
@@ -212,81 +159,6 @@ def _check_output(output: object) -> torch.Tensor:
             "forward returns the tensor to explain (e.g. logits)"
         )
     return output
-
-
-class _Capture:
-    """Forward hooks on the chosen (module, call) pairs: store their outputs, or edit them.
-
-    Calls are counted modulo the module's calls per forward pass, so one capture serves
-    several forward passes in a row (each pass overwrites what the previous one stored).
-    With ``edit``, the hook returns ``edit(label, output)`` in place of the output and
-    stores nothing (used for ablations); hooks exist only inside the ``with`` block.
-    """
-
-    def __init__(
-        self,
-        refs: list[LayerRef],
-        *,
-        with_grad: bool,
-        edit: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
-    ) -> None:
-        self.refs = refs
-        self.with_grad = with_grad
-        self.edit = edit
-        self.stored: dict[str, torch.Tensor] = {}
-        self._count: dict[nn.Module, int] = {}
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self.active = True
-
-    def __enter__(self) -> _Capture:
-        by_module: dict[nn.Module, list[LayerRef]] = {}
-        for ref in self.refs:
-            by_module.setdefault(ref.module, []).append(ref)
-        try:
-            for module, refs in by_module.items():
-                self._handles.append(module.register_forward_hook(self._make_hook(refs)))
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
-    def reset(self) -> None:
-        """Forget stored outputs and call counts (before a new forward pass)."""
-        self.stored.clear()
-        self._count.clear()
-
-    def _make_hook(self, refs: list[LayerRef]) -> Callable[..., torch.Tensor | None]:
-        wanted = {ref.call: ref.label for ref in refs}
-        n_calls = max(1, refs[0].n_calls)
-
-        def hook(module: nn.Module, _inp: object, out: object) -> torch.Tensor | None:
-            if not self.active:
-                return None
-            k = self._count.get(module, 0)
-            self._count[module] = k + 1
-            k %= n_calls
-            if k not in wanted:
-                return None
-            if not isinstance(out, torch.Tensor):
-                raise LayerError(
-                    f"layer {wanted[k]!r} returns {type(out).__name__}, not a tensor: pick a "
-                    "layer whose output is a tensor"
-                )
-            if self.edit is not None:
-                return self.edit(wanted[k], out)
-            if self.with_grad:
-                kept = out if out.requires_grad else out.detach().requires_grad_(True)
-                self.stored[wanted[k]] = kept
-                return kept.clone()  # the rest of the net may work in place on its copy
-            self.stored[wanted[k]] = out.clone()
-            return None
-
-        return hook
 
 
 class BaseCAM:
@@ -302,6 +174,9 @@ class BaseCAM:
         fusion: how maps of several layers combine: ``"max"`` (element-wise maximum of the
             normalised maps, torchcam's choice) or ``"mean"``.
         eval_mode: run the model in eval mode during the call (restored afterwards).
+            ``False`` runs it in its own mode (batch statistics, dropout for a training-mode
+            model); batch-norm running statistics updated by the call's forward passes
+            are restored afterwards, so the model is left exactly as it was.
         eigen_smooth: replace the channel sum of the contributions (``w_k A^k``, or the
             element-wise terms of Layer-CAM, HiRes-CAM, ...) by their projection on their
             first principal component, as pytorch-grad-cam's ``eigen_smooth`` (centred SVD
@@ -392,7 +267,7 @@ class BaseCAM:
             upsample: resize maps bilinearly to the input size (else keep layer size).
         """
         model = self.model
-        images = _check_images(images, model)
+        images = check_images(images, model)
         with model_guard(model, eval_mode=self.eval_mode, freeze=True):
             record = probe(model, images)
             refs = resolve_layers(model, self.layer, record)
@@ -405,7 +280,7 @@ class BaseCAM:
         self, images: torch.Tensor, refs: list[LayerRef], targets: TargetsLike
     ) -> tuple[CallContext, list[LayerData]]:
         model = self.model
-        with _Capture(refs, with_grad=self.uses_gradients) as cap:
+        with Capture(refs, with_grad=self.uses_gradients) as cap:
             if self.uses_gradients:
                 with torch.enable_grad():
                     output = _check_output(model(images))
@@ -450,7 +325,7 @@ class BaseCAM:
         return ctx, layers
 
     @staticmethod
-    def _stored(cap: _Capture, refs: list[LayerRef]) -> list[torch.Tensor]:
+    def _stored(cap: Capture, refs: list[LayerRef]) -> list[torch.Tensor]:
         missing = [r.label for r in refs if r.label not in cap.stored]
         if missing:
             raise LayerError(f"layer(s) {missing} did not run in this forward pass")
@@ -467,7 +342,7 @@ class BaseCAM:
         inside the call (model in eval mode, parameters frozen). Both come back detached,
         as ``(B, K, h, w)`` (after ``reshape_transform``).
         """
-        with _Capture([ref], with_grad=True) as cap, torch.enable_grad():
+        with Capture([ref], with_grad=True) as cap, torch.enable_grad():
             output = _check_output(self.model(images))
             scores = evaluate_scores(score_fn, output)
             (stored,) = self._stored(cap, [ref])

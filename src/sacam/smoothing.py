@@ -16,8 +16,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ._hooks import check_images, model_guard
 from ._projection import principal_projection
-from .core import BaseCAM, Explanation, _check_images, model_guard, normalize_maps
+from .core import BaseCAM, Explanation, normalize_maps
 from .errors import MethodError
 from .targets import TargetsLike, evaluate_scores, resolve_targets
 
@@ -108,7 +109,7 @@ def tta(
     if not isinstance(hflip, bool):
         raise MethodError(f"hflip must be True or False, got {hflip!r}")
     model = cam.model
-    images = _check_images(images, model)
+    images = check_images(images, model)
     size = (int(images.shape[-2]), int(images.shape[-1]))
     with model_guard(model, eval_mode=cam.eval_mode, freeze=True):
         with torch.inference_mode():
