@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import struct
 import time
 import zlib
@@ -10,6 +11,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from .serve_support import (
     COLOURS,
@@ -177,7 +179,7 @@ def test_image_type_is_found_from_its_content(client) -> None:  # noqa: ANN001
 
 
 def test_truncated_image_is_400(client) -> None:  # noqa: ANN001
-    data = png_bytes(__import__("PIL.Image").Image.new("RGB", (64, 64), (9, 80, 200)))
+    data = png_bytes(Image.new("RGB", (64, 64), (9, 80, 200)))
     r = post_explain(client, data[: len(data) // 2])
     assert r.status_code == 400 and "could not be decoded" in r.json()["detail"]
 
@@ -202,10 +204,16 @@ def test_image_bombs_are_refused_before_decoding(client) -> None:  # noqa: ANN00
     r = post_explain(client, _png_header_only(100_000, 100_000))
     assert r.status_code == 413 and "pixels" in r.json()["detail"]
     # the app's own limit (100,000 pixels here): 400 x 300 = 120,000 is over it
-    big = png_bytes(__import__("PIL.Image").Image.new("RGB", (400, 300)))
+    big = png_bytes(Image.new("RGB", (400, 300)))
     r = post_explain(client, big)
     assert r.status_code == 413
     assert "400×300 = 120,000 pixels" in r.json()["detail"]
+    # as in the CLI, a JPEG that large is decoded at half scale (200 x 150) instead
+    buf = io.BytesIO()
+    Image.new("RGB", (400, 300), (200, 30, 30)).save(buf, format="JPEG")
+    r = post_explain(client, buf.getvalue())
+    assert r.status_code == 200
+    assert r.json()["explained_class"]["name"] == "red"
 
 
 def test_upload_over_the_limit_is_413(client) -> None:  # noqa: ANN001

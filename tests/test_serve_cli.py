@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from sacam.cli import main
 
 from .serve_support import free_port_socket, require
@@ -47,11 +49,21 @@ def test_serve_without_the_extra_is_a_one_line_exit_2() -> None:
     assert 'pip install -e ".[serve]"' in lines[0]
 
 
-def test_serve_bad_arguments_exit_2(capsys) -> None:  # noqa: ANN001
-    assert main(["serve", "--max-upload-mb", "0"]) == 2
-    assert capsys.readouterr().err.strip() == (
-        "sacam: error: --max-upload-mb must be a positive number"
-    )
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-upload-mb", "0"], "argument --max-upload-mb: 0 is not a positive number"),
+        (["--max-upload-mb", "nan"], "argument --max-upload-mb: nan is not a positive number"),
+        (["--port", "70000"], "argument --port: 70000 is not a TCP port (0..65535)"),
+        (["--port", "-1"], "argument --port: -1 is below the minimum of 0"),
+        (["--weights", "no/such.pth"], "argument --weights: no such file: 'no/such.pth'"),
+    ],
+)
+def test_serve_bad_arguments_exit_2(args, message, capsys) -> None:  # noqa: ANN001
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", *args])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == f"sacam: error: {message}"
 
 
 def test_serve_on_a_busy_port_exit_2(capsys) -> None:  # noqa: ANN001
@@ -72,35 +84,31 @@ def test_serve_command_prints_the_url_and_answers() -> None:
     require("fastapi")
     httpx = require("httpx")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sacam.cli", "serve", "--port", "0"]
-        + ["--model", "tests.conftest:colour_net", "--max-upload-mb", "2"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = proc.stdout.readline().strip()
-        assert line.startswith("sacam serve: model tests.conftest:colour_net on cpu; open ")
-        url = line.rsplit(" ", 1)[1]
-        assert url.startswith("http://127.0.0.1:") and url.endswith("/")
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                health = httpx.get(url + "api/health", timeout=10).json()
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.05)
-        assert health["status"] == "ok" and health["max_upload_mb"] == 2
-        assert "<title>sacam serve</title>" in httpx.get(url, timeout=10).text
-    finally:
-        proc.send_signal(signal.SIGINT)  # Ctrl+C
+    command = [sys.executable, "-m", "sacam.cli", "serve", "--port", "0"]
+    command += ["--model", "tests.conftest:colour_net", "--max-upload-mb", "2"]
+    with subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
         try:
-            proc.wait(timeout=60)
+            line = proc.stdout.readline().strip()
+            assert line.startswith("sacam serve: model tests.conftest:colour_net on cpu; open ")
+            url = line.rsplit(" ", 1)[1]
+            assert url.startswith("http://127.0.0.1:") and url.endswith("/")
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    health = httpx.get(url + "api/health", timeout=10).json()
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline and proc.poll() is None
+                    time.sleep(0.05)
+            assert health["status"] == "ok" and health["max_upload_mb"] == 2
+            assert "<title>sacam serve</title>" in httpx.get(url, timeout=10).text
         finally:
-            proc.kill()
-    err = proc.stderr.read()
+            proc.send_signal(signal.SIGINT)  # Ctrl+C
+            try:
+                proc.wait(timeout=60)
+            finally:
+                proc.kill()
+        err = proc.stderr.read()
     assert proc.returncode == 0 and "Traceback" not in err, err

@@ -83,6 +83,23 @@ def _device(text: str) -> str:
     return text
 
 
+def _port(text: str) -> int:
+    value = _int_at_least(0)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (0..65535)")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
 def _cmap(text: str) -> str:
     import matplotlib
 
@@ -253,12 +270,26 @@ def _parser() -> argparse.ArgumentParser:
         "serve", help="serve a local web page to explain images (needs the 'serve' extra)"
     )
     srv.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
-    srv.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
-    srv.add_argument("--model", default=None, help="model (as for explain)")
-    srv.add_argument("--weights", default=None, help="state dict for the --model architecture")
-    srv.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     srv.add_argument(
-        "--max-upload-mb", type=float, default=20.0, help="largest upload in MB (default: 20)"
+        "--port", type=_port, default=8000, help="TCP port, 0 for a free one (default: 8000)"
+    )
+    srv.add_argument("--model", default=None, help="model (as for explain)")
+    srv.add_argument(
+        "--weights", type=_existing_file, default=None, help="state dict for the --model"
+    )
+    srv.add_argument(
+        "--trust-model-file",
+        action="store_true",
+        help="allow a model file that runs code while loading (TorchScript, pickles)",
+    )
+    srv.add_argument(
+        "--device", type=_device, default="cpu", help="torch device: cpu, cuda, cuda:N, mps"
+    )
+    srv.add_argument(
+        "--max-upload-mb",
+        type=_positive_float,
+        default=20.0,
+        help="largest upload in MB (default: 20)",
     )
 
     meth = sub.add_parser("methods", help="list the registered CAM methods")
@@ -320,8 +351,6 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    if not args.max_upload_mb > 0:
-        raise SacamError("--max-upload-mb must be a positive number")
     try:
         from .serve import serve
     except ModuleNotFoundError as exc:
@@ -335,6 +364,7 @@ def _serve(args: argparse.Namespace) -> int:
         serve(
             args.model,
             weights=args.weights,
+            trust_model_file=args.trust_model_file,
             device=args.device,
             host=args.host,
             port=args.port,

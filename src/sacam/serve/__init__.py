@@ -14,15 +14,16 @@ import uvicorn
 
 from ..errors import SacamError
 from ..models import load_model
-from .app import DEFAULT_MAX_PIXELS, create_app
+from .app import create_app
 
-__all__ = ["DEFAULT_MAX_PIXELS", "create_app", "serve"]
+__all__ = ["create_app", "serve"]
 
 
 def serve(
     model: str | None = None,
     *,
     weights: str | None = None,
+    trust_model_file: bool = False,
     device: str = "cpu",
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -33,6 +34,8 @@ def serve(
     Args:
         model: as :func:`sacam.models.load_model` (default: EfficientNet-Lite0).
         weights: state dict for the model's architecture.
+        trust_model_file: allow a model file that runs code while it loads (see
+            :func:`sacam.models.load_model`).
         device: torch device of the model.
         host: address to listen on; the default, 127.0.0.1, is reachable from this
             machine only. The app has no authentication: do not expose it publicly.
@@ -41,20 +44,24 @@ def serve(
     """
     if not 0 <= port <= 65535:
         raise SacamError(f"--port must be between 0 and 65535, got {port}")
-    loaded = load_model(model, weights=weights, device=device)
+    loaded = load_model(model, weights=weights, device=device, trust_model_file=trust_model_file)
     app = create_app(loaded, max_upload_mb=max_upload_mb)
+    sock: socket.socket | None = None
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        family = infos[0][0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = socket.socket(infos[0][0], socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
     except OSError as exc:
+        if sock is not None:
+            sock.close()
         raise SacamError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     print(f"sacam serve: model {loaded.name} on {device}; open http://{shown}:{bound}/", flush=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
         print("sacam serve: note: the page has no authentication", file=sys.stderr)
-    config = uvicorn.Config(app, log_level="warning")
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    finally:
+        sock.close()

@@ -37,13 +37,11 @@ from pydantic import BaseModel, Field
 
 from .. import __version__
 from ..errors import SacamError
+from ..images import DEFAULT_MAX_PIXELS
 from ..models import SAMPLE_IMAGES, LoadedModel, sample_image
 from ..registry import list_methods, method_info
 from . import service
 from .worker import Job, JobCancelled, JobError, ModelWorker
-
-DEFAULT_MAX_PIXELS = 40_000_000
-"""Images with more pixels than this are refused (413), whatever their file size."""
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

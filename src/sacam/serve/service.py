@@ -105,41 +105,38 @@ def model_facts(loaded: LoadedModel) -> ModelFacts:
 
 # ---------------------------------------------------------------------- inputs
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode uploaded bytes as an RGB image, refusing non-images and image bombs.
+    """Decode uploaded bytes as an RGB image, as the CLI reads files, with an HTTP status.
 
-    The format is found from the content (never from a file name). Raises
-    :class:`JobError` with status 400 (empty or broken file), 413 (more pixels than
-    ``max_pixels``) or 415 (not an image format Pillow reads).
+    :func:`sacam.models.load_image` decides (the format comes from the content, never
+    from a file name; an image over ``max_pixels`` is refused before it is decoded, a
+    large JPEG decoded at a reduced scale). When it refuses, the header tells which
+    status fits: 415 when it is no image Pillow knows, 413 when it is too large, 400 when
+    it is broken.
     """
     if not data:
         raise JobError(400, "the uploaded file is empty: choose an image file")
     try:
+        return load_image(data, max_pixels=max_pixels)
+    except InputError as exc:
+        reason = str(exc)
+    try:
         with warnings.catch_warnings():
-            # sacam checks the pixel count itself, below
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as probe:
-                width, height = probe.size
-                kind = probe.format
-    except Image.DecompressionBombError as exc:
-        raise JobError(413, f"the image has too many pixels: {exc}") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            with Image.open(io.BytesIO(data)) as header:
+                width, height = header.size
+    except Image.DecompressionBombError:
+        raise JobError(413, f"the image has too many pixels: {reason}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise JobError(
             415, "the uploaded file is not an image sacam can read (PNG, JPEG, WebP, ...)"
         ) from None
     if width * height > max_pixels:
         raise JobError(
             413,
-            f"the {kind or ''} image is {width}×{height} = {width * height:,} pixels, over "
-            f"the limit of {max_pixels:,}: resize it first",
+            f"the image is {width}×{height} = {width * height:,} pixels, over the limit of "
+            f"{max_pixels:,}: shrink it first",
         )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return load_image(data)
-    except Image.DecompressionBombError as exc:
-        raise JobError(413, f"the image has too many pixels: {exc}") from None
-    except InputError as exc:
-        raise JobError(400, f"the image could not be decoded: {exc}") from None
+    raise JobError(400, f"the image could not be decoded: {reason}")
 
 
 def check_methods(methods: list[str]) -> list[str]:
