@@ -111,7 +111,9 @@ def test_nothing_of_the_call_stays_on_the_method(method, cnn, images) -> None:
     assert _hooks(cnn) == 0
 
 
-@pytest.mark.parametrize("method", METHODS)
+# Group-CAM amplifies float rounding (its weights are differences of two probabilities);
+# tests/test_baselines.py compares it with a bound derived from that rounding instead
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "group-cam"])
 def test_batch_equals_single_calls(method, cnn, images) -> None:
     batch = sacam.explain(cnn, images, method=method)
     singles = torch.cat([sacam.explain(cnn, images[i : i + 1], method=method) for i in range(3)])
