@@ -16,6 +16,7 @@ import torch
 from ..core import BaseCAM, CallContext, LayerData
 from ..errors import MethodError
 from ..registry import get_method, list_methods, register_method
+from ._options import check_count, check_number
 
 Operator = Literal["cosine", "dot", "class"]
 BASE_ALIASES = {"score": "score-cam", "grad": "grad-cam", "gradpp": "grad-cam++"}
@@ -168,14 +169,9 @@ class SACAM(BaseCAM):
         super().__init__(*args, **kwargs)
         if operator not in ("cosine", "dot", "class"):
             raise MethodError(f"operator must be 'cosine', 'dot' or 'class', got {operator!r}")
-        if not (isinstance(gamma, int | float) and gamma >= 0 and math.isfinite(gamma)):
-            raise MethodError(f"gamma must be a finite number >= 0, got {gamma!r}")
-        if not (
-            isinstance(temperature, int | float) and temperature > 0 and math.isfinite(temperature)
-        ):
-            raise MethodError(f"temperature must be > 0, got {temperature!r}")
-        if not isinstance(hops, int) or isinstance(hops, bool) or hops < 1:
-            raise MethodError(f"hops must be an int >= 1, got {hops!r}")
+        check_number("gamma", gamma, minimum=0)
+        check_number("temperature", temperature, above=0)
+        check_count("hops", hops)
         base_name = BASE_ALIASES.get(base, base)
         if base_name == "sa-cam" or base_name not in list_methods():
             valid = ", ".join([*BASE_ALIASES, *(m for m in list_methods() if m != "sa-cam")])

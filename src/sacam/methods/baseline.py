@@ -7,8 +7,8 @@ from typing import Any, Literal
 import torch
 
 from ..core import BaseCAM, CallContext, LayerData
-from ..errors import MethodError
 from ..registry import register_method
+from ._options import check_seed, check_variant
 
 
 @register_method(
@@ -55,11 +55,8 @@ class RandomCAM(BaseCAM):
         self, *args: Any, seed: int = 0, variant: Literal["map", "weights"] = "map", **kwargs: Any
     ) -> None:
         super().__init__(*args, **kwargs)
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise MethodError(f"seed must be an int, got {seed!r}")
-        if variant not in ("map", "weights"):
-            raise MethodError(f"random variant must be 'map' or 'weights', got {variant!r}")
-        self.seed = seed
+        check_variant("random", variant, ("map", "weights"))
+        self.seed = check_seed(seed)
         self.variant = variant
 
     def layer_map(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:

@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from .._projection import principal_projection
+from .._projection import numpy_2d_projection, principal_projection
 from ..core import BaseCAM, CallContext, LayerData
 from ..errors import MethodError
 from ..registry import register_method
+from ._options import check_bool, check_variant
+
+Variant = Literal["paper", "pytorch-grad-cam"]
 
 
-def _check_center(center: object) -> bool:
-    if not isinstance(center, bool):
-        raise MethodError(f"center must be True or False, got {center!r}")
-    return center
+def _centering(method: str, variant: object, center: object, default: bool) -> bool:
+    """The ``center`` a variant runs with; pytorch-grad-cam's always centres."""
+    check_variant(method, variant, ("paper", "pytorch-grad-cam"))
+    if center is not None:
+        check_bool("center", center)
+    if variant == "pytorch-grad-cam":
+        if center is False:
+            raise MethodError(
+                f"{method} variant 'pytorch-grad-cam' always centres (its get_2d_projection "
+                "is a PCA): leave center unset, or use variant='paper' with center=False"
+            )
+        return True
+    return default if center is None else bool(center)
 
 
 @register_method(
@@ -34,14 +46,25 @@ class EigenCAM(BaseCAM):
     .. math:: L = \mathrm{ReLU}(O\, v_1) \text{ reshaped to } (h, w)
 
     Gradient-free and class-agnostic: the target only sets the reported class and score.
-    By default (``center=False``) ``O`` is the raw activations, as the paper factorises
-    them; ``center=True`` subtracts each channel's mean over positions first (PCA proper),
-    as pytorch-grad-cam 1.5.7's ``EigenCAM`` does. torchcam 0.5.0 has no Eigen-CAM.
+    By default (``variant="paper"``, ``center=False``) ``O`` is the raw activations, as
+    the paper factorises them; ``center=True`` subtracts each channel's mean over
+    positions first (PCA proper).
 
-    Sign: an SVD fixes ``v_1`` only up to sign (pytorch-grad-cam keeps whichever LAPACK
-    returns). sacam takes the sign for which the projection correlates positively with the
-    mean activation over channels, so the map highlights where the layer is active (see
-    :func:`sacam._projection.principal_projection`). One forward pass.
+    Sign: an SVD fixes ``v_1`` only up to sign, and the ReLU keeps one side of the
+    projection, so the sign decides what the map shows. sacam orients ``O v_1`` so that
+    its positive part carries most of its energy (``Σ ReLU(p)² ≥ Σ ReLU(−p)²``; the
+    ``"energy"`` rule of :func:`sacam._projection.principal_projection`). On a layer with
+    non-negative activations (after a ReLU or swish) that is the all-positive
+    orientation the paper's factorisation gives; on a layer with signed activations (a
+    linear projection such as EfficientNet's ``_blocks.15``, transformer tokens) it keeps
+    the map from being empty, which a rule "agree with the mean activation" does not: an
+    uncentred projection can be negative at every position and still correlate with it.
+
+    ``variant="pytorch-grad-cam"`` reproduces pytorch-grad-cam 1.5.7's ``EigenCAM``
+    (``get_2d_projection``): centred, factorised by NumPy's SVD on a CPU copy, with the
+    sign LAPACK returns (arbitrary, but the same as pytorch-grad-cam's; see
+    :func:`sacam._projection.numpy_2d_projection`). torchcam 0.5.0 has no Eigen-CAM. One
+    forward pass.
 
     Example:
         >>> import torch, sacam
@@ -54,14 +77,21 @@ class EigenCAM(BaseCAM):
 
     uses_gradients = False
 
-    def __init__(self, *args: Any, center: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, center: bool | None = None, variant: Variant = "paper", **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.center = _check_center(center)
+        self.center = _centering("eigen-cam", variant, center, default=False)
+        self.variant = variant
 
     def layer_map(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """First-component projection of ``A``, ``(B, h, w)``."""
         acts = layer.activations
-        return principal_projection(acts, center=self.center, reference=acts.mean(dim=1))
+        if self.variant == "pytorch-grad-cam":
+            return numpy_2d_projection(acts)
+        return principal_projection(
+            acts, center=self.center, reference=acts.mean(dim=1), sign="energy"
+        )
 
 
 @register_method(
@@ -85,8 +115,10 @@ class EigenGradCAM(BaseCAM):
     Defaults to ``center=True`` (PCA over positions), as pytorch-grad-cam 1.5.7, its
     origin, does; ``center=False`` projects the raw products like ``eigen-cam``'s default.
     The sign is fixed so the map correlates positively with ``Σ_k g^k ⊙ A^k`` (the HiRes-CAM
-    map); pytorch-grad-cam keeps the SVD's arbitrary sign. torchcam 0.5.0 has none. One
-    forward and one backward pass.
+    map), the class evidence, except that an orientation whose positive part is empty is
+    never kept (an uncentred projection can be negative everywhere). pytorch-grad-cam
+    keeps the SVD's arbitrary sign: ``variant="pytorch-grad-cam"`` reproduces it (NumPy's
+    SVD, as for ``eigen-cam``). torchcam 0.5.0 has none. One forward and one backward pass.
 
     Example:
         >>> import torch, sacam
@@ -97,13 +129,18 @@ class EigenGradCAM(BaseCAM):
         torch.Size([2, 16, 16])
     """
 
-    def __init__(self, *args: Any, center: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, center: bool | None = None, variant: Variant = "paper", **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.center = _check_center(center)
+        self.center = _centering("eigen-grad-cam", variant, center, default=True)
+        self.variant = variant
 
     def layer_map(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """First-component projection of ``g ⊙ A``, ``(B, h, w)``."""
         if layer.gradients is None:  # pragma: no cover - the engine always provides them
             raise RuntimeError("eigen-grad-cam called without gradients")
         prod = layer.gradients * layer.activations
+        if self.variant == "pytorch-grad-cam":
+            return numpy_2d_projection(prod)
         return principal_projection(prod, center=self.center, reference=prod.sum(dim=1))

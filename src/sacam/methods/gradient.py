@@ -6,14 +6,14 @@ element-wise gradient maps (Layer-CAM, HiRes-CAM, Grad-CAM element-wise).
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import torch
 
+from .._seeding import cpu_generator, seeded_noise
 from ..core import BaseCAM, CallContext, LayerData
-from ..errors import MethodError
 from ..registry import register_method
+from ._options import check_count, check_number, check_seed, check_variant
 
 
 def _grads(layer: LayerData) -> torch.Tensor:
@@ -88,8 +88,7 @@ class GradCAMPlusPlus(BaseCAM):
         self, *args: Any, variant: Literal["paper", "torchcam"] = "paper", **kwargs: Any
     ) -> None:
         super().__init__(*args, **kwargs)
-        if variant not in ("paper", "torchcam"):
-            raise MethodError(f"grad-cam++ variant must be 'paper' or 'torchcam', got {variant!r}")
+        check_variant("grad-cam++", variant, ("paper", "torchcam"))
         self.variant = variant
 
     def weights(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
@@ -149,10 +148,7 @@ class XGradCAM(BaseCAM):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if variant not in ("paper", "pytorch-grad-cam"):
-            raise MethodError(
-                f"xgrad-cam variant must be 'paper' or 'pytorch-grad-cam', got {variant!r}"
-            )
+        check_variant("xgrad-cam", variant, ("paper", "pytorch-grad-cam"))
         self.variant = variant
 
     def weights(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
@@ -299,13 +295,13 @@ class SmoothGradCAMPlusPlus(BaseCAM):
     pytorch-grad-cam 1.5.7 has no Smooth Grad-CAM++.
 
     Defaults: ``n_samples=16``, ``std_spread=0.15`` (SmoothGrad's advice: σ at 10-20 % of
-    the input range). Reproducible: the noise comes from a ``torch.Generator`` seeded with
-    ``seed`` on the images' device (CPU and CUDA generators give different streams),
-    drawn as ``n_samples`` tensors of shape ``(C, H, W)`` in turn and shared by every
-    image of the batch (scaled by each image's own σ), so a batch gives the maps of its
-    images explained one by one. Costs ``n_samples`` extra forward and backward
-    passes of the batch, made with the engine's capture hook and
-    ``torch.autograd.grad`` (the model's ``.grad`` fields stay untouched).
+    the input range). Reproducible: the noise comes from a CPU ``torch.Generator`` seeded
+    with ``seed`` and is moved to the images' device (so CPU and CUDA get the same noise;
+    :func:`sacam._seeding.seeded_noise`), drawn in float32 as ``n_samples`` tensors of
+    shape ``(C, H, W)`` in turn and shared by every image of the batch (scaled by each
+    image's own σ), so a batch gives the maps of its images explained one by one.
+    Costs ``n_samples`` extra forward and backward passes of the batch, made with the
+    engine's capture hook and ``torch.autograd.grad`` (the model's ``.grad`` fields stay untouched).
 
     Example:
         >>> import torch, sacam
@@ -329,27 +325,11 @@ class SmoothGradCAMPlusPlus(BaseCAM):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
-            raise MethodError(f"n_samples must be a positive int, got {n_samples!r}")
-        if not (
-            isinstance(std_spread, int | float) and std_spread >= 0 and math.isfinite(std_spread)
-        ):
-            raise MethodError(f"std_spread must be a number >= 0, got {std_spread!r}")
-        if std is not None and not (
-            isinstance(std, int | float) and std >= 0 and math.isfinite(std)
-        ):
-            raise MethodError(f"std must be None or a number >= 0, got {std!r}")
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise MethodError(f"seed must be an int, got {seed!r}")
-        if variant not in ("paper", "mean-weights", "torchcam"):
-            raise MethodError(
-                "smooth-grad-cam++ variant must be 'paper', 'mean-weights' or 'torchcam', "
-                f"got {variant!r}"
-            )
-        self.n_samples = n_samples
-        self.std_spread = float(std_spread)
-        self.std = None if std is None else float(std)
-        self.seed = seed
+        check_variant("smooth-grad-cam++", variant, ("paper", "mean-weights", "torchcam"))
+        self.n_samples = check_count("n_samples", n_samples)
+        self.std_spread = check_number("std_spread", std_spread, minimum=0)
+        self.std = None if std is None else check_number("std", std, minimum=0)
+        self.seed = check_seed(seed)
         self.variant = variant
 
     def noise_sigma(self, images: torch.Tensor) -> torch.Tensor:
@@ -363,15 +343,12 @@ class SmoothGradCAMPlusPlus(BaseCAM):
         """Smoothed Grad-CAM++ channel weights, ``(B, K)``."""
         images = ctx.images
         sigma = self.noise_sigma(images).view(-1, 1, 1, 1)
-        gen = torch.Generator(device=images.device)
-        gen.manual_seed(self.seed)
+        gen = cpu_generator(self.seed)
         acts = layer.activations
         mean_w = torch.zeros(acts.shape[:2], dtype=acts.dtype, device=acts.device)
         d1, d2, d3 = (torch.zeros_like(acts) for _ in range(3))
         for _ in range(self.n_samples):
-            noise = torch.randn(
-                images.shape[1:], generator=gen, dtype=images.dtype, device=images.device
-            )
+            noise = seeded_noise(images.shape[1:], gen, images.device, images.dtype)
             a, g = self.gradient_pass(images + sigma * noise, layer.ref, ctx.score_fn)
             if self.variant == "mean-weights":
                 g2 = g * g

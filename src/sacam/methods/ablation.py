@@ -1,0 +1,122 @@
+"""Ablation-CAM: channel weights from the score drop when each channel is zeroed."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Literal
+
+import torch
+
+from ..core import CallContext, LayerData, _Capture
+from ..errors import LayerError, MethodError
+from ..registry import register_method
+from ._options import check_variant
+from ._perturb import PerturbationCAM, batch_target_scores
+
+ABLATION_CAM_URL = (
+    "https://openaccess.thecvf.com/content_WACV_2020/papers/Desai_Ablation-CAM_Visual_"
+    "Explanations_for_Deep_Convolutional_Network_via_Gradient-free_Localization_WACV_2020_"
+    "paper.pdf"
+)
+
+
+@register_method(
+    "ablation-cam",
+    paper="Desai & Ramaswamy, WACV 2020",
+    url=ABLATION_CAM_URL,
+    description="Channel weights are the relative drop of the score when the channel is zeroed.",
+    family="perturbation",
+)
+class AblationCAM(PerturbationCAM):
+    r"""Ablation-CAM (Desai & Ramaswamy, WACV 2020).
+
+    Paper:
+    https://openaccess.thecvf.com/content_WACV_2020/papers/Desai_Ablation-CAM_Visual_Explanations_for_Deep_Convolutional_Network_via_Gradient-free_Localization_WACV_2020_paper.pdf
+
+    With ``y^c`` the target score (the logit by default) and ``y^c_k`` the same score
+    when channel ``k`` of the target layer is set to 0 (the rest of the network then runs
+    on the ablated output):
+
+    .. math:: w^c_k = \frac{y^c - y^c_k}{y^c},\quad
+              L^c = \mathrm{ReLU}\Big(\sum_k w^c_k A^k\Big)
+
+    Where ``y^c = 0`` the division is skipped (``w^c_k = -y^c_k``).
+    ``variant="pytorch-grad-cam"`` follows pytorch-grad-cam 1.5.7, which sets the
+    channel to 0 only where the layer's minimum activation is 0 and otherwise to that
+    minimum minus ``1e7`` (sacam takes the minimum of the image's clean activations;
+    pytorch-grad-cam's running minimum also sees rows ablated earlier in its batch).
+    torchcam 0.5.0 has no Ablation-CAM.
+
+    The ablation is a forward hook on the target layer, registered only for these passes
+    and removed in a ``finally`` (even if a pass raises). Costs K forward passes per image,
+    ``batch_size`` copies of the image at a time, channel ``start + i`` zeroed in row
+    ``i``. Needs the layer's own ``(B, K, h, w)`` output (no ``reshape_transform``).
+
+    Example:
+        >>> import torch, sacam
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        ...                     nn.Flatten(), nn.Linear(4, 2))
+        >>> sacam.explain(net, torch.rand(1, 3, 16, 16), method="ablation-cam").shape
+        torch.Size([1, 16, 16])
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        variant: Literal["paper", "pytorch-grad-cam"] = "paper",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        check_variant("ablation-cam", variant, ("paper", "pytorch-grad-cam"))
+        if self.reshape_transform is not None:
+            raise MethodError(
+                "ablation-cam zeroes channels of the layer's own output, so it cannot use a "
+                "reshape_transform: pick a layer with a (B, K, h, w) output"
+            )
+        self.variant = variant
+
+    def fill_value(self, acts: torch.Tensor) -> float:
+        """Value an ablated channel takes, for one image's activations ``(K, h, w)``."""
+        low = float(acts.min())
+        if self.variant == "paper" or low == 0:
+            return 0.0
+        return low - 1e7
+
+    def weights(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
+        """Relative score drop when each channel is ablated, ``(B, K)``."""
+        acts = layer.activations
+        k_count = acts.shape[1]
+        ablated = []
+        plan = self.plan(ctx)  # measured before the ablation hook exists
+        for b in range(acts.shape[0]):
+            channels: list[torch.Tensor] = []
+            edit = functools.partial(self._ablate, channels, self.fill_value(acts[b]))
+            build = functools.partial(self._build, ctx.images[b], channels)
+            with _Capture([layer.ref], with_grad=False, edit=edit):
+                ablated.append(self.perturbed(ctx, b, k_count, build, "logit", plan))
+        y_k = torch.stack(ablated)
+        y = batch_target_scores(ctx.output, ctx, "logit").float()[:, None]  # as y_k
+        return torch.where(y != 0, (y - y_k) / torch.where(y != 0, y, 1.0), -y_k)
+
+    @staticmethod
+    def _build(
+        image: torch.Tensor, channels: list[torch.Tensor], start: int, stop: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # the hook reads which channel each row ablates from ``channels``
+        channels[:] = [torch.arange(start, stop, device=image.device)]
+        return image[None].repeat(stop - start, 1, 1, 1), None
+
+    @staticmethod
+    def _ablate(
+        channels: list[torch.Tensor], fill: float, _label: str, out: torch.Tensor
+    ) -> torch.Tensor:
+        (ks,) = channels
+        if out.ndim != 4 or out.shape[0] != ks.shape[0]:
+            raise LayerError(
+                f"ablation-cam expected the layer to output ({ks.shape[0]}, K, h, w) on the "
+                f"ablation batch, got {tuple(out.shape)}"
+            )
+        out = out.clone()
+        out[torch.arange(ks.shape[0], device=out.device), ks] = fill
+        return out
