@@ -597,6 +597,90 @@ def test_eigencam_sign_follows_the_mean_activation() -> None:
         assert float(((m - m.mean()) * (ref - ref.mean())).sum()) > 0
 
 
+def test_eigencam_on_a_signed_layer_is_not_empty() -> None:
+    # Both channels are -[[1, 2], [3, 4]]: v_1 = ±(1, 1)/√2, p = ∓√2 (1, 2, 3, 4). The
+    # orientation p < 0 correlates positively with the (negative) mean activation, and
+    # its ReLU is empty; the energy rule takes p = √2 (1, 2, 3, 4): minmax (0, 1/3, 2/3, 1).
+    x = -torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]] * 2])
+    out = sacam.get_method("eigen-cam")(GapNet(W), "feat").explain(x, 0, upsample=False)
+    assert not out.constant.any()
+    assert torch.allclose(out.maps[0], torch.tensor([[0.0, 1 / 3], [2 / 3, 1.0]]), atol=1e-6)
+
+
+def test_projection_sign_rules_by_hand() -> None:
+    from sacam._projection import principal_projection
+
+    # one channel: p = ±x. x = (-3, 1): energy keeps (3, -1) (9 > 1); correlation with a
+    # reference (0, 1) keeps (-3, 1); a reference (1, 0) picks (3, -1)
+    f = torch.tensor([[[[-3.0, 1.0]]]])
+    energy = principal_projection(f, center=False, sign="energy")
+    assert torch.allclose(energy.flatten(), torch.tensor([3.0, -1.0]))
+    corr = principal_projection(f, center=False, reference=torch.tensor([[[0.0, 1.0]]]))
+    assert torch.allclose(corr.flatten(), torch.tensor([-3.0, 1.0]))
+    # a projection with one sign is never oriented to show nothing: (-1, -2) correlates
+    # positively with the reference (-1, -2) but would be empty after the ReLU
+    g = torch.tensor([[[[-1.0, -2.0]]]])
+    kept = principal_projection(g, center=False, reference=torch.tensor([[[-1.0, -2.0]]]))
+    assert torch.allclose(kept.flatten(), torch.tensor([1.0, 2.0]))
+
+
+def test_eigencam_library_variant_always_centres() -> None:
+    with pytest.raises(MethodError, match="always centres"):
+        sacam.build_method(small_cnn(), "eigen-cam", variant="pytorch-grad-cam", center=False)
+    cam = sacam.build_method(small_cnn(), "eigen-grad-cam", variant="pytorch-grad-cam")
+    assert cam.center is True
+
+
+def test_numpy_projection_is_get_2d_projection() -> None:
+    # pytorch-grad-cam's formula written out with NumPy: centred (hw, K), SVD, rows @ VT[0]
+    import numpy as np
+
+    from sacam._projection import numpy_2d_projection
+
+    g = torch.Generator().manual_seed(5)
+    f = torch.randn(2, 6, 3, 4, generator=g)
+    got = numpy_2d_projection(f.double())
+    for b in range(2):
+        rows = f[b].numpy().reshape(6, 12).T.astype(np.float32)
+        rows = rows - rows.mean(axis=0)
+        vt = np.linalg.svd(rows, full_matrices=True)[2]
+        expect = torch.from_numpy(rows @ vt[0]).view(3, 4).double()
+        assert torch.allclose(got[b], expect, atol=1e-6)
+    assert got.dtype == torch.float64
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [("ablation-cam", {}), ("score-cam", {}), ("is-cam", {"n_samples": 2})],
+)
+def test_top_channels_one_keeps_the_strongest_channel(method: str, options: dict) -> None:
+    # channel means 2.5 (A0) and 0.5 (A1): only A0 is scored, with a positive weight
+    # (ablation: y = 2.5 + 2 · 0.5 = 3.5, y_0 = 1, w_0 = 5/7), so the map is minmax(A0)
+    got = _explain(GapNet(W), A, method, top_channels=1, **options)
+    assert torch.allclose(got, torch.tensor([[0.0, 1 / 3], [2 / 3, 1.0]]), atol=1e-6)
+    full = _explain(GapNet(W), A, method, **options)
+    assert torch.allclose(full, _explain(GapNet(W), A, method, top_channels=2, **options))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("device", ["cpu", torch.device("cpu"), "cuda"])
+def test_seeded_noise_is_the_cpu_stream_on_any_device(device, dtype) -> None:  # noqa: ANN001
+    from sacam._seeding import cpu_generator, seeded_noise
+
+    if str(device) == "cuda" and not torch.cuda.is_available():
+        device = "meta"  # no values there, but the draw must still come from the CPU stream
+    expect = torch.randn(3, 5, generator=torch.Generator("cpu").manual_seed(11))
+    got = seeded_noise((3, 5), 11, device, dtype)
+    assert got.dtype == dtype and got.device.type == torch.device(device).type
+    if got.device.type != "meta":
+        assert torch.equal(got.cpu(), expect.to(dtype))
+    # a generator continues its stream (draws under 16 values go value by value, so three
+    # draws of 5 are one draw of 15)
+    gen = cpu_generator(11)
+    halves = [seeded_noise((5,), gen, "cpu") for _ in range(3)]
+    assert torch.equal(torch.cat(halves).view(3, 5), expect)
+
+
 # ------------------------------------------------------------------------- random
 
 

@@ -48,18 +48,21 @@ def test_plan_is_measured_once_and_respects_the_cap(images, monkeypatch) -> None
 
 
 def test_memory_plan_arithmetic() -> None:
-    # a line through (1, 40) and (4, 100): 20 per sample, 20 fixed
-    assert _tuning.cost_from_peaks(4, 100.0, 40.0) == (20.0, 20.0)
-    # the pass of 1 reads 0 (it reused freed memory): at least half of the big pass is
-    # per sample (100 / 8 = 12.5), the rest fixed
-    assert _tuning.cost_from_peaks(4, 100.0, 0.0) == (0.0, 100.0 / 3)
-    assert _tuning.cost_from_peaks(4, 100.0, 95.0) == (50.0, 12.5)
-    assert _tuning.cost_from_peaks(1, 30.0, 30.0) == (0.0, 30.0)
+    # a line through (2, 100) and (8, 220): 20 per sample, 60 fixed
+    assert _tuning.cost_from_peaks([(8, 220.0), (2, 100.0)]) == (60.0, 20.0)
+    # the small pass reads high (noise): the slope is at least half the big pass per
+    # sample (220 / 16 = 13.75) and the line stays above both points:
+    # fixed = max(200 - 2 · 13.75, 220 - 8 · 13.75) = 172.5
+    assert _tuning.cost_from_peaks([(8, 220.0), (2, 200.0)]) == (172.5, 13.75)
+    # a small pass that reads low keeps the steeper slope (200 / 6), no negative fixed
+    assert _tuning.cost_from_peaks([(8, 200.0), (2, 0.0)]) == (0.0, 200.0 / 6)
+    assert _tuning.cost_from_peaks([(1, 30.0)]) == (15.0, 15.0)
     mb = 2.0**20
     cost = _tuning.MemoryCost(fixed=20 * mb, per_sample=10 * mb, source="rss")
-    # each sample also holds 3 inputs of 1 MiB: 13 MiB; (256 - 20) / 13 = 18.15 -> 18
-    assert _tuning.plan_batch(cost, int(mb), 256.0) == 18
-    assert 20 + 18 * 13 <= 256 < 20 + 19 * 13
+    # each sample also holds 3 inputs of 1 MiB: 13 MiB; the plan fills 0.8 of the budget:
+    # (0.8 · 256 - 20) / 13 = 14.2 -> 14
+    assert _tuning.plan_batch(cost, int(mb), 256.0) == 14
+    assert 20 + 14 * 13 <= 0.8 * 256 < 20 + 15 * 13
     assert _tuning.plan_batch(cost, int(mb), 1.0) == 1  # never below one sample
 
 
@@ -70,7 +73,7 @@ def test_measured_memory_is_cached_and_fits_the_budget(images, monkeypatch) -> N
     monkeypatch.setitem(_tuning._COSTS, net, {key: fake})
     sample_bytes = images[0].numel() * 4
     cap = _tuning.measured_cap(net, images[0], 8.0)
-    assert cap == int(8 * 2**20 // (2**20 + 3 * sample_bytes))
+    assert cap == int(0.8 * 8 * 2**20 // (2**20 + 3 * sample_bytes))
     cam = sacam.build_method(net, "score-cam", max_memory_mb=8.0, batch_size=64)
     plans = []
     real = sacam.methods._perturb.perturbed_scores

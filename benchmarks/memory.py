@@ -1,0 +1,154 @@
+"""Peak memory of Score-CAM against its ``max_memory_mb`` budget.
+
+Usage:
+
+    python benchmarks/memory.py                       # budgets 256, 512, 1024 MB
+    python benchmarks/memory.py --budgets 256 --threads 2 --device cuda
+
+Each budget runs in a fresh child process: load the default model (EfficientNet-Lite0)
+and the sample photo "chelsea" at 224×224, return free C-allocator blocks to the system
+(glibc ``malloc_trim``, so the baseline is live memory), read the resident set
+(``VmRSS``), run one
+Score-CAM call at the head layer with ``max_memory_mb=budget`` (``top_channels`` limits
+the number of forward passes, not the batch: the batch is set by the budget), and read
+the peak resident set (``VmHWM``, reset just before the call through
+``/proc/self/clear_refs``; sacam's own memory measurement resets it too, so the peak
+reached before each of those resets counts as well). It prints the peak above the RSS
+before the call, its ratio to the budget (target: ≤ 1.25), the batch size the plan chose
+and the measured cost.
+On CUDA the peak is the allocator's (``torch.cuda.max_memory_allocated`` above
+``memory_allocated`` before the call).
+
+``--estimate`` replaces the measured cost by the shape estimate (sacam before the
+measurement, for comparison in the same run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+
+def status_mb(field: str) -> float:
+    """``VmRSS`` or ``VmHWM`` of this process in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status (Linux only)")
+
+
+def child(spec: dict) -> dict:
+    """One Score-CAM call in this (fresh) process; its peak memory above the start."""
+    import sacam
+    from sacam import _tuning
+    from sacam.models import load_model, sample_image
+
+    torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    lm = load_model(device=device)
+    x = lm.preprocess.batch([sample_image("chelsea")]).to(device)
+    if spec["estimate"]:
+        from sacam._layers import probe
+
+        def estimate(model: torch.nn.Module, sample: torch.Tensor) -> _tuning.MemoryCost:
+            per = _tuning.bytes_per_sample(probe(model, sample[None]), tuple(sample.shape))
+            return _tuning.MemoryCost(0.0, float(per), "estimate")
+
+        _tuning.measure_memory = estimate  # type: ignore[assignment]
+    chosen: list[int] = []
+    real = sacam.methods._perturb.perturbed_scores
+
+    def spy(ctx, b, count, build, batch_size, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        chosen.append(batch_size)
+        return real(ctx, b, count, build, batch_size, *args, **kwargs)
+
+    sacam.methods._perturb.perturbed_scores = spy  # type: ignore[assignment]
+    cam = sacam.build_method(
+        lm.model, "score-cam", max_memory_mb=spec["budget"], top_channels=spec["channels"]
+    )
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2**20
+        cam(x)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        # sacam's own measurement resets VmHWM: keep the peak reached before each reset
+        peaks: list[float] = []
+        reset = _tuning._reset_rss_peak
+
+        def keep_peak() -> bool:
+            peaks.append(status_mb("VmHWM"))
+            return reset()
+
+        _tuning._reset_rss_peak = keep_peak  # type: ignore[assignment]
+        ctypes.CDLL(None).malloc_trim(0)  # glibc: free blocks back, a baseline of live memory
+        base = status_mb("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")
+        cam(x)
+        peak = max([status_mb("VmHWM"), *peaks])
+    costs = _tuning._COSTS.get(lm.model, {})
+    cost = next(iter(costs.values()), None)
+    return {
+        "budget": spec["budget"],
+        "peak_mb": peak - base,
+        "batch": chosen[0] if chosen else None,
+        "fixed_mb": None if cost is None else cost.fixed / 2**20,
+        "per_sample_mb": None if cost is None else cost.per_sample / 2**20,
+    }
+
+
+def main() -> None:
+    """Run each budget in a fresh process and print the table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budgets", type=float, nargs="+", default=[256.0, 512.0, 1024.0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--channels", type=int, default=256, help="top_channels (forward passes)")
+    ap.add_argument("--estimate", action="store_true", help="shape estimate, not measured")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return
+    print(
+        f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{args.threads} threads, device {args.device}, "
+        f"{'shape estimate' if args.estimate else 'measured cost'}"
+    )
+    print("| budget MB | peak above start MB | peak / budget | batch | fixed MB | per sample MB |")
+    print("|---|---|---|---|---|---|")
+    for budget in args.budgets:
+        spec = {
+            "budget": budget,
+            "threads": args.threads,
+            "device": args.device,
+            "channels": args.channels,
+            "estimate": args.estimate,
+        }
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", json.dumps(spec)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        fixed = "-" if r["fixed_mb"] is None else f"{r['fixed_mb']:.0f}"
+        per = "-" if r["per_sample_mb"] is None else f"{r['per_sample_mb']:.1f}"
+        print(
+            f"| {budget:.0f} | {r['peak_mb']:.0f} | {r['peak_mb'] / budget:.2f} | {r['batch']} "
+            f"| {fixed} | {per} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
