@@ -2,6 +2,16 @@
 
 # attention (SA-CAM) refines the methods above; registration order is import order
 from . import activation, gradient, perturbation, decomposition, baseline  # isort: skip
+from . import fem, kpca  # isort: skip
 from . import attention  # isort: skip
 
-__all__ = ["activation", "attention", "baseline", "decomposition", "gradient", "perturbation"]
+__all__ = [
+    "activation",
+    "attention",
+    "baseline",
+    "decomposition",
+    "fem",
+    "gradient",
+    "kpca",
+    "perturbation",
+]
