@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import sacam
 from sacam.errors import MethodError
@@ -152,3 +153,55 @@ def test_kpca_cam_two_positions_by_hand() -> None:
 def test_kpca_cam_rejects_bad_options(option: str, value: object, match: str) -> None:
     with pytest.raises(MethodError, match=match):
         sacam.build_method(GapNet([[1.0, 1.0]]), "kpca-cam", **{option: value})
+
+
+# --------------------------------------------------------------------- Shapley-CAM
+
+# Two 2×2 channels: A0 = [[1, 2], [3, 4]], A1 = [[0, 1], [1, 0]] (as tests/test_formulas.py).
+A = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[0.0, 1.0], [1.0, 0.0]]]])
+
+
+class QuadNet(nn.Module):
+    """y_0 = ā_0 + ā_1², y_1 = ā_1 (ā_k the channel means): a curved score."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.feat = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.feat(x).mean(dim=(2, 3))
+        return torch.stack([p[:, 0] + p[:, 1] ** 2, p[:, 1]], dim=1)
+
+
+def test_shapley_cam_subtracts_half_the_hessian_vector_product() -> None:
+    # y_0 = ā_0 + ā_1², hw = 4, ā_1 = 1/2:
+    # g^0 = 1/4, g^1 = 2 ā_1 / 4 = 1/4 everywhere; H couples only channel 1:
+    # (H A)^1_ij = Σ_i'j' 2/16 · A^1_i'j' = 2 ā_1 / 4 = 1/4, (H A)^0 = 0
+    # w = (1/4 - 0, 1/4 - 1/8) = (1/4, 1/8): map = A0/4 + A1/8 = [[.25, .625], [.875, 1]]
+    m = sacam.explain(QuadNet(), A, method="shapley-cam", layer="feat", targets=0, upsample=False)
+    assert torch.allclose(m, torch.tensor([[[0.0, 0.5], [5 / 6, 1.0]]]), atol=1e-6)
+    # Grad-CAM's weights are (1/4, 1/4): (A0 + A1)/4 -> [[0, 2/3], [1, 1]]
+    gc = sacam.explain(QuadNet(), A, method="grad-cam", layer="feat", targets=0, upsample=False)
+    assert torch.allclose(gc, torch.tensor([[[0.0, 2 / 3], [1.0, 1.0]]]), atol=1e-6)
+
+
+def test_shapley_cam_hvp_by_hand() -> None:
+    cam = sacam.get_method("shapley-cam")(QuadNet(), "feat")
+    from sacam._hooks import model_guard
+    from sacam._layers import probe, resolve_layers
+
+    with model_guard(cam.model):
+        refs = resolve_layers(cam.model, "feat", probe(cam.model, A))
+        ctx, layers = cam._forward(A, refs, 0)
+        g, hvp = cam.gradient_and_hvp(layers[0], ctx)
+    assert torch.allclose(g, torch.full_like(g, 0.25))
+    assert torch.allclose(hvp[0, 0], torch.zeros(2, 2)) and torch.allclose(
+        hvp[0, 1], torch.full((2, 2), 0.25)
+    )
+
+
+def test_shapley_cam_is_grad_cam_on_a_piecewise_linear_tail(cnn, images) -> None:
+    # ReLU, batch norm (eval), pooling and linear layers: the Hessian is 0 almost everywhere
+    a = sacam.explain(cnn, images, method="shapley-cam", layer="0")
+    b = sacam.explain(cnn, images, method="grad-cam", layer="0")
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)

@@ -2,7 +2,7 @@
 
 # attention (SA-CAM) refines the methods above; registration order is import order
 from . import activation, gradient, perturbation, decomposition, baseline  # isort: skip
-from . import fem, kpca  # isort: skip
+from . import fem, kpca, shapley  # isort: skip
 from . import attention  # isort: skip
 
 __all__ = [
@@ -14,4 +14,5 @@ __all__ = [
     "gradient",
     "kpca",
     "perturbation",
+    "shapley",
 ]
