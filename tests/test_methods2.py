@@ -290,3 +290,111 @@ def test_finer_cam_with_a_perturbation_base_scores_each_sample_with_its_own_clas
         [sacam.explain(net, x[i : i + 1], method="finer-cam", **opts) for i in range(3)]
     )
     torch.testing.assert_close(batch, singles, rtol=0, atol=F64_ATOL)
+
+
+# ------------------------------------------------------------------ Guided Grad-CAM
+
+
+class GuidedNet(nn.Module):
+    """x (1 channel) -> 1×1 conv to (x - 1.5, 1.5 - x) -> ReLU -> r0 - r1/2 -> mean."""
+
+    def __init__(self, act: nn.Module | None = None) -> None:
+        super().__init__()
+        self.feat = nn.Conv2d(1, 2, 1)
+        self.relu = act if act is not None else nn.ReLU()
+        self.mix = nn.Conv2d(2, 1, 1, bias=False)
+        with torch.no_grad():
+            self.feat.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
+            self.feat.bias.copy_(torch.tensor([-1.5, 1.5]))
+            self.mix.weight.copy_(torch.tensor([1.0, -0.5]).view(1, 2, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mix(self.relu(self.feat(x))).mean(dim=(2, 3))
+
+
+GX = torch.tensor([[[[2.0, 1.0, 3.0]]]])
+
+
+def test_guided_grad_cam_by_hand() -> None:
+    out = sacam.explain_full(GuidedNet(), GX, method="guided-grad-cam", layer="relu")
+    # pre-ReLU (0.5, -0.5, 1.5) and (-0.5, 0.5, -1.5); dy/dr = (1/3, -1/6) everywhere.
+    # guided: the negative -1/6 is stopped: dy/dx = (1/3)·[1, 0, 1] = [1/3, 0, 1/3]
+    # (the plain gradient adds +1/6 at the middle: [1/3, 1/2 - 1/3, 1/3] = [1/3, 1/6, 1/3])
+    gb = out.extras["guided_backprop"]
+    assert torch.allclose(gb, torch.tensor([[[[1 / 3, 0.0, 1 / 3]]]]), atol=1e-7)
+    # Grad-CAM: r0/3 - r1/6 = [1/6, -1/12, 1/2] -> ReLU, minmax: M = [1/3, 0, 1]
+    # M ⊙ G = [1/9, 0, 1/3] -> [1/3, 0, 1]
+    assert torch.allclose(out.maps, torch.tensor([[[1 / 3, 0.0, 1.0]]]), atol=1e-6)
+
+
+class _SwappedGuidedReLU(torch.autograd.Function):
+    """A reference written the other way: a replacement ReLU with its own backward."""
+
+    @staticmethod
+    def forward(ctx, x):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(x)
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        (x,) = ctx.saved_tensors
+        return grad * (x > 0) * (grad > 0)
+
+
+class _SwapModule(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _SwappedGuidedReLU.apply(x)
+
+
+@pytest.mark.parametrize("channels", ["max-abs", "sum-abs", "sum"])
+def test_guided_grad_cam_matches_a_module_swapping_reference(cnn, images, channels) -> None:
+    import copy
+
+    net, x = in_double(cnn, images)
+    out = sacam.explain_full(net, x, method="guided-grad-cam", layer="3", channels=channels)
+    ref_net = copy.deepcopy(net).eval()
+    for i, m in enumerate(ref_net):
+        if isinstance(m, nn.ReLU):
+            ref_net[i] = _SwapModule()
+    xr = x.clone().requires_grad_(True)
+    logits = ref_net(xr)
+    top = logits.argmax(1)
+    (gb,) = torch.autograd.grad(logits.gather(1, top[:, None]).sum(), xr)
+    cam = sacam.explain(net, x, method="grad-cam", layer="3", targets=top).double()
+    prod = cam[:, None] * gb
+    red = {"max-abs": prod.abs().amax(1), "sum-abs": prod.abs().sum(1), "sum": prod.sum(1)}
+    expected, _ = sacam.core.normalize_maps(red[channels].clamp_min(0))
+    torch.testing.assert_close(out.maps.double(), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("act", [nn.ReLU(), nn.ReLU(inplace=True), nn.ReLU6()])
+def test_guided_grad_cam_leaves_relu_modules_as_they_were(act) -> None:
+    net = GuidedNet(act)
+    before = [(n, type(m), getattr(m, "inplace", None)) for n, m in net.named_modules()]
+    relu = net.relu
+    out = sacam.explain_full(net, GX, method="guided-grad-cam", layer="relu")
+    assert [(n, type(m), getattr(m, "inplace", None)) for n, m in net.named_modules()] == before
+    assert net.relu is relu
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
+    # every ReLU kind is guided by default (ReLU6 has the same mask here: inputs < 6)
+    assert torch.allclose(out.extras["guided_backprop"], torch.tensor([[[[1 / 3, 0.0, 1 / 3]]]]))
+    # and afterwards the model computes the plain gradient again
+    x = GX.clone().requires_grad_(True)
+    net(x).sum().backward()
+    assert torch.allclose(x.grad, torch.tensor([[[[1 / 3, 1 / 6, 1 / 3]]]]))
+
+
+def test_guided_grad_cam_pytorch_grad_cam_variant_guides_only_nn_relu() -> None:
+    relu6 = sacam.explain_full(
+        GuidedNet(nn.ReLU6()),
+        GX,
+        method="guided-grad-cam",
+        layer="relu",
+        variant="pytorch-grad-cam",
+    )
+    plain = torch.tensor([[[[1 / 3, 1 / 6, 1 / 3]]]])
+    assert torch.allclose(relu6.extras["guided_backprop"], plain)
+    relu = sacam.explain_full(
+        GuidedNet(), GX, method="guided-grad-cam", layer="relu", variant="pytorch-grad-cam"
+    )
+    assert torch.allclose(relu.extras["guided_backprop"], torch.tensor([[[[1 / 3, 0, 1 / 3]]]]))

@@ -20,6 +20,9 @@ ELEMENTWISE_GRADIENT = {"layer-cam", "hires-cam", "grad-cam-elementwise", "eigen
 # - a random map ignores the model by design: it is never constant, so it must not be
 #   flagged (the check then verifies exactly that).
 MODEL_FREE = {"random"}
+# - these methods build their map at the input's resolution (gradients with respect to
+#   the input), so ``upsample=False`` keeps that resolution rather than a layer's.
+INPUT_RESOLUTION = {"guided-grad-cam", "fullgrad"}
 
 
 def _hooks(model: nn.Module) -> int:
@@ -37,7 +40,7 @@ def test_shape_range_and_no_nan(method, cnn, images) -> None:
     assert maps.min() >= 0 and maps.max() <= 1
     assert maps.device == images.device
     low = sacam.explain(cnn, images, method=method, upsample=False)
-    assert low.shape == (3, 8, 8)
+    assert low.shape == ((3, 16, 16) if method in INPUT_RESOLUTION else (3, 8, 8))
 
 
 @pytest.mark.parametrize("method", METHODS)
