@@ -398,3 +398,87 @@ def test_guided_grad_cam_pytorch_grad_cam_variant_guides_only_nn_relu() -> None:
         GuidedNet(), GX, method="guided-grad-cam", layer="relu", variant="pytorch-grad-cam"
     )
     assert torch.allclose(relu.extras["guided_backprop"], torch.tensor([[[[1 / 3, 0, 1 / 3]]]]))
+
+
+# ------------------------------------------------------------------------- FullGrad
+
+
+def _fg_net() -> nn.Sequential:
+    """x -> conv 1×1 (2x + 1) -> BN (μ 1, σ² 4, γ 3, β 0.5, ε 0) -> ReLU -> mean."""
+    net = nn.Sequential(
+        nn.Conv2d(1, 1, 1),
+        nn.BatchNorm2d(1, eps=0.0),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
+    with torch.no_grad():
+        net[0].weight.fill_(2.0)
+        net[0].bias.fill_(1.0)
+        net[1].running_mean.fill_(1.0)
+        net[1].running_var.fill_(4.0)
+        net[1].weight.fill_(3.0)
+        net[1].bias.fill_(0.5)
+    return net
+
+
+def test_fullgrad_by_hand() -> None:
+    x = torch.tensor([[[[1.0, -1.0, 3.0]]]])
+    # z = 2x + 1 = (3, -1, 7); u = 1.5 (z - 1) + 0.5 = (3.5, -2.5, 9.5); y = mean ReLU(u)
+    # dy/du = (1/3, 0, 1/3), dy/dz = (1/2, 0, 1/2), dy/dx = (1, 0, 1)
+    # terms: |x ∂y/∂x| = (1, 0, 3); conv |1 · dy/dz| = (1/2, 0, 1/2);
+    # BN effective bias 0.5 - 1·3/2 = -1: |-1 · dy/du| = (1/3, 0, 1/3)
+    # (completeness: 4 + 1 - 2/3 = 13/3 = y)
+    e = 1e-6  # the authors' ψ: (t - min) / (max - min + 1e-6)
+    s = (
+        torch.tensor([1.0, 0.0, 3.0]) / (3 + e)
+        + torch.tensor([0.5, 0.0, 0.5]) / (0.5 + e)
+        + torch.tensor([1 / 3, 0.0, 1 / 3]) / (1 / 3 + e)
+    )
+    out = sacam.explain_full(_fg_net(), x, method="fullgrad")
+    assert out.scores.tolist() == pytest.approx([13 / 3])
+    assert torch.allclose(out.maps[0, 0], (s - s.min()) / (s.max() - s.min()), atol=1e-6)
+    assert torch.allclose(out.maps, torch.tensor([[[7 / 9, 0.0, 1.0]]]), atol=1e-5)
+
+
+def test_fullgrad_variants_normalise_per_image_or_per_channel() -> None:
+    net = nn.Sequential(nn.Conv2d(2, 1, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+        net[0].bias.zero_()
+    x = torch.tensor([[[[1.0, 2.0, 4.0]], [[10.0, 30.0, 20.0]]]])
+    # |x ∂y/∂x| = x / 3: channel 0 (1, 2, 4)/3, channel 1 (10, 30, 20)/3
+    # paper, per image: ((0, 1, 3) + (9, 29, 19)) / 29 -> (9, 30, 22) -> (0, 1, 13/21)
+    paper = sacam.explain(net, x, method="fullgrad")
+    assert torch.allclose(paper, torch.tensor([[[0.0, 1.0, 13 / 21]]]), atol=1e-6)
+    # pytorch-grad-cam, per channel: (0, 1/3, 1) + (0, 1, 1/2) -> (0, 4/3, 3/2) -> (0, 8/9, 1)
+    pgc = sacam.explain(net, x, method="fullgrad", variant="pytorch-grad-cam")
+    assert torch.allclose(pgc, torch.tensor([[[0.0, 8 / 9, 1.0]]]), atol=1e-6)
+
+
+def test_fullgrad_layers_and_resize() -> None:
+    from sacam.methods.fullgrad import bias_layers, resize_align_corners
+
+    class MyConv(nn.Conv2d):
+        pass
+
+    net = nn.Sequential(
+        MyConv(3, 4, 1), nn.Conv2d(4, 4, 1, bias=False), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1)
+    )
+    assert bias_layers(net) == [net[0], net[2], net[3]]
+    assert bias_layers(net, "pytorch-grad-cam") == [net[2], net[3]]
+    g = torch.Generator().manual_seed(0)
+    maps = torch.rand(2, 5, 7, generator=g, dtype=torch.float64)
+    ref = torch.nn.functional.interpolate(
+        maps[:, None], size=(16, 23), mode="bilinear", align_corners=True
+    )[:, 0]
+    torch.testing.assert_close(resize_align_corners(maps, (16, 23)), ref, rtol=0, atol=1e-12)
+    const = torch.full((1, 4, 4), 0.2, dtype=torch.float32)
+    assert torch.equal(resize_align_corners(const, (16, 16)), torch.full((1, 16, 16), 0.2))
+
+
+def test_fullgrad_refuses_what_does_not_apply() -> None:
+    with pytest.raises(MethodError, match="do not apply"):
+        sacam.build_method(_fg_net(), "fullgrad", eigen_smooth=True)
+    with pytest.raises(MethodError, match="variant"):
+        sacam.build_method(_fg_net(), "fullgrad", variant="official")

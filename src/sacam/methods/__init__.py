@@ -2,7 +2,7 @@
 
 # attention (SA-CAM) refines the methods above; registration order is import order
 from . import activation, gradient, perturbation, decomposition, baseline  # isort: skip
-from . import fem, kpca, shapley, finer, guided  # isort: skip
+from . import fem, kpca, shapley, finer, guided, fullgrad  # isort: skip
 from . import attention  # isort: skip
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "decomposition",
     "fem",
     "finer",
+    "fullgrad",
     "gradient",
     "guided",
     "kpca",
