@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -482,3 +484,93 @@ def test_fullgrad_refuses_what_does_not_apply() -> None:
         sacam.build_method(_fg_net(), "fullgrad", eigen_smooth=True)
     with pytest.raises(MethodError, match="variant"):
         sacam.build_method(_fg_net(), "fullgrad", variant="official")
+
+
+# ---------------------------------------------------------------------- Recipro-CAM
+
+
+def _p0(l0: float, l1: float) -> float:
+    """Softmax probability of class 0 of two logits."""
+    return 1.0 / (1.0 + math.exp(l1 - l0))
+
+
+def test_recipro_cam_point_masks_by_hand() -> None:
+    # GapNet on A: the masked map keeping position p pools to A[:, p] / 4, so the logits
+    # are W A[:, p] / 4 with W = [[1, 2], [3, -1]]
+    W = [[1.0, 2.0], [3.0, -1.0]]
+    probs = []
+    for a0, a1 in [(1, 0), (2, 1), (3, 1), (4, 0)]:
+        probs.append(_p0((a0 + 2 * a1) / 4, (3 * a0 - a1) / 4))
+    p = torch.tensor(probs).view(1, 2, 2)
+    expected = (p - p.min()) / (p.max() - p.min())
+    m = sacam.explain(GapNet(W), A, method="recipro-cam", layer="feat", targets=0, upsample=False)
+    assert torch.allclose(m, expected, atol=1e-6)
+
+
+def test_recipro_cam_gaussian_spreads_each_vector_over_its_neighbours() -> None:
+    # 3×3 layer: the 3×3 kernel sums to 1 inside, 3/4 on an edge, 9/16 in a corner, so the
+    # pooled vector of position p is A[:, p] · s_p / 9
+    g = torch.Generator().manual_seed(5)
+    acts = torch.rand(1, 2, 3, 3, generator=g)
+    W = [[1.0, -2.0], [-1.0, 3.0]]
+    s = torch.tensor([[9 / 16, 3 / 4, 9 / 16], [3 / 4, 1.0, 3 / 4], [9 / 16, 3 / 4, 9 / 16]])
+    probs = torch.zeros(3, 3)
+    for i in range(3):
+        for j in range(3):
+            a0, a1 = (float(acts[0, k, i, j] * s[i, j] / 9) for k in range(2))
+            probs[i, j] = _p0(a0 - 2 * a1, -a0 + 3 * a1)
+    expected = ((probs - probs.min()) / (probs.max() - probs.min()))[None]
+    m = sacam.explain(
+        GapNet(W),
+        acts,
+        method="recipro-cam",
+        layer="feat",
+        targets=0,
+        upsample=False,
+        kernel="gaussian",
+    )
+    assert torch.allclose(m, expected, atol=1e-6)
+
+
+def test_recipro_cam_strategies_and_batch_sizes_agree(cnn, images) -> None:
+    net, x = in_double(cnn, images)
+    ref = sacam.explain(net, x, method="recipro-cam", layer="3", strategy="repeat", batch_size=64)
+    for strategy, batch in [("expand", 64), ("expand", 5), ("repeat", 7)]:
+        m = sacam.explain(
+            net, x, method="recipro-cam", layer="3", strategy=strategy, batch_size=batch
+        )
+        torch.testing.assert_close(m, ref, rtol=0, atol=F64_ATOL)
+
+
+class _CatAcross(nn.Module):
+    """A skip connection concatenated across the target layer: expand cannot run it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.c1(x)
+        z = torch.cat([self.c2(a), a], dim=1)
+        return self.fc(z.mean(dim=(2, 3)))
+
+
+def test_recipro_cam_expand_explains_when_the_model_needs_repeat(images) -> None:
+    net = _CatAcross()
+    with pytest.raises(MethodError, match="strategy='repeat'"):
+        sacam.explain(net, images, method="recipro-cam", layer="c2")
+    m = sacam.explain(net, images, method="recipro-cam", layer="c2", strategy="repeat")
+    assert m.shape == (3, 16, 16) and torch.isfinite(m).all()
+    assert all(not mod._forward_hooks for mod in net.modules())
+
+
+def test_recipro_cam_rejects_bad_options() -> None:
+    with pytest.raises(MethodError, match="kernel"):
+        sacam.build_method(GapNet([[1.0, 1.0]]), "recipro-cam", kernel="box")
+    with pytest.raises(MethodError, match="strategy"):
+        sacam.build_method(GapNet([[1.0, 1.0]]), "recipro-cam", strategy="tail")
+    with pytest.raises(MethodError, match="reshape_transform"):
+        sacam.build_method(GapNet([[1.0, 1.0]]), "recipro-cam", reshape_transform=lambda t: t)

@@ -2,7 +2,7 @@
 
 # attention (SA-CAM) refines the methods above; registration order is import order
 from . import activation, gradient, perturbation, decomposition, baseline  # isort: skip
-from . import fem, kpca, shapley, finer, guided, fullgrad  # isort: skip
+from . import fem, kpca, shapley, finer, guided, fullgrad, recipro  # isort: skip
 from . import attention  # isort: skip
 
 __all__ = [
@@ -17,5 +17,6 @@ __all__ = [
     "guided",
     "kpca",
     "perturbation",
+    "recipro",
     "shapley",
 ]
