@@ -79,7 +79,7 @@ def _kernel_np(x: np.ndarray, kernel: str, gamma: float | None) -> np.ndarray:
     return out
 
 
-def _kpca_np(acts: np.ndarray, kernel: str, gamma: float | None, variant: str) -> np.ndarray:
+def _kpca_np(acts: np.ndarray, kernel: str, gamma: float | None, sign_rule: str) -> np.ndarray:
     """Kernel PCA written independently: H K H with H = I - 11ᵀ/n, numpy's eigh."""
     k_ch, h, w = acts.shape
     x = acts.reshape(k_ch, -1).T
@@ -89,7 +89,7 @@ def _kpca_np(acts: np.ndarray, kernel: str, gamma: float | None, variant: str) -
     kc = hmat @ _kernel_np(x, kernel, gamma) @ hmat
     vals, vecs = np.linalg.eigh(kc)
     proj = vecs[:, -1] * np.sqrt(max(vals[-1], 0.0))
-    if variant == "pytorch-grad-cam":
+    if sign_rule == "sklearn":
         sign = np.sign(proj[np.argmax(np.abs(proj))])
     else:
         sign = np.sign(np.corrcoef(proj, acts.mean(axis=0).reshape(-1))[0, 1])
@@ -98,8 +98,8 @@ def _kpca_np(acts: np.ndarray, kernel: str, gamma: float | None, variant: str) -
 
 
 @pytest.mark.parametrize("kernel", ["rbf", "linear", "poly", "sigmoid", "cosine"])
-@pytest.mark.parametrize("variant", ["sacam", "pytorch-grad-cam"])
-def test_kpca_cam_matches_a_numpy_kernel_pca(kernel: str, variant: str) -> None:
+@pytest.mark.parametrize("sign", ["sklearn", "activation"])
+def test_kpca_cam_matches_a_numpy_kernel_pca(kernel: str, sign: str) -> None:
     g = torch.Generator().manual_seed(3)
     acts = torch.rand(2, 3, 4, 5, generator=g, dtype=torch.float64) * 2
     net = GapNet([[1.0, 0.5, -1.0]]).double()
@@ -112,10 +112,10 @@ def test_kpca_cam_matches_a_numpy_kernel_pca(kernel: str, variant: str) -> None:
         upsample=False,
         kernel=kernel,
         gamma=gamma,
-        variant=variant,
+        sign=sign,
     )
     for b in range(2):
-        ref = _kpca_np(acts[b].numpy(), kernel, gamma, variant)
+        ref = _kpca_np(acts[b].numpy(), kernel, gamma, sign)
         np.testing.assert_allclose(maps[b].numpy(), ref, rtol=0, atol=1e-6)  # float32 maps
 
 
@@ -123,14 +123,17 @@ def test_kpca_cam_linear_kernel_is_centred_eigen_cam() -> None:
     g = torch.Generator().manual_seed(4)
     acts = torch.rand(1, 4, 5, 5, generator=g, dtype=torch.float64)
     net = GapNet([[1.0, 1.0, 1.0, 1.0]]).double()
-    kp = sacam.explain(net, acts, method="kpca-cam", layer="feat", kernel="linear")
+    kp = sacam.explain(
+        net, acts, method="kpca-cam", layer="feat", kernel="linear", sign="activation"
+    )
     eig = sacam.explain(net, acts, method="eigen-cam", layer="feat", center=True)
     torch.testing.assert_close(kp, eig, rtol=0, atol=1e-9)
 
 
 def test_kpca_cam_two_positions_by_hand() -> None:
     # two positions: centred, x2 = -x1, so K̃ ∝ [[1, -1], [-1, 1]] for any kernel and the
-    # component is ±(1, -1): the position with the larger mean activation gets the map's 1
+    # component is ±(1, -1); with sign="activation" the position with the larger mean
+    # activation gets the map's 1 (the sklearn sign is a tie between equal |entries| here)
     acts = torch.tensor([[[[1.0, 3.0]], [[2.0, 5.0]]]])
     for kernel in ("rbf", "sigmoid", "poly", "cosine"):
         m = sacam.explain(
@@ -140,6 +143,7 @@ def test_kpca_cam_two_positions_by_hand() -> None:
             layer="feat",
             upsample=False,
             kernel=kernel,
+            sign="activation",
         )
         assert m.tolist() == [[[0.0, 1.0]]]
 
@@ -149,7 +153,7 @@ def test_kpca_cam_two_positions_by_hand() -> None:
     [
         ("kernel", "laplacian", "kernel must be one of"),
         ("gamma", 0.0, "gamma must be None"),
-        ("variant", "sklearn", "variant must be"),
+        ("sign", "largest", "sign must be"),
     ],
 )
 def test_kpca_cam_rejects_bad_options(option: str, value: object, match: str) -> None:

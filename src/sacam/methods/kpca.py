@@ -113,12 +113,15 @@ class KPCACAM(BaseCAM):
     ``KernelPCA(n_components=1)``, here computed in torch (no scikit-learn dependency).
     With ``kernel="linear"`` the map equals ``eigen-cam`` with ``center=True``.
 
-    Sign: ``v₁`` is only defined up to sign. By default sacam takes the sign for which
-    the map correlates positively with the mean activation over channels, as for
-    ``eigen-cam``. ``variant="pytorch-grad-cam"`` takes scikit-learn's
-    (``svd_flip``: the entry of ``v₁`` largest in absolute value is positive), which
-    reproduces pytorch-grad-cam's maps. Gradient-free and class-agnostic; one forward
-    pass, then an ``hw × hw`` eigendecomposition per image (``O((hw)³)``: 49 × 49 at 7 × 7).
+    Sign: ``v₁`` is only defined up to sign. By default (``sign="sklearn"``) sacam takes
+    scikit-learn's (``svd_flip``: the entry of ``v₁`` largest in absolute value is
+    positive, so the most extreme position is the map's peak), which the paper's code
+    and pytorch-grad-cam use: the maps equal pytorch-grad-cam's. ``sign="activation"``
+    takes the sign for which the map correlates positively with the mean activation
+    over channels, as sacam's ``eigen-cam`` does (on the development images the two
+    signs disagree on about a third of the maps). Gradient-free and class-agnostic; one
+    forward pass, then an ``hw × hw`` eigendecomposition per image (``O((hw)³)``: 49 × 49
+    at 7 × 7).
 
     Example:
         >>> import torch, sacam
@@ -136,7 +139,7 @@ class KPCACAM(BaseCAM):
         *args: Any,
         kernel: Kernel = "sigmoid",
         gamma: float | None = None,
-        variant: Literal["sacam", "pytorch-grad-cam"] = "sacam",
+        sign: Literal["sklearn", "activation"] = "sklearn",
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -151,13 +154,11 @@ class KPCACAM(BaseCAM):
             or gamma <= 0
         ):
             raise MethodError(f"kpca-cam gamma must be None or a number > 0, got {gamma!r}")
-        if variant not in ("sacam", "pytorch-grad-cam"):
-            raise MethodError(
-                f"kpca-cam variant must be 'sacam' or 'pytorch-grad-cam', got {variant!r}"
-            )
+        if sign not in ("sklearn", "activation"):
+            raise MethodError(f"kpca-cam sign must be 'sklearn' or 'activation', got {sign!r}")
         self.kernel = kernel
         self.gamma = None if gamma is None else float(gamma)
-        self.variant = variant
+        self.sign = sign
 
     def layer_map(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """First kernel principal component of the positions' activation vectors, ``(B, h, w)``."""
@@ -167,7 +168,7 @@ class KPCACAM(BaseCAM):
         x = work.flatten(2).transpose(1, 2)  # (B, hw, K)
         x = x - x.mean(dim=1, keepdim=True)
         proj = kernel_pca_projection(kernel_matrix(x, self.kernel, self.gamma))  # (B, hw)
-        if self.variant == "pytorch-grad-cam":
+        if self.sign == "sklearn":
             idx = proj.abs().argmax(dim=1, keepdim=True)
             decider = proj.gather(1, idx)[:, 0]
         else:
