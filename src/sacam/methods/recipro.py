@@ -69,15 +69,17 @@ class ReciproCAM(_PerturbationCAM):
 
     How the tail runs (``strategy``): a forward hook on the target layer replaces its
     output with a batch of masked maps, so the network after the layer runs on them.
-    ``"expand"`` (default, as the authors' code does) feeds the image once per batch and
-    the hook turns the layer's one output row into ``batch_size`` masked rows: the
-    layers before the target run once per batch, and ``h·w`` positions cost
-    ``⌈h·w / batch_size⌉`` passes of the front plus ``h·w`` rows of the tail (49 at
-    7×7). It needs a network whose layers after the target combine tensors from before
-    it only by broadcasting (a residual sum is fine; a ``torch.cat`` across the target
-    is not): otherwise it stops with an error naming ``strategy="repeat"``, which feeds
-    the image repeated ``batch_size`` times and discards the front's work (``h·w`` full
-    forward passes; works for any network). Both give the same maps.
+    ``"expand"`` (as the authors' code does) feeds the image once per batch and the hook
+    turns the layer's one output row into ``batch_size`` masked rows: the layers before
+    the target run once per batch, and ``h·w`` positions cost ``⌈h·w / batch_size⌉``
+    passes of the front plus ``h·w`` rows of the tail (49 at 7×7). It needs a network
+    that takes its batch size from the tensors it computes: one that reads it from the
+    input (the default model's ``x.view(inputs.size(0), -1)``) or concatenates a tensor
+    from before the layer with one after it cannot run it. ``"repeat"`` feeds the image
+    repeated ``batch_size`` times, so the front's work is wasted (``h·w`` full forward
+    passes) but any network runs. ``"auto"`` (default) tries ``"expand"`` on the first
+    batch and switches to ``"repeat"`` for the rest of the call if the pass fails or
+    returns the wrong number of rows (one wasted batch). All give the same maps.
 
     Options of the perturbation methods (``batch_size``, ``max_memory_mb``, ``bf16``)
     apply. Needs the layer's own ``(B, K, h, w)`` output (no ``reshape_transform``). The
@@ -98,15 +100,15 @@ class ReciproCAM(_PerturbationCAM):
         self,
         *args: Any,
         kernel: Literal["point", "gaussian"] = "point",
-        strategy: Literal["expand", "repeat"] = "expand",
+        strategy: Literal["auto", "expand", "repeat"] = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         if kernel not in ("point", "gaussian"):
             raise MethodError(f"recipro-cam kernel must be 'point' or 'gaussian', got {kernel!r}")
-        if strategy not in ("expand", "repeat"):
+        if strategy not in ("auto", "expand", "repeat"):
             raise MethodError(
-                f"recipro-cam strategy must be 'expand' or 'repeat', got {strategy!r}"
+                f"recipro-cam strategy must be 'auto', 'expand' or 'repeat', got {strategy!r}"
             )
         if self.reshape_transform is not None:
             raise MethodError(
@@ -123,11 +125,12 @@ class ReciproCAM(_PerturbationCAM):
         n = h * w
         batch = self.plan(ctx).batch_size  # measured before the hook exists
         out = torch.zeros(b_count, n, dtype=torch.float32, device=acts.device)
-        rows: list[torch.Tensor] = []  # the masked maps the hook hands to the tail
+        # this call's state, read by the hook: the masked rows and how the tail is fed
+        state: dict[str, Any] = {"mode": "repeat" if self.strategy == "repeat" else "expand"}
 
         def edit(label: str, output: torch.Tensor) -> torch.Tensor:
-            (masked,) = rows
-            expected = 1 if self.strategy == "expand" else masked.shape[0]
+            masked = state["rows"]
+            expected = 1 if state["mode"] == "expand" else masked.shape[0]
             if output.shape[0] != expected or output.shape[1:] != masked.shape[1:]:
                 raise LayerError(
                     f"recipro-cam expected layer {label!r} to output ({expected}, "
@@ -135,35 +138,52 @@ class ReciproCAM(_PerturbationCAM):
                 )
             return masked.to(output.dtype)
 
-        with Capture([layer.ref], with_grad=False, edit=edit), torch.inference_mode():
+        cap = Capture([layer.ref], with_grad=False, edit=edit)
+        with cap, torch.inference_mode():
             for b in range(b_count):
                 image = ctx.images[b : b + 1]
                 for start in range(0, n, batch):
                     positions = torch.arange(start, min(start + batch, n), device=acts.device)
-                    rows[:] = [spatial_masks(acts[b], positions, self.kernel)]
+                    state["rows"] = spatial_masks(acts[b], positions, self.kernel)
                     m = positions.numel()
-                    inputs = image if self.strategy == "expand" else image.expand(m, -1, -1, -1)
-                    out[b, start : start + m] = self._tail_scores(ctx, b, inputs, m)
-                    rows.clear()
+                    try:
+                        cap.reset()  # count the layer's calls from this pass's start
+                        scores = self._tail_scores(ctx, b, image, m, state["mode"])
+                    except _ExpandFailed as failed:
+                        if self.strategy == "expand":
+                            raise MethodError(
+                                "recipro-cam's strategy='expand' runs the layers before the "
+                                "target once and the rest on a larger batch, which this model "
+                                f"does not allow ({failed}); pass strategy='repeat' or 'auto'"
+                            ) from failed.__cause__
+                        state["mode"] = "repeat"  # "auto": this model needs the whole pass
+                        cap.reset()
+                        scores = self._tail_scores(ctx, b, image, m, "repeat")
+                    out[b, start : start + m] = scores
+                    del state["rows"]
         return out.view(b_count, h, w).to(acts.dtype)
 
-    def _tail_scores(self, ctx: CallContext, b: int, inputs: torch.Tensor, m: int) -> torch.Tensor:
+    def _tail_scores(
+        self, ctx: CallContext, b: int, image: torch.Tensor, m: int, mode: str
+    ) -> torch.Tensor:
+        """Scores of ``m`` masked maps of image ``b`` (the hook supplies the maps)."""
+        inputs = image if mode == "expand" else image.expand(m, -1, -1, -1)
         try:
             with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 output = ctx.model(inputs)
         except RuntimeError as err:
-            if self.strategy != "expand":
+            if mode != "expand":
                 raise
-            raise MethodError(
-                "recipro-cam's strategy='expand' runs the layers before the target once and "
-                "the rest on a larger batch, which this model does not allow (it combines "
-                f"tensors from before the layer with its output: {err}); pass "
-                "strategy='repeat'"
-            ) from err
+            raise _ExpandFailed(f"the forward pass failed: {err}") from err
         if not isinstance(output, torch.Tensor) or output.shape[0] != m:
-            got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output)
+            got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            if mode == "expand":
+                raise _ExpandFailed(f"the model returned {got} for {m} masked maps")
             raise MethodError(
-                f"recipro-cam expected the model to return {m} rows (one per masked map), "
-                f"got {got}; pass strategy='repeat'"
+                f"recipro-cam expected the model to return {m} rows (one per masked map), got {got}"
             )
         return target_scores(output.float(), ctx, b, "probability").float()
+
+
+class _ExpandFailed(Exception):
+    """The tail could not run on an expanded batch (the model mixes in the input's batch)."""
