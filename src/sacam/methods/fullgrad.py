@@ -76,7 +76,7 @@ def bias_layers(model: nn.Module, variant: Variant = "paper") -> list[nn.Module]
     paper="Srinivas & Fleuret, NeurIPS 2019",
     url="https://arxiv.org/abs/1905.00780",
     description="Input-gradient × input plus the bias-gradients of every conv and batch-norm "
-    "layer, each |·|, upsampled and summed (full-gradient saliency).",
+    "layer, each in absolute value, upsampled and summed (full-gradient saliency).",
     family="gradient",
 )
 class FullGrad(BaseCAM):
