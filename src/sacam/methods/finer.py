@@ -130,7 +130,6 @@ class FinerCAM(BaseCAM):
             eigen_smooth=self.eigen_smooth,
             **options,
         )
-        self.uses_gradients = base_cls.uses_gradients  # type: ignore[misc]
         self.alpha = float(alpha)
         self.n_similar = n_similar
 
