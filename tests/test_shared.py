@@ -17,9 +17,17 @@ METHODS = sacam.list_methods()
 #   constant activations alone do not make their map constant (the gradient still varies
 #   with position); the check also makes the gradient constant (zero) for them.
 ELEMENTWISE_GRADIENT = {"layer-cam", "hires-cam", "grad-cam-elementwise", "eigen-grad-cam"}
+# - these methods weigh positions by the network after layer 0 (FullGrad: its gradients
+#   and biases at every layer; Recipro-CAM: its response to each position's activations),
+#   which zero padding makes vary near the borders even for constant activations; the
+#   check zeroes the next convolution's weights as well, so that response is constant.
+WHOLE_NETWORK = {"fullgrad", "recipro-cam"}
 # - a random map ignores the model by design: it is never constant, so it must not be
 #   flagged (the check then verifies exactly that).
 MODEL_FREE = {"random"}
+# - these methods build their map at the input's resolution (gradients with respect to
+#   the input), so ``upsample=False`` keeps that resolution rather than a layer's.
+INPUT_RESOLUTION = {"guided-grad-cam", "fullgrad"}
 
 
 def _hooks(model: nn.Module) -> int:
@@ -37,7 +45,7 @@ def test_shape_range_and_no_nan(method, cnn, images) -> None:
     assert maps.min() >= 0 and maps.max() <= 1
     assert maps.device == images.device
     low = sacam.explain(cnn, images, method=method, upsample=False)
-    assert low.shape == (3, 8, 8)
+    assert low.shape == ((3, 16, 16) if method in INPUT_RESOLUTION else (3, 8, 8))
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -45,7 +53,7 @@ def test_constant_map_is_zero_and_flagged(method) -> None:
     net = small_cnn()
     with torch.no_grad():
         net[0].weight.zero_()  # every activation of layer 0 is its bias: constant maps
-        if method in ELEMENTWISE_GRADIENT:
+        if method in ELEMENTWISE_GRADIENT | WHOLE_NETWORK:
             net[2].weight.zero_()  # and the gradient at layer 1 is 0 (constant) too
     x = torch.rand(2, 3, 8, 8)
     out = sacam.explain_full(net, x, method=method, layer="1") if method != "cam" else None

@@ -2,6 +2,21 @@
 
 # attention (SA-CAM) refines the methods above; registration order is import order
 from . import activation, gradient, perturbation, decomposition, baseline  # isort: skip
+from . import fem, kpca, shapley, finer, guided, fullgrad, recipro  # isort: skip
 from . import attention  # isort: skip
 
-__all__ = ["activation", "attention", "baseline", "decomposition", "gradient", "perturbation"]
+__all__ = [
+    "activation",
+    "attention",
+    "baseline",
+    "decomposition",
+    "fem",
+    "finer",
+    "fullgrad",
+    "gradient",
+    "guided",
+    "kpca",
+    "perturbation",
+    "recipro",
+    "shapley",
+]

@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 import torch
 
-from ..core import CallContext, LayerData, _Capture
+from .._hooks import Capture
+from ..core import CallContext, LayerData
 from ..errors import LayerError, MethodError
 from ..registry import register_method
 from ._options import check_count, check_variant
@@ -101,7 +102,7 @@ class AblationCAM(PerturbationCAM):
             channels: list[torch.Tensor] = []
             edit = functools.partial(self._ablate, channels, self.fill_value(acts[b]))
             build = functools.partial(self._build, ctx.images[b], chosen, channels)
-            with _Capture([layer.ref], with_grad=False, edit=edit):
+            with Capture([layer.ref], with_grad=False, edit=edit):
                 y_k = self.perturbed(ctx, b, len(chosen), build, "logit", plan)
             yb = y[b]
             out[b, chosen] = (yb - y_k) / yb if yb != 0 else -y_k

@@ -1,0 +1,180 @@
+"""Finer-CAM (Zhang et al., CVPR 2025): explain what tells a class from its look-alikes."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from .._hooks import check_images, model_guard
+from ..core import BaseCAM, Explanation
+from ..errors import MethodError, TargetError
+from ..registry import get_method, register_method
+from ..targets import TargetsLike, class_indices
+
+__all__ = ["FinerCAM", "FinerTarget"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FinerTarget:
+    r"""Finer-CAM's score: the class logit minus its look-alikes', probability-weighted.
+
+    .. math:: s = \frac{\sum_j p_j\,(y_c - α\, y_j)}{\sum_j p_j}
+              = \sum_j \mathrm{softmax}_J(y)_j\,(y_c - α\, y_j)
+
+    over the classes ``j ∈ J`` (``similar``); ``p`` is the softmax over all classes, and
+    ``p_j / Σ_J p`` equals the softmax restricted to ``J``, computed that way so that no
+    probability underflows to a 0/0. Maps a ``(n, C)`` output to ``(n,)`` scores.
+
+    Example:
+        >>> t = FinerTarget(0, (1, 2), 1.0)
+        >>> y = torch.tensor([[3.0, 1.0, 1.0]])  # equal weights 1/2: (3 - 1 + 3 - 1) / 2
+        >>> t(y).tolist()
+        [2.0]
+    """
+
+    category: int
+    similar: tuple[int, ...]
+    alpha: float
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        """The weighted logit differences of each row."""
+        others = output[:, list(self.similar)]
+        weights = torch.softmax(others, dim=1)
+        main = output[:, self.category : self.category + 1]
+        return (weights * (main - self.alpha * others)).sum(dim=1)
+
+
+@register_method(
+    "finer-cam",
+    paper="Zhang et al., CVPR 2025",
+    url="https://arxiv.org/abs/2501.11309",
+    description="A base CAM (Grad-CAM) of the class logit minus its most similar classes' "
+    "logits, so the map shows what tells the class from its look-alikes.",
+    family="gradient",
+)
+class FinerCAM(BaseCAM):
+    r"""Finer-CAM (Zhang et al., CVPR 2025, https://arxiv.org/abs/2501.11309).
+
+    For target class ``c`` with logit ``y_c``, the ``n_similar`` (3) other classes whose
+    logits are closest to ``y_c`` (smallest ``|y_j - y_c|``, ties to the lower index)
+    form ``J``, and the ``base`` method (``"grad-cam"`` by default) explains the score
+
+    .. math:: s = \frac{\sum_{j∈J} p_j\,(y_c - α\,y_j)}{\sum_{j∈J} p_j},\qquad
+              p = \mathrm{softmax}(y),\ α = 1
+
+    (:class:`FinerTarget`; gradients flow through the weights ``p_j`` too; the paper
+    calls ``α`` the comparison strength ``γ``). With ``α = 0`` it is the base method on
+    ``y_c``. Same as pytorch-grad-cam 1.5.7's
+    ``FinerCAM`` (which adds ``1e-9`` to the denominator); torchcam 0.5.0 has none.
+
+    Options: ``base`` (any registered method that accepts callable targets),
+    ``base_options`` (a dict for it), ``alpha``, ``n_similar`` (cut to the number of other
+    classes). Targets are class indices (``None`` = top-1), not callables. The
+    :class:`~sacam.core.Explanation` reports the class ``c`` and its probability, the
+    Finer-CAM score as ``scores``, and the compared classes ``J`` in
+    ``extras["finer_similar"]`` (``(B, n)``). Cost: one forward pass for the logits, then
+    the base method's.
+
+    Example:
+        >>> import torch, sacam
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        ...                     nn.Flatten(), nn.Linear(4, 5))
+        >>> out = sacam.explain_full(net, torch.rand(2, 3, 16, 16), method="finer-cam")
+        >>> out.maps.shape, out.extras["finer_similar"].shape
+        (torch.Size([2, 16, 16]), torch.Size([2, 3]))
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        base: str = "grad-cam",
+        base_options: Mapping[str, Any] | None = None,
+        alpha: float = 1.0,
+        n_similar: int = 3,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(base, str):
+            raise MethodError(f"finer-cam's base must be a method name, got {base!r}")
+        if base == "finer-cam":
+            raise MethodError("finer-cam's base must be another method, e.g. 'grad-cam'")
+        base_cls = get_method(base)
+        if base_options is not None and not isinstance(base_options, Mapping):
+            raise MethodError(f"base_options must be a dict of options, got {base_options!r}")
+        options = dict(base_options or {})
+        unknown = sorted(set(options) - set(base_cls.option_names()))
+        if unknown:
+            raise MethodError(
+                f"base {base!r} does not accept option(s) {', '.join(unknown)}; it accepts: "
+                f"{', '.join(base_cls.option_names())}"
+            )
+        if (
+            isinstance(alpha, bool)
+            or not isinstance(alpha, int | float)
+            or not math.isfinite(alpha)
+        ):
+            raise MethodError(f"finer-cam's alpha must be a finite number, got {alpha!r}")
+        if isinstance(n_similar, bool) or not isinstance(n_similar, int) or n_similar < 1:
+            raise MethodError(f"n_similar must be a positive int, got {n_similar!r}")
+        self.base = base_cls(
+            self.model,
+            self.layer,
+            reshape_transform=self.reshape_transform,
+            fusion=self.fusion,
+            eval_mode=self.eval_mode,
+            eigen_smooth=self.eigen_smooth,
+            **options,
+        )
+        self.alpha = float(alpha)
+        self.n_similar = n_similar
+
+    def similar_classes(self, output: torch.Tensor, class_idx: torch.Tensor) -> torch.Tensor:
+        """The ``n_similar`` classes with logits closest to each sample's class, ``(B, n)``."""
+        if output.ndim != 2:
+            raise TargetError(
+                f"finer-cam compares class logits, so the model output must be (B, classes); "
+                f"got shape {tuple(output.shape)}"
+            )
+        n_classes = output.shape[1]
+        if n_classes < 2:
+            raise TargetError("finer-cam compares the class with others: the model has one class")
+        main = output.gather(1, class_idx[:, None])
+        gap = (output - main).abs()
+        gap.scatter_(1, class_idx[:, None], float("inf"))  # never the class itself
+        order = torch.sort(gap, dim=1, stable=True).indices
+        return order[:, : min(self.n_similar, n_classes - 1)]
+
+    def explain(
+        self, images: torch.Tensor, targets: TargetsLike = None, *, upsample: bool = True
+    ) -> Explanation:
+        """Explain each sample's class against its most similar classes (see the class doc)."""
+        images = check_images(images, self.model)
+        with model_guard(self.model, eval_mode=self.eval_mode, freeze=True):
+            with torch.inference_mode():
+                output = self.model(images)
+                if not isinstance(output, torch.Tensor):
+                    raise TargetError(
+                        f"the model returned {type(output).__name__}, not a tensor: wrap it so "
+                        "that forward returns the logits"
+                    )
+                idx = class_indices(targets, output)
+                if idx is None:
+                    raise TargetError(
+                        "finer-cam compares class logits: pass class indices (or None for the "
+                        "top-1 class), not callables"
+                    )
+                similar = self.similar_classes(output, idx)
+                probs = torch.softmax(output.float(), dim=1).gather(1, idx[:, None])[:, 0]
+            idx, similar, probs = idx.clone(), similar.clone(), probs.clone()
+            fins = [
+                FinerTarget(int(c), tuple(int(j) for j in row), self.alpha)
+                for c, row in zip(idx.tolist(), similar.tolist(), strict=True)
+            ]
+            exp = self.base.explain(images, fins, upsample=upsample)
+        extras = {**exp.extras, "finer_similar": similar}
+        return dataclasses.replace(exp, class_idx=idx, probabilities=probs, extras=extras)
