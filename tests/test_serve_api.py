@@ -68,7 +68,8 @@ def test_health_methods_layers_samples(client) -> None:  # noqa: ANN001
     assert [m["name"] for m in methods["methods"]] == list_methods()
     assert methods["default"] == "sa-cam"
     slow = {m["name"] for m in methods["methods"] if m["slow"]}
-    assert {"score-cam", "ss-cam", "is-cam", "ablation-cam", "group-cam"} == slow
+    # one forward pass per channel, mask or position: the methods that take seconds
+    assert {"score-cam", "ss-cam", "is-cam", "ablation-cam", "group-cam", "recipro-cam"} == slow
     layers = client.get("/api/layers").json()
     # colour_net: 1x1 conv (6 channels) then ReLU, both 16x16; the pool's 1x1 is no map
     assert layers == {

@@ -43,6 +43,18 @@ from ..registry import list_methods, method_info
 from . import service
 from .worker import Job, JobCancelled, JobError, ModelWorker
 
+# the form fields of both explain routes (one declaration, the same OpenAPI schema)
+ImageField = Annotated[UploadFile, File(description="the image file (PNG, JPEG, WebP, ...)")]
+MethodsField = Annotated[
+    list[str] | None, Form(description="method name; repeat the field for several")
+]
+TargetField = Annotated[
+    str | None, Form(description="class index or exact class name; default: top-1")
+]
+LayerField = Annotated[
+    str | None, Form(description="layer name from /api/layers; default: automatic")
+]
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -475,16 +487,10 @@ def create_app(
 
     @app.post("/api/explain", response_model=ExplainOut, responses=ERRORS)
     async def explain(
-        image: Annotated[UploadFile, File(description="the image file (PNG, JPEG, WebP, ...)")],
-        methods: Annotated[
-            list[str] | None, Form(description="method name; repeat the field for several")
-        ] = None,
-        target: Annotated[
-            str | None, Form(description="class index or exact class name; default: top-1")
-        ] = None,
-        layer: Annotated[
-            str | None, Form(description="layer name from /api/layers; default: automatic")
-        ] = None,
+        image: ImageField,
+        methods: MethodsField = None,
+        target: TargetField = None,
+        layer: LayerField = None,
     ) -> Any:
         """Classify the image and explain one class with each method; answer when done."""
         job = await _explain_job(image, methods, target, layer)
@@ -498,16 +504,10 @@ def create_app(
 
     @app.post("/api/jobs/explain", response_model=JobOut, status_code=202, responses=ERRORS)
     async def explain_job(
-        image: Annotated[UploadFile, File(description="the image file (PNG, JPEG, WebP, ...)")],
-        methods: Annotated[
-            list[str] | None, Form(description="method name; repeat the field for several")
-        ] = None,
-        target: Annotated[
-            str | None, Form(description="class index or exact class name; default: top-1")
-        ] = None,
-        layer: Annotated[
-            str | None, Form(description="layer name from /api/layers; default: automatic")
-        ] = None,
+        image: ImageField,
+        methods: MethodsField = None,
+        target: TargetField = None,
+        layer: LayerField = None,
     ) -> Any:
         """Like ``POST /api/explain``, as a job: poll ``GET /api/jobs/{id}``."""
         job = await _explain_job(image, methods, target, layer)
