@@ -14,6 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm import tqdm
@@ -25,8 +26,12 @@ from .models import SAMPLE_IMAGES, LoadedModel, load_image, load_model
 from .registry import list_methods, method_info, methods_table
 from .viz import overlay, save_grid
 
+if TYPE_CHECKING:
+    from .evaluation.config import BenchmarkConfig
+
 EXIT_USAGE = 2
 EXIT_IMAGE = 3
+EXIT_INTERRUPTED = 130
 GRID_ROWS = 8
 
 
@@ -74,44 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default: 0.5)")
     ex.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
-    bench = sub.add_parser(
-        "benchmark", help="score methods with the evaluation metrics on a folder"
-    )
-    bench.add_argument(
-        "data_dir", type=Path, help="folder with images and labels.csv (file,class_index)"
-    )
-    bench.add_argument("--model", default=None, help="model (as for explain)")
-    bench.add_argument("--weights", default=None, help="state dict for the --model architecture")
-    bench.add_argument(
-        "--methods",
-        nargs="+",
-        choices=list_methods(),
-        metavar="METHOD",
-        default=None,
-        help="methods to compare (default: grad-cam grad-cam++ sa-cam)",
-    )
-    bench.add_argument(
-        "--metrics",
-        nargs="+",
-        default=None,
-        metavar="METRIC",
-        help="metric groups (default: confidence deletion insertion complexity; "
-        "also road pointing energy_pointing grid_pointing stability sanity, or all)",
-    )
-    bench.add_argument("--limit", type=int, default=None, help="first N images of labels.csv")
-    bench.add_argument("--out", type=Path, default=Path("sacam-benchmark"), help="output folder")
-    bench.add_argument(
-        "--steps", type=int, default=None, help="deletion/insertion steps (default: image width)"
-    )
-    bench.add_argument("--annotations", type=Path, default=None, help="boxes/masks CSV or JSON")
-    bench.add_argument("--attacks", nargs="+", default=["pgd"], choices=["random", "pgd", "topk"])
-    bench.add_argument("--iterations", type=int, default=100, help="attack steps (default: 100)")
-    bench.add_argument(
-        "--use-labels", action="store_true", help="explain the labelled class, not the top-1"
-    )
-    bench.add_argument(
-        "--grid-threshold", type=float, default=0.99, help="grid pointing: min. softmax"
-    )
+    _benchmark_parser(sub)
 
     meth = sub.add_parser("methods", help="list the registered CAM methods")
     meth.add_argument("--markdown", action="store_true", help="print the README's Markdown table")
@@ -141,9 +109,91 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
 
-def _benchmark(args: argparse.Namespace) -> int:
-    from .benchmark import DEFAULT_METRICS, BenchmarkConfig, run_benchmark
+def _benchmark_parser(sub: argparse._SubParsersAction) -> None:
+    from .evaluation.registry import list_metrics
 
+    bench = sub.add_parser(
+        "benchmark", help="score methods with the evaluation metrics on a folder"
+    )
+    bench.add_argument(
+        "data_dir",
+        type=Path,
+        help="images: a folder with labels.csv (file,class_index), class sub-folders "
+        "(WordNet ids or class indices), or ImageNet val with LOC_val_solution.csv",
+    )
+    bench.add_argument("--model", default=None, help="model (as for explain)")
+    bench.add_argument("--weights", default=None, help="state dict for the --model architecture")
+    bench.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list_methods(),
+        metavar="METHOD",
+        default=None,
+        help="methods to compare (default: grad-cam grad-cam++ sa-cam; with --from-maps: "
+        "the saved ones)",
+    )
+    bench.add_argument(
+        "--metrics",
+        nargs="+",
+        default=["default"],
+        choices=[*list_metrics(), "default", "all"],
+        metavar="METRIC",
+        help=f"metrics: {', '.join(list_metrics())}; 'default' or 'all' (default: default)",
+    )
+    bench.add_argument("--limit", type=int, default=None, help="first N images of the folder")
+    bench.add_argument("--out", type=Path, default=Path("sacam-benchmark"), help="output folder")
+    bench.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    bench.add_argument(
+        "--batch-size", type=int, default=16, help="images explained per step (default: 16)"
+    )
+    bench.add_argument("--workers", type=int, default=4, help="image decoding threads (default: 4)")
+    bench.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    bench.add_argument(
+        "--steps", type=int, default=None, help="deletion/insertion steps (default: image width)"
+    )
+    bench.add_argument("--annotations", type=Path, default=None, help="boxes/masks CSV or JSON")
+    bench.add_argument("--attacks", nargs="+", default=["pgd"], choices=["random", "pgd", "topk"])
+    bench.add_argument("--iterations", type=int, default=100, help="attack steps (default: 100)")
+    bench.add_argument(
+        "--use-labels", action="store_true", help="explain the labelled class, not the top-1"
+    )
+    bench.add_argument(
+        "--grid-threshold", type=float, default=0.99, help="grid pointing: min. softmax"
+    )
+    bench.add_argument(
+        "--save-maps", action="store_true", help="keep every map (float16) in OUT/maps/"
+    )
+    bench.add_argument(
+        "--from-maps", type=Path, default=None, metavar="DIR", help="score maps saved in DIR"
+    )
+
+
+def _check_bench_device(text: str) -> str:
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise SacamError(f"--device {text!r} is not a device: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SacamError(f"--device {text}: CUDA is not available here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise SacamError(
+                f"--device {text}: there are {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif device.type != "cpu":
+        raise SacamError(f"--device {text!r}: the benchmark runs on cpu or cuda")
+    return str(device)
+
+
+def _benchmark_config(args: argparse.Namespace) -> BenchmarkConfig:
+    from .evaluation.config import BenchmarkConfig
+    from .evaluation.runner.maps import MapReader
+
+    for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
+        if value is not None and value < 1:
+            raise SacamError(f"{flag} must be at least 1, got {value}")
+    if args.workers < 0:
+        raise SacamError(f"--workers must be 0 or more, got {args.workers}")
     config = BenchmarkConfig(
         data_dir=args.data_dir,
         out=args.out,
@@ -156,13 +206,34 @@ def _benchmark(args: argparse.Namespace) -> int:
         iterations=args.iterations,
         use_labels=args.use_labels,
         grid_threshold=args.grid_threshold,
-        metrics=args.metrics or list(DEFAULT_METRICS),
+        metrics=list(args.metrics),
+        device=_check_bench_device(args.device),
+        batch_size=args.batch_size,
+        workers=args.workers,
+        seed=args.seed,
+        save_maps=args.save_maps,
+        from_maps=args.from_maps,
     )
     if args.methods:
         config.methods = list(dict.fromkeys(args.methods))
-    summary = run_benchmark(config)
-    from .benchmark import render_markdown
+    elif args.from_maps is not None:
+        config.methods = MapReader(args.from_maps).methods()
+    return config
 
+
+def _benchmark(args: argparse.Namespace) -> int:
+    from .evaluation.runner import render_markdown, run_benchmark
+
+    config = _benchmark_config(args)
+    try:
+        summary = run_benchmark(config)
+    except KeyboardInterrupt:
+        print(
+            f"sacam: interrupted; finished results are kept in {config.out}/: run the same "
+            "command again to resume",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     print(render_markdown(summary))
     print(f"wrote results.csv, summary.md, summary.json, figures and report.html to {args.out}/")
     return 0
