@@ -91,3 +91,21 @@ def colour_net() -> nn.Sequential:
         )
         net[4].bias.copy_(torch.tensor([0.0, 0.0, 0.0, -3.0, -1.0]))
     return net
+
+
+class _Slow(nn.Module):
+    """colour_net that takes 50 ms per forward pass (to interrupt a run mid-way)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = colour_net()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(0.05)
+        return self.net(x)
+
+
+def slow_colour_net() -> nn.Module:
+    return _Slow()
