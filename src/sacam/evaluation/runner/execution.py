@@ -67,6 +67,11 @@ def _no_boxes(name: str) -> bool:
     return "annotations" not in metric_info(name).needs
 
 
+def _disabled(progress: bool | None) -> bool | None:
+    """The ``disable`` argument of tqdm for a progress setting (None: only on a terminal)."""
+    return None if progress is None else not progress
+
+
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
     run_file = out / "run.json"
     if run_file.exists():
@@ -163,7 +168,7 @@ def _score_loaded(run: Run, method: str, loaded: Loaded) -> list[PairResult]:
 def _run_method(run: Run, method: str) -> None:
     cfg = run.config
     todo = [it for it in run.dataset.items if (it.name, method) not in run.done]
-    bar = tqdm(total=len(todo), unit="img", desc=method, disable=not run.progress or None)
+    bar = tqdm(total=len(todo), unit="img", desc=method, disable=_disabled(run.progress))
     try:
         for loaded in batches(todo, run.lm.preprocess, cfg.batch_size, cfg.workers):
             for item, error in loaded.failed:
@@ -180,7 +185,7 @@ def _run_method(run: Run, method: str) -> None:
         bar.close()
 
 
-def _prepare(config: BenchmarkConfig, progress: bool) -> Run:
+def _prepare(config: BenchmarkConfig, progress: bool | None) -> Run:
     dataset = discover(config.data_dir, config.limit)
     if config.annotations is not None:
         dataset.annotations.update(load_annotations(config.annotations))
@@ -209,8 +214,13 @@ def _n_classes(lm: LoadedModel, device: str) -> int:
         return int(lm.model(x).shape[1])
 
 
-def run_benchmark(config: BenchmarkConfig, *, progress: bool = True) -> dict[str, Any]:
+def run_benchmark(config: BenchmarkConfig, *, progress: bool | None = None) -> dict[str, Any]:
     """Run (or resume) a benchmark and write every output file; returns the summary.
+
+    Args:
+        config: the run's settings.
+        progress: progress bars (one per method, with images/s and ETA): None shows them on
+            a terminal only, True always (on stderr), False never.
 
     Example:
         >>> from pathlib import Path

@@ -17,7 +17,7 @@ FIELDS = ["file", "label", "top1", "prob", "label_prob"]
 
 
 def predict_all(
-    out: Path, items: list[Item], lm: LoadedModel, config: BenchmarkConfig, progress: bool
+    out: Path, items: list[Item], lm: LoadedModel, config: BenchmarkConfig, progress: bool | None
 ) -> dict[str, dict[str, str]]:
     """Predictions of ``items`` (cached in ``out/predictions.csv``); unreadable images lack one."""
     path = out / "predictions.csv"
@@ -26,7 +26,12 @@ def predict_all(
         with path.open(encoding="utf-8", newline="") as f:
             known = {r["file"]: r for r in csv.DictReader(f) if r.get("prob")}
     missing = [it for it in items if it.name not in known]
-    bar = tqdm(total=len(missing), unit="img", desc="predicting", disable=not progress or None)
+    bar = tqdm(
+        total=len(missing),
+        unit="img",
+        desc="predicting",
+        disable=None if progress is None else not progress,
+    )
     try:
         for loaded in batches(missing, lm.preprocess, config.batch_size, config.workers):
             if loaded.items:
