@@ -165,12 +165,27 @@ def _score_loaded(run: Run, method: str, loaded: Loaded) -> list[PairResult]:
     return pair_results(names, method, out.values, out.curves, time_s)
 
 
+def _drop_unsaved(run: Run, method: str, loaded: Loaded) -> None:
+    """Move the images without a saved map from ``loaded.items`` to ``loaded.failed``."""
+    assert run.reader is not None
+    keep = [i for i, it in enumerate(loaded.items) if run.reader.has(method, it.name)]
+    for i, it in enumerate(loaded.items):
+        if i not in keep:
+            error = f"InputError: no saved map of {it.name!r} for {method!r} in {run.reader.root}"
+            loaded.failed.append((it, error))
+    loaded.items = [loaded.items[i] for i in keep]
+    loaded.pixels = loaded.pixels[keep]
+    loaded.sizes = [loaded.sizes[i] for i in keep]
+
+
 def _run_method(run: Run, method: str) -> None:
     cfg = run.config
     todo = [it for it in run.dataset.items if (it.name, method) not in run.done]
     bar = tqdm(total=len(todo), unit="img", desc=method, disable=_disabled(run.progress))
     try:
         for loaded in batches(todo, run.lm.preprocess, cfg.batch_size, cfg.workers):
+            if run.reader is not None:
+                _drop_unsaved(run, method, loaded)
             for item, error in loaded.failed:
                 run.store.failure(item.name, method, error)
             if loaded.items:

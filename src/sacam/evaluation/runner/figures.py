@@ -16,6 +16,7 @@ from typing import Any
 import matplotlib as mpl
 import torch
 
+from ...errors import InputError
 from ...registry import list_methods
 from ...viz import save_grid, saved_figure
 from ..registry import arrow, value_directions
@@ -180,12 +181,19 @@ def _examples(run: Run) -> Path | None:
     items = [it for it in run.dataset.items if it.name in run.predictions][:4]
     if not items:
         return None
-
     (loaded,) = list(batches(items, pre, len(items), 1))
     if not loaded.items:
         return None
     x = pre.normalize(loaded.pixels.to(run.config.device))
-    maps = {m: run.cam(m)(x).cpu() for m in run.config.methods}
+    names = [it.name for it in loaded.items]
+    if run.reader is not None:  # the saved maps, not recomputed
+        reader = run.reader
+        try:
+            maps = {m: reader.load(m, names)[0] for m in run.config.methods}
+        except InputError:
+            return None
+    else:
+        maps = {m: run.cam(m)(x).cpu() for m in run.config.methods}
     path = run.config.out / "examples.png"
-    save_grid(list(loaded.pixels), maps, path, titles=[it.name for it in loaded.items])
+    save_grid(list(loaded.pixels), maps, path, titles=names)
     return path

@@ -88,6 +88,13 @@ class MapReader:
                 self._cache = (path, {k: data[k] for k in data.files})
         return self._cache[1]
 
+    def has(self, method: str, name: str) -> bool:
+        """Whether a map of ``name`` by ``method`` was saved."""
+        try:
+            return name in self._method_index(method)
+        except InputError:
+            return False
+
     def load(self, method: str, names: list[str]) -> tuple[torch.Tensor, torch.Tensor, float]:
         """``(maps (B, H, W) float32, classes (B,), mean time_s)`` of ``names``."""
         index = self._method_index(method)
