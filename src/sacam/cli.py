@@ -4,8 +4,10 @@
 with the default pretrained model, prints each image's top-5 classes and writes overlay
 PNGs. ``sacam methods`` lists the registered methods.
 
-Exit codes: 0 success; 2 bad arguments (unknown method, layer, target or model);
-3 unreadable input (an image, or a data folder without labels.csv).
+Exit codes: 0 success; 2 bad arguments (unknown method, layer, target, model or device);
+3 unreadable input (an image, a data folder without labels, a bad labels.csv row, or an
+output folder another benchmark is writing to); 130 a benchmark stopped by Ctrl-C (its
+finished results are kept; the same command resumes).
 """
 
 from __future__ import annotations

@@ -1,0 +1,196 @@
+"""Throughput of ``sacam benchmark`` against a bare loop over the model doing the same work.
+
+Usage:
+
+    python benchmarks/throughput.py ../shared/data/imagenet-dev --limit 48
+    python benchmarks/throughput.py --synthetic 48 --device cuda --batch-size 64
+
+Two measurements, in one process, on the same machine:
+
+1. **Curves.** Deletion + insertion of ``--limit`` images (``--steps`` points each) as
+   forward passes per second, against the model's own forward throughput at the same
+   batch size and memory format (the plan ``curve_batch_size="auto"`` picks). Goal: ≥ 70%.
+2. **Runner.** ``run_benchmark`` with ``--methods`` (default grad-cam, sa-cam) and the
+   metrics confidence + deletion + insertion, images/s over the whole run (decoding,
+   predictions, maps, metrics, results, summary; figures and report timed apart), against
+   the forward floor: a bare loop over decoded tensors doing the same model work (one
+   prediction forward, the method's map, the two confidence forwards and the
+   2 × (steps + 1) perturbed forwards per image, at the same batch sizes). Goal: runner
+   overhead ≤ 10%.
+
+Prints a Markdown table, the machine and the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sacam.api import build_method
+from sacam.evaluation import BenchmarkConfig, faithfulness, run_benchmark
+from sacam.evaluation.runner import execution
+from sacam.evaluation.runner.data import batches, discover
+from sacam.models import LoadedModel, load_model
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def synthetic_folder(root: Path, n: int) -> Path:
+    """``n`` random 320×256 JPEGs with a labels.csv (class = index mod 1000)."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rows = ["file,class_index"]
+    for i in range(n):
+        arr = (rng.random((256, 320, 3)) * 255).astype(np.uint8)
+        Image.fromarray(arr).save(root / f"img{i:05d}.jpg", quality=90)
+        rows.append(f"img{i:05d}.jpg,{i % 1000}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def curve_throughput(model: torch.nn.Module, x: torch.Tensor, steps: int, device: str) -> dict:
+    """Perturbed forward passes/s of deletion + insertion against plain forwards/s."""
+    classes = torch.zeros(x.shape[0], dtype=torch.long, device=device)
+    maps = torch.rand(x.shape[0], *x.shape[-2:], device=device)
+    plan = faithfulness._plan(model, x, "auto")
+    fmt = torch.channels_last if plan.channels_last else torch.contiguous_format
+    batch = x[:1].expand(plan.batch_size, -1, -1, -1).contiguous(memory_format=fmt)
+    passes = x.shape[0] * 2 * (steps + 1)
+    with torch.inference_mode():
+        model(batch)
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(math.ceil(passes / plan.batch_size)):
+            model(batch)
+        _sync(device)
+    floor = math.ceil(passes / plan.batch_size) * plan.batch_size / (time.perf_counter() - t0)
+    step = faithfulness.step_size(x.shape[-2], x.shape[-1], steps)
+    t0 = time.perf_counter()
+    faithfulness.curve(model, x, torch.zeros_like(x), maps, classes, step, "auto")
+    faithfulness.curve(model, x, x.flip(-1), maps, classes, step, "auto")
+    _sync(device)
+    rate = passes / (time.perf_counter() - t0)
+    return {"batch": plan.batch_size, "floor": floor, "curves": rate, "ratio": rate / floor}
+
+
+def bare_loop(
+    lm: LoadedModel, xs: list[torch.Tensor], methods: list[str], steps: int, device: str
+) -> float:
+    """Seconds of the same model work as the runner, over decoded tensors."""
+    plan = faithfulness._plan(lm.model, xs[0], "auto")
+    fmt = torch.channels_last if plan.channels_last else torch.contiguous_format
+    perturbed = xs[0][:1].expand(plan.batch_size, -1, -1, -1).contiguous(memory_format=fmt)
+    cams = {m: build_method(lm.model, m) for m in methods}
+    n_images = sum(x.shape[0] for x in xs)
+    curve_passes = math.ceil(n_images * 2 * (steps + 1) / plan.batch_size)
+    _sync(device)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        classes = [lm.model(x).argmax(1) for x in xs]
+    for m in methods:
+        for x, c in zip(xs, classes, strict=True):
+            maps = cams[m](x, c)
+            with torch.inference_mode():
+                lm.model(x)
+                lm.model(x * maps[:, None])
+        with torch.inference_mode():
+            for _ in range(curve_passes):
+                lm.model(perturbed)
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def runner(data: Path, args: argparse.Namespace, out: Path) -> tuple[float, float]:
+    """(seconds of the run without figures and report, seconds of figures and report)."""
+    timed: dict[str, float] = {}
+    real = execution.write_report
+
+    def report(run, summary):  # noqa: ANN001, ANN202
+        t0 = time.perf_counter()
+        real(run, summary)
+        timed["report"] = time.perf_counter() - t0
+
+    execution.write_report = report
+    cfg = BenchmarkConfig(
+        data_dir=data,
+        out=out,
+        methods=args.methods,
+        metrics=["confidence", "deletion", "insertion"],
+        limit=args.limit,
+        steps=args.steps,
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+    )
+    t0 = time.perf_counter()
+    try:
+        run_benchmark(cfg, progress=False)
+    finally:
+        execution.write_report = real
+    total = time.perf_counter() - t0
+    return total - timed["report"], timed["report"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("data_dir", nargs="?", type=Path)
+    p.add_argument("--synthetic", type=int, default=None, help="generate N images instead")
+    p.add_argument("--limit", type=int, default=48)
+    p.add_argument("--methods", nargs="+", default=["grad-cam", "sa-cam"])
+    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="sacam-throughput-"))
+    data = args.data_dir or synthetic_folder(tmp / "data", args.synthetic or args.limit)
+    lm = load_model(device=args.device)
+    items = discover(data, args.limit).items
+    loaded = list(batches(items, lm.preprocess, args.batch_size, args.workers))
+    xs = [lm.preprocess.normalize(b.pixels.to(args.device)) for b in loaded]
+    n = sum(x.shape[0] for x in xs)
+    c = curve_throughput(lm.model, torch.cat(xs), args.steps, args.device)
+    floor_s = bare_loop(lm, xs, args.methods, args.steps, args.device)
+    run_s, report_s = runner(data, args, tmp / "out")
+    images = n * len(args.methods)
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, device {args.device}"
+    )
+    print(f"command: python {' '.join(sys.argv)}")
+    print(
+        f"\n{n} images × {len(args.methods)} methods ({', '.join(args.methods)}), "
+        f"confidence + deletion + insertion, {args.steps} steps, batch {args.batch_size}\n"
+    )
+    print("| measurement | value |\n|---|---|")
+    print(f"| model forward floor at batch {c['batch']} | {c['floor']:.1f} images/s |")
+    print(
+        f"| deletion + insertion curves | {c['curves']:.1f} forward passes/s "
+        f"({100 * c['ratio']:.0f}% of the floor; goal ≥ 70%) |"
+    )
+    print(
+        f"| bare loop (forward floor of the protocol) | {images / floor_s:.2f} image-methods/s "
+        f"({floor_s:.1f} s) |"
+    )
+    print(
+        f"| sacam benchmark, without figures/report | {images / run_s:.2f} image-methods/s "
+        f"({run_s:.1f} s) |"
+    )
+    print(f"| runner overhead | {100 * (run_s / floor_s - 1):+.1f}% (goal ≤ 10%) |")
+    print(f"| figures + report.html (once per run) | {report_s:.1f} s |")
+
+
+if __name__ == "__main__":
+    main()
