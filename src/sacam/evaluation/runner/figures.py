@@ -1,8 +1,9 @@
 """Figures of a run: mean curves, metric bars ranked by method, example maps.
 
 Every method has its own colour and marker (fixed by its place in the method registry,
-so a method looks the same in every run); SA-CAM is drawn in black, thicker and on top;
-the random baseline is grey and dashed. Legends sit in their own panel beside the axes.
+so a method looks the same in every run; tab20 without its greys); SA-CAM is drawn in
+black, thicker and on top; the random baseline is grey and dashed. Legends sit in their
+own panel beside the axes.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ def method_style(method: str) -> dict[str, Any]:
         return {"color": "black", "marker": "*", "linewidth": 2.6, "markersize": 9, "zorder": 5}
     if method == "random":
         return {"color": "0.55", "marker": "x", "linestyle": "--", "linewidth": 1.2, "zorder": 2}
-    palette = [mpl.colormaps["tab20"](i) for i in range(20)]
-    order = list(palette[0::2]) + list(palette[1::2])  # ten dark shades, then ten light
+    tab20 = [mpl.colormaps["tab20"](i) for i in range(20) if i not in (14, 15)]  # no greys
+    order = tab20[0::2] + tab20[1::2]  # nine dark shades, then nine light ones
     return {
         "color": order[index % len(order)],
         "marker": MARKERS[index % len(MARKERS)],
@@ -93,8 +94,8 @@ def plot_mean_curves(
                     continue
                 length = min(len(c) for c in cs)
                 mean = torch.tensor([c[:length] for c in cs]).mean(0).tolist()
-                style = method_style(method) | {"markevery": max(1, length // 8)}
-                ax.plot(xs(length), mean, label=method, markersize=4, **style)
+                style = {"markersize": 4} | method_style(method)
+                ax.plot(xs(length), mean, label=method, markevery=max(1, length // 8), **style)
             ax.set_title(CURVE_TITLES.get(kind, kind), fontsize=9)
             ax.set_xlabel(xlabel)
             ax.set_ylabel("class probability")

@@ -1,7 +1,8 @@
 """``report.html``: one self-contained page with the summary table and every figure.
 
-The table marks the best mean per value (bold, with a ★); wide tables scroll inside their
-panel and figures shrink to the page, so nothing overflows it horizontally.
+The table marks the best mean per value (bold, with a ★; ties all marked); wide tables
+scroll inside their panel and figures shrink to the page, so nothing overflows it
+horizontally.
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ STYLE = (
 )
 
 
-def _best(table: dict[str, dict[str, Any]], value: str) -> str | None:
+def _best(table: dict[str, dict[str, Any]], value: str) -> set[str]:
+    """The methods whose mean is the best one (ties all marked); none if all are NaN."""
     order = ranked(table, value)
-    if not order or not math.isfinite(table[order[0]][value]["mean"]):
-        return None
-    return order[0]
+    if not order or not math.isfinite(best := table[order[0]][value]["mean"]):
+        return set()
+    return {m for m in order if table[m][value]["mean"] == best}
 
 
 def render_table(summary: dict[str, Any]) -> str:
@@ -59,7 +61,7 @@ def render_table(summary: dict[str, Any]) -> str:
                 cells.append("<td>–</td>")
                 continue
             text = f"{t[m]['mean']:.3f} ± {t[m]['ci95']:.3f}"
-            if best[m] == method:
+            if method in best[m]:
                 cells.append(f"<td class='best'>★ {text}</td>")
             else:
                 cells.append(f"<td>{text}</td>")
