@@ -196,9 +196,11 @@ def curve(
     with model_guard(model):
         plan = _plan(model, start, batch_size)
         fmt = torch.channels_last if plan.channels_last else torch.contiguous_format
+        # equal chunks of at most the plan's size: no small, slow remainder pass
+        chunk = math.ceil(total / math.ceil(total / plan.batch_size))
         with torch.inference_mode():
-            for lo in range(0, total, plan.batch_size):
-                hi = min(lo + plan.batch_size, total)
+            for lo in range(0, total, chunk):
+                hi = min(lo + chunk, total)
                 idx = torch.arange(lo, hi, device=device)
                 img, point = idx // points, idx % points
                 switched = (rank[img] < thresholds[point, None]).view(-1, 1, h, w)
