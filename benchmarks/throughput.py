@@ -76,12 +76,13 @@ def curve_throughput(
     """
     classes = torch.zeros(x.shape[0], dtype=torch.long, device=device)
     maps = torch.rand(x.shape[0], *x.shape[-2:], device=device)
-    plan = faithfulness._plan(model, x, "auto")
+    step = faithfulness.step_size(x.shape[-2], x.shape[-1], steps)
+    faithfulness.curve(model, x, torch.zeros_like(x), maps, classes, step, "auto")  # tunes
+    plan = faithfulness.tuned_plan(model, x)
     fmt = torch.channels_last if plan.channels_last else torch.contiguous_format
     batch = x[:1].expand(plan.batch_size, -1, -1, -1).contiguous(memory_format=fmt)
     passes = x.shape[0] * 2 * (steps + 1)
     n_batches = math.ceil(passes / plan.batch_size)
-    step = faithfulness.step_size(x.shape[-2], x.shape[-1], steps)
     floor, rate, floor_cpu, rate_cpu = 0.0, 0.0, 0.0, 0.0
     with torch.inference_mode():
         model(batch)
@@ -113,7 +114,7 @@ def bare_loop(
     lm: LoadedModel, xs: list[torch.Tensor], methods: list[str], steps: int, device: str
 ) -> tuple[float, float]:
     """(wall, CPU) seconds of the same model work as the runner, over decoded tensors."""
-    plan = faithfulness._plan(lm.model, xs[0], "auto")
+    plan = faithfulness.tuned_plan(lm.model, xs[0])
     fmt = torch.channels_last if plan.channels_last else torch.contiguous_format
     perturbed = xs[0][:1].expand(plan.batch_size, -1, -1, -1).contiguous(memory_format=fmt)
     cams = {m: build_method(lm.model, m) for m in methods}

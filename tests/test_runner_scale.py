@@ -201,3 +201,26 @@ def test_one_progress_bar_per_method_with_rate_and_eta(tmp_path, capsys) -> None
     for method in ("grad-cam", "random"):
         assert f"{method}: 100%" in err and "3/3 [" in err
     assert "img/s]" in err and "<00:00" in err  # rate and remaining time
+
+
+def test_auto_curve_batch_spends_no_forward_on_measuring() -> None:
+    net = colour_net().eval()
+    seen: list[int] = []
+    handle = net.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    try:
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(5, 3, 12, 12, generator=g)
+        maps = torch.rand(5, 12, 12, generator=g)
+        auto = faithfulness.deletion(net, x, maps, targets=0, steps=40, batch_size="auto")
+        seen.clear()
+        again = faithfulness.deletion(net, x, maps, targets=0, steps=40, batch_size="auto")
+        # 40 steps of 144 px: 4 px per step, 36 steps, 37 points per image; every pass is
+        # a curve chunk, nothing is spent on timing alone
+        assert sum(seen) == 5 * 37 + 1  # + the one-image forward that checks the targets
+        fixed = faithfulness.deletion(net, x, maps, targets=0, steps=40, batch_size=7)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(auto.curves, fixed.curves, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(again.curves, fixed.curves, rtol=1e-5, atol=1e-6)
+    plan = faithfulness.tuned_plan(net, x)
+    assert plan.batch_size in (8, 16, 32, 64)
