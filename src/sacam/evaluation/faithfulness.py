@@ -174,8 +174,7 @@ def curve(
 
     Every image's ``n + 1`` perturbation points go through the model together, in
     forward passes of ``batch_size`` perturbed images drawn across images, and the
-    probabilities stay on the device until the end (no host synchronisation per pass,
-    except while ``"auto"`` times its first chunks).
+    probabilities stay on the device (no host sync per pass but while tuning).
 
     Args:
         model: the classifier.
@@ -203,9 +202,7 @@ def curve(
             while lo < total:
                 plan, timed = tuner.next(total - lo)
                 hi = min(lo + plan.batch_size, total)
-                if timed:
-                    _sync(device)
-                    t0 = time.perf_counter()
+                t0 = _sync(device) if timed else 0.0
                 idx = torch.arange(lo, hi, device=device)
                 img, point = idx // points, idx % points
                 switched = (rank[img] < thresholds[point, None]).view(-1, 1, h, w)
@@ -214,8 +211,7 @@ def curve(
                 logits = model(x.contiguous(memory_format=fmt))
                 probs[lo:hi] = torch.softmax(logits.float(), 1).gather(1, classes[img, None])[:, 0]
                 if timed and hi - lo == plan.batch_size:
-                    _sync(device)
-                    tuner.record(plan, 1000 * (time.perf_counter() - t0) / (hi - lo))
+                    tuner.record(plan, 1000 * (_sync(device) - t0) / (hi - lo))
                 lo = hi
     curves = probs.view(b_count, points).cpu()
     xs = (thresholds.clamp(max=h * w) / (h * w)).double().cpu()  # the last step may be partial
@@ -223,9 +219,11 @@ def curve(
     return CurveResult(auc=auc, curves=curves, step=step)
 
 
-def _sync(device: torch.device) -> None:
+def _sync(device: torch.device) -> float:
+    """Wait for the device's queued work; returns the time after it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 @dataclass
