@@ -111,3 +111,21 @@ def in_double(model: nn.Module, images: torch.Tensor) -> tuple[nn.Module, torch.
     import copy
 
     return copy.deepcopy(model).double(), images.double()
+
+
+class _Slow(nn.Module):
+    """colour_net that takes 20 ms per image and forward pass (to interrupt a run mid-way)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = colour_net()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(0.02 * x.shape[0])
+        return self.net(x)
+
+
+def slow_colour_net() -> nn.Module:
+    return _Slow()

@@ -13,6 +13,7 @@ from PIL import Image
 
 import sacam
 from sacam import benchmark, localization, metrics, road, robustness, sanity
+from sacam.evaluation.runner import execution
 from sacam.models import Preprocess
 
 from .conftest import colour_net, small_cnn
@@ -264,7 +265,7 @@ def test_runner_resumes_after_an_interruption(tmp_path, monkeypatch) -> None:
     data = _folder(tmp_path, n=4)
     out = tmp_path / "out"
     calls = {"n": 0}
-    real = benchmark._evaluate
+    real = execution.score
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -272,13 +273,13 @@ def test_runner_resumes_after_an_interruption(tmp_path, monkeypatch) -> None:
             raise KeyboardInterrupt  # the user stops the run mid-way
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(benchmark, "_evaluate", flaky)
+    monkeypatch.setattr(execution, "score", flaky)
     with pytest.raises(KeyboardInterrupt):
-        benchmark.run_benchmark(_config(data, out), progress=False)
+        benchmark.run_benchmark(_config(data, out, batch_size=1), progress=False)
     done_before = {(r["image"], r["method"]) for r in csv.DictReader((out / "results.csv").open())}
     assert len(done_before) == 3
     calls["n"] = -100
-    benchmark.run_benchmark(_config(data, out), progress=False)
+    benchmark.run_benchmark(_config(data, out, batch_size=1), progress=False)
     assert calls["n"] == -100 + 5  # only the 5 missing pairs were computed
     rows = list(csv.DictReader((out / "results.csv").open()))
     pairs = [(r["image"], r["method"]) for r in rows if r["metric"] == "time_s"]

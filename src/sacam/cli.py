@@ -5,10 +5,12 @@ with the default pretrained model, prints each image's top-5 classes and writes 
 PNGs. ``sacam methods`` lists the registered methods. ``sacam serve`` runs the web page
 (with the ``serve`` extra).
 
-Exit codes: 0 success; 2 bad arguments (unknown method, layer, target or model, a value
-out of range, an unavailable device), checked before any work; 3 unreadable input (an
-image, or a data folder without labels.csv). ``explain`` goes on with the other images
-when one cannot be read, reports it on one line, and exits 3 at the end.
+Exit codes: 0 success; 2 bad arguments (unknown method, layer, target, model or metric, a
+value out of range, an unavailable device), checked before any work; 3 unreadable input
+(an image, a data folder without labels, a bad labels.csv row, or an output folder
+another benchmark is writing to); 130 a benchmark stopped by Ctrl-C (its finished results
+are kept; the same command resumes). ``explain`` goes on with the other images when one
+cannot be read, reports it on one line, and exits 3 at the end.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import torch
 from tqdm import tqdm
@@ -31,8 +33,12 @@ from .models import SAMPLE_IMAGES, LoadedModel, check_device, load_image, load_m
 from .registry import list_methods, method_info, methods_table
 from .viz import overlay, save_grid
 
+if TYPE_CHECKING:
+    from .evaluation.config import BenchmarkConfig
+
 EXIT_USAGE = 2
 EXIT_IMAGE = 3
+EXIT_INTERRUPTED = 130
 GRID_ROWS = 8
 WEB_MODULES = {"fastapi", "starlette", "uvicorn", "multipart", "python_multipart", "pydantic"}
 
@@ -206,65 +212,7 @@ def _parser() -> argparse.ArgumentParser:
         "--device", type=_device, default="cpu", help="torch device: cpu, cuda, cuda:N, mps"
     )
 
-    bench = sub.add_parser(
-        "benchmark", help="score methods with the evaluation metrics on a folder"
-    )
-    bench.add_argument(
-        "data_dir", type=_existing_dir, help="folder with images and labels.csv (file,class_index)"
-    )
-    bench.add_argument("--model", default=None, help="model (as for explain)")
-    bench.add_argument(
-        "--weights",
-        type=_existing_file,
-        default=None,
-        help="state dict for the --model architecture",
-    )
-    bench.add_argument(
-        "--trust-model-file",
-        action="store_true",
-        help="allow a model file that runs code while loading (TorchScript, pickles)",
-    )
-    bench.add_argument(
-        "--methods",
-        nargs="+",
-        choices=list_methods(),
-        metavar="METHOD",
-        default=None,
-        help="methods to compare (default: grad-cam grad-cam++ sa-cam)",
-    )
-    bench.add_argument(
-        "--metrics",
-        nargs="+",
-        default=None,
-        metavar="METRIC",
-        help="metric groups (default: confidence deletion insertion complexity; "
-        "also road pointing energy_pointing grid_pointing stability sanity, or all)",
-    )
-    bench.add_argument(
-        "--limit", type=_int_at_least(1), default=None, help="first N images of labels.csv"
-    )
-    bench.add_argument(
-        "--out", type=_out_dir, default=Path("sacam-benchmark"), help="output folder"
-    )
-    bench.add_argument(
-        "--steps",
-        type=_int_at_least(1),
-        default=None,
-        help="deletion/insertion steps (default: image width)",
-    )
-    bench.add_argument(
-        "--annotations", type=_existing_file_path, default=None, help="boxes/masks CSV or JSON"
-    )
-    bench.add_argument("--attacks", nargs="+", default=["pgd"], choices=["random", "pgd", "topk"])
-    bench.add_argument(
-        "--iterations", type=_int_at_least(1), default=100, help="attack steps (default: 100)"
-    )
-    bench.add_argument(
-        "--use-labels", action="store_true", help="explain the labelled class, not the top-1"
-    )
-    bench.add_argument(
-        "--grid-threshold", type=_unit_float, default=0.99, help="grid pointing: min. softmax"
-    )
+    _benchmark_parser(sub)
 
     srv = sub.add_parser(
         "serve", help="serve a local web page to explain images (needs the 'serve' extra)"
@@ -322,8 +270,93 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
 
-def _benchmark(args: argparse.Namespace) -> int:
-    from .benchmark import DEFAULT_METRICS, BenchmarkConfig, run_benchmark
+def _benchmark_parser(sub: argparse._SubParsersAction) -> None:
+    from .evaluation.registry import list_metrics
+
+    bench = sub.add_parser(
+        "benchmark", help="score methods with the evaluation metrics on a folder"
+    )
+    bench.add_argument(
+        "data_dir",
+        type=_existing_dir,
+        help="images: a folder with labels.csv (file,class_index), class sub-folders "
+        "(WordNet ids or class indices), or ImageNet val with LOC_val_solution.csv",
+    )
+    bench.add_argument("--model", default=None, help="model (as for explain)")
+    bench.add_argument(
+        "--weights", type=_existing_file, default=None, help="state dict for the --model"
+    )
+    bench.add_argument(
+        "--trust-model-file",
+        action="store_true",
+        help="allow a model file that runs code while loading (TorchScript, pickles)",
+    )
+    bench.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list_methods(),
+        metavar="METHOD",
+        default=None,
+        help="methods to compare (default: grad-cam grad-cam++ sa-cam; with --from-maps: "
+        "the saved ones)",
+    )
+    bench.add_argument(
+        "--metrics",
+        nargs="+",
+        default=["default"],
+        choices=[*list_metrics(), "default", "all"],
+        metavar="METRIC",
+        help=f"metrics: {', '.join(list_metrics())}; 'default' or 'all' (default: default)",
+    )
+    bench.add_argument(
+        "--limit", type=_int_at_least(1), default=None, help="first N images of the folder"
+    )
+    bench.add_argument(
+        "--out", type=_out_dir, default=Path("sacam-benchmark"), help="output folder"
+    )
+    bench.add_argument(
+        "--device", type=_device, default="cpu", help="cpu, cuda or cuda:N (default: cpu)"
+    )
+    bench.add_argument(
+        "--batch-size",
+        type=_int_at_least(1),
+        default=16,
+        help="images explained per step (default: 16)",
+    )
+    bench.add_argument(
+        "--workers", type=_int_at_least(0), default=4, help="image decoding threads (default: 4)"
+    )
+    bench.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    bench.add_argument(
+        "--steps",
+        type=_int_at_least(1),
+        default=None,
+        help="deletion/insertion steps (default: image width)",
+    )
+    bench.add_argument(
+        "--annotations", type=_existing_file_path, default=None, help="boxes/masks CSV or JSON"
+    )
+    bench.add_argument("--attacks", nargs="+", default=["pgd"], choices=["random", "pgd", "topk"])
+    bench.add_argument(
+        "--iterations", type=_int_at_least(1), default=100, help="attack steps (default: 100)"
+    )
+    bench.add_argument(
+        "--use-labels", action="store_true", help="explain the labelled class, not the top-1"
+    )
+    bench.add_argument(
+        "--grid-threshold", type=_unit_float, default=0.99, help="grid pointing: min. softmax"
+    )
+    bench.add_argument(
+        "--save-maps", action="store_true", help="keep every map (float16) in OUT/maps/"
+    )
+    bench.add_argument(
+        "--from-maps", type=Path, default=None, metavar="DIR", help="score maps saved in DIR"
+    )
+
+
+def _benchmark_config(args: argparse.Namespace) -> BenchmarkConfig:
+    from .evaluation.config import BenchmarkConfig
+    from .evaluation.runner.maps import MapReader
 
     config = BenchmarkConfig(
         data_dir=args.data_dir,
@@ -338,13 +371,34 @@ def _benchmark(args: argparse.Namespace) -> int:
         iterations=args.iterations,
         use_labels=args.use_labels,
         grid_threshold=args.grid_threshold,
-        metrics=args.metrics or list(DEFAULT_METRICS),
+        metrics=list(args.metrics),
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        seed=args.seed,
+        save_maps=args.save_maps,
+        from_maps=args.from_maps,
     )
     if args.methods:
         config.methods = list(dict.fromkeys(args.methods))
-    summary = run_benchmark(config)
-    from .benchmark import render_markdown
+    elif args.from_maps is not None:
+        config.methods = MapReader(args.from_maps).methods()
+    return config
 
+
+def _benchmark(args: argparse.Namespace) -> int:
+    from .evaluation.runner import render_markdown, run_benchmark
+
+    config = _benchmark_config(args)
+    try:
+        summary = run_benchmark(config)
+    except KeyboardInterrupt:
+        print(
+            f"sacam: interrupted; finished results are kept in {config.out}/: run the same "
+            "command again to resume",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     print(render_markdown(summary))
     print(f"wrote results.csv, summary.md, summary.json, figures and report.html to {args.out}/")
     return 0

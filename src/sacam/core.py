@@ -43,10 +43,6 @@ from .targets import ScoreFn, TargetsLike, evaluate_scores, resolve_targets
 
 ReshapeTransform = Callable[[torch.Tensor], torch.Tensor]
 
-# kept for modules that still import the private names from here
-_Capture = Capture
-_check_images = check_images
-
 __all__ = ["BaseCAM", "CallContext", "Explanation", "LayerData", "model_guard", "normalize_maps"]
 
 

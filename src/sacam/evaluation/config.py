@@ -1,0 +1,92 @@
+"""The settings of an evaluation run (``sacam benchmark``), in one dataclass.
+
+Every parameter of the metric protocols lives here with its default, so that the CLI,
+the runner and ``run.json`` agree on what a run did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+ROAD_PERCENTAGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
+DEFAULT_METHODS = ("grad-cam", "grad-cam++", "sa-cam")
+
+# fields that change how fast or where a run works, not its numbers (free to change on resume)
+_RUN_ONLY = (
+    "out",
+    "limit",
+    "data_dir",
+    "methods",
+    "device",
+    "batch_size",
+    "workers",
+    "save_maps",
+    "from_maps",
+    "trust_model_file",
+)
+
+
+@dataclass
+class BenchmarkConfig:
+    """Settings of one benchmark run; every parameter of the protocols is here.
+
+    Attributes:
+        data_dir: the images (flat folder with ``labels.csv``, class sub-folders, or the
+            ImageNet validation layout with ``LOC_val_solution.csv``).
+        out: output folder.
+        batch_size: images explained and scored per step.
+        curve_batch_size: perturbed images per forward pass of the deletion/insertion
+            curves (``"auto"``: measured fastest, cached per model and input shape).
+        steps: deletion/insertion steps; None means one step per image row (n = 224 at
+            224×224).
+        workers: threads decoding and preprocessing images ahead of the model.
+        save_maps: keep every map (float16) in ``out/maps/``.
+        trust_model_file: allow a model file that runs code when loaded (see
+            :func:`sacam.models.load_model`).
+        from_maps: score maps saved by an earlier ``save_maps`` run instead of computing them.
+    """
+
+    data_dir: Path
+    out: Path = Path("sacam-benchmark")
+    model: str | None = None
+    weights: str | None = None
+    image_size: int | None = None
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    metrics: list[str] = field(default_factory=lambda: ["default"])
+    limit: int | None = None
+    use_labels: bool = False
+    device: str = "cpu"
+    batch_size: int = 16
+    workers: int = 4
+    steps: int | None = None
+    curve_batch_size: int | Literal["auto"] = "auto"
+    road_percentages: tuple[float, ...] = ROAD_PERCENTAGES
+    annotations: Path | None = None
+    tolerance: float = 15.0
+    grid_n: int = 2
+    grid_threshold: float = 0.99
+    grid_count: int | None = None
+    grid_smooth: int = 0
+    attacks: tuple[str, ...] = ("pgd",)
+    eps: float = 8 / 255
+    attack_step: float = 0.5 / 255
+    iterations: int = 100
+    topk: int = 1000
+    sanity_layers: int = 6
+    seed: int = 0
+    save_maps: bool = False
+    from_maps: Path | None = None
+    trust_model_file: bool = False
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that change the numbers (compared when resuming)."""
+        d = asdict(self)
+        for key in _RUN_ONLY:
+            d.pop(key)
+        d["road_percentages"] = list(self.road_percentages)
+        d["attacks"] = list(self.attacks)
+        d["annotations"] = str(self.annotations) if self.annotations else None
+        return d

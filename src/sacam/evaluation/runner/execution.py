@@ -1,0 +1,266 @@
+"""The run itself: images × methods × metrics, batch by batch, resumable.
+
+``run_benchmark(config)`` takes the folder lock, checks the settings against an earlier
+run in the same folder, loads the model on ``config.device``, predicts every image once,
+then for each method explains and scores the images ``config.batch_size`` at a time
+(decoded ahead by threads), appending whole lines to the results store. The metrics are
+the registry's; the loop knows none of them by name.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ...errors import InputError, SacamError
+from ...models import LoadedModel, load_model, with_preprocess
+from ...registry import method_info
+from ..config import BenchmarkConfig
+from ..localization import annotation_mask, load_annotations
+from ..registry import (
+    MetricBatch,
+    MetricInfo,
+    MetricOutput,
+    default_metrics,
+    list_metrics,
+    metric_info,
+)
+from .data import Item, Loaded, batches, check_labels, discover
+from .grid import run_grids
+from .maps import MapReader, MapWriter
+from .predictions import predict_all
+from .report import write_report
+from .state import Run
+from .store import PairResult, ResultsStore, RunLock, pair_results
+from .summary import summarize
+
+
+def select_metrics(names: list[str], has_annotations: bool) -> list[MetricInfo]:
+    """The registry entries a run scores (``all`` and ``default`` expand).
+
+    Metrics that need annotations are dropped from ``all`` when there are none, and
+    refused when asked for by name.
+    """
+    chosen: list[str] = []
+    for name in names:
+        if name == "all":
+            chosen += [m for m in list_metrics() if has_annotations or _no_boxes(m)]
+        elif name == "default":
+            chosen += default_metrics()
+        else:
+            metric_info(name)  # unknown names fail listing the valid ones
+            if not has_annotations and not _no_boxes(name):
+                raise SacamError(
+                    f"{name} needs boxes or masks: pass --annotations FILE (CSV or JSON) or "
+                    "use the ImageNet validation layout (LOC_val_solution.csv)"
+                )
+            chosen.append(name)
+    return [metric_info(m) for m in dict.fromkeys(chosen)]
+
+
+def _no_boxes(name: str) -> bool:
+    return "annotations" not in metric_info(name).needs
+
+
+def _disabled(progress: bool | None) -> bool | None:
+    """The ``disable`` argument of tqdm for a progress setting (None: only on a terminal)."""
+    return None if progress is None else not progress
+
+
+def _check_settings(out: Path, settings: dict[str, Any]) -> None:
+    run_file = out / "run.json"
+    if run_file.exists():
+        previous = json.loads(run_file.read_text())
+        if previous != json.loads(json.dumps(settings)):
+            raise SacamError(
+                f"{out} holds results of a run with other settings; use another --out or delete it"
+            )
+    run_file.write_text(json.dumps(settings, indent=1))
+
+
+def _load(config: BenchmarkConfig) -> LoadedModel:
+    lm = load_model(
+        config.model,
+        weights=config.weights,
+        device=config.device,
+        trust_model_file=config.trust_model_file,
+    )
+    if config.image_size is not None:
+        lm = with_preprocess(lm, size=config.image_size)
+    return lm
+
+
+def _targets(run: Run, items: list[Item]) -> torch.Tensor:
+    if run.config.use_labels:
+        return torch.tensor([it.label for it in items])
+    missing = [it.name for it in items if it.name not in run.predictions]
+    if missing:
+        raise InputError(f"no prediction for {missing[0]} (it could not be read earlier)")
+    return torch.tensor([int(run.predictions[it.name]["top1"]) for it in items])
+
+
+def _masks(run: Run, loaded: Loaded) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    anns = [run.dataset.annotations.get(it.name) for it in loaded.items]
+    if not any(a is not None for a in anns):
+        return None, torch.zeros(len(anns), dtype=torch.bool)
+    s = run.lm.preprocess.size
+    masks = torch.zeros(len(anns), s, s, dtype=torch.bool)
+    for i, (ann, size) in enumerate(zip(anns, loaded.sizes, strict=True)):
+        if ann is not None:
+            masks[i] = annotation_mask(ann, size, run.lm.preprocess)
+    return masks, torch.tensor([a is not None for a in anns])
+
+
+def _maps(
+    run: Run, method: str, x: torch.Tensor, items: list[Item]
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Maps, explained classes and seconds per map: computed, or read from saved maps."""
+    names = [it.name for it in items]
+    if run.reader is not None:
+        maps, classes, time_s = run.reader.load(method, names)
+        if maps.shape[-2:] != x.shape[-2:]:
+            raise InputError(f"saved maps are {tuple(maps.shape[-2:])}, the inputs {x.shape[-2:]}")
+        return maps.to(x.device), classes.to(x.device), time_s
+    classes = _targets(run, items)  # on the CPU: checking them needs no device sync
+    t0 = time.perf_counter()
+    maps = run.cam(method)(x, classes)
+    if maps.is_cuda:
+        torch.cuda.synchronize(maps.device)  # the time is the map's, not the queue's
+    time_s = (time.perf_counter() - t0) / len(items)
+    if run.writer is not None:
+        run.writer.write(method, names, classes, maps, time_s)
+    return maps, classes.to(x.device, non_blocking=True), time_s
+
+
+def score(metrics: list[MetricInfo], batch: MetricBatch) -> MetricOutput:
+    """Every chosen per-image metric on one batch, merged into one output."""
+    merged = MetricOutput({}, {})
+    for info in metrics:
+        if info.unit != "image":
+            continue
+        if "annotations" in info.needs and batch.masks is None:
+            continue
+        out = info.fn(batch)
+        merged.values.update(out.values)
+        merged.curves.update(out.curves)
+    return merged
+
+
+def _score_loaded(run: Run, method: str, loaded: Loaded) -> list[PairResult]:
+    lm, cfg = run.lm, run.config
+    x = lm.preprocess.normalize(loaded.pixels.to(cfg.device, non_blocking=True))
+    maps, classes, time_s = _maps(run, method, x, loaded.items)
+    masks, has_mask = _masks(run, loaded)
+    batch = MetricBatch(
+        model=lm.model,
+        images=x,
+        maps=maps,
+        classes=classes,
+        preprocess=lm.preprocess,
+        config=cfg,
+        method=method,
+        explain=run.explainer(method),
+        masks=None if masks is None else masks.to(x.device),
+        has_mask=has_mask,
+    )
+    out = score(run.metrics, batch)
+    names = [it.name for it in loaded.items]
+    return pair_results(names, method, out.values, out.curves, time_s)
+
+
+def _drop_unsaved(run: Run, method: str, loaded: Loaded) -> None:
+    """Move the images without a saved map from ``loaded.items`` to ``loaded.failed``."""
+    assert run.reader is not None
+    keep = [i for i, it in enumerate(loaded.items) if run.reader.has(method, it.name)]
+    for i, it in enumerate(loaded.items):
+        if i not in keep:
+            error = f"InputError: no saved map of {it.name!r} for {method!r} in {run.reader.root}"
+            loaded.failed.append((it, error))
+    loaded.items = [loaded.items[i] for i in keep]
+    loaded.pixels = loaded.pixels[keep]
+    loaded.sizes = [loaded.sizes[i] for i in keep]
+
+
+def _run_method(run: Run, method: str) -> None:
+    cfg = run.config
+    todo = [it for it in run.dataset.items if (it.name, method) not in run.done]
+    bar = tqdm(total=len(todo), unit="img", desc=method, disable=_disabled(run.progress))
+    try:
+        pin = cfg.device.startswith("cuda")
+        for loaded in batches(todo, run.lm.preprocess, cfg.batch_size, cfg.workers, 2, pin):
+            if run.reader is not None:
+                _drop_unsaved(run, method, loaded)
+            for item, error in loaded.failed:
+                run.store.failure(item.name, method, error)
+            if loaded.items:
+                try:
+                    run.store.write(_score_loaded(run, method, loaded))
+                except (SacamError, RuntimeError, ValueError, OSError) as exc:
+                    error = f"{type(exc).__name__}: {exc}"
+                    for item in loaded.items:
+                        run.store.failure(item.name, method, error)
+            bar.update(len(loaded.items) + len(loaded.failed))
+    finally:
+        bar.close()
+
+
+def _prepare(config: BenchmarkConfig, progress: bool | None) -> Run:
+    dataset = discover(config.data_dir, config.limit)
+    if config.annotations is not None:
+        dataset.annotations.update(load_annotations(config.annotations))
+    metrics = select_metrics(config.metrics, bool(dataset.annotations))
+    for m in config.methods:
+        method_info(m)  # unknown names fail before any work, listing the valid ones
+    settings = config.settings() | {"metrics": [m.name for m in metrics]}
+    _check_settings(config.out, settings)
+    torch.manual_seed(config.seed)
+    lm = _load(config)
+    check_labels(dataset.items, len(lm.class_names) or _n_classes(lm, config.device))
+    store = ResultsStore(config.out)
+    done = store.done_pairs()
+    predictions = predict_all(config.out, dataset.items, lm, config, progress)
+    run = Run(config, lm, dataset, metrics, store, done, predictions, progress)
+    if config.from_maps is not None:
+        run.reader = MapReader(config.from_maps)
+    if config.save_maps:
+        run.writer = MapWriter(config.out / "maps")
+    return run
+
+
+def _n_classes(lm: LoadedModel, device: str) -> int:
+    x = torch.zeros(1, 3, lm.preprocess.size, lm.preprocess.size, device=device)
+    with torch.inference_mode():
+        return int(lm.model(x).shape[1])
+
+
+def run_benchmark(config: BenchmarkConfig, *, progress: bool | None = None) -> dict[str, Any]:
+    """Run (or resume) a benchmark and write every output file; returns the summary.
+
+    Args:
+        config: the run's settings.
+        progress: progress bars (one per method, with images/s and ETA): None shows them on
+            a terminal only, True always (on stderr), False never.
+
+    Example:
+        >>> from pathlib import Path
+        >>> cfg = BenchmarkConfig(Path("imagenet-dev"), methods=["grad-cam"], limit=5)
+        >>> cfg.batch_size, cfg.metrics
+        (16, ['default'])
+    """
+    config.out.mkdir(parents=True, exist_ok=True)
+    with RunLock(config.out):
+        run = _prepare(config, progress)
+        for method in config.methods:
+            _run_method(run, method)
+        grid_names = run_grids(run) if any(m.unit == "grid" for m in run.metrics) else []
+        summary = summarize(run, grid_names)
+        write_report(run, summary)
+    return summary
+
+
+__all__ = ["BenchmarkConfig", "run_benchmark", "score", "select_metrics"]

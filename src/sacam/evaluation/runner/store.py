@@ -1,0 +1,209 @@
+"""The results store of a run folder: whole lines only, resumable, one writer at a time.
+
+- ``results.csv`` (``image,method,metric,value``), ``curves.jsonl`` and ``failures.csv``
+  are appended one batch at a time, each batch as one ``write`` of whole lines, flushed
+  and synced; a pair's ``time_s`` row comes last and marks it complete.
+- On open, a line cut by a killed process (no final newline) is dropped, as are the rows
+  of pairs without their ``time_s``; those pairs are recomputed.
+- :class:`RunLock` keeps a second process off the folder: an exclusive ``flock`` on
+  ``.sacam.lock`` (released by the OS when the holder dies, so a stale file is simply
+  taken over), with the holder's PID in it for the message.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import socket
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import torch
+
+from ...errors import InputError
+
+RESULT_FIELDS = ["image", "method", "metric", "value"]
+
+
+class OutputLockedError(InputError):
+    """Another process is writing to the output folder."""
+
+
+def _drop_cut_line(path: Path) -> bool:
+    """Truncate ``path`` after its last newline; True if a cut line was dropped."""
+    size = path.stat().st_size
+    if size == 0:
+        return False
+    with path.open("rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return False
+        f.seek(0)
+        data = f.read()
+        f.truncate(data.rfind(b"\n") + 1)
+    return True
+
+
+def _append(path: Path, text: str) -> None:
+    if not text:
+        return
+    with path.open("a", encoding="utf-8", newline="") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@dataclass
+class PairResult:
+    """Everything one (image, method) pair produced."""
+
+    image: str
+    method: str
+    values: dict[str, float]
+    curves: dict[str, list[float]]
+    time_s: float
+
+
+class ResultsStore:
+    """Append-only results of a run folder (see the module docstring)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.results = out / "results.csv"
+        self.curves = out / "curves.jsonl"
+        self.failures = out / "failures.csv"
+        self.repaired: list[str] = []
+        for path, header in (
+            (self.results, ",".join(RESULT_FIELDS)),
+            (self.failures, "image,method,error"),
+            (self.curves, None),
+        ):
+            if not path.exists():
+                path.write_text("" if header is None else header + "\n", encoding="utf-8")
+            elif _drop_cut_line(path):
+                self.repaired.append(path.name)
+
+    def rows(self) -> list[dict[str, str]]:
+        """Every complete row of results.csv (values as text)."""
+        with self.results.open(encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f))
+
+    def done_pairs(self) -> set[tuple[str, str]]:
+        """Pairs whose ``time_s`` row was written; drops rows of unfinished pairs."""
+        rows = self.rows()
+        for k, r in enumerate(rows, start=2):
+            try:
+                float(r["value"])
+            except (TypeError, ValueError):
+                raise InputError(
+                    f"{self.results} line {k} is not a result row ({r}): fix or delete the file"
+                ) from None
+        done = {(r["image"], r["method"]) for r in rows if r["metric"] == "time_s"}
+        kept = [r for r in rows if (r["image"], r["method"]) in done]
+        if len(kept) != len(rows):
+            tmp = self.results.with_suffix(".csv.tmp")
+            with tmp.open("w", encoding="utf-8", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
+                w.writeheader()
+                w.writerows(kept)
+            os.replace(tmp, self.results)
+        return done
+
+    def write(self, pairs: Iterable[PairResult]) -> None:
+        """Append finished pairs: curves first, then results (``time_s`` last per pair)."""
+        curves, results = io.StringIO(), io.StringIO()
+        w = csv.writer(results, lineterminator="\n")
+        for p in pairs:
+            for kind, curve in p.curves.items():
+                rec = {"image": p.image, "method": p.method, "kind": kind, "values": curve}
+                curves.write(json.dumps(rec) + "\n")
+            for name, val in p.values.items():
+                w.writerow([p.image, p.method, name, repr(float(val))])
+            w.writerow([p.image, p.method, "time_s", repr(float(p.time_s))])
+        _append(self.curves, curves.getvalue())
+        _append(self.results, results.getvalue())
+
+    def failure(self, image: str, method: str, error: str) -> None:
+        """Record a failed pair (whole line)."""
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow([image, method, error.replace("\n", " ")])
+        _append(self.failures, buf.getvalue())
+
+
+def pair_results(
+    names: list[str],
+    method: str,
+    values: dict[str, torch.Tensor],
+    curves: dict[str, torch.Tensor],
+    time_s: float,
+) -> list[PairResult]:
+    """Split batch tensors ``(B,)`` / ``(B, n)`` into one :class:`PairResult` per image."""
+    vals = {k: v.detach().float().cpu().tolist() for k, v in values.items()}
+    curv = {k: v.detach().float().cpu().tolist() for k, v in curves.items()}
+    return [
+        PairResult(
+            name,
+            method,
+            {k: (float(v[i]) if math.isfinite(v[i]) else math.nan) for k, v in vals.items()},
+            {k: v[i] for k, v in curv.items()},
+            time_s,
+        )
+        for i, name in enumerate(names)
+    ]
+
+
+class RunLock:
+    """Exclusive use of an output folder by one process (a context manager).
+
+    Raises:
+        OutputLockedError: another live process holds the folder.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / ".sacam.lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _lock(fd)
+        except OSError:
+            os.close(fd)
+            holder = self.path.read_text(errors="replace").strip() or "unknown"
+            raise OutputLockedError(
+                f"another sacam benchmark ({holder}) is writing to {self.path.parent}: wait "
+                "for it to finish, or use another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing releases the lock
+            self._fd = None
+
+
+def _lock(fd: int) -> None:
+    """Take an exclusive, non-blocking lock on ``fd`` (OSError when held elsewhere)."""
+    if sys.platform == "win32":  # pragma: no cover
+        import msvcrt
+
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

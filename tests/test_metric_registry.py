@@ -1,0 +1,110 @@
+"""The metric registry: directions, CLI choices, docs table, one-function metrics, old imports."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import sacam
+from sacam.cli import main
+from sacam.evaluation import registry
+from sacam.evaluation.registry import MetricOutput, register_metric
+
+from .test_evaluation import _config, _folder
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_directions_follow_the_protocols() -> None:
+    d = {k: v.higher_is_better for k, v in registry.value_directions().items()}
+    # lower is better for the drop, deletion AUC and MoRF; higher for the rest listed
+    assert (d["average_drop"], d["deletion"], d["road_morf"]) == (False, False, False)
+    assert (d["insertion"], d["road_gap"], d["pointing_game"], d["average_gain"]) == (
+        True,
+        True,
+        True,
+        True,
+    )
+    assert registry.arrow("deletion") == "↓" and registry.arrow("insertion") == "↑"
+    assert registry.metric_info("pointing").needs == {"annotations"}
+    assert registry.default_metrics() == ["confidence", "deletion", "insertion", "complexity"]
+
+
+def test_readme_metric_table_matches_registry() -> None:
+    block = re.search(
+        r"<!-- metrics-table:start -->\n(.*?)\n<!-- metrics-table:end -->", README.read_text(), re.S
+    )
+    assert block, "README lacks the metrics-table markers"
+    assert block.group(1).strip() == registry.metrics_table().strip(), (
+        "README metric table is stale: paste sacam.evaluation.metrics_table()"
+    )
+
+
+def test_cli_metric_choices_are_the_registry(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["benchmark", "data", "--metrics", "nope"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    for name in registry.list_metrics():
+        assert name in err
+
+
+def test_names_are_checked_and_unique() -> None:
+    with pytest.raises(sacam.SacamError, match="lower case"):
+        register_metric("Bad-Name", values=[], source="")
+    with pytest.raises(sacam.SacamError, match="already registered"):
+        register_metric("deletion", values=[], source="")(lambda b: MetricOutput({}))
+    with pytest.raises(sacam.SacamError, match="unknown metric 'nope'; valid: confidence"):
+        registry.metric_info("nope")
+
+
+def test_a_new_metric_is_one_decorated_function(tmp_path) -> None:
+    @register_metric(
+        "peak_share", values=[("peak_share", True, "max / sum of the map")], source="a test"
+    )
+    def _peak(batch):  # noqa: ANN001, ANN202
+        m = batch.maps.flatten(1)
+        return MetricOutput({"peak_share": m.max(1).values / m.sum(1)})
+
+    try:
+        data = _folder(tmp_path, n=3)
+        out = tmp_path / "out"
+        summary = sacam.evaluation.run_benchmark(
+            _config(data, out, metrics=["peak_share"]), progress=False
+        )
+        rows = [
+            r for r in csv.DictReader((out / "results.csv").open()) if r["metric"] == "peak_share"
+        ]
+        assert len(rows) == 3 * 2  # images × methods
+        lm = sacam.models.load_model("tests.conftest:colour_net")
+        pre = sacam.models.with_preprocess(lm, size=32).preprocess
+        r = next(r for r in rows if r["method"] == "grad-cam" and r["image"] == "img0.png")
+        x = pre(sacam.models.load_image(data / "img0.png"))[None]
+        maps = sacam.explain(lm.model, x, method="grad-cam")
+        expected = float(maps.max() / maps.sum())
+        assert float(r["value"]) == pytest.approx(expected, rel=1e-4)
+        assert summary["table"]["grad-cam"]["peak_share"]["higher_is_better"] is True
+        assert "peak_share ↑" in (out / "summary.md").read_text()
+    finally:
+        registry._METRICS.pop("peak_share")
+
+
+def test_old_imports_keep_working() -> None:
+    from sacam import benchmark, evaluation, localization, metrics, road, robustness, sanity
+
+    assert metrics.deletion is evaluation.faithfulness.deletion
+    assert metrics.gini is evaluation.complexity.gini
+    assert road.impute is evaluation.road.impute and road.PERCENTAGES[0] == 0.1
+    assert localization.pointing_game is evaluation.localization.pointing_game
+    assert robustness.stability is evaluation.robustness.stability
+    assert sanity.sanity_check is evaluation.sanity.sanity_check
+    assert benchmark.run_benchmark is evaluation.run_benchmark
+    assert benchmark.VALUES["deletion"][0] is False
+    assert metrics.METRICS["insertion"].higher_is_better is True
+    acc = metrics.MeanAccumulator("deletion")
+    acc.update(torch.tensor([0.2, 0.4]))
+    assert acc.compute()["mean"] == pytest.approx(0.3) and acc.higher_is_better is False
