@@ -44,9 +44,9 @@ def test_readme_metric_table_matches_registry() -> None:
     )
 
 
-def test_cli_metric_choices_are_the_registry(capsys) -> None:
+def test_cli_metric_choices_are_the_registry(capsys, tmp_path) -> None:
     with pytest.raises(SystemExit) as exc:
-        main(["benchmark", "data", "--metrics", "nope"])
+        main(["benchmark", str(tmp_path), "--metrics", "nope"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     for name in registry.list_metrics():

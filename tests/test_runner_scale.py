@@ -120,17 +120,19 @@ def test_bad_loc_rows_name_their_line(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("device", "message"),
     [
-        ("gpu0", "is not a device: use cpu, cuda or cuda:N"),
-        ("cuda", "CUDA is not available here"),
-        ("meta", "runs on cpu or cuda"),
+        ("gpu0", "is not a torch device: use cpu, cuda, cuda:N or mps"),
+        ("cuda", "CUDA is not available on this machine"),
+        ("meta", "meta"),
     ],
 )
 def test_bad_devices_exit_2(tmp_path, capsys, monkeypatch, device, message) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     data = _folder(tmp_path, n=1)
-    code = main(["benchmark", str(data), "--device", device, "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit) as exc:  # argparse's exit, before any work
+        main(["benchmark", str(data), "--device", device, "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert exc.value.code == 2 and message in err and err.count("\n") == 1, err
+    assert err.startswith("sacam: error: ") and not (tmp_path / "o").exists()
 
 
 def test_batch_size_does_not_change_the_numbers(tmp_path) -> None:

@@ -13,41 +13,16 @@ never captured (it does run while the model is in eval mode with frozen paramete
 from __future__ import annotations
 
 import contextlib
-import threading
-import weakref
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from ._layers import LayerRef
+from ._locks import Hook, model_lock, this_thread_only
 from .errors import InputError, LayerError
 
-if TYPE_CHECKING:
-    from ._layers import LayerRef
-
 __all__ = ["Capture", "check_images", "model_guard", "model_lock", "this_thread_only"]
-
-_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
-_LOCKS_LOCK = threading.Lock()
-
-
-def model_lock(model: nn.Module) -> threading.RLock:
-    """The re-entrant lock that serialises sacam's calls on ``model`` (one per model object).
-
-    Example:
-        >>> from torch import nn
-        >>> net = nn.Linear(2, 2)
-        >>> model_lock(net) is model_lock(net), model_lock(net) is model_lock(nn.Linear(2, 2))
-        (True, False)
-    """
-    with _LOCKS_LOCK:
-        lock = _LOCKS.get(model)
-        if lock is None:
-            lock = threading.RLock()
-            _LOCKS[model] = lock
-        return lock
-
 
 @contextlib.contextmanager
 def model_guard(model: nn.Module, *, eval_mode: bool = True, freeze: bool = True) -> Iterator[None]:
@@ -91,21 +66,6 @@ def model_guard(model: nn.Module, *, eval_mode: bool = True, freeze: bool = True
                 with torch.no_grad():
                     for buf, copy in saved:
                         buf.copy_(copy)
-
-
-Hook = Callable[[nn.Module, object, object], object]
-
-
-def this_thread_only(hook: Hook) -> Hook:
-    """Wrap a forward hook so that it acts only on forward passes run by the current thread."""
-    owner = threading.get_ident()
-
-    def wrapped(module: nn.Module, inp: object, out: object) -> object:
-        if threading.get_ident() != owner:
-            return None
-        return hook(module, inp, out)
-
-    return wrapped
 
 
 def check_images(images: object, model: nn.Module) -> torch.Tensor:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._hooks import model_lock, this_thread_only
+from ._locks import model_lock, this_thread_only
 from .errors import LayerError
 
 LayerLike = nn.Module | str

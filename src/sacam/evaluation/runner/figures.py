@@ -1,7 +1,8 @@
 """Figures of a run: mean curves, metric bars ranked by method, example maps.
 
 Every method has its own colour and marker (fixed by its place in the method registry,
-so a method looks the same in every run; tab20 without its greys); SA-CAM is drawn in
+so a method looks the same in every run; tab20 without its greys, then tab20b and
+tab20c's darkest shades); SA-CAM is drawn in
 black, thicker and on top; the random baseline is grey and dashed. Legends sit in their
 own panel beside the axes.
 """
@@ -44,7 +45,14 @@ def method_style(method: str) -> dict[str, Any]:
     if method == "random":
         return {"color": "0.55", "marker": "x", "linestyle": "--", "linewidth": 1.2, "zorder": 2}
     tab20 = [mpl.colormaps["tab20"](i) for i in range(20) if i not in (14, 15)]  # no greys
-    order = tab20[0::2] + tab20[1::2]  # nine dark shades, then nine light ones
+    # nine dark shades, nine light ones, then the darkest of tab20b's five hues and of
+    # tab20c's four non-grey hues: 27 colours
+    order = (
+        tab20[0::2]
+        + tab20[1::2]
+        + [mpl.colormaps["tab20b"](i) for i in range(0, 20, 4)]
+        + [mpl.colormaps["tab20c"](i) for i in range(0, 16, 4)]
+    )
     return {
         "color": order[index % len(order)],
         "marker": MARKERS[index % len(MARKERS)],
