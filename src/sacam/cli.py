@@ -30,6 +30,7 @@ from .viz import overlay, save_grid
 
 if TYPE_CHECKING:
     from .evaluation.config import BenchmarkConfig
+    from .evaluation.ray_engine import RayOptions
 
 EXIT_USAGE = 2
 EXIT_IMAGE = 3
@@ -80,6 +81,15 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--cmap", default="jet", help="matplotlib colour map (default: jet)")
     ex.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default: 0.5)")
     ex.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    ex.add_argument(
+        "--save-maps",
+        action="store_true",
+        help="folder mode: also write each map (float16 .npy) beside its overlay",
+    )
+    ex.add_argument(
+        "--workers", type=int, default=None, help="folder mode with --engine ray: Ray workers"
+    )
+    _engine_options(ex)
 
     _benchmark_parser(sub)
 
@@ -148,7 +158,13 @@ def _benchmark_parser(sub: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--batch-size", type=int, default=16, help="images explained per step (default: 16)"
     )
-    bench.add_argument("--workers", type=int, default=4, help="image decoding threads (default: 4)")
+    bench.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="image decoding threads (default: 4); with --engine ray: Ray workers (actors; "
+        "default: as many as the cluster's CPUs, or GPUs with --gpus-per-worker, allow)",
+    )
     bench.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     bench.add_argument(
         "--steps", type=int, default=None, help="deletion/insertion steps (default: image width)"
@@ -168,6 +184,51 @@ def _benchmark_parser(sub: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--from-maps", type=Path, default=None, metavar="DIR", help="score maps saved in DIR"
     )
+    _engine_options(bench)
+
+
+def _engine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help='local: this process; ray: Ray Data actors (pip install -e ".[ray]")',
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster (auto or HOST:PORT; default: start a local Ray for the run)",
+    )
+    parser.add_argument(
+        "--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray worker (default: 0)"
+    )
+    parser.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=1.0,
+        help="CPUs (and torch threads) per Ray worker (default: 1)",
+    )
+
+
+def _ray_engine_options(args: argparse.Namespace) -> RayOptions | None:
+    """The Ray options of ``--engine ray`` (None for the local engine); checks them."""
+    if args.engine != "ray":
+        for flag, value, default in (
+            ("--address", args.address, None),
+            ("--gpus-per-worker", args.gpus_per_worker, 0.0),
+            ("--cpus-per-worker", args.cpus_per_worker, 1.0),
+        ):
+            if value != default:
+                raise SacamError(f"{flag} needs --engine ray")
+        return None
+    if args.workers is not None and args.workers < 1:
+        raise SacamError(f"--workers must be at least 1 with --engine ray, got {args.workers}")
+    if args.gpus_per_worker < 0 or args.cpus_per_worker <= 0:
+        raise SacamError("--gpus-per-worker must be 0 or more and --cpus-per-worker above 0")
+    from .evaluation.ray_engine import RayOptions, require_ray
+
+    require_ray()
+    return RayOptions(args.address, args.workers, args.gpus_per_worker, args.cpus_per_worker)
 
 
 def _check_bench_device(text: str) -> str:
@@ -194,7 +255,8 @@ def _benchmark_config(args: argparse.Namespace) -> BenchmarkConfig:
     for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
         if value is not None and value < 1:
             raise SacamError(f"{flag} must be at least 1, got {value}")
-    if args.workers < 0:
+    threads = 4 if args.workers is None or args.engine == "ray" else args.workers
+    if threads < 0:
         raise SacamError(f"--workers must be 0 or more, got {args.workers}")
     config = BenchmarkConfig(
         data_dir=args.data_dir,
@@ -211,7 +273,7 @@ def _benchmark_config(args: argparse.Namespace) -> BenchmarkConfig:
         metrics=list(args.metrics),
         device=_check_bench_device(args.device),
         batch_size=args.batch_size,
-        workers=args.workers,
+        workers=threads,
         seed=args.seed,
         save_maps=args.save_maps,
         from_maps=args.from_maps,
@@ -226,9 +288,15 @@ def _benchmark_config(args: argparse.Namespace) -> BenchmarkConfig:
 def _benchmark(args: argparse.Namespace) -> int:
     from .evaluation.runner import render_markdown, run_benchmark
 
+    options = _ray_engine_options(args)
     config = _benchmark_config(args)
+    engine = None
+    if options is not None:
+        from .evaluation.ray_engine import ray_engine
+
+        engine = ray_engine(options)
     try:
-        summary = run_benchmark(config)
+        summary = run_benchmark(config, engine=engine)
     except KeyboardInterrupt:
         print(
             f"sacam: interrupted; finished results are kept in {config.out}/: run the same "
@@ -238,6 +306,44 @@ def _benchmark(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     print(render_markdown(summary))
     print(f"wrote results.csv, summary.md, summary.json, figures and report.html to {args.out}/")
+    return 0
+
+
+def _explain_folder(args: argparse.Namespace) -> int:
+    from .evaluation.explain_folder import ExplainJob, explain_folder
+
+    options = _ray_engine_options(args)
+    if options is None and args.workers is not None:
+        raise SacamError("--workers needs --engine ray")
+    methods = tuple(dict.fromkeys(args.method or [default_method()]))
+    target = None
+    if args.target is not None:
+        target = _parse_target(args.target, load_model(args.model, weights=args.weights))
+    job = ExplainJob(
+        data_dir=Path(args.images[0]),
+        out=Path(args.out),
+        methods=methods,
+        model=args.model,
+        weights=args.weights,
+        layer=args.layer if args.layer is None or len(args.layer) > 1 else args.layer[0],
+        target=target,
+        resize=args.resize,
+        batch_size=args.batch_size,
+        device=args.device,
+        save_maps=args.save_maps,
+        cmap=args.cmap,
+        alpha=args.alpha,
+    )
+    engine = None
+    if options is not None:
+        from .evaluation.ray_engine import ray_explain_engine
+
+        engine = ray_explain_engine(options)
+    n, failed = explain_folder(job, engine)
+    what = "overlays and maps" if args.save_maps else "overlays"
+    print(f"{n} image(s) × {len(methods)} method(s): {what} in {job.out}/")
+    if failed:
+        print(f"{failed} failed (image, method) pair(s): see {job.out / 'failures.csv'}")
     return 0
 
 
@@ -278,6 +384,14 @@ def _explain(args: argparse.Namespace) -> int:
         raise SacamError("--batch-size must be at least 1")
     if not 0.0 <= args.alpha <= 1.0:
         raise SacamError("--alpha must be between 0 and 1")
+    if len(args.images) == 1 and Path(args.images[0]).is_dir():
+        return _explain_folder(args)
+    if args.engine == "ray" or args.save_maps:
+        flag = "--engine ray" if args.engine == "ray" else "--save-maps"
+        raise SacamError(f"{flag} explains a folder: pass one DIR of images")
+    _ray_engine_options(args)  # refuses --address and the other Ray options
+    if args.workers is not None:
+        raise SacamError("--workers needs a folder (DIR) and --engine ray")
     sources = list(args.images) or [f"sample:{s}" for s in SAMPLE_IMAGES]
     pictures = []
     bad = []
