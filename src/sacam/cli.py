@@ -2,7 +2,10 @@
 
 ``sacam explain [IMAGES...]`` explains images (the scikit-image sample photos by default)
 with the default pretrained model, prints each image's top-5 classes and writes overlay
-PNGs. ``sacam methods`` lists the registered methods.
+PNGs; ``sacam explain DIR`` explains a whole folder (an overlay, with ``--save-maps`` a
+map, per image; ``--engine ray`` on Ray actors). ``sacam benchmark DATA_DIR`` scores
+methods with the metrics (``--engine ray`` likewise). ``sacam methods`` lists the
+registered methods.
 
 Exit codes: 0 success; 2 bad arguments (unknown method, layer, target, model or device);
 3 unreadable input (an image, a data folder without labels, a bad labels.csv row, or an

@@ -231,7 +231,13 @@ def _connect(ray: Any, options: RayOptions) -> bool:
     """Connect to (or start) Ray; True when this run started it and must shut it down."""
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "warning"}
+    # workers' own output stays in Ray's session logs (/tmp/ray/session_*/logs): failed
+    # images are failures.csv rows, a dead job one error line
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "logging_level": "warning",
+        "log_to_driver": False,
+    }
     if options.address is not None:
         kwargs["address"] = options.address
     # workers import the model factory (pkg.mod:factory) as the driver does
@@ -259,6 +265,8 @@ def ray_engine(options: RayOptions) -> Engine:
         started = _connect(ray, options)
         try:
             _execute(ray, run, rows, options)
+        except ray.exceptions.RayError as exc:
+            raise _failed(exc) from None
         finally:
             if started:
                 ray.shutdown()
@@ -272,15 +280,13 @@ def _stream(
     actor: type,
     kwargs: dict[str, Any],
     options: RayOptions,
-    progress: bool | None,
 ) -> tuple[Any, int]:
     """``rows`` mapped by ``workers`` actors of class ``actor``; (iterable of rows, workers)."""
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = bool(progress)
+    ctx.enable_progress_bars = False  # sacam's own bar counts the images
     ctx.execution_options.preserve_order = False
-    if not progress:
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
-    workers = options.workers or _default_workers(ray, options)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    workers = min(options.workers or _default_workers(ray, options), len(rows))
     mapped = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
         actor,
         fn_constructor_kwargs=kwargs,
@@ -300,7 +306,7 @@ def _execute(ray: Any, run: Run, rows: list[dict[str, str]], options: RayOptions
         "threads": options.threads(),
         "device": options.device(),
     }
-    scored, workers = _stream(ray, rows, BatchScorer, kwargs, options, run.progress)
+    scored, workers = _stream(ray, rows, BatchScorer, kwargs, options)
     total = sum(len(json.loads(r["items"])) for r in rows)
     bar = tqdm(total=total, unit="img", desc=f"ray ×{workers}", disable=_disabled(run.progress))
     try:
@@ -341,15 +347,24 @@ def ray_explain_engine(options: RayOptions) -> ExplainEngine:
         started = _connect(ray, options)
         try:
             kwargs = {"job": job, "threads": options.threads(), "device": options.device()}
-            stream, _ = _stream(ray, rows, FolderExplainer, kwargs, options, None)
+            stream, _ = _stream(ray, rows, FolderExplainer, kwargs, options)
             for row in stream:
                 n, failures = json.loads(str(row["outcome"]))
                 done(n, [tuple(f) for f in failures])
+        except ray.exceptions.RayError as exc:
+            raise _failed(exc) from None
         finally:
             if started:
                 ray.shutdown()
 
     return engine
+
+
+def _failed(exc: BaseException) -> SacamError:
+    """A one-line error for a Ray job that died (an actor that could not load the model)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    cause = lines[-1] if lines else type(exc).__name__
+    return SacamError(f"the Ray run failed ({cause}); finished results are kept: rerun to resume")
 
 
 def _disabled(progress: bool | None) -> bool | None:
