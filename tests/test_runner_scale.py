@@ -156,14 +156,11 @@ def test_curves_batched_across_images_equal_one_image_at_a_time() -> None:
 
 def test_seed_is_the_runs(tmp_path) -> None:
     data = _folder(tmp_path, n=2)
-    run = {
-        s: run_benchmark(
-            _config(data, tmp_path / f"s{s}{k}", seed=s, metrics=["deletion"]), progress=False
-        )
-        for s, k in ((0, "a"), (0, "b"), (1, "a"))
-    }
-    assert run  # three runs
-    a, b, c = (_values(tmp_path / f"s{s}{k}") for s, k in ((0, "a"), (0, "b"), (1, "a")))
+    runs = (("a", 0), ("b", 0), ("c", 1))
+    for name, seed in runs:  # a fixed curve batch: "auto" may pick another per run
+        cfg = _config(data, tmp_path / name, seed=seed, metrics=["deletion"], curve_batch_size=8)
+        run_benchmark(cfg, progress=False)
+    a, b, c = (_values(tmp_path / name) for name, _ in runs)
     assert a == b  # the same seed: the same numbers
     random_pairs = [k for k in a if k[1] == "random"]
     assert any(a[k] != c[k] for k in random_pairs)  # the random map follows --seed
@@ -204,3 +201,26 @@ def test_one_progress_bar_per_method_with_rate_and_eta(tmp_path, capsys) -> None
     for method in ("grad-cam", "random"):
         assert f"{method}: 100%" in err and "3/3 [" in err
     assert "img/s]" in err and "<00:00" in err  # rate and remaining time
+
+
+def test_auto_curve_batch_spends_no_forward_on_measuring() -> None:
+    net = colour_net().eval()
+    seen: list[int] = []
+    handle = net.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    try:
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(5, 3, 12, 12, generator=g)
+        maps = torch.rand(5, 12, 12, generator=g)
+        auto = faithfulness.deletion(net, x, maps, targets=0, steps=40, batch_size="auto")
+        seen.clear()
+        again = faithfulness.deletion(net, x, maps, targets=0, steps=40, batch_size="auto")
+        # 40 steps of 144 px: 4 px per step, 36 steps, 37 points per image; every pass is
+        # a curve chunk, nothing is spent on timing alone
+        assert sum(seen) == 5 * 37 + 1  # + the one-image forward that checks the targets
+        fixed = faithfulness.deletion(net, x, maps, targets=0, steps=40, batch_size=7)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(auto.curves, fixed.curves, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(again.curves, fixed.curves, rtol=1e-5, atol=1e-6)
+    plan = faithfulness.tuned_plan(net, x)
+    assert plan.batch_size in (8, 16, 32, 64)

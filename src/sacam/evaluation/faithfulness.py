@@ -18,15 +18,16 @@ Conventions (from the evaluation protocols):
 from __future__ import annotations
 
 import math
+import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import nn
 
 from .._layers import probe
-from .._tuning import Plan, measure_plan, memory_cap
+from .._tuning import CANDIDATE_BATCHES, Plan, memory_cap
 from ..core import model_guard, predict
 from ..errors import InputError
 from ..filters import gaussian_blur
@@ -173,7 +174,7 @@ def curve(
 
     Every image's ``n + 1`` perturbation points go through the model together, in
     forward passes of ``batch_size`` perturbed images drawn across images, and the
-    probabilities stay on the device until the end (no host synchronisation per pass).
+    probabilities stay on the device (no host sync per pass but while tuning).
 
     Args:
         model: the classifier.
@@ -182,7 +183,8 @@ def curve(
         maps: ``(B, H, W)`` saliency; pixels switch in decreasing saliency.
         classes: ``(B,)`` class per image.
         step: pixels switched per point.
-        batch_size: perturbed images per forward pass, or ``"auto"`` (measured, cached).
+        batch_size: perturbed images per forward pass, or ``"auto"`` (tuned on the curves'
+            own first chunks, then cached; see :class:`_Tuner`).
         seed: seed of the tie-breaking jitter.
     """
     b_count, _, h, w = start.shape
@@ -194,43 +196,93 @@ def curve(
     total = b_count * points
     probs = torch.empty(total, device=device)
     with model_guard(model):
-        plan = _plan(model, start, batch_size)
-        fmt = torch.channels_last if plan.channels_last else torch.contiguous_format
-        # equal chunks of at most the plan's size: no small, slow remainder pass
-        chunk = math.ceil(total / math.ceil(total / plan.batch_size))
+        tuner = _tuner(model, start, batch_size)
+        lo = 0
         with torch.inference_mode():
-            for lo in range(0, total, chunk):
-                hi = min(lo + chunk, total)
+            while lo < total:
+                plan, timed = tuner.next(total - lo)
+                hi = min(lo + plan.batch_size, total)
+                t0 = _sync(device) if timed else 0.0
                 idx = torch.arange(lo, hi, device=device)
                 img, point = idx // points, idx % points
                 switched = (rank[img] < thresholds[point, None]).view(-1, 1, h, w)
                 x = torch.where(switched, finish[img], start[img])
+                fmt = torch.channels_last if plan.channels_last else torch.contiguous_format
                 logits = model(x.contiguous(memory_format=fmt))
                 probs[lo:hi] = torch.softmax(logits.float(), 1).gather(1, classes[img, None])[:, 0]
+                if timed and hi - lo == plan.batch_size:
+                    tuner.record(plan, 1000 * (_sync(device) - t0) / (hi - lo))
+                lo = hi
     curves = probs.view(b_count, points).cpu()
     xs = (thresholds.clamp(max=h * w) / (h * w)).double().cpu()  # the last step may be partial
     auc = torch.trapezoid(curves.double(), xs, dim=1).float()
     return CurveResult(auc=auc, curves=curves, step=step)
 
 
-_CAPS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, int]] = weakref.WeakKeyDictionary()
+def _sync(device: torch.device) -> float:
+    """Wait for the device's queued work; returns the time after it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
-def _plan(model: nn.Module, images: torch.Tensor, batch_size: int | Literal["auto"]) -> Plan:
-    """Batch size and memory format of the perturbed passes (measured once for ``"auto"``).
+@dataclass
+class _Tuner:
+    """Batch size and memory format of the curves' passes, chosen by timing real work.
 
-    The memory cap (a probe forward) and the measurement are cached per model, input
-    shape, dtype and device, so only the first call on a model pays for them.
+    While tuning, each candidate (batch size ≤ the memory cap × contiguous or
+    channels_last) runs two of the curves' own chunks, timed (the second timing counts:
+    the first may include one-off setup); then the fastest is used, in equal chunks of at
+    most its size. No forward pass is spent on measuring alone, and the state is cached
+    per model, input shape, dtype and device.
     """
+
+    candidates: tuple[Plan, ...]
+    times: dict[Plan, list[float]] = field(default_factory=dict)
+
+    def next(self, remaining: int) -> tuple[Plan, bool]:
+        """The plan of the next chunk and whether to time it."""
+        for plan in self.candidates:
+            if len(self.times.get(plan, ())) < 2:
+                return plan, True
+        best = self.best()
+        size = math.ceil(remaining / math.ceil(remaining / best.batch_size))
+        return Plan(size, best.channels_last), False
+
+    def record(self, plan: Plan, ms_per_image: float) -> None:
+        """Add one timing of ``plan``."""
+        self.times.setdefault(plan, []).append(ms_per_image)
+
+    def best(self) -> Plan:
+        """The fastest candidate timed so far (the first candidate before any timing)."""
+        timed = [p for p in self.candidates if self.times.get(p)]
+        if not timed:
+            return self.candidates[0]
+        return min(timed, key=lambda p: self.times[p][-1])
+
+
+_TUNERS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, _Tuner]] = weakref.WeakKeyDictionary()
+
+
+def _tuner(model: nn.Module, images: torch.Tensor, batch_size: int | Literal["auto"]) -> _Tuner:
+    """The (cached) tuner of ``model`` for these inputs; fixed for an int ``batch_size``."""
     if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
         raise InputError(f"batch_size must be a positive int or 'auto', got {batch_size!r}")
     if batch_size != "auto":
-        return Plan(int(batch_size), False)
+        fixed = Plan(int(batch_size), False)
+        return _Tuner((fixed,), {fixed: [0.0, 0.0]})
     key = (tuple(images.shape[1:]), images.dtype, str(images.device))
-    caps = _CAPS.setdefault(model, {})
-    if key not in caps:
-        caps[key] = memory_cap(probe(model, images[:1]), tuple(images.shape[1:]), 1024.0)
-    return measure_plan(model, images[0], caps[key])
+    tuners = _TUNERS.setdefault(model, {})
+    if key not in tuners:
+        cap = memory_cap(probe(model, images[:1]), tuple(images.shape[1:]), 1024.0)
+        sizes = sorted({min(b, cap) for b in CANDIDATE_BATCHES})
+        tuners[key] = _Tuner(tuple(Plan(b, cl) for b in sizes for cl in (False, True)))
+    return tuners[key]
+
+
+def tuned_plan(model: nn.Module, images: torch.Tensor) -> Plan:
+    """The curves' batch size and memory format for ``model`` and inputs like ``images``."""
+    return _tuner(model, images, "auto").best()
 
 
 def step_size(h: int, w: int, steps: int | None) -> int:

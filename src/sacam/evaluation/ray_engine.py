@@ -161,7 +161,7 @@ class BatchScorer:
         for method, text in zip(batch["method"], batch["items"], strict=True):
             rows = json.loads(str(text))
             items = [Item(r[0], Path(r[1]), int(r[2]), r[3]) for r in rows]
-            self.run.predictions = {r[0]: {"top1": str(r[4])} for r in rows}
+            self.run.predictions = {r[0]: {"top1": str(r[4])} for r in rows if r[4] is not None}
             collector = _Collector() if self.run.config.save_maps else None
             self.run.writer = collector
             (loaded,) = list(batches(items, self.run.lm.preprocess, len(items), 1, depth=0))
@@ -194,11 +194,10 @@ def _record_row(run: Run, text: str, maps: bytes) -> int:
     return len(pairs) + len(data["failures"])
 
 
-def _target(run: Run, item: Item) -> int:
-    if run.config.use_labels:
-        return item.label
+def _target(run: Run, item: Item) -> int | None:
+    """The driver's top-1 of ``item`` (None without one: the worker records the failure)."""
     prediction = run.predictions.get(item.name)
-    return int(prediction["top1"]) if prediction else item.label
+    return int(prediction["top1"]) if prediction else None
 
 
 def _chunks(run: Run) -> list[dict[str, str]]:

@@ -252,7 +252,7 @@ def _decode(item: Item, pre: Preprocess) -> tuple[torch.Tensor, tuple[int, int]]
     return pre.pixels(image), image.size
 
 
-def _collect(chunk: list[Item], futures: list[Future], pre: Preprocess) -> Loaded:
+def _collect(chunk: list[Item], futures: list[Future], pre: Preprocess, pin: bool) -> Loaded:
     good, pixels, sizes, failed = [], [], [], []
     for item, fut in zip(chunk, futures, strict=True):
         try:
@@ -264,16 +264,22 @@ def _collect(chunk: list[Item], futures: list[Future], pre: Preprocess) -> Loade
         pixels.append(px)
         sizes.append(size)
     stacked = torch.stack(pixels) if pixels else torch.empty(0, 3, pre.size, pre.size)
-    return Loaded(good, stacked, sizes, failed)
+    return Loaded(good, stacked.pin_memory() if pin else stacked, sizes, failed)
 
 
 def batches(
-    items: list[Item], pre: Preprocess, batch_size: int, workers: int, depth: int = 2
+    items: list[Item],
+    pre: Preprocess,
+    batch_size: int,
+    workers: int,
+    depth: int = 2,
+    pin_memory: bool = False,
 ) -> Iterator[Loaded]:
     """Decoded batches of ``items``, ``depth`` batches decoded ahead by ``workers`` threads.
 
     Decoding (PIL releases the GIL while it decodes and resizes) overlaps the model's
     work on the previous batch. Unreadable images are reported in ``failed``, not raised.
+    ``pin_memory`` pins each batch so that its copy to a GPU runs asynchronously.
     """
     chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="sacam-decode")
@@ -287,6 +293,6 @@ def batches(
             if nxt < len(chunks):
                 pending.append((chunks[nxt], [pool.submit(_decode, it, pre) for it in chunks[nxt]]))
                 nxt += 1
-            yield _collect(chunk, futures, pre)
+            yield _collect(chunk, futures, pre, pin_memory)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)

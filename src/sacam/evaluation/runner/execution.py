@@ -23,7 +23,7 @@ from ...errors import InputError, SacamError
 from ...models import LoadedModel, load_model, with_preprocess
 from ...registry import method_info
 from ..config import BenchmarkConfig
-from ..localization import Annotation, annotation_mask, load_annotations
+from ..localization import annotation_mask, load_annotations
 from ..registry import (
     MetricBatch,
     MetricInfo,
@@ -105,6 +105,9 @@ def _load(config: BenchmarkConfig) -> LoadedModel:
 def _targets(run: Run, items: list[Item]) -> torch.Tensor:
     if run.config.use_labels:
         return torch.tensor([it.label for it in items])
+    missing = [it.name for it in items if it.name not in run.predictions]
+    if missing:
+        raise InputError(f"no prediction for {missing[0]} (it could not be read earlier)")
     return torch.tensor([int(run.predictions[it.name]["top1"]) for it in items])
 
 
@@ -130,7 +133,7 @@ def _maps(
         if maps.shape[-2:] != x.shape[-2:]:
             raise InputError(f"saved maps are {tuple(maps.shape[-2:])}, the inputs {x.shape[-2:]}")
         return maps.to(x.device), classes.to(x.device), time_s
-    classes = _targets(run, items).to(x.device)
+    classes = _targets(run, items)  # on the CPU: checking them needs no device sync
     t0 = time.perf_counter()
     maps = run.cam(method)(x, classes)
     if maps.is_cuda:
@@ -138,7 +141,7 @@ def _maps(
     time_s = (time.perf_counter() - t0) / len(items)
     if run.writer is not None:
         run.writer.write(method, names, classes, maps, time_s)
-    return maps, classes, time_s
+    return maps, classes.to(x.device, non_blocking=True), time_s
 
 
 def score(metrics: list[MetricInfo], batch: MetricBatch) -> MetricOutput:
@@ -221,7 +224,8 @@ def _run_method(run: Run, method: str) -> None:
     todo = [it for it in run.dataset.items if (it.name, method) not in run.done]
     bar = tqdm(total=len(todo), unit="img", desc=method, disable=_disabled(run.progress))
     try:
-        for loaded in batches(todo, run.lm.preprocess, cfg.batch_size, cfg.workers):
+        pin = cfg.device.startswith("cuda")
+        for loaded in batches(todo, run.lm.preprocess, cfg.batch_size, cfg.workers, 2, pin):
             n = len(loaded.items) + len(loaded.failed)
             record(run, method, score_batch(run, method, loaded))
             bar.update(n)
@@ -294,7 +298,6 @@ def run_benchmark(
 
 
 __all__ = [
-    "Annotation",
     "BatchOutcome",
     "BenchmarkConfig",
     "Engine",

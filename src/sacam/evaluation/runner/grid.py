@@ -9,7 +9,7 @@ import torch
 from ...errors import SacamError
 from ..localization import make_grids, tile
 from ..registry import MetricBatch
-from .data import batches
+from .data import Item, batches
 from .state import Run
 from .store import PairResult
 
@@ -35,7 +35,7 @@ def run_grids(run: Run) -> list[str]:
     return names
 
 
-def _score_grid(run: Run, name: str, members: list, methods: list[str]) -> None:
+def _score_grid(run: Run, name: str, members: list[Item], methods: list[str]) -> None:
     cfg, lm, n = run.config, run.lm, run.config.grid_n
     (loaded,) = list(batches(members, lm.preprocess, len(members), 1))
     if loaded.failed:
