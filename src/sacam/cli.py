@@ -2,8 +2,10 @@
 
 ``sacam explain [IMAGES...]`` explains images (the scikit-image sample photos by default)
 with the default pretrained model, prints each image's top-5 classes and writes overlay
-PNGs. ``sacam methods`` lists the registered methods. ``sacam serve`` runs the web page
-(with the ``serve`` extra).
+PNGs; ``sacam explain DIR`` explains a whole folder (an overlay, with ``--save-maps`` a
+map, per image; ``--engine ray`` on Ray actors). ``sacam benchmark DATA_DIR`` scores
+methods with the metrics (``--engine ray`` likewise). ``sacam methods`` lists the
+registered methods. ``sacam serve`` runs the web page (with the ``serve`` extra).
 
 Exit codes: 0 success; 2 bad arguments (unknown method, layer, target, model or metric, a
 value out of range, an unavailable device), checked before any work; 3 unreadable input
@@ -35,6 +37,7 @@ from .viz import overlay, save_grid
 
 if TYPE_CHECKING:
     from .evaluation.config import BenchmarkConfig
+    from .evaluation.ray_engine import RayOptions
 
 EXIT_USAGE = 2
 EXIT_IMAGE = 3
@@ -211,6 +214,18 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument(
         "--device", type=_device, default="cpu", help="torch device: cpu, cuda, cuda:N, mps"
     )
+    ex.add_argument(
+        "--save-maps",
+        action="store_true",
+        help="folder mode: also write each map (float16 .npy) beside its overlay",
+    )
+    ex.add_argument(
+        "--workers",
+        type=_int_at_least(1),
+        default=None,
+        help="folder mode with --engine ray: Ray workers",
+    )
+    _engine_options(ex)
 
     _benchmark_parser(sub)
 
@@ -324,7 +339,11 @@ def _benchmark_parser(sub: argparse._SubParsersAction) -> None:
         help="images explained per step (default: 16)",
     )
     bench.add_argument(
-        "--workers", type=_int_at_least(0), default=4, help="image decoding threads (default: 4)"
+        "--workers",
+        type=_int_at_least(0),
+        default=None,
+        help="image decoding threads (default: 4); with --engine ray: Ray workers (actors; "
+        "default: as many as the cluster's CPUs, or GPUs with --gpus-per-worker, allow)",
     )
     bench.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     bench.add_argument(
@@ -352,12 +371,58 @@ def _benchmark_parser(sub: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--from-maps", type=Path, default=None, metavar="DIR", help="score maps saved in DIR"
     )
+    _engine_options(bench)
+
+
+def _engine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help='local: this process; ray: Ray Data actors (pip install -e ".[ray]")',
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster (auto or HOST:PORT; default: start a local Ray for the run)",
+    )
+    parser.add_argument(
+        "--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray worker (default: 0)"
+    )
+    parser.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=1.0,
+        help="CPUs (and torch threads) per Ray worker (default: 1)",
+    )
+
+
+def _ray_engine_options(args: argparse.Namespace) -> RayOptions | None:
+    """The Ray options of ``--engine ray`` (None for the local engine); checks them."""
+    if args.engine != "ray":
+        for flag, value, default in (
+            ("--address", args.address, None),
+            ("--gpus-per-worker", args.gpus_per_worker, 0.0),
+            ("--cpus-per-worker", args.cpus_per_worker, 1.0),
+        ):
+            if value != default:
+                raise SacamError(f"{flag} needs --engine ray")
+        return None
+    if args.workers is not None and args.workers < 1:
+        raise SacamError(f"--workers must be at least 1 with --engine ray, got {args.workers}")
+    if args.gpus_per_worker < 0 or args.cpus_per_worker <= 0:
+        raise SacamError("--gpus-per-worker must be 0 or more and --cpus-per-worker above 0")
+    from .evaluation.ray_engine import RayOptions, require_ray
+
+    require_ray()
+    return RayOptions(args.address, args.workers, args.gpus_per_worker, args.cpus_per_worker)
 
 
 def _benchmark_config(args: argparse.Namespace) -> BenchmarkConfig:
     from .evaluation.config import BenchmarkConfig
     from .evaluation.runner.maps import MapReader
 
+    threads = 4 if args.workers is None or args.engine == "ray" else args.workers
     config = BenchmarkConfig(
         data_dir=args.data_dir,
         out=args.out,
@@ -374,7 +439,7 @@ def _benchmark_config(args: argparse.Namespace) -> BenchmarkConfig:
         metrics=list(args.metrics),
         device=args.device,
         batch_size=args.batch_size,
-        workers=args.workers,
+        workers=threads,
         seed=args.seed,
         save_maps=args.save_maps,
         from_maps=args.from_maps,
@@ -389,9 +454,15 @@ def _benchmark_config(args: argparse.Namespace) -> BenchmarkConfig:
 def _benchmark(args: argparse.Namespace) -> int:
     from .evaluation.runner import render_markdown, run_benchmark
 
+    options = _ray_engine_options(args)
     config = _benchmark_config(args)
+    engine = None
+    if options is not None:
+        from .evaluation.ray_engine import ray_engine
+
+        engine = ray_engine(options)
     try:
-        summary = run_benchmark(config)
+        summary = run_benchmark(config, engine=engine)
     except KeyboardInterrupt:
         print(
             f"sacam: interrupted; finished results are kept in {config.out}/: run the same "
@@ -402,6 +473,48 @@ def _benchmark(args: argparse.Namespace) -> int:
     print(render_markdown(summary))
     print(f"wrote results.csv, summary.md, summary.json, figures and report.html to {args.out}/")
     return 0
+
+
+def _explain_folder(args: argparse.Namespace) -> int:
+    from .evaluation.explain_folder import ExplainJob, explain_folder
+
+    options = _ray_engine_options(args)
+    if options is None and args.workers is not None:
+        raise SacamError("--workers needs --engine ray")
+    methods = tuple(dict.fromkeys(args.method or [default_method()]))
+    target = None
+    if args.target is not None:
+        loaded = load_model(
+            args.model, weights=args.weights, trust_model_file=args.trust_model_file
+        )
+        target = _parse_target(args.target, loaded)
+    job = ExplainJob(
+        data_dir=Path(args.images[0]),
+        out=Path(args.out),
+        methods=methods,
+        model=args.model,
+        weights=args.weights,
+        layer=args.layer if args.layer is None or len(args.layer) > 1 else args.layer[0],
+        target=target,
+        resize=args.resize,
+        batch_size=args.batch_size,
+        device=args.device,
+        save_maps=args.save_maps,
+        cmap=args.cmap,
+        alpha=args.alpha,
+        trust_model_file=args.trust_model_file,
+    )
+    engine = None
+    if options is not None:
+        from .evaluation.ray_engine import ray_explain_engine
+
+        engine = ray_explain_engine(options)
+    n, failed = explain_folder(job, engine)
+    what = "overlays and maps" if args.save_maps else "overlays"
+    print(f"{n} image(s) × {len(methods)} method(s): {what} in {job.out}/")
+    if failed:
+        print(f"{failed} failed (image, method) pair(s): see {job.out / 'failures.csv'}")
+    return EXIT_IMAGE if failed else 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -496,6 +609,14 @@ def _write_pngs(
 
 
 def _explain(args: argparse.Namespace) -> int:
+    if len(args.images) == 1 and Path(args.images[0]).is_dir():
+        return _explain_folder(args)
+    if args.engine == "ray" or args.save_maps:
+        flag = "--engine ray" if args.engine == "ray" else "--save-maps"
+        raise SacamError(f"{flag} explains a folder: pass one DIR of images")
+    _ray_engine_options(args)  # refuses --address and the other Ray options
+    if args.workers is not None:
+        raise SacamError("--workers needs a folder (DIR) and --engine ray")
     sources = list(args.images) or [f"sample:{s}" for s in SAMPLE_IMAGES]
     methods = list(dict.fromkeys(args.method or [default_method()]))
     loaded = load_model(

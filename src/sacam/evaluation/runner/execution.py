@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,16 @@ from .report import write_report
 from .state import Run
 from .store import PairResult, ResultsStore, RunLock, pair_results
 from .summary import summarize
+
+Engine = Callable[[Run], None]
+
+
+@dataclass
+class BatchOutcome:
+    """What one batch produced: finished pairs and ``(image, error)`` failures."""
+
+    pairs: list[PairResult]
+    failures: list[tuple[str, str]]
 
 
 def select_metrics(names: list[str], has_annotations: bool) -> list[MetricInfo]:
@@ -186,6 +198,32 @@ def _drop_unsaved(run: Run, method: str, loaded: Loaded) -> None:
     loaded.sizes = [loaded.sizes[i] for i in keep]
 
 
+def score_batch(run: Run, method: str, loaded: Loaded) -> BatchOutcome:
+    """Explain and score one decoded batch: its finished pairs and its failures.
+
+    The one per-batch step of both engines (local and Ray): it writes nothing to the
+    results store (saved maps go to ``run.writer``), so the caller records the outcome.
+    """
+    if run.reader is not None:
+        _drop_unsaved(run, method, loaded)
+    outcome = BatchOutcome([], [(item.name, error) for item, error in loaded.failed])
+    if loaded.items:
+        try:
+            outcome.pairs = _score_loaded(run, method, loaded)
+        except (SacamError, RuntimeError, ValueError, OSError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            outcome.failures += [(item.name, error) for item in loaded.items]
+    return outcome
+
+
+def record(run: Run, method: str, outcome: BatchOutcome) -> None:
+    """Append a batch's failures and finished pairs to the run's results store."""
+    for name, error in outcome.failures:
+        run.store.failure(name, method, error)
+    if outcome.pairs:
+        run.store.write(outcome.pairs)
+
+
 def _run_method(run: Run, method: str) -> None:
     cfg = run.config
     todo = [it for it in run.dataset.items if (it.name, method) not in run.done]
@@ -193,20 +231,17 @@ def _run_method(run: Run, method: str) -> None:
     try:
         pin = cfg.device.startswith("cuda")
         for loaded in batches(todo, run.lm.preprocess, cfg.batch_size, cfg.workers, 2, pin):
-            if run.reader is not None:
-                _drop_unsaved(run, method, loaded)
-            for item, error in loaded.failed:
-                run.store.failure(item.name, method, error)
-            if loaded.items:
-                try:
-                    run.store.write(_score_loaded(run, method, loaded))
-                except (SacamError, RuntimeError, ValueError, OSError) as exc:
-                    error = f"{type(exc).__name__}: {exc}"
-                    for item in loaded.items:
-                        run.store.failure(item.name, method, error)
-            bar.update(len(loaded.items) + len(loaded.failed))
+            n = len(loaded.items) + len(loaded.failed)
+            record(run, method, score_batch(run, method, loaded))
+            bar.update(n)
     finally:
         bar.close()
+
+
+def local_engine(run: Run) -> None:
+    """The local engine: every method's missing pairs, batch by batch, in this process."""
+    for method in run.config.methods:
+        _run_method(run, method)
 
 
 def _prepare(config: BenchmarkConfig, progress: bool | None) -> Run:
@@ -238,13 +273,18 @@ def _n_classes(lm: LoadedModel, device: str) -> int:
         return int(lm.model(x).shape[1])
 
 
-def run_benchmark(config: BenchmarkConfig, *, progress: bool | None = None) -> dict[str, Any]:
+def run_benchmark(
+    config: BenchmarkConfig, *, progress: bool | None = None, engine: Engine | None = None
+) -> dict[str, Any]:
     """Run (or resume) a benchmark and write every output file; returns the summary.
 
     Args:
         config: the run's settings.
         progress: progress bars (one per method, with images/s and ETA): None shows them on
             a terminal only, True always (on stderr), False never.
+        engine: what computes the missing pairs into ``run.store``
+            (:func:`local_engine` by default; :func:`sacam.evaluation.ray_engine.ray_engine`
+            runs them on Ray). The lock, resume, summary and report are the same for both.
 
     Example:
         >>> from pathlib import Path
@@ -255,12 +295,21 @@ def run_benchmark(config: BenchmarkConfig, *, progress: bool | None = None) -> d
     config.out.mkdir(parents=True, exist_ok=True)
     with RunLock(config.out):
         run = _prepare(config, progress)
-        for method in config.methods:
-            _run_method(run, method)
+        (engine or local_engine)(run)
         grid_names = run_grids(run) if any(m.unit == "grid" for m in run.metrics) else []
         summary = summarize(run, grid_names)
         write_report(run, summary)
     return summary
 
 
-__all__ = ["BenchmarkConfig", "run_benchmark", "score", "select_metrics"]
+__all__ = [
+    "BatchOutcome",
+    "BenchmarkConfig",
+    "Engine",
+    "local_engine",
+    "record",
+    "run_benchmark",
+    "score",
+    "score_batch",
+    "select_metrics",
+]

@@ -1,0 +1,192 @@
+"""``sacam explain DIR``: every image below a folder explained, one overlay (and map) each.
+
+Per image ``name`` (its path below ``DIR`` without the suffix) and method ``m`` it writes
+``OUT/<name>_<m>.png`` (the overlay) and, with ``save_maps``, ``OUT/<name>_<m>.npy`` (the
+map, float16 at the input size); each file is written to a temporary name and renamed, so
+a file is whole or absent. Images whose files all exist are skipped (a rerun resumes);
+images that fail are appended to ``OUT/failures.csv`` (``image,method,error``).
+
+The per-batch step :func:`explain_batch` is the same for the local engine (this process)
+and the Ray engine (:mod:`sacam.evaluation.ray_engine`, one model per actor).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..api import build_method
+from ..errors import InputError, SacamError
+from ..models import LoadedModel, load_model, with_preprocess
+from ..viz import overlay
+from .runner.data import IMAGE_SUFFIXES, Item, batches
+from .runner.store import RunLock
+
+
+@dataclass(frozen=True)
+class ExplainJob:
+    """The settings of a folder explanation (picklable: Ray actors rebuild the model)."""
+
+    data_dir: Path
+    out: Path
+    methods: tuple[str, ...]
+    model: str | None = None
+    weights: str | None = None
+    layer: str | list[str] | None = None
+    target: int | None = None
+    resize: str | None = None
+    batch_size: int = 8
+    device: str = "cpu"
+    save_maps: bool = False
+    cmap: str = "jet"
+    alpha: float = 0.5
+    trust_model_file: bool = False
+
+    def outputs(self, name: str) -> list[Path]:
+        """The files one image gets."""
+        kinds = (".png", ".npy") if self.save_maps else (".png",)
+        return [self.out / f"{name}_{m}{k}" for m in self.methods for k in kinds]
+
+
+def list_images(data_dir: Path) -> list[Item]:
+    """Every image below ``data_dir`` (by suffix), sorted; names without the suffix."""
+    if not data_dir.is_dir():
+        raise InputError(f"{data_dir} is not a folder")
+    paths = sorted(p for p in data_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise InputError(f"{data_dir} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    rel = [p.relative_to(data_dir).with_suffix("").as_posix() for p in paths]
+    return [Item(name, p, 0, str(p)) for name, p in zip(rel, paths, strict=True)]
+
+
+class Explainer:
+    """The job's model and methods, built once (per process or per Ray actor)."""
+
+    def __init__(self, job: ExplainJob) -> None:
+        self.job = job
+        lm: LoadedModel = load_model(
+            job.model,
+            weights=job.weights,
+            device=job.device,
+            trust_model_file=job.trust_model_file,
+        )
+        if job.resize:
+            lm = with_preprocess(lm, resize=job.resize)
+        self.lm = lm
+        self.cams: dict[str, Callable[..., torch.Tensor]] = {
+            m: build_method(lm.model, m, job.layer) for m in job.methods
+        }
+
+
+def _save(path: Path, write: Callable[[Any], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        write(f)
+    os.replace(tmp, path)
+
+
+def explain_batch(ex: Explainer, items: list[Item]) -> list[tuple[str, str, str]]:
+    """Explain and write one batch; returns its failures ``(image, method, error)``."""
+    job, pre = ex.job, ex.lm.preprocess
+    (loaded,) = list(batches(items, pre, len(items), 1, depth=0))
+    failures = [(it.name, m, err) for it, err in loaded.failed for m in job.methods]
+    if not loaded.items:
+        return failures
+    x = pre.normalize(loaded.pixels).to(job.device)
+    with torch.no_grad():
+        top1 = ex.lm.model(x).argmax(1)
+    targets = torch.full_like(top1, job.target) if job.target is not None else top1
+    for method, cam in ex.cams.items():
+        try:
+            maps = cam(x, targets).detach().float().cpu()  # autograd on: gradient methods
+            for i, it in enumerate(loaded.items):
+                image = overlay(loaded.pixels[i], maps[i], cmap=job.cmap, alpha=job.alpha)
+                _save(job.out / f"{it.name}_{method}.png", lambda f: image.save(f, "PNG"))  # noqa: B023
+                if job.save_maps:
+                    arr = maps[i].numpy().astype(np.float16)
+                    _save(job.out / f"{it.name}_{method}.npy", lambda f: np.save(f, arr))  # noqa: B023
+        except (SacamError, RuntimeError, ValueError, OSError) as exc:
+            error = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+            failures += [(it.name, method, error) for it in loaded.items]
+    return failures
+
+
+def record_failures(out: Path, failures: list[tuple[str, str, str]]) -> None:
+    """Append failures to ``out/failures.csv`` as whole lines (header on creation)."""
+    if not failures:
+        return
+    path = out / "failures.csv"
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    if not path.exists():
+        w.writerow(["image", "method", "error"])
+    w.writerows(failures)
+    with path.open("a", encoding="utf-8", newline="") as f:
+        f.write(buf.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+Engine = Callable[[ExplainJob, list[list[Item]], Callable[[int, list], None]], None]
+
+
+def local_explain_engine(
+    job: ExplainJob, chunks: list[list[Item]], done: Callable[[int, list], None]
+) -> None:
+    """Explain the chunks in this process, one after another."""
+    ex = Explainer(job)
+    for chunk in chunks:
+        done(len(chunk), explain_batch(ex, chunk))
+
+
+def explain_folder(
+    job: ExplainJob, engine: Engine | None = None, progress: bool | None = None
+) -> tuple[int, int]:
+    """Explain every image below ``job.data_dir`` not explained yet.
+
+    Args:
+        job: the settings.
+        engine: :func:`local_explain_engine` by default, or
+            :func:`sacam.evaluation.ray_engine.ray_explain_engine`.
+        progress: a progress bar (None: on a terminal only).
+
+    Returns:
+        ``(images explained or skipped as done, failed (image, method) pairs)``.
+    """
+    items = list_images(job.data_dir)
+    job.out.mkdir(parents=True, exist_ok=True)
+    with RunLock(job.out):
+        todo = [it for it in items if not all(p.exists() for p in job.outputs(it.name))]
+        chunks = [todo[i : i + job.batch_size] for i in range(0, len(todo), job.batch_size)]
+        failed = 0
+        bar = tqdm(total=len(todo), unit="img", desc="explaining", disable=_disabled(progress))
+
+        def done(n: int, failures: list) -> None:
+            nonlocal failed
+            record_failures(job.out, failures)
+            failed += len(failures)
+            bar.update(n)
+
+        try:
+            if chunks:
+                (engine or local_explain_engine)(job, chunks, done)
+        finally:
+            bar.close()
+    return len(items), failed
+
+
+def _disabled(progress: bool | None) -> bool | None:
+    return None if progress is None else not progress
+
+
+__all__ = ["ExplainJob", "Explainer", "explain_batch", "explain_folder", "list_images"]
