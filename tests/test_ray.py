@@ -31,7 +31,12 @@ METRICS = ["confidence", "deletion", "complexity"]  # three metric groups
 
 @pytest.fixture(scope="module")
 def cluster():  # noqa: ANN201
-    ray = pytest.importorskip("ray", reason='the Ray engine needs pip install -e ".[ray]"')
+    # skipped on a developer's machine without the extra; under CI (.ci/run sets CI) the
+    # extra is installed and a missing ray fails the run instead of hiding the feature
+    if os.environ.get("CI"):
+        import ray
+    else:
+        ray = pytest.importorskip("ray", reason='the Ray engine needs pip install -e ".[ray]"')
     ray.init(
         num_cpus=2,
         include_dashboard=False,
