@@ -21,11 +21,12 @@ inside its functions, and ``import sacam`` never imports this module.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
@@ -226,6 +227,23 @@ def _default_workers(ray: Any, options: RayOptions) -> int:
     return max(1, int(resources.get("CPU", 1) // max(options.cpus_per_worker, 1e-3)))
 
 
+@contextlib.contextmanager
+def _session(ray: Any, options: RayOptions) -> Iterator[None]:
+    """Connect to (or start) Ray for one run; a failed Ray job becomes one SacamError.
+
+    A Ray instance this run started is shut down afterwards; one already running (a
+    caller's, or a cluster's) is left as it is.
+    """
+    started = _connect(ray, options)
+    try:
+        yield
+    except ray.exceptions.RayError as exc:
+        raise _failed(exc) from None
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def _connect(ray: Any, options: RayOptions) -> bool:
     """Connect to (or start) Ray; True when this run started it and must shut it down."""
     if ray.is_initialized():
@@ -261,14 +279,8 @@ def ray_engine(options: RayOptions) -> Engine:
         rows = _chunks(run)
         if not rows:
             return
-        started = _connect(ray, options)
-        try:
+        with _session(ray, options):
             _execute(ray, run, rows, options)
-        except ray.exceptions.RayError as exc:
-            raise _failed(exc) from None
-        finally:
-            if started:
-                ray.shutdown()
 
     return engine
 
@@ -343,18 +355,12 @@ def ray_explain_engine(options: RayOptions) -> ExplainEngine:
         job: ExplainJob, chunks: list[list[Item]], done: Callable[[int, list], None]
     ) -> None:
         rows = [{"items": json.dumps([[it.name, str(it.path)] for it in c])} for c in chunks]
-        started = _connect(ray, options)
-        try:
+        with _session(ray, options):
             kwargs = {"job": job, "threads": options.threads(), "device": options.device()}
             stream, _ = _stream(ray, rows, FolderExplainer, kwargs, options)
             for row in stream:
                 n, failures = json.loads(str(row["outcome"]))
                 done(n, [tuple(f) for f in failures])
-        except ray.exceptions.RayError as exc:
-            raise _failed(exc) from None
-        finally:
-            if started:
-                ray.shutdown()
 
     return engine
 
