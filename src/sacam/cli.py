@@ -156,6 +156,24 @@ def _existing_dir(text: str) -> Path:
     return path
 
 
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    """The model-loading options every subcommand that loads a model shares."""
+    parser.add_argument(
+        "--model", default=None, help="model name, .pt2/TorchScript file, or pkg.mod:factory"
+    )
+    parser.add_argument(
+        "--weights",
+        type=_existing_file,
+        default=None,
+        help="state dict for the --model architecture",
+    )
+    parser.add_argument(
+        "--trust-model-file",
+        action="store_true",
+        help="allow a model file that runs code while loading (TorchScript, pickles)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="sacam", description="Class activation maps for CNN classifiers, with SA-CAM."
@@ -170,20 +188,7 @@ def _parser() -> argparse.ArgumentParser:
         help="image files; 'sample:NAME' for a scikit-image photo; none: the sample photos "
         f"({', '.join(SAMPLE_IMAGES)})",
     )
-    ex.add_argument(
-        "--model", default=None, help="model name, .pt2/TorchScript file, or pkg.mod:factory"
-    )
-    ex.add_argument(
-        "--weights",
-        type=_existing_file,
-        default=None,
-        help="state dict for the --model architecture",
-    )
-    ex.add_argument(
-        "--trust-model-file",
-        action="store_true",
-        help="allow a model file that runs code while loading (TorchScript, pickles)",
-    )
+    _model_options(ex)
     ex.add_argument(
         "--method",
         action="append",
@@ -236,15 +241,7 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument(
         "--port", type=_port, default=8000, help="TCP port, 0 for a free one (default: 8000)"
     )
-    srv.add_argument("--model", default=None, help="model (as for explain)")
-    srv.add_argument(
-        "--weights", type=_existing_file, default=None, help="state dict for the --model"
-    )
-    srv.add_argument(
-        "--trust-model-file",
-        action="store_true",
-        help="allow a model file that runs code while loading (TorchScript, pickles)",
-    )
+    _model_options(srv)
     srv.add_argument(
         "--device", type=_device, default="cpu", help="torch device: cpu, cuda, cuda:N, mps"
     )
@@ -297,15 +294,7 @@ def _benchmark_parser(sub: argparse._SubParsersAction) -> None:
         help="images: a folder with labels.csv (file,class_index), class sub-folders "
         "(WordNet ids or class indices), or ImageNet val with LOC_val_solution.csv",
     )
-    bench.add_argument("--model", default=None, help="model (as for explain)")
-    bench.add_argument(
-        "--weights", type=_existing_file, default=None, help="state dict for the --model"
-    )
-    bench.add_argument(
-        "--trust-model-file",
-        action="store_true",
-        help="allow a model file that runs code while loading (TorchScript, pickles)",
-    )
+    _model_options(bench)
     bench.add_argument(
         "--methods",
         nargs="+",
