@@ -24,6 +24,7 @@ from .errors import InputError, LayerError
 
 __all__ = ["Capture", "check_images", "model_guard", "model_lock", "this_thread_only"]
 
+
 @contextlib.contextmanager
 def model_guard(model: nn.Module, *, eval_mode: bool = True, freeze: bool = True) -> Iterator[None]:
     """Hold the model's lock, set eval mode and freeze parameters; restore all, whatever happens.

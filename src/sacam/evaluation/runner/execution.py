@@ -37,7 +37,7 @@ from .grid import run_grids
 from .maps import MapReader, MapWriter
 from .predictions import predict_all
 from .report import write_report
-from .state import Run
+from .state import Run, check_methods
 from .store import PairResult, ResultsStore, RunLock, pair_results
 from .summary import summarize
 
@@ -251,11 +251,12 @@ def _prepare(config: BenchmarkConfig, progress: bool | None) -> Run:
     metrics = select_metrics(config.metrics, bool(dataset.annotations))
     for m in config.methods:
         method_info(m)  # unknown names fail before any work, listing the valid ones
-    settings = config.settings() | {"metrics": [m.name for m in metrics]}
-    _check_settings(config.out, settings)
     torch.manual_seed(config.seed)
     lm = _load(config)
     check_labels(dataset.items, len(lm.class_names) or _n_classes(lm, config.device))
+    check_methods(config, lm.model)  # a bad layer or option fails before any file is written
+    settings = config.settings() | {"metrics": [m.name for m in metrics]}
+    _check_settings(config.out, settings)
     store = ResultsStore(config.out)
     done = store.done_pairs()
     predictions = predict_all(config.out, dataset.items, lm, config, progress)
