@@ -145,7 +145,9 @@ def _method_option(text: str) -> tuple[str, str, Any]:
     method, sep, rest = text.partition(":")
     key, eq, raw = rest.partition("=")
     if not sep or not eq or not key:
-        raise argparse.ArgumentTypeError(f"{text!r} is not METHOD:KEY=VALUE (e.g. sa-cam:temperature=5)")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not METHOD:KEY=VALUE (e.g. sa-cam:temperature=5)"
+        )
     if method not in list_methods():
         raise argparse.ArgumentTypeError(
             f"unknown method {method!r}; one of: {', '.join(list_methods())}"
