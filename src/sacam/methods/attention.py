@@ -188,7 +188,9 @@ class SACAM(BaseCAM):
                 f"base {base_name!r} does not accept option(s) {', '.join(unknown)}; it "
                 f"accepts: {', '.join(base_cls.option_names())}"
             )
-        self.base = base_cls(self.model, self.layer, **(base_options or {}))
+        self.base = base_cls(
+            self.model, self.layer, output_transform=self.output_transform, **(base_options or {})
+        )
         self.base_name = base_name
         self.uses_gradients = base_cls.uses_gradients  # type: ignore[misc]
         self.operator: Operator = operator
