@@ -153,6 +153,14 @@ def test_callable_targets_see_the_converted_output(pair_images) -> None:
     assert torch.equal(maps, sacam.explain(net, pair_images, "grad-cam", targets=2))
 
 
+def test_tta_reads_the_output(pair_images) -> None:
+    net = small_cnn()
+    plain = sacam.explain(net, pair_images, "grad-cam", tta=True)
+    assert torch.equal(
+        sacam.explain(Wrapped(net, "tuple"), pair_images, "grad-cam", tta=True), plain
+    )
+
+
 def _hook_count(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
