@@ -205,7 +205,7 @@ def test_the_families_the_issue_names_take_volumes() -> None:
     assert set(GRADIENT) | {"eigen-cam", "eigen-grad-cam", "smooth-grad-cam++"} <= set(
         volume_methods()
     )
-    assert not {"score-cam", "ablation-cam", "sa-cam", "fullgrad"} & set(volume_methods())
+    assert not {"score-cam", "ablation-cam", "fullgrad", "guided-grad-cam"} & set(volume_methods())
 
 
 def test_a_4d_layer_of_a_volume_model_is_refused(x: torch.Tensor) -> None:
@@ -229,3 +229,49 @@ def test_eigen_smooth_and_batches_work_on_volumes(x: torch.Tensor) -> None:
     one = sacam.explain(net, x[1:], "layer-cam", targets=0, eigen_smooth=True)
     assert both.shape == (2, 4, 4, 4)
     torch.testing.assert_close(both[1:], one)
+
+
+def _frame_nets() -> tuple[nn.Module, nn.Module]:
+    """A 2-D CNN and the 3-D CNN with the same weights and kernels of depth 1."""
+    g = torch.Generator().manual_seed(5)
+    net2 = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 3),
+    ).double()
+    net3 = nn.Sequential(
+        nn.Conv3d(2, 4, (1, 3, 3), padding=(0, 1, 1)),
+        nn.ReLU(),
+        nn.Conv3d(4, 6, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool3d(1),
+        nn.Flatten(),
+        nn.Linear(6, 3),
+    ).double()
+    with torch.no_grad():
+        for p2, p3 in zip(net2.parameters(), net3.parameters(), strict=True):
+            p2.copy_(torch.randn(p2.shape, generator=g, dtype=torch.float64))
+            p3.copy_(p2.view(p3.shape))
+    return net2, net3
+
+
+@pytest.mark.parametrize("method", volume_methods())
+def test_one_frame_volume_equals_the_image(method: str) -> None:
+    """T = 1 with depth-1 kernels is the 2-D network: the maps must be the 2-D maps."""
+    net2, net3 = _frame_nets()
+    images = torch.rand(2, 2, 12, 12, generator=torch.Generator().manual_seed(6)).double()
+    options = {"n_samples": 2} if method == "smooth-grad-cam++" else {}
+    flat = sacam.explain(net2, images, method, layer="2", targets=[0, 2], **options)
+    vol = sacam.explain(net3, images[:, :, None], method, layer="2", targets=[0, 2], **options)
+    assert vol.shape == (2, 1, 12, 12)
+    # maps are float32: upsampling (trilinear here, bilinear there) rounds differently
+    torch.testing.assert_close(vol[:, 0], flat, rtol=0, atol=1e-6)
+
+
+def test_sa_cam_refuses_volumes_with_a_2d_base(x: torch.Tensor) -> None:
+    with pytest.raises(sacam.InputError, match="sa-cam's base 'score-cam'.*base='grad'"):
+        sacam.explain(Net3D().double(), x, "sa-cam", base="score")
