@@ -39,7 +39,7 @@ OutputTransform = Callable[[object], torch.Tensor]
 
 _HINT = (
     "pass output_transform= (a callable from the model's output to the (B, classes) tensor "
-    'to explain), e.g. output_transform=lambda out: out["scores"]'
+    "to explain), e.g. output_transform=lambda out: {example}"
 )
 
 
@@ -96,10 +96,17 @@ def to_logits(output: object, output_transform: OutputTransform | None = None) -
             return tensors[0]
     elif isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
         return output[0]
+    example = "out.scores"
+    if isinstance(output, Mapping):
+        keys = [k for k, v in output.items() if isinstance(v, torch.Tensor)]
+        example = f"out[{keys[0]!r}]" if keys else example
+    elif isinstance(output, tuple | list):
+        found = [i for i, v in enumerate(output) if isinstance(v, torch.Tensor)]
+        example = f"out[{found[0]}]" if found else example
     raise TargetError(
         f"the model returned {_describe(output)}, and sacam cannot tell which tensor to "
         "explain (it takes a tensor, .logits, a dict's 'logits' entry or only tensor, or a "
-        f"tuple's first element): {_HINT}"
+        f"tuple's first element): {_HINT.format(example=example)}"
     )
 
 
