@@ -81,7 +81,7 @@ def _options(method: str, kind: str) -> dict[str, object]:
     if kind == "custom":
         options["output_transform"] = custom_transform
     if "batch_size" in sacam.get_method(method).option_names():
-        options["batch_size"] = 4  # "auto" is timed per model: equal up to rounding only
+        options["batch_size"] = 64  # "auto" is timed per model: equal up to rounding only
     return options
 
 
