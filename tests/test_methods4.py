@@ -236,3 +236,26 @@ def test_sess_rejects_bad_options(cnn, options, message) -> None:
 def test_sess_refuses_a_scale_below_the_window(cnn, images) -> None:
     with pytest.raises(MethodError, match="at least the window"):
         sacam.explain(cnn, images, method="sess", scales=[8, 16])
+
+
+def test_gradcampp_pytorch_grad_cam_variant_adds_its_epsilon_by_hand() -> None:
+    from .conftest import GapNet
+
+    a = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[2.0, 0.0], [0.0, 2.0]]]])
+    net = GapNet([[4e-3, 8e-3]])  # g = w / 4: 1e-3 and 2e-3, so g² ≪ ε = 1e-7
+
+    def expected(eps: float) -> torch.Tensor:
+        ws = []
+        for g, total in ((1e-3, 10.0), (2e-3, 4.0)):
+            alpha = g * g / (2 * g * g + g**3 * total + eps)
+            ws.append(4 * alpha * g)  # Σ_ij α ReLU(g), the same at the 4 positions
+        raw = ws[0] * a[0, 0].double() + ws[1] * a[0, 1].double()
+        return ((raw - raw.min()) / (raw.max() - raw.min())).float()
+
+    paper = sacam.explain(net, a, method="grad-cam++", layer="feat", upsample=False)
+    pgc = sacam.explain(
+        net, a, method="grad-cam++", layer="feat", upsample=False, variant="pytorch-grad-cam"
+    )
+    assert torch.allclose(paper[0], expected(0.0), atol=1e-5)
+    assert torch.allclose(pgc[0], expected(1e-7), atol=1e-5)
+    assert (paper - pgc).abs().max() > 1e-2
