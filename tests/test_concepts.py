@@ -96,7 +96,7 @@ def test_plot_concepts_writes_a_figure(tmp_path) -> None:
 
 
 def test_find_classifier_takes_the_last_matching_linear() -> None:
-    from sacam.dff import find_classifier
+    from sacam.methods.dff import find_classifier
 
     net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
     assert find_classifier(net, 4) is net[2]

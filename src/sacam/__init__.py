@@ -10,8 +10,8 @@ from . import methods, smoothing, transforms  # noqa: F401
 from ._layers import list_layers
 from .api import build_method, explain, explain_full
 from .core import BaseCAM, Explanation
-from .dff import Concepts, concepts, plot_concepts
 from .errors import InputError, LayerError, MethodError, ModelError, SacamError, TargetError
+from .methods.dff import Concepts, concepts, plot_concepts
 from .registry import get_method, list_methods, method_info, register_method
 from .targets import (
     ClassifierOutputSoftmaxTarget,

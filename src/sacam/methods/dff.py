@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._hooks import Capture, check_images, model_guard
-from ._layers import LayersLike, probe, resolve_layers
-from .core import normalize_maps
-from .errors import LayerError, MethodError
+from .._hooks import Capture, check_images, model_guard
+from .._layers import LayersLike, probe, resolve_layers
+from ..core import normalize_maps
+from ..errors import LayerError, MethodError
+from ._options import check_count, check_seed
 
 __all__ = ["Concepts", "concepts", "find_classifier", "plot_concepts"]
 
@@ -153,11 +154,10 @@ def concepts(
         >>> c.maps.shape, c.vectors.shape, c.top_classes.shape
         (torch.Size([2, 3, 16, 16]), torch.Size([3, 8]), torch.Size([3, 2]))
     """
-    for name, value in (("n_components", n_components), ("top_k", top_k), ("max_iter", max_iter)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise MethodError(f"{name} must be a positive int, got {value!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise MethodError(f"seed must be an int, got {seed!r}")
+    check_count("n_components", n_components)
+    check_count("top_k", top_k)
+    check_count("max_iter", max_iter)
+    check_seed(seed)
     images = check_images(images, model)
     acts, label = _activations(model, images, layer, reshape_transform)
     b, k, h, w = acts.shape
@@ -171,17 +171,27 @@ def concepts(
     if upsample and (h, w) != tuple(images.shape[-2:]):
         maps = F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
     maps = normalize_maps(maps.reshape(b * n_components, *maps.shape[-2:]))[0].view_as(maps)
-    scores = top_classes = top_scores = None
     head = find_classifier(model, k) if classifier == "auto" else classifier
-    if head is not None:
-        if not callable(head):
-            raise MethodError(f"classifier must be 'auto', None or callable, got {head!r}")
-        with model_guard(model), torch.inference_mode():
-            logits = head(vectors)
-        scores = torch.softmax(logits.float(), dim=1).clone()
-        top = scores.topk(min(top_k, scores.shape[1]), dim=1)
-        top_classes, top_scores = top.indices, top.values
+    scores, top_classes, top_scores = _classify(model, head, vectors, top_k)
     return Concepts(maps, vectors, scores, top_classes, top_scores, label)
+
+
+Maybe = torch.Tensor | None
+
+
+def _classify(
+    model: nn.Module, head: object, vectors: torch.Tensor, top_k: int
+) -> tuple[Maybe, Maybe, Maybe]:
+    """Softmax scores of the concept vectors, their top classes and scores (or Nones)."""
+    if head is None:
+        return None, None, None
+    if not callable(head):
+        raise MethodError(f"classifier must be 'auto', None or callable, got {head!r}")
+    with model_guard(model), torch.inference_mode():
+        logits = head(vectors)
+    scores = torch.softmax(logits.float(), dim=1).clone()
+    top = scores.topk(min(top_k, scores.shape[1]), dim=1)
+    return scores, top.indices, top.values
 
 
 def plot_concepts(
@@ -212,7 +222,7 @@ def plot_concepts(
     from matplotlib import colormaps
     from matplotlib.patches import Patch
 
-    from .viz import saved_figure, to_rgb_array
+    from ..viz import saved_figure, to_rgb_array
 
     rgb = to_rgb_array(image)
     maps = found.maps[index].detach().float().cpu().numpy()  # (n, H, W)
