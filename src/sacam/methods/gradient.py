@@ -69,8 +69,8 @@ class GradCAMPlusPlus(BaseCAM):
 
     ``variant="paper"`` (default) follows the paper and its authors' code.
     ``variant="pytorch-grad-cam"`` reproduces pytorch-grad-cam 1.5.7, which adds
-    ``ε = 10⁻⁷`` to the denominator: where ``g² ≪ ε`` (intermediate layers of a deep
-    network, e.g. two thirds of the positions at EfficientNet-Lite0's ``_blocks.10``)
+    ``ε = 10⁻⁶`` to the denominator: where ``g² ≪ ε`` (intermediate layers of a deep
+    network, e.g. most positions at EfficientNet-Lite0's ``_blocks.10``)
     that turns ``α`` into about ``g²/ε`` and changes the map (refine-cam's parity rows in
     docs/parity.md). ``variant="torchcam"`` reproduces torchcam 0.5.0, whose denominator
     is ``2 g_{ij}^2 + Σ_ab g_{ab}^3 A^k_{ab}`` (a sum of products). Where ``g_{ij} = 0``
@@ -115,7 +115,7 @@ def _gradcampp_alpha(
     else:
         denom = 2 * g2 + g3 * acts.sum(dim=(2, 3), keepdim=True)
     if variant == "pytorch-grad-cam":
-        denom = denom + 1e-7
+        denom = denom + 1e-6
     ok = (g2 != 0) & (denom != 0)
     return torch.where(ok, g2 / torch.where(ok, denom, torch.ones_like(denom)), 0.0)
 
