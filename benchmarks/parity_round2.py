@@ -111,9 +111,9 @@ COMPARISONS: list[tuple[str, dict, str]] = [
     ("guided-grad-cam", {}, "default (ReLU6 guided too)"),
     ("fullgrad", {"variant": "pytorch-grad-cam"}, 'variant="pytorch-grad-cam"'),
     ("fullgrad", {}, "default (authors' code)"),
-    ("refine-cam", {"base_options": {"variant": "pytorch-grad-cam"}}, "grad-cam++ with ε"),
+    ("refine-cam", {"variant": "pytorch-grad-cam"}, 'variant="pytorch-grad-cam"'),
     ("refine-cam", {"base": "grad-cam"}, 'base="grad-cam" (both)'),
-    ("refine-cam", {}, "default (grad-cam++ of the paper)"),
+    ("refine-cam", {}, "default (Grad-CAM++ of its paper)"),
     ("seg-eigen-cam", {}, "default"),
     ("sess", {"num_scales": SESS_SCALES}, f"num_scales={SESS_SCALES} (both libraries)"),
 ]

@@ -43,9 +43,7 @@ def _refine(
 ) -> tuple:
     from torchcam.methods import GradCAM, GradCAMpp, RefineCAM
 
-    options = {"base": base, "variant": "torchcam"}
-    if base == "grad-cam++":
-        options["base_options"] = {"variant": "torchcam"}
+    options = {"base": base, "variant": "torchcam"}  # grad-cam++: its torchcam variant
     ours = sacam.explain(
         net, xi, method="refine-cam", layer=list(layers), targets=c, upsample=False, **options
     )[0]

@@ -141,6 +141,22 @@ def test_refine_cam_with_one_layer_is_its_base(cnn, images) -> None:
     assert torch.allclose(c, sacam.explain(cnn, images, method="score-cam", layer="4"), atol=1e-5)
 
 
+def test_refine_cam_variants_pick_the_base_variant(cnn, images) -> None:
+    lay = ["1", "4"]
+    pgc = sacam.explain(cnn, images, method="refine-cam", layer=lay, variant="pytorch-grad-cam")
+    explicit = sacam.explain(
+        cnn, images, method="refine-cam", layer=lay, base_options={"variant": "pytorch-grad-cam"}
+    )
+    assert torch.equal(pgc, explicit)
+    cam = sacam.build_method(cnn, "refine-cam", variant="torchcam")
+    assert cam.base.variant == "torchcam"
+    kept = sacam.build_method(
+        cnn, "refine-cam", variant="torchcam", base_options={"variant": "paper"}
+    )
+    assert kept.base.variant == "paper"
+    assert sacam.build_method(cnn, "refine-cam").base.variant == "paper"
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -148,7 +164,7 @@ def test_refine_cam_with_one_layer_is_its_base(cnn, images) -> None:
         ({"base": "nope"}, "unknown method"),
         ({"base": 3}, "method name"),
         ({"base_options": {"bogus": 1}}, "does not accept"),
-        ({"variant": "paper"}, "variant must be"),
+        ({"variant": "pytorch"}, "variant must be"),
     ],
 )
 def test_refine_cam_rejects_bad_options(cnn, options, message) -> None:

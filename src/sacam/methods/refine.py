@@ -18,7 +18,7 @@ from ._options import check_variant
 __all__ = ["RefineCAM", "base_method"]
 
 REFINE_URL = "https://arxiv.org/abs/2605.14641"
-Variant = Literal["pytorch-grad-cam", "torchcam"]
+Variant = Literal["paper", "pytorch-grad-cam", "torchcam"]
 
 
 def base_method(owner: BaseCAM, method: str, base: object, options: object) -> BaseCAM:
@@ -76,12 +76,17 @@ class RefineCAM(BaseCAM):
     "_blocks.15"]``). With one layer it is the base method.
 
     Both libraries multiply the same normalised maps and differ in the grid. Default
-    ``variant="pytorch-grad-cam"`` (pytorch-grad-cam 1.5.7's ``RefineCAM``) multiplies
-    the maps at the output resolution: the input size, or with ``upsample=False`` the
-    largest layer's grid, which is torchcam's grid. ``variant="torchcam"`` (torchcam
-    0.5.0's ``RefineCAM``) always multiplies at the largest layer's grid, then upsamples
-    the product bilinearly (what torchcam's user does to overlay it). The paper's text
-    was not available to us; both libraries cite it for this product.
+    ``variant="paper"`` multiplies them at the output resolution (the input size, or
+    with ``upsample=False`` the largest layer's grid, torchcam's grid), as
+    pytorch-grad-cam 1.5.7's ``RefineCAM``, with Grad-CAM++ as its paper defines it.
+    ``variant="pytorch-grad-cam"`` reproduces pytorch-grad-cam's map: the same product,
+    with the base ``grad-cam++`` in its ``"pytorch-grad-cam"`` variant (``ε = 10⁻⁶`` in
+    α's denominator, which changes maps at intermediate layers, where ``g² ≪ ε``).
+    ``variant="torchcam"`` follows torchcam 0.5.0's ``RefineCAM``: the product on the
+    largest layer's grid, then upsampled bilinearly, with ``grad-cam++``'s
+    ``"torchcam"`` variant (torchcam's own Grad-CAM++ does not follow its formula; see
+    ``grad-cam++``). An explicit ``base_options={"variant": ...}`` wins. The paper's
+    text was not available to us; both libraries cite it for this product.
 
     Options: ``base`` (a registered method name), ``base_options`` (a dict for it),
     ``variant``. The :class:`~sacam.core.Explanation` keeps the base's per-layer maps in
@@ -103,11 +108,15 @@ class RefineCAM(BaseCAM):
         *args: Any,
         base: str = "grad-cam++",
         base_options: Mapping[str, Any] | None = None,
-        variant: Variant = "pytorch-grad-cam",
+        variant: Variant = "paper",
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.variant = check_variant("refine-cam", variant, ("pytorch-grad-cam", "torchcam"))
+        self.variant = check_variant(
+            "refine-cam", variant, ("paper", "pytorch-grad-cam", "torchcam")
+        )
+        if base == "grad-cam++" and variant != "paper" and isinstance(base_options, Mapping | None):
+            base_options = {"variant": variant, **(base_options or {})}
         self.base = base_method(self, "refine-cam", base, base_options)
         self.uses_gradients = self.base.uses_gradients  # type: ignore[misc]
 
