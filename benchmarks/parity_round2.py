@@ -34,6 +34,7 @@ from sacam.images import load_image
 from sacam.models import load_model
 
 LAYERS = ("_blocks.15", "_bn1")
+SESS_SCALES = 4  # 13 windows per image instead of the default 12 scales' 155
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -55,13 +56,21 @@ def load_batch(folder: Path, limit: int | None) -> tuple[list[str], torch.Tensor
 
 
 def peer_maps(
-    name: str, net: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor, cls: int
+    name: str,
+    net: torch.nn.Module,
+    layer: torch.nn.Module | list[torch.nn.Module],
+    x: torch.Tensor,
+    cls: int,
+    options: dict | None = None,
 ) -> np.ndarray:
     """pytorch-grad-cam 1.5.7's map of one image ``(1, 3, H, W)`` for class ``cls``."""
     import pytorch_grad_cam as pgc
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     targets = [ClassifierOutputTarget(cls)]
+    if isinstance(layer, list):  # refine-cam: several layers
+        base = pgc.GradCAM if (options or {}).get("base") == "grad-cam" else pgc.GradCAMPlusPlus
+        return pgc.RefineCAM(net, layer, base_method=base)(x, targets)[0]
     if name == "fem":
         with pgc.FEM(net, [layer]) as cam:
             return cam(x, targets)[0]
@@ -76,6 +85,12 @@ def peer_maps(
             return cam(x, targets=None)[0]  # its default: top-1 against 3 nearest logits
     if name == "fullgrad":
         with pgc.FullGrad(net, []) as cam:  # every Conv2d/BatchNorm2d with a bias
+            return cam(x, targets)[0]
+    if name == "seg-eigen-cam":
+        with pgc.SegEigenCAM(net, [layer]) as cam:
+            return cam(x, targets)[0]
+    if name == "sess":
+        with pgc.SESS(net, [layer], num_scales=SESS_SCALES, batch_size=16) as cam:
             return cam(x, targets)[0]
     if name == "guided-grad-cam":
         with pgc.GradCAM(net, [layer]) as cam:
@@ -96,7 +111,94 @@ COMPARISONS: list[tuple[str, dict, str]] = [
     ("guided-grad-cam", {}, "default (ReLU6 guided too)"),
     ("fullgrad", {"variant": "pytorch-grad-cam"}, 'variant="pytorch-grad-cam"'),
     ("fullgrad", {}, "default (authors' code)"),
+    ("refine-cam", {"variant": "pytorch-grad-cam"}, 'variant="pytorch-grad-cam"'),
+    ("refine-cam", {"base": "grad-cam"}, 'base="grad-cam" (both)'),
+    ("refine-cam", {}, "default (Grad-CAM++ of its paper)"),
+    ("seg-eigen-cam", {}, "default"),
+    ("sess", {"num_scales": SESS_SCALES}, f"num_scales={SESS_SCALES} (both libraries)"),
 ]
+# refine-cam multiplies the maps of several layers (14 × 14 and 7 × 7; 28, 14 and 7)
+REFINE_LAYERS = (("_blocks.10", "_blocks.15"), ("_blocks.4", "_blocks.10", "_blocks.15"))
+
+
+def summarise(method: str, label: str, layer: str, rs: list[float], t0: float) -> dict:
+    """One row of the table: mean, minimum and share above 0.99 of the r values; printed."""
+    r = np.array(rs)
+    ok = r[np.isfinite(r)]
+    row = {
+        "method": method,
+        "options": label,
+        "layer": layer,
+        "images": len(r),
+        "constant": int((~np.isfinite(r)).sum()),
+        "mean_r": float(ok.mean()) if ok.size else float("nan"),
+        "min_r": float(ok.min()) if ok.size else float("nan"),
+        "share_above_0.99": float((ok > 0.99).mean()) if ok.size else float("nan"),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    print(
+        f"{method:16s} {label:52s} {layer:16s} n={row['images']:3d} "
+        f"mean r={row['mean_r']:.5f} min r={row['min_r']:.5f} "
+        f"r>0.99: {100 * row['share_above_0.99']:.0f}%",
+        flush=True,
+    )
+    return row
+
+
+def grad_cam_rows(net: torch.nn.Module, x: torch.Tensor, top: torch.Tensor, methods) -> list:  # noqa: ANN001
+    """The comparisons with pytorch-grad-cam on the default model."""
+    rows = []
+    for method, options, label in COMPARISONS:
+        if methods and method not in methods:
+            continue
+        layers: tuple = LAYERS
+        if method == "fullgrad":
+            layers = (None,)
+        elif method == "refine-cam":
+            layers = REFINE_LAYERS
+        for layer_name in layers:
+            t0 = time.perf_counter()
+            rs = []
+            for i in range(len(x)):
+                xi, c = x[i : i + 1], int(top[i])
+                lay = list(layer_name) if isinstance(layer_name, tuple) else layer_name or "_bn1"
+                ours = sacam.explain(net, xi, method=method, layer=lay, targets=c, **options)
+                module = (
+                    [net.get_submodule(n) for n in lay]
+                    if isinstance(lay, list)
+                    else net.get_submodule(lay)
+                )
+                theirs = peer_maps(method, net, module, xi.clone(), c, options)
+                rs.append(pearson(ours[0].numpy(), theirs))
+            shown = "+".join(layer_name) if isinstance(layer_name, tuple) else layer_name
+            rows.append(summarise(method, label, shown or "all bias layers", rs, t0))
+    return rows
+
+
+def dff_rows(net: torch.nn.Module, x: torch.Tensor, methods, n: int = 5) -> list:  # noqa: ANN001
+    """sacam.concepts against pytorch-grad-cam's DeepFeatureFactorization on the whole batch.
+
+    One factorisation per layer over all images (both: scikit-learn's NMF, seed 0); per
+    image and concept, r between the two maps; the share of concepts whose top class
+    (the head ``_fc`` on the concept vector) agrees is printed and stored.
+    """
+    if methods and "concepts" not in methods:
+        return []
+    from pytorch_grad_cam import DeepFeatureFactorization
+
+    rows = []
+    for layer_name in ("_bn1",):  # 1280 channels: the head _fc applies to concept vectors
+        t0 = time.perf_counter()
+        ours = sacam.concepts(net, x, n, layer=layer_name, classifier=net._fc)
+        dff = DeepFeatureFactorization(net, net.get_submodule(layer_name), None, net._fc)
+        _, maps, logits = dff(x.clone(), n)
+        rs = [pearson(ours.maps[i, j].numpy(), maps[i][j]) for i in range(len(x)) for j in range(n)]
+        row = summarise("concepts", f"n_components={n} (DFF)", layer_name, rs, t0)
+        same = ours.top_classes[:, 0].numpy() == np.argmax(logits, axis=1)
+        row["top_class_agreement"] = float(same.mean())
+        print(f"{'':16s} top class of each concept agrees: {100 * same.mean():.0f}%", flush=True)
+        rows.append(row)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,49 +210,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import pytorch_grad_cam
+    from parity_torchcam import torchcam_rows
 
     torch.manual_seed(0)
     names, x = load_batch(args.folder, args.limit)
     net = load_model().model.eval()
     with torch.no_grad():
         top = net(x).argmax(1)
-    rows = []
-    for method, options, label in COMPARISONS:
-        if args.methods and method not in args.methods:
-            continue
-        layers: tuple[str | None, ...] = (None,) if method == "fullgrad" else LAYERS
-        for layer_name in layers:
-            t0 = time.perf_counter()
-            rs = []
-            for i in range(len(names)):
-                xi = x[i : i + 1]
-                c = int(top[i])
-                ours = sacam.explain(
-                    net, xi, method=method, layer=layer_name or "_bn1", targets=c, **options
-                )[0].numpy()
-                module = net.get_submodule(layer_name or "_bn1")
-                theirs = peer_maps(method, net, module, xi.clone(), c)
-                rs.append(pearson(ours, theirs))
-            r = np.array(rs)
-            ok = r[np.isfinite(r)]
-            row = {
-                "method": method,
-                "options": label,
-                "layer": layer_name or "all bias layers",
-                "images": len(r),
-                "constant": int((~np.isfinite(r)).sum()),
-                "mean_r": float(ok.mean()) if ok.size else float("nan"),
-                "min_r": float(ok.min()) if ok.size else float("nan"),
-                "share_above_0.99": float((ok > 0.99).mean()) if ok.size else float("nan"),
-                "seconds": round(time.perf_counter() - t0, 1),
-            }
-            rows.append(row)
-            print(
-                f"{method:16s} {label:52s} {row['layer']:16s} n={row['images']:3d} "
-                f"mean r={row['mean_r']:.5f} min r={row['min_r']:.5f} "
-                f"r>0.99: {100 * row['share_above_0.99']:.0f}%",
-                flush=True,
-            )
+    rows = grad_cam_rows(net, x, top, args.methods)
+    rows += dff_rows(net, x, args.methods)
+    rows += torchcam_rows(net, x, top, args.methods, summarise, pearson)
     meta = {
         "sacam": sacam.__version__ if hasattr(sacam, "__version__") else "dev",
         "pytorch_grad_cam": "1.5.7",

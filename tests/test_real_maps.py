@@ -26,6 +26,7 @@ FAST = {
     "is-cam": {"top_channels": 4, "n_samples": 2, "batch_size": 8},
     "ablation-cam": {"top_channels": 8, "batch_size": 8},
     "group-cam": {"groups": 8, "batch_size": 8},
+    "sess": {"num_scales": 2},
 }
 # CAM needs the classifier's input channels (1280): it refuses _blocks.15 (320 channels)
 NOT_APPLICABLE = {("cam", "_blocks.15")}
@@ -36,8 +37,12 @@ def photos(default_model) -> torch.Tensor:  # noqa: ANN001
     return default_model.preprocess.batch([sample_image(n) for n in PHOTOS])
 
 
+# token-model methods (family "transformer") need a ViT: tests/test_legrad.py
+CNN_METHODS = [m for m in sacam.list_methods() if sacam.method_info(m).family != "transformer"]
+
+
 @pytest.mark.parametrize("layer", LAYERS, ids=["head", "blocks15"])
-@pytest.mark.parametrize("method", sacam.list_methods())
+@pytest.mark.parametrize("method", CNN_METHODS)
 def test_no_map_is_constant_on_real_photos(method: str, layer, default_model, photos) -> None:  # noqa: ANN001
     if (method, layer) in NOT_APPLICABLE:
         with pytest.raises(sacam.LayerError, match="nn.Linear"):

@@ -162,6 +162,8 @@ def test_every_method_leaves_a_training_model_exactly_as_it_was() -> None:
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(8))
     before = snapshot(model)
     for method in list_methods():
+        if sacam.method_info(method).family == "transformer":  # ViTs: tests/test_legrad.py
+            continue
         sacam.explain(model, x, method, eval_mode=False)
         sacam.explain(model, x, method)
     assert_same_state(before, snapshot(model))

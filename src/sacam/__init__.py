@@ -11,6 +11,7 @@ from ._layers import list_layers
 from .api import build_method, explain, explain_full
 from .core import BaseCAM, Explanation
 from .errors import InputError, LayerError, MethodError, ModelError, SacamError, TargetError
+from .methods.dff import Concepts, concepts, plot_concepts
 from .registry import get_method, list_methods, method_info, register_method
 from .targets import (
     ClassifierOutputSoftmaxTarget,
@@ -26,6 +27,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 __all__ = [
     "BaseCAM",
     "ClassifierOutputSoftmaxTarget",
+    "Concepts",
     "ClassifierOutputTarget",
     "Explanation",
     "InputError",
@@ -37,11 +39,13 @@ __all__ = [
     "TargetError",
     "__version__",
     "build_method",
+    "concepts",
     "explain",
     "explain_full",
     "get_method",
     "list_layers",
     "list_methods",
     "method_info",
+    "plot_concepts",
     "register_method",
 ]

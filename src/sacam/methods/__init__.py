@@ -3,6 +3,7 @@
 # attention (SA-CAM) refines the methods above; registration order is import order
 from . import activation, gradient, perturbation, decomposition, baseline  # isort: skip
 from . import fem, kpca, shapley, finer, guided, fullgrad, recipro  # isort: skip
+from . import refine, sess, segeigen, legrad  # isort: skip
 from . import attention  # isort: skip
 
 __all__ = [
@@ -16,7 +17,11 @@ __all__ = [
     "gradient",
     "guided",
     "kpca",
+    "legrad",
     "perturbation",
     "recipro",
+    "refine",
+    "segeigen",
+    "sess",
     "shapley",
 ]

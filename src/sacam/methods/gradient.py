@@ -70,11 +70,15 @@ class GradCAMPlusPlus(BaseCAM):
     .. math:: \alpha^{kc}_{ij} = \frac{g_{ij}^2}{2 g_{ij}^2 + g_{ij}^3 \sum_{ab} A^k_{ab}},\quad
               w^c_k = \sum_{ij} \alpha^{kc}_{ij}\,\mathrm{ReLU}(g_{ij})
 
-    ``variant="paper"`` (default) follows the paper and its authors' code (and
-    pytorch-grad-cam 1.5.7). ``variant="torchcam"`` reproduces torchcam 0.5.0, whose
-    denominator is ``2 g_{ij}^2 + Σ_ab g_{ab}^3 A^k_{ab}`` (a sum of products). Where
-    ``g_{ij} = 0`` or the denominator is 0, ``α`` is 0. Measured: torchcam 0.5.0's
-    output does not follow its own formula: its in-place division acts on a boolean-mask
+    ``variant="paper"`` (default) follows the paper and its authors' code.
+    ``variant="pytorch-grad-cam"`` reproduces pytorch-grad-cam 1.5.7, which adds
+    ``ε = 10⁻⁶`` to the denominator: where ``g² ≪ ε`` (intermediate layers of a deep
+    network, e.g. most positions at EfficientNet-Lite0's ``_blocks.10``)
+    that turns ``α`` into about ``g²/ε`` and changes the map (refine-cam's parity rows in
+    docs/parity.md). ``variant="torchcam"`` reproduces torchcam 0.5.0, whose denominator
+    is ``2 g_{ij}^2 + Σ_ab g_{ab}^3 A^k_{ab}`` (a sum of products). Where ``g_{ij} = 0``
+    or the denominator is 0, ``α`` is 0. Measured: torchcam 0.5.0's output does not
+    follow its own formula: its in-place division acts on a boolean-mask
     copy (``alpha[mask].div_(...)``), so its α stays ``g²``; its maps differ from both
     variants (max abs difference 0.21 on the sample photos, benchmarks/speed.py).
 
@@ -90,10 +94,13 @@ class GradCAMPlusPlus(BaseCAM):
     volumes = True
 
     def __init__(
-        self, *args: Any, variant: Literal["paper", "torchcam"] = "paper", **kwargs: Any
+        self,
+        *args: Any,
+        variant: Literal["paper", "pytorch-grad-cam", "torchcam"] = "paper",
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        check_variant("grad-cam++", variant, ("paper", "torchcam"))
+        check_variant("grad-cam++", variant, ("paper", "pytorch-grad-cam", "torchcam"))
         self.variant = variant
 
     def weights(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
@@ -113,6 +120,8 @@ def _gradcampp_alpha(
         denom = 2 * g2 + (g3 * acts).sum(dim=space, keepdim=True)
     else:
         denom = 2 * g2 + g3 * acts.sum(dim=space, keepdim=True)
+    if variant == "pytorch-grad-cam":
+        denom = denom + 1e-6
     ok = (g2 != 0) & (denom != 0)
     return torch.where(ok, g2 / torch.where(ok, denom, torch.ones_like(denom)), 0.0)
 

@@ -1,0 +1,256 @@
+"""Deep Feature Factorization (Collins et al., ECCV 2018): concepts found by NMF of a layer.
+
+:func:`concepts` factorises a layer's activations over a batch into ``n_components``
+concept vectors and their spatial maps; :func:`plot_concepts` draws them on an image.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._hooks import Capture, check_images, model_guard
+from .._layers import LayersLike, probe, resolve_layers
+from ..core import normalize_maps
+from ..errors import LayerError, MethodError
+from ._options import check_count, check_seed
+
+__all__ = ["Concepts", "concepts", "find_classifier", "plot_concepts"]
+
+DFF_URL = "https://arxiv.org/abs/1806.10206"
+Classifier = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Concepts:
+    """What :func:`concepts` found.
+
+    Attributes:
+        maps: ``(B, n, H, W)``: where each concept is in each image, every map min-max
+            normalised to [0, 1] on its own (``(B, n, h, w)`` when not upsampled).
+        vectors: ``(n, K)``: each concept's activation vector in the layer's channels.
+        scores: ``(n, classes)`` softmax of the classifier on each concept vector, or
+            ``None`` without a classifier.
+        top_classes: ``(n, top_k)`` class indices by decreasing score (``None`` likewise).
+        top_scores: ``(n, top_k)`` their softmax scores.
+        layer: the factorised layer's label.
+    """
+
+    maps: torch.Tensor
+    vectors: torch.Tensor
+    scores: torch.Tensor | None
+    top_classes: torch.Tensor | None
+    top_scores: torch.Tensor | None
+    layer: str
+
+
+def find_classifier(model: nn.Module, channels: int) -> nn.Linear | None:
+    """The model's last ``nn.Linear`` taking ``channels`` inputs (the head after pooling), or None.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        ...                     nn.Linear(8, 4))
+        >>> find_classifier(net, 8) is net[3], find_classifier(net, 5)
+        (True, None)
+    """
+    found = [m for m in model.modules() if isinstance(m, nn.Linear) and m.in_features == channels]
+    return found[-1] if found else None
+
+
+def _nmf(matrix: np.ndarray, n: int, seed: int, max_iter: int) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's NMF ``X ≈ W H`` with random initialisation (as pytorch-grad-cam)."""
+    from sklearn.decomposition import NMF
+    from sklearn.exceptions import ConvergenceWarning
+
+    model = NMF(n_components=n, init="random", random_state=seed, max_iter=max_iter)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        w = model.fit_transform(matrix)
+    if any(issubclass(c.category, ConvergenceWarning) for c in caught):
+        warnings.warn(
+            f"NMF did not converge in max_iter={max_iter} iterations: the concepts are "
+            "approximate; raise max_iter",
+            stacklevel=3,
+        )
+    return w, model.components_
+
+
+def _activations(
+    model: nn.Module, images: torch.Tensor, layer: LayersLike, reshape: Classifier | None
+) -> tuple[torch.Tensor, str]:
+    with model_guard(model):
+        refs = resolve_layers(model, layer, probe(model, images))
+        if len(refs) != 1:
+            raise LayerError("concepts factorise one layer: pass a single layer")
+        with Capture(refs, with_grad=False) as cap, torch.inference_mode():
+            model(images)
+        if refs[0].label not in cap.stored:
+            raise LayerError(f"layer {refs[0].label!r} did not run in this forward pass")
+        acts = cap.stored[refs[0].label].clone()
+    acts = reshape(acts) if reshape is not None else acts
+    if acts.ndim != 4:
+        raise LayerError(
+            f"layer {refs[0].label!r} outputs shape {tuple(acts.shape)}, not (B, K, h, w): pick "
+            "a convolutional layer, or pass reshape_transform for token outputs"
+        )
+    return acts, refs[0].label
+
+
+def concepts(
+    model: nn.Module,
+    images: torch.Tensor,
+    n_components: int = 5,
+    layer: LayersLike = None,
+    *,
+    classifier: Classifier | nn.Module | str | None = "auto",
+    top_k: int = 2,
+    upsample: bool = True,
+    reshape_transform: Classifier | None = None,
+    seed: int = 0,
+    max_iter: int = 200,
+) -> Concepts:
+    r"""Deep Feature Factorization (Collins et al., ECCV 2018, https://arxiv.org/abs/1806.10206).
+
+    The layer's activations over the batch form a ``(K, B·h·w)`` matrix ``A`` (a column
+    per position of every image). Each channel's minimum ``m_k`` is subtracted (NMF needs
+    non-negative entries) and non-negative matrix factorisation gives
+    ``A - m ≈ W H`` with ``W`` ``(K, n)`` and ``H`` ``(n, B·h·w)``: column ``j`` of
+    ``W + m`` is concept ``j``'s vector in the layer's channels, row ``j`` of ``H``
+    reshaped to ``(B, h, w)`` its maps (min-max normalised per image and concept,
+    upsampled bilinearly). The concepts are shared by the whole batch. With a
+    classifier (by default the model's last ``nn.Linear`` taking ``K`` inputs, the head
+    after global pooling: :func:`find_classifier`), each concept vector is classified:
+    ``softmax(classifier(w_j))`` and its ``top_k`` classes. Same as pytorch-grad-cam
+    1.5.7's ``DeepFeatureFactorization`` (scikit-learn's ``NMF(init="random",
+    random_state=0)``, its defaults) with ``computation_on_concepts`` set to the head.
+
+    Args:
+        model: the network; left as it was (eval mode only during the call).
+        images: ``(B, C, H, W)``, normalised as the model expects.
+        n_components: number of concepts ``n``.
+        layer: the layer to factorise (default: the engine's, the last 4-D layer).
+        classifier: ``"auto"`` (find the head), a module or callable mapping ``(n, K)`` to
+            ``(n, classes)``, or ``None`` (no class scores).
+        top_k: classes kept per concept.
+        upsample: maps at the input's size (else the layer's).
+        reshape_transform: maps token outputs to ``(B, K, h, w)``.
+        seed: NMF's ``random_state`` (its random initialisation).
+        max_iter: NMF iterations (a warning says when it did not converge).
+
+    Example:
+        >>> import torch, sacam
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        ...                     nn.Flatten(), nn.Linear(8, 4))
+        >>> c = sacam.concepts(net, torch.rand(2, 3, 16, 16), n_components=3, max_iter=2000)
+        >>> c.maps.shape, c.vectors.shape, c.top_classes.shape
+        (torch.Size([2, 3, 16, 16]), torch.Size([3, 8]), torch.Size([3, 2]))
+    """
+    check_count("n_components", n_components)
+    check_count("top_k", top_k)
+    check_count("max_iter", max_iter)
+    check_seed(seed)
+    images = check_images(images, model)
+    acts, label = _activations(model, images, layer, reshape_transform)
+    b, k, h, w = acts.shape
+    dtype = torch.float64 if acts.dtype == torch.float64 else torch.float32  # as the layer
+    matrix = torch.nan_to_num(acts.detach()).transpose(0, 1).reshape(k, -1).to("cpu", dtype).numpy()
+    offset = matrix.min(axis=1, keepdims=True)
+    w_mat, h_mat = _nmf(matrix - offset, n_components, seed, max_iter)
+    vectors = torch.from_numpy(w_mat + offset).T.to(device=acts.device, dtype=acts.dtype)
+    maps = torch.from_numpy(h_mat).reshape(n_components, b, h, w).transpose(0, 1)
+    maps = maps.to(device=acts.device, dtype=torch.float32)
+    if upsample and (h, w) != tuple(images.shape[-2:]):
+        maps = F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    maps = normalize_maps(maps.reshape(b * n_components, *maps.shape[-2:]))[0].view_as(maps)
+    head = find_classifier(model, k) if classifier == "auto" else classifier
+    scores, top_classes, top_scores = _classify(model, head, vectors, top_k)
+    return Concepts(maps, vectors, scores, top_classes, top_scores, label)
+
+
+Maybe = torch.Tensor | None
+
+
+def _classify(
+    model: nn.Module, head: object, vectors: torch.Tensor, top_k: int
+) -> tuple[Maybe, Maybe, Maybe]:
+    """Softmax scores of the concept vectors, their top classes and scores (or Nones)."""
+    if head is None:
+        return None, None, None
+    if not callable(head):
+        raise MethodError(f"classifier must be 'auto', None or callable, got {head!r}")
+    with model_guard(model), torch.inference_mode():
+        logits = head(vectors)
+    scores = torch.softmax(logits.float(), dim=1).clone()
+    top = scores.topk(min(top_k, scores.shape[1]), dim=1)
+    return scores, top.indices, top.values
+
+
+def plot_concepts(
+    path: str | Path,
+    image: torch.Tensor | np.ndarray,
+    found: Concepts,
+    index: int = 0,
+    *,
+    class_names: Sequence[str] | None = None,
+    image_weight: float = 0.3,
+) -> Path:
+    """Save a PNG of one image's concepts: each pixel in its strongest concept's colour.
+
+    The colour of concept ``j`` (matplotlib's ``gist_rainbow``, as pytorch-grad-cam's
+    ``show_factorization_on_image``) is scaled by that concept's map value, blended with
+    the image (``image_weight``), beside the image itself; the legend lists each
+    concept's top classes and scores (names from ``class_names`` when given).
+
+    Args:
+        path: where to write the PNG (folders are created).
+        image: the image, ``(3, H, W)`` tensor or ``(H, W, 3)`` array of [0, 1] pixels,
+            at the size of ``found.maps``.
+        found: the result of :func:`concepts`.
+        index: which image of the batch.
+        class_names: names of the classes, indexed by class.
+        image_weight: weight of the image in the blend.
+    """
+    from matplotlib import colormaps
+    from matplotlib.patches import Patch
+
+    from ..viz import saved_figure, to_rgb_array
+
+    rgb = to_rgb_array(image)
+    maps = found.maps[index].detach().float().cpu().numpy()  # (n, H, W)
+    if maps.shape[-2:] != rgb.shape[:2]:
+        raise MethodError(
+            f"the image is {rgb.shape[:2]} but the concept maps are {maps.shape[-2:]}: pass "
+            "the image at the size the concepts were computed for (upsample=True)"
+        )
+    n = maps.shape[0]
+    colours = np.array([colormaps["gist_rainbow"](j / n)[:3] for j in range(n)])
+    strongest = maps.argmax(axis=0)
+    shade = colours[strongest] * maps.max(axis=0)[..., None]
+    blend = image_weight * rgb + (1 - image_weight) * shade
+    handles = [Patch(color=colours[j], label=_legend(found, j, class_names)) for j in range(n)]
+    with saved_figure(path, figsize=(8, 4.5), ncols=2) as (fig, axes):
+        axes[0].imshow(rgb)
+        axes[1].imshow(np.clip(blend, 0, 1))
+        for ax in axes:
+            ax.axis("off")
+        fig.legend(handles=handles, loc="lower center", ncol=min(n, 4), fontsize=8)
+        fig.subplots_adjust(bottom=0.1 + 0.06 * math.ceil(n / 4))
+    return Path(path)
+
+
+def _legend(found: Concepts, j: int, names: Sequence[str] | None) -> str:
+    if found.top_classes is None or found.top_scores is None:
+        return f"concept {j}"
+    parts = []
+    for c, s in zip(found.top_classes[j].tolist(), found.top_scores[j].tolist(), strict=True):
+        parts.append(f"{names[c] if names is not None else c}: {s:.2f}")
+    return f"{j}: " + ", ".join(parts)
