@@ -103,3 +103,66 @@ def test_opti_cam_raises_the_masked_logit(images) -> None:
 def test_opti_cam_rejects_bad_options(option: str, value: object) -> None:
     with pytest.raises(MethodError, match=option if option != "objective" else "objective"):
         sacam.build_method(GapNet([[1.0, 1.0]]), "opti-cam", **{option: value})
+
+
+# ----------------------------------------------------------------------------- FD-CAM
+def test_fd_cam_by_hand() -> None:
+    # identity layer, logit_0 = Σ_k W_k mean(A^k). Cosine similarities: cos(0,1) = 0.995,
+    # cos(2,3) = 0.989, cos(1,3) = 0.015, the rest 0, so with threshold ½ (the midpoint of
+    # each row's 2nd and 3rd smallest) the groups are {0,1}, {0,1}, {2,3}, {2,3}. On this
+    # additive tail s_i = y(on) + y − y(off) = 2 Σ_{k∈G_i} W_k μ_k = [−0.8, −0.8, 2.1, 2.1],
+    # minmax -> [0, 0, 1, 1]; g = W / 3, minmax -> (W + 1) / 3 = [2/3, 0, 1, ½].
+    a = [[1.0, 0.0, 0.0], [2.0, 0.2, 0.0], [0.0, 0.0, 1.0], [0.0, 0.3, 2.0]]
+    x = torch.tensor(a)[None, :, None, :]
+    net = GapNet([[1.0, -1.0, 2.0, 0.5], [0.0, 0.0, 0.0, 1.0]])
+    out = sacam.explain(
+        net, x, method="fd-cam", layer="feat", targets=0, threshold=0.5, upsample=False
+    )
+    w = [2 / 3 - 0.5, -0.5, math.e - 0.5, math.e / 2 - 0.5]
+    raw = [max(0.0, sum(w[k] * a[k][p] for k in range(4))) for p in range(3)]
+    expected = _minmax(torch.tensor(raw))
+    torch.testing.assert_close(out[0, 0], expected, rtol=0, atol=1e-6)
+
+
+def _reference_fd_cam(net: nn.Sequential, x: torch.Tensor, c: int, q: float) -> torch.Tensor:
+    """One image, layer ``net[:2]``, the tail ``net[2:]`` run directly, NumPy quantiles."""
+    import numpy as np
+
+    acts = net[:2](x).detach()
+    leaf = acts.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(net[2:](leaf)[0, c], leaf)
+    g = g[0].mean(dim=(1, 2))
+    flat = acts[0].flatten(1).numpy()
+    k = flat.shape[0]
+    s = torch.zeros(k, dtype=x.dtype)
+    y = net(x)[0, c]
+    for i in range(k):
+        cos = np.array(
+            [
+                flat[i] @ flat[j] / (np.linalg.norm(flat[i]) * np.linalg.norm(flat[j]) or np.inf)
+                for j in range(k)
+            ]
+        )
+        on = torch.tensor(cos > np.quantile(cos, q), dtype=x.dtype)[None, :, None, None]
+        s[i] = net[2:](acts * on)[0, c] + y - net[2:](acts * (1 - on))[0, c]
+    w = torch.exp(_minmax(s)) * _minmax(g) - 0.5
+    sal = (w[:, None, None] * acts[0]).sum(0).clamp_min(0)
+    return _minmax(F.interpolate(sal[None, None], size=x.shape[-2:], mode="bilinear")[0, 0])
+
+
+def test_fd_cam_matches_a_direct_tail_reference(images) -> None:
+    net = small_cnn().double().eval()
+    x = images.double()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    maps = sacam.explain(net, x, method="fd-cam", layer="1", targets=[4, 0, 2], batch_size=5)
+    for b, c in enumerate([4, 0, 2]):
+        ref = _reference_fd_cam(net, x[b : b + 1], c, 0.95)
+        torch.testing.assert_close(maps[b], ref.float(), rtol=0, atol=1e-6)
+
+
+def test_fd_cam_rejects_bad_options() -> None:
+    with pytest.raises(MethodError, match="threshold"):
+        sacam.build_method(GapNet([[1.0, 1.0]]), "fd-cam", threshold=1.5)
+    with pytest.raises(MethodError, match="reshape_transform"):
+        sacam.build_method(GapNet([[1.0, 1.0]]), "fd-cam", reshape_transform=lambda t: t)

@@ -3,7 +3,7 @@
 # attention (SA-CAM) refines the methods above; registration order is import order
 from . import activation, gradient, perturbation, decomposition, baseline  # isort: skip
 from . import fem, kpca, shapley, finer, guided, fullgrad, recipro  # isort: skip
-from . import opti  # isort: skip
+from . import opti, fd  # isort: skip
 from . import attention  # isort: skip
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "attention",
     "baseline",
     "decomposition",
+    "fd",
     "fem",
     "finer",
     "fullgrad",
