@@ -166,3 +166,73 @@ def test_fd_cam_rejects_bad_options() -> None:
         sacam.build_method(GapNet([[1.0, 1.0]]), "fd-cam", threshold=1.5)
     with pytest.raises(MethodError, match="reshape_transform"):
         sacam.build_method(GapNet([[1.0, 1.0]]), "fd-cam", reshape_transform=lambda t: t)
+
+
+# ----------------------------------------------------------------------------- LIFT-CAM
+class _LiftNet(nn.Module):
+    """Identity layer -> per-channel 1x1 conv (w = 1, 2; b = −1, ½) -> ReLU -> mean -> sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.feat = nn.Identity()
+        self.conv = nn.Conv2d(2, 2, 1, groups=2)
+        self.relu = nn.ReLU()
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([1.0, 2.0]).view(2, 1, 1, 1))
+            self.conv.bias.copy_(torch.tensor([-1.0, 0.5]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.relu(self.conv(self.feat(x)))
+        return torch.stack([z.mean(dim=(1, 2, 3)) * 2, -z.mean(dim=(1, 2, 3))], dim=1)
+
+
+def test_lift_cam_rescale_rule_by_hand() -> None:
+    # y = mean over positions of ReLU(A0 − 1) + ReLU(2 A1 + ½) (×2/2 channels = Σ of means).
+    # A0 = [3, ½, 2]: z = [2, −½, 1], z0 = −1, so Δrelu/Δz = [2/3, 0, 1/2] and
+    #   w0 = Σ A0 · m / 3 = (3·2/3 + 0 + 2·1/2) / 3 = 1 (= Δy of channel 0).
+    # A1 = [1, −1, 0]: z = [2.5, −1.5, ½], z0 = ½, Δrelu/Δz = [1, 1/4, relu'(½) = 1] (Δz = 0),
+    #   times the conv weight 2: w1 = (1·2 − 1·½ + 0) / 3 = ½ (a gradient would give 2/3).
+    # map = ReLU(A0 + ½ A1) = [3.5, 0, 2] -> [1, 0, 4/7].
+    x = torch.tensor([[[[3.0, 0.5, 2.0]], [[1.0, -1.0, 0.0]]]])
+    out = sacam.explain(_LiftNet(), x, method="lift-cam", layer="feat", targets=0, upsample=False)
+    torch.testing.assert_close(out[0, 0], torch.tensor([1.0, 0.0, 4 / 7]), rtol=0, atol=1e-6)
+
+
+def _tail_net(inplace: bool = False) -> nn.Sequential:
+    torch.manual_seed(3)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(inplace=inplace),
+        nn.Conv2d(6, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.SiLU(),
+        nn.Conv2d(8, 8, 1),
+        nn.Sigmoid(),
+        nn.AvgPool2d(2),
+        nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    ).double()
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_lift_cam_contributions_sum_to_the_score_change(images, inplace: bool) -> None:
+    # DeepLIFT's rescale rule is exact on linear layers and element-wise activations:
+    # Σ_k w_k = y(A) − y(0) for every image, whatever the activations (summation to delta).
+    net = _tail_net(inplace).eval()
+    x = images.double()
+    targets = torch.tensor([0, 1, 3])
+    ex = sacam.explain_full(net, x, method="lift-cam", layer="0", targets=targets)
+    with torch.no_grad():
+        y = net(x)[torch.arange(3), targets]
+        y0 = net[1:](torch.zeros_like(net[0](x)))[torch.arange(3), targets]
+    totals = ex.extras["lift-cam"]["0"].sum(dim=1)
+    torch.testing.assert_close(totals, y - y0, rtol=0, atol=1e-10)
+
+
+def test_lift_cam_rejects_bad_options() -> None:
+    with pytest.raises(MethodError, match="eps"):
+        sacam.build_method(GapNet([[1.0, 1.0]]), "lift-cam", eps=-1.0)
+    with pytest.raises(MethodError, match="reshape_transform"):
+        sacam.build_method(GapNet([[1.0, 1.0]]), "lift-cam", reshape_transform=lambda t: t)

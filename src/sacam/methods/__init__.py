@@ -3,7 +3,7 @@
 # attention (SA-CAM) refines the methods above; registration order is import order
 from . import activation, gradient, perturbation, decomposition, baseline  # isort: skip
 from . import fem, kpca, shapley, finer, guided, fullgrad, recipro  # isort: skip
-from . import opti, fd  # isort: skip
+from . import opti, fd, lift  # isort: skip
 from . import attention  # isort: skip
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "gradient",
     "guided",
     "kpca",
+    "lift",
     "opti",
     "perturbation",
     "recipro",
