@@ -25,8 +25,8 @@ def similarity_groups(acts: torch.Tensor, threshold: float) -> torch.Tensor:
 
     Example:
         >>> a = torch.tensor([[[1.0, 0.0]], [[2.0, 0.1]], [[0.0, 1.0]]])
-        >>> similarity_groups(a, 0.5).int().tolist()
-        [[1, 1, 0], [1, 1, 0], [0, 0, 1]]
+        >>> similarity_groups(a, 0.25).int().tolist()  # cos(0, 1) = 0.999, cos(1, 2) = 0.05
+        [[1, 1, 0], [1, 1, 0], [0, 1, 1]]
     """
     flat = acts.flatten(1).double()
     norms = flat.norm(dim=1)
