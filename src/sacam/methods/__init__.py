@@ -3,7 +3,7 @@
 # attention (SA-CAM) refines the methods above; registration order is import order
 from . import activation, gradient, perturbation, decomposition, baseline  # isort: skip
 from . import fem, kpca, shapley, finer, guided, fullgrad, recipro  # isort: skip
-from . import opti, fd, lift  # isort: skip
+from . import opti, poly, lift, fd  # isort: skip
 from . import attention  # isort: skip
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "lift",
     "opti",
     "perturbation",
+    "poly",
     "recipro",
     "shapley",
 ]
