@@ -346,3 +346,17 @@ def test_poly_cam_rejects_bad_options() -> None:
         sacam.build_method(net, "poly-cam", lnorm=1)
     with pytest.raises(MethodError, match="outlier"):
         sacam.build_method(net, "poly-cam", outlier=60)
+
+
+def test_top_channels_all_is_exact_and_fewer_skip_the_weakest(cnn, images) -> None:
+    for method in ("poly-cam", "fd-cam"):
+        full = sacam.explain(cnn, images, method=method, layer="1", batch_size=8)
+        same = sacam.explain(cnn, images, method=method, layer="1", batch_size=8, top_channels=8)
+        torch.testing.assert_close(same, full, rtol=0, atol=0)
+    # Poly-CAM with one channel scored: the strongest channel (largest mean, A0) alone
+    a = torch.tensor([[[[2.0, 0.0, 1.0]], [[0.0, 0.3, 0.0]]]])
+    out = sacam.explain(
+        GapNet([[1.0, 1.0]]), a, method="poly-cam", layer="feat", targets=0, top_channels=1,
+        upsample=False,
+    )  # fmt: skip
+    torch.testing.assert_close(out[0, 0], torch.tensor([1.0, 0.0, 0.5]), rtol=0, atol=1e-6)

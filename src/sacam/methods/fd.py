@@ -10,8 +10,8 @@ from .._hooks import Capture
 from ..core import CallContext, LayerData, normalize_maps
 from ..errors import LayerError, MethodError
 from ..registry import register_method
-from ._options import check_number
-from ._perturb import PerturbationCAM, target_scores
+from ._options import check_count, check_number
+from ._perturb import PerturbationCAM, strongest_channels, target_scores
 
 __all__ = ["FDCAM", "similarity_groups"]
 
@@ -70,7 +70,10 @@ class FDCAM(PerturbationCAM):
     ``2 K`` passes per image under ``torch.inference_mode()`` (the authors' code runs
     the tail alone). Options of the perturbation methods (``batch_size``,
     ``max_memory_mb``, ``bf16``) apply. Needs the layer's own ``(B, K, h, w)`` output
-    (no ``reshape_transform``). No library implements it (the authors' code aside).
+    (no ``reshape_transform``). ``top_channels=n`` (off by default, not exact) scores
+    only the groups of the ``n`` channels with the largest mean activation; the others
+    get the lowest score found (0 after the min-max). No library implements it (the
+    authors' code aside).
 
     Example:
         >>> import torch, sacam
@@ -83,9 +86,18 @@ class FDCAM(PerturbationCAM):
 
     uses_gradients = True
 
-    def __init__(self, *args: Any, threshold: float = 0.95, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        threshold: float = 0.95,
+        top_channels: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.threshold = check_number("threshold", threshold, minimum=0, maximum=1)
+        self.top_channels = (
+            None if top_channels is None else check_count("top_channels", top_channels)
+        )
         if self.reshape_transform is not None:
             raise MethodError(
                 "fd-cam replaces the layer's own output, so it cannot use a reshape_transform: "
@@ -120,16 +132,20 @@ class FDCAM(PerturbationCAM):
         cap = Capture([layer.ref], with_grad=False, edit=edit)
         with cap, torch.inference_mode():
             for b in range(b_count):
-                groups = similarity_groups(acts[b], self.threshold).to(acts.dtype)
-                switched = torch.cat([groups, 1 - groups])  # (2K, K): on rows, then off rows
-                scores = torch.zeros(2 * k, dtype=acts.dtype, device=acts.device)
-                for start in range(0, 2 * k, batch):
+                chosen = strongest_channels(acts[b], self.top_channels)
+                n = len(chosen)
+                groups = similarity_groups(acts[b], self.threshold)[chosen].to(acts.dtype)
+                switched = torch.cat([groups, 1 - groups])  # (2n, K): on rows, then off rows
+                scores = torch.zeros(2 * n, dtype=acts.dtype, device=acts.device)
+                for start in range(0, 2 * n, batch):
                     keep = switched[start : start + batch]
                     state["rows"] = keep[:, :, None, None] * acts[b][None]
                     cap.reset()
                     scores[start : start + keep.shape[0]] = self._scores(ctx, b, keep.shape[0])
                     del state["rows"]
-                out[b] = scores[:k] + ctx.scores[b].to(acts.dtype) - scores[k:]
+                s = scores[:n] + ctx.scores[b].to(acts.dtype) - scores[n:]
+                out[b] = s.min() if n < k else 0  # unscored groups: the lowest score
+                out[b, chosen] = s
         return out
 
     def _scores(self, ctx: CallContext, b: int, m: int) -> torch.Tensor:

@@ -15,35 +15,44 @@ from ..core import CallContext, Explanation, LayerData
 from ..errors import LayerError
 from ..registry import register_method
 from ..targets import TargetsLike
-from ._options import check_bool, check_number, check_variant
-from ._perturb import PerturbationCAM, target_scores
+from ._options import check_bool, check_count, check_number, check_variant
+from ._perturb import PerturbationCAM, strongest_channels, target_scores
 
 __all__ = ["PolyCAM", "local_normalisation", "stage_layers"]
 
 VARIANTS = ("plus", "minus", "plus-minus")
 
 
-def stage_layers(model: nn.Module, record: ProbeRecord) -> list[LayerRef]:
-    """The last layer at each spatial resolution, in forward order.
+def stage_layers(
+    model: nn.Module, record: ProbeRecord, input_size: tuple[int, ...]
+) -> list[LayerRef]:
+    """The last layer at each resolution the network steps down to, in forward order.
 
-    Among the probe's outputs that are 4-D with a spatial size above 1 (in the order the
-    calls finish; 1×1 outputs such as squeeze-and-excitation gates are passed over), a
-    layer is a stage when the next such output has another spatial size; the last such
-    output (the engine's automatic layer) is the deepest stage. On plain CNNs (VGG,
-    ResNet) this is the authors' rule, which stops at the first output that is 1×1 or
-    not 4-D.
+    Walking the probe's 4-D outputs in the order their calls finish, an output smaller
+    (in area) than every one before starts a new stage, and the stage's layer is the last
+    output of exactly that size before the next stage. Outputs larger than the current
+    stage (padding layers) or than the input, and 1×1 outputs (pooling,
+    squeeze-and-excitation gates) are passed over. On plain CNNs (VGG, ResNet) this is
+    the authors' rule (the layer before each change of spatial size).
     """
     modules = dict(model.named_modules())
-    calls = [
-        (n, c, s) for n, c, s in record.order if s is not None and len(s) == 4 and s[2] * s[3] > 1
-    ]
-    if not calls:
+    area = input_size[0] * input_size[1]
+    stages: list[tuple[tuple[int, ...], str, int]] = []
+    for name, call, shape in record.order:
+        if shape is None or len(shape) != 4 or shape[2] * shape[3] <= 1:
+            continue
+        size = shape[2:]
+        if size[0] * size[1] < area if stages else size[0] * size[1] <= area:
+            stages.append((size, name, call))
+            area = size[0] * size[1]
+        elif stages and size == stages[-1][0]:
+            stages[-1] = (size, name, call)
+    if not stages:
         raise LayerError(
             "poly-cam found no layer with a 4-D output of spatial size above 1: pass layer= "
             "a list of layers"
         )
-    ends = [cur for cur, nxt in zip(calls, calls[1:], strict=False) if nxt[2:] != cur[2:]]
-    return [LayerRef(modules[n], n, c, record.calls[n]) for n, c, _ in [*ends, calls[-1]]]
+    return [LayerRef(modules[n], n, c, record.calls[n]) for _, n, c in stages]
 
 
 def local_normalisation(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -64,11 +73,12 @@ def local_normalisation(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tens
 class PolyCAM(PerturbationCAM):
     r"""Poly-CAM (Englebert, Cornu & De Vleeschouwer, MVA 2024, https://arxiv.org/abs/2204.13359).
 
-    At each stage ``l`` (default: the last layer at each spatial resolution,
-    :func:`stage_layers`; or ``layer=`` a list), each channel gives a mask ``M_k``: the
-    channel normalised to [0, 1] between its 0.1 and 99.9 percentiles (``outlier``,
-    in percent) at the layer's resolution, then upsampled (bilinear) to the input. With
-    ``p`` the softmax probability of the class (the target score for callable targets):
+    At each stage ``l`` (default: the last layer at each resolution the network steps
+    down to, :func:`stage_layers`, five on the default model; or ``layer=`` a list),
+    each channel gives a mask ``M_k``: the channel normalised to [0, 1] between its 0.1
+    and 99.9 percentiles (``outlier``, in percent) at the layer's resolution, then
+    upsampled (bilinear) to the input. With ``p`` the softmax probability of the class
+    (the target score for callable targets):
 
     - ``"plus"``: ``w_k = p(x ⊙ M_k)`` (PCAM+, insertion);
     - ``"minus"``: ``w_k = ReLU(p(x) − p(x ⊙ (1 − M_k)))`` (PCAM−, deletion);
@@ -91,7 +101,9 @@ class PolyCAM(PerturbationCAM):
     final map (theirs uses the same percentile normalisation as the masks).
 
     Cost: ``K_l`` masked passes per stage (``2 K_l`` for ``"plus-minus"``), per image,
-    ``batch_size`` at a time under ``torch.inference_mode()``.
+    ``batch_size`` at a time under ``torch.inference_mode()``. ``top_channels=n`` (off
+    by default, not exact) scores only the ``n`` channels of each stage with the largest
+    mean activation and gives the others weight 0, as Score-CAM's option.
 
     Example:
         >>> import torch, sacam
@@ -110,9 +122,13 @@ class PolyCAM(PerturbationCAM):
         variant: Literal["plus", "minus", "plus-minus"] = "plus-minus",
         lnorm: bool = True,
         outlier: float = 0.1,
+        top_channels: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.top_channels = (
+            None if top_channels is None else check_count("top_channels", top_channels)
+        )
         self.variant = check_variant("poly-cam", variant, VARIANTS)
         self.lnorm = check_bool("lnorm", lnorm)
         self.outlier = check_number("outlier", outlier, minimum=0, maximum=50)
@@ -126,7 +142,7 @@ class PolyCAM(PerturbationCAM):
         with model_guard(model, eval_mode=self.eval_mode, freeze=True):
             record = probe(model, images)
             if self.layer is None:
-                refs = stage_layers(model, record)
+                refs = stage_layers(model, record, tuple(images.shape[-2:]))
             else:
                 refs = resolve_layers(model, self.layer, record)
             order = {(n, c): i for i, (n, c, _) in enumerate(record.order)}
@@ -169,21 +185,21 @@ class PolyCAM(PerturbationCAM):
     def weights(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """The variant's channel weights from masked passes, ``(B, K)``."""
         acts = layer.activations
-        k = acts.shape[1]
         plan = self.plan(ctx)
-        both = self.variant == "plus-minus"
-        count = 2 * k if both else k
         out = torch.zeros(acts.shape[:2], dtype=torch.float32, device=acts.device)
         for b in range(acts.shape[0]):
+            chosen = strongest_channels(acts[b], self.top_channels)
+            k = len(chosen)
             base = target_scores(ctx.output[b : b + 1].float(), ctx, b, "probability").float()
-            build = functools.partial(self._build, self.masks(acts[b]), ctx.images[b], k)
+            build = functools.partial(self._build, self.masks(acts[b, chosen]), ctx.images[b], k)
+            count = 2 * k if self.variant == "plus-minus" else k
             s = self.perturbed(ctx, b, count, build, "probability", plan)
             if self.variant == "plus":
-                out[b] = s
+                out[b, chosen] = s
             elif self.variant == "minus":
-                out[b] = (base - s).clamp_min(0)
+                out[b, chosen] = (base - s).clamp_min(0)
             else:
-                out[b] = (s[:k] + base - s[k:]).clamp_min(0)
+                out[b, chosen] = (s[:k] + base - s[k:]).clamp_min(0)
         return out.to(acts.dtype)
 
     def _build(
