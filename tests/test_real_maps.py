@@ -27,6 +27,9 @@ FAST = {
     "ablation-cam": {"top_channels": 8, "batch_size": 8},
     "group-cam": {"groups": 8, "batch_size": 8},
     "sess": {"num_scales": 2},
+    "opti-cam": {"steps": 5},
+    "poly-cam": {"top_channels": 4, "batch_size": 8},
+    "fd-cam": {"top_channels": 8, "batch_size": 8},
 }
 # CAM needs the classifier's input channels (1280): it refuses _blocks.15 (320 channels)
 NOT_APPLICABLE = {("cam", "_blocks.15")}

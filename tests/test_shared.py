@@ -31,6 +31,9 @@ MODEL_FREE = {"random"}
 # - these methods build their map at the input's resolution (gradients with respect to
 #   the input), so ``upsample=False`` keeps that resolution rather than a layer's.
 INPUT_RESOLUTION = {"guided-grad-cam", "fullgrad", "sess"}
+# - these methods explain several stages by default and fuse them at the shallowest
+#   stage's resolution (the small CNN's 16x16 layer "1"), so ``upsample=False`` keeps that.
+MULTI_STAGE = {"poly-cam"}
 
 
 def _hooks(model: nn.Module) -> int:
@@ -48,7 +51,7 @@ def test_shape_range_and_no_nan(method, cnn, images) -> None:
     assert maps.min() >= 0 and maps.max() <= 1
     assert maps.device == images.device
     low = sacam.explain(cnn, images, method=method, upsample=False)
-    assert low.shape == ((3, 16, 16) if method in INPUT_RESOLUTION else (3, 8, 8))
+    assert low.shape == ((3, 16, 16) if method in INPUT_RESOLUTION | MULTI_STAGE else (3, 8, 8))
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -4,6 +4,7 @@
 from . import activation, gradient, perturbation, decomposition, baseline  # isort: skip
 from . import fem, kpca, shapley, finer, guided, fullgrad, recipro  # isort: skip
 from . import refine, sess, segeigen, legrad  # isort: skip
+from . import opti, poly, lift, fd  # isort: skip
 from . import attention  # isort: skip
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "attention",
     "baseline",
     "decomposition",
+    "fd",
     "fem",
     "finer",
     "fullgrad",
@@ -18,7 +20,10 @@ __all__ = [
     "guided",
     "kpca",
     "legrad",
+    "lift",
+    "opti",
     "perturbation",
+    "poly",
     "recipro",
     "refine",
     "segeigen",

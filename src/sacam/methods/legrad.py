@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._hooks import check_images, model_guard
+from .._hooks import model_guard
 from ..core import BaseCAM, CallContext, Explanation
 from ..errors import LayerError, MethodError
 from ..registry import register_method
@@ -161,7 +161,7 @@ class LeGrad(BaseCAM):
     ) -> Explanation:
         """Explain a batch (see the class doc); one map per block in ``layer_maps``."""
         model = self.model
-        images = check_images(images, model)
+        images = self.check_input(images)
         with model_guard(model, eval_mode=self.eval_mode, freeze=True):
             taps = [AttentionTap(m, attention_of(m, n), n) for n, m in _blocks(model, self.layer)]
             handles: list[torch.utils.hooks.RemovableHandle] = []

@@ -125,6 +125,7 @@ class RefineCAM(BaseCAM):
         self, images: torch.Tensor, targets: TargetsLike = None, *, upsample: bool = True
     ) -> Explanation:
         """Explain a batch with the base method at every layer and multiply the maps."""
+        images = self.check_input(images)
         on_grid = self.variant == "torchcam"
         exp = self.base.explain(images, targets, upsample=upsample and not on_grid)
         product = torch.stack(list(exp.layer_maps.values())).prod(dim=0)

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from .._hooks import check_images, model_guard
+from .._hooks import model_guard
 from ..core import BaseCAM, CallContext, Explanation
 from ..errors import MethodError
 from ..filters import gaussian_blur
@@ -142,7 +142,7 @@ class SESS(BaseCAM):
     ) -> Explanation:
         """Explain each image by its windows at every scale (see the class doc)."""
         model = self.model
-        images = check_images(images, model)
+        images = self.check_input(images)
         with model_guard(model, eval_mode=self.eval_mode, freeze=True):
             with torch.inference_mode():
                 output = self.logits_model(images)

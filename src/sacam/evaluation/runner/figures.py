@@ -46,13 +46,11 @@ def method_style(method: str) -> dict[str, Any]:
         return {"color": "0.55", "marker": "x", "linestyle": "--", "linewidth": 1.2, "zorder": 2}
     tab20 = [mpl.colormaps["tab20"](i) for i in range(20) if i not in (14, 15)]  # no greys
     # nine dark shades, nine light ones, then the darkest of tab20b's five hues and of
-    # tab20c's four non-grey hues: 27 colours
-    order = (
-        tab20[0::2]
-        + tab20[1::2]
-        + [mpl.colormaps["tab20b"](i) for i in range(0, 20, 4)]
-        + [mpl.colormaps["tab20c"](i) for i in range(0, 16, 4)]
-    )
+    # tab20c's four non-grey hues, then their lighter shades: 54 distinct colours
+    b = [mpl.colormaps["tab20b"](i) for i in range(20)]
+    c = [mpl.colormaps["tab20c"](i) for i in range(16)]
+    order = tab20[0::2] + tab20[1::2] + b[0::4] + c[0::4]
+    order += [x for i, x in enumerate(b) if i % 4] + [x for i, x in enumerate(c) if i % 4]
     return {
         "color": order[index % len(order)],
         "marker": MARKERS[index % len(MARKERS)],

@@ -1,0 +1,156 @@
+"""FD-CAM (Li et al., ICPR 2022): grouped channel switching scores with gradient weights."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .._hooks import Capture
+from ..core import CallContext, LayerData, normalize_maps
+from ..errors import LayerError, MethodError
+from ..registry import register_method
+from ._options import check_count, check_number
+from ._perturb import PerturbationCAM, strongest_channels, target_scores
+
+__all__ = ["FDCAM", "similarity_groups"]
+
+
+def similarity_groups(acts: torch.Tensor, threshold: float) -> torch.Tensor:
+    """FD-CAM's channel groups of one image: ``(K, h, w)`` -> ``(K, K)`` bool.
+
+    Row ``i`` marks the channels ``j`` whose cosine similarity with channel ``i`` (over
+    positions) is above the ``threshold`` quantile of row ``i``'s similarities (linear
+    interpolation, as ``torch.quantile``); a channel that is all zeros has similarity 0.
+
+    Example:
+        >>> a = torch.tensor([[[1.0, 0.0]], [[2.0, 0.1]], [[0.0, 1.0]]])
+        >>> similarity_groups(a, 0.25).int().tolist()  # cos(0, 1) = 0.999, cos(1, 2) = 0.05
+        [[1, 1, 0], [1, 1, 0], [0, 1, 1]]
+    """
+    flat = acts.flatten(1).double()
+    norms = flat.norm(dim=1)
+    cos = (flat @ flat.T) / (norms[:, None] * norms[None, :])
+    cos = torch.nan_to_num(cos, nan=0.0, posinf=0.0, neginf=0.0)
+    cut = torch.quantile(cos, threshold, dim=1)
+    return cos > cut[:, None]
+
+
+@register_method(
+    "fd-cam",
+    paper="Li et al., ICPR 2022 (arXiv 2206.08792)",
+    url="https://arxiv.org/abs/2206.08792",
+    description="Gradient weights combined with the scores of switching groups of similar "
+    "channels on and off in the network after the layer.",
+    family="perturbation",
+)
+class FDCAM(PerturbationCAM):
+    r"""FD-CAM (Li, Li, Ma & Wu, ICPR 2022, https://arxiv.org/abs/2206.08792).
+
+    Channels are grouped by similarity: ``G_i`` holds the channels whose cosine
+    similarity with channel ``i`` is above the ``threshold`` quantile (0.95: about the
+    5 % most similar; :func:`similarity_groups`). The network after the layer (its
+    "tail") scores the layer with only the group switched on and with the group switched
+    off, and with ``y^c`` the class logit (the target score for callable targets),
+
+    .. math:: s_i = y^c\big(A \odot \mathbb 1_{G_i}\big) + y^c(A) - y^c\big(A \odot
+              \mathbb 1_{\overline{G_i}}\big),\qquad
+              g_i = \frac{1}{hw}\sum_{ab}\frac{\partial y^c}{\partial A^i_{ab}}
+
+    .. math:: w_i = e^{\,\mathrm{minmax}(s)_i}\;\mathrm{minmax}(g)_i - \tfrac12,\quad
+              L^c = \mathrm{ReLU}\Big(\sum_i w_i A^i\Big)
+
+    (min-max over the channels; a constant vector normalises to 0), as the authors' code
+    computes it (the paper's "grouped channel switching" and its combination of the
+    score-based weights with the normalised gradient-based weights).
+
+    The tail runs as Recipro-CAM's ``strategy="repeat"`` does: the image repeated
+    ``batch_size`` times, and a forward hook on the target layer (present only during
+    these passes, removed in a ``finally``) replaces its output with the switched maps;
+    ``2 K`` passes per image under ``torch.inference_mode()`` (the authors' code runs
+    the tail alone). Options of the perturbation methods (``batch_size``,
+    ``max_memory_mb``, ``bf16``) apply. Needs the layer's own ``(B, K, h, w)`` output
+    (no ``reshape_transform``). ``top_channels=n`` (off by default, not exact) scores
+    only the groups of the ``n`` channels with the largest mean activation; the others
+    get the lowest score found (0 after the min-max). No library implements it (the
+    authors' code aside).
+
+    Example:
+        >>> import torch, sacam
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        ...                     nn.Flatten(), nn.Linear(8, 2))
+        >>> sacam.explain(net, torch.rand(2, 3, 16, 16), method="fd-cam", layer="1").shape
+        torch.Size([2, 16, 16])
+    """
+
+    uses_gradients = True
+
+    def __init__(
+        self,
+        *args: Any,
+        threshold: float = 0.95,
+        top_channels: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.threshold = check_number("threshold", threshold, minimum=0, maximum=1)
+        self.top_channels = (
+            None if top_channels is None else check_count("top_channels", top_channels)
+        )
+        if self.reshape_transform is not None:
+            raise MethodError(
+                "fd-cam replaces the layer's own output, so it cannot use a reshape_transform: "
+                "pick a layer with a (B, K, h, w) output"
+            )
+
+    def weights(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
+        """``exp(minmax(s)) · minmax(g) − ½``, ``(B, K)``."""
+        if layer.gradients is None:  # pragma: no cover - the engine always provides them
+            raise RuntimeError("fd-cam called without gradients")
+        grads, _ = normalize_maps(layer.gradients.mean(dim=(2, 3)))
+        scores, _ = normalize_maps(self.switch_scores(layer, ctx))
+        return torch.exp(scores) * grads - 0.5
+
+    def switch_scores(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
+        """``s_i = y(on_i) + y − y(off_i)`` of every channel group, ``(B, K)``, layer dtype."""
+        acts = layer.activations
+        b_count, k = acts.shape[:2]
+        batch = self.plan(ctx).batch_size  # measured before the hook exists
+        out = torch.zeros(b_count, k, dtype=acts.dtype, device=acts.device)
+        state: dict[str, torch.Tensor] = {}
+
+        def edit(label: str, output: torch.Tensor) -> torch.Tensor:
+            rows = state["rows"]
+            if output.shape != rows.shape:
+                raise LayerError(
+                    f"fd-cam expected layer {label!r} to output {tuple(rows.shape)} on "
+                    f"{rows.shape[0]} copies of the image, got {tuple(output.shape)}"
+                )
+            return rows.to(output.dtype)
+
+        cap = Capture([layer.ref], with_grad=False, edit=edit)
+        with cap, torch.inference_mode():
+            for b in range(b_count):
+                chosen = strongest_channels(acts[b], self.top_channels)
+                n = len(chosen)
+                groups = similarity_groups(acts[b], self.threshold)[chosen].to(acts.dtype)
+                switched = torch.cat([groups, 1 - groups])  # (2n, K): on rows, then off rows
+                scores = torch.zeros(2 * n, dtype=acts.dtype, device=acts.device)
+                for start in range(0, 2 * n, batch):
+                    keep = switched[start : start + batch]
+                    state["rows"] = keep[:, :, None, None] * acts[b][None]
+                    cap.reset()
+                    scores[start : start + keep.shape[0]] = self._scores(ctx, b, keep.shape[0])
+                    del state["rows"]
+                s = scores[:n] + ctx.scores[b].to(acts.dtype) - scores[n:]
+                out[b] = s.min() if n < k else 0  # unscored groups: the lowest score
+                out[b, chosen] = s
+        return out
+
+    def _scores(self, ctx: CallContext, b: int, m: int) -> torch.Tensor:
+        """Target logits of ``m`` copies of image ``b`` (the hook supplies the layer)."""
+        inputs = ctx.images[b : b + 1].expand(m, -1, -1, -1)
+        with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            output = ctx.model(inputs)
+        return target_scores(output, ctx, b, "logit")
