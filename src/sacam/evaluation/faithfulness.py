@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .._layers import probe
+from .._plancache import load_plan, plan_key, save_plan
 from .._tuning import CANDIDATE_BATCHES, Plan, memory_cap
 from ..core import model_guard, predict
 from ..errors import InputError
@@ -226,6 +227,11 @@ def _sync(device: torch.device) -> float:
     return time.perf_counter()
 
 
+# a candidate whose first timed chunk is this much slower than the best finished one is
+# not timed again (a first chunk can include one-off setup, so the margin is wide)
+PRUNE_SLOWER = 1.5
+
+
 @dataclass
 class _Tuner:
     """Batch size and memory format of the curves' passes, chosen by timing real work.
@@ -233,32 +239,72 @@ class _Tuner:
     While tuning, each candidate (batch size ≤ the memory cap × contiguous or
     channels_last) runs two of the curves' own chunks, timed (the second timing counts:
     the first may include one-off setup); then the fastest is used, in equal chunks of at
-    most its size. No forward pass is spent on measuring alone, and the state is cached
-    per model, input shape, dtype and device.
+    most its size. Clearly slower candidates are cut short: one whose first chunk is
+    :data:`PRUNE_SLOWER` × slower than the best finished candidate is not timed again, and
+    once a batch size is slower than the next smaller one in the same memory format, the
+    larger sizes of that format are skipped. No forward pass is spent on measuring alone;
+    the state is cached per model, input shape, dtype and device, and the choice is kept
+    on disk (:mod:`sacam._plancache`) so that later processes start from it.
     """
 
     candidates: tuple[Plan, ...]
     times: dict[Plan, list[float]] = field(default_factory=dict)
+    dropped: set[Plan] = field(default_factory=set)
+    cache_key: str | None = None
+
+    def _pending(self, plan: Plan) -> bool:
+        return plan not in self.dropped and len(self.times.get(plan, ())) < 2
 
     def next(self, remaining: int) -> tuple[Plan, bool]:
         """The plan of the next chunk and whether to time it."""
         for plan in self.candidates:
-            if len(self.times.get(plan, ())) < 2:
+            if self._pending(plan):
                 return plan, True
+        self._save()
         best = self.best()
         size = math.ceil(remaining / math.ceil(remaining / best.batch_size))
         return Plan(size, best.channels_last), False
 
+    def _finished(self) -> dict[Plan, float]:
+        return {
+            p: t[-1] for p, t in self.times.items() if len(t) >= 2 and p not in self.dropped
+        }
+
     def record(self, plan: Plan, ms_per_image: float) -> None:
-        """Add one timing of ``plan``."""
-        self.times.setdefault(plan, []).append(ms_per_image)
+        """Add one timing of ``plan`` (and cut short the candidates it shows to be slow)."""
+        timings = self.times.setdefault(plan, [])
+        timings.append(ms_per_image)
+        finished = self._finished()
+        if len(timings) == 1 and finished and ms_per_image > PRUNE_SLOWER * min(finished.values()):
+            self.dropped.add(plan)
+        if len(timings) == 2:
+            same = [p for p in finished if p.channels_last == plan.channels_last]
+            smaller = [p for p in same if p.batch_size < plan.batch_size]
+            if smaller and ms_per_image > finished[max(smaller, key=lambda p: p.batch_size)]:
+                for p in self.candidates:
+                    if p.channels_last == plan.channels_last and p.batch_size > plan.batch_size:
+                        self.dropped.add(p)
 
     def best(self) -> Plan:
         """The fastest candidate timed so far (the first candidate before any timing)."""
-        timed = [p for p in self.candidates if self.times.get(p)]
+        timed = [p for p in self.candidates if self.times.get(p) and p not in self.dropped]
         if not timed:
             return self.candidates[0]
         return min(timed, key=lambda p: self.times[p][-1])
+
+    def _save(self) -> None:
+        if self.cache_key is None:
+            return
+        best = self.best()
+        save_plan(
+            self.cache_key,
+            {
+                "batch_size": best.batch_size,
+                "channels_last": best.channels_last,
+                "ms_per_image": self.times[best][-1] if self.times.get(best) else None,
+            },
+        )
+        self.cache_key = None  # saved once
 
 
 _TUNERS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, _Tuner]] = weakref.WeakKeyDictionary()
@@ -276,8 +322,26 @@ def _tuner(model: nn.Module, images: torch.Tensor, batch_size: int | Literal["au
     if key not in tuners:
         cap = memory_cap(probe(model, images[:1]), tuple(images.shape[1:]), 1024.0)
         sizes = sorted({min(b, cap) for b in CANDIDATE_BATCHES})
-        tuners[key] = _Tuner(tuple(Plan(b, cl) for b in sizes for cl in (False, True)))
+        candidates = tuple(Plan(b, cl) for b in sizes for cl in (False, True))
+        disk = plan_key(model, tuple(images.shape[1:]), images.dtype, images.device, "curves")
+        tuners[key] = _from_disk(disk, candidates) or _Tuner(candidates, cache_key=disk)
     return tuners[key]
+
+
+def _from_disk(key: str, candidates: tuple[Plan, ...]) -> _Tuner | None:
+    """A finished tuner holding the plan stored under ``key``, if it is still a candidate."""
+    stored = load_plan(key)
+    if stored is None:
+        return None
+    size, channels_last = stored.get("batch_size"), stored.get("channels_last")
+    if not isinstance(size, int) or not isinstance(channels_last, bool):
+        return None
+    plan = Plan(size, channels_last)
+    if plan not in candidates:
+        return None
+    ms = stored.get("ms_per_image")
+    ms = float(ms) if isinstance(ms, int | float) else 0.0
+    return _Tuner((plan,), {plan: [ms, ms]})
 
 
 def tuned_plan(model: nn.Module, images: torch.Tensor) -> Plan:
