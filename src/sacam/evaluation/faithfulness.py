@@ -266,9 +266,7 @@ class _Tuner:
         return Plan(size, best.channels_last), False
 
     def _finished(self) -> dict[Plan, float]:
-        return {
-            p: t[-1] for p, t in self.times.items() if len(t) >= 2 and p not in self.dropped
-        }
+        return {p: t[-1] for p, t in self.times.items() if len(t) >= 2 and p not in self.dropped}
 
     def record(self, plan: Plan, ms_per_image: float) -> None:
         """Add one timing of ``plan`` (and cut short the candidates it shows to be slow)."""
