@@ -415,9 +415,16 @@ def insertion(
     default=True,
 )
 def _confidence(batch: MetricBatch) -> MetricOutput:
+    return MetricOutput(dict(batch_confidence(batch)))
+
+
+def batch_confidence(batch: MetricBatch) -> dict[str, torch.Tensor]:
+    """:func:`confidence_values` of a metric batch, computed once per batch (ADCC shares it)."""
     b = batch
-    vals = confidence_values(b.model, b.images, b.maps, b.classes, b.preprocess, len(b.images))
-    return MetricOutput(vals)
+    return b.memo(
+        "confidence",
+        lambda: confidence_values(b.model, b.images, b.maps, b.classes, b.preprocess, b.size),
+    )
 
 
 def _curve_metric(batch: MetricBatch, kind: str) -> MetricOutput:
