@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import sacam
-from sacam import _plancache, core
+from sacam import _plancache, _tuning, core
 from sacam._hooks import check_images
 from sacam._tuning import Plan
 from sacam.errors import InputError, ModelError
@@ -216,3 +216,29 @@ def test_a_map_call_reads_back_only_the_score_check(monkeypatch) -> None:
 def test_nan_scores_still_raise_a_clear_error() -> None:
     with pytest.raises(ModelError, match="NaN or infinite"):
         evaluate_scores(lambda o: o[:, 0], torch.tensor([[float("nan"), 1.0], [0.0, 1.0]]))
+
+
+def test_perturbation_timings_and_memory_cost_are_kept_on_disk(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("SACAM_CACHE_DIR", str(tmp_path))
+    sample = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))
+    net = _net()
+    cap = _tuning.measured_cap(net, sample, 64.0)
+    plan = _tuning.measure_plan(net, sample, 16)
+    assert len(_plans(tmp_path)) == 2  # the memory cost and the timings
+
+    # a later process (a new model object of the same architecture) measures nothing
+    def fail(*args: object) -> float:
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(_tuning, "_time_pass", fail)
+    monkeypatch.setattr(_tuning, "_peak_above_start", fail)
+    again = _net(seed=7)
+    assert _tuning.measured_cap(again, sample, 64.0) == cap
+    assert _tuning.measure_plan(again, sample, 16) == plan
+    # a size not timed yet is timed (and added), another architecture is measured afresh
+    calls: list[int] = []
+    monkeypatch.setattr(_tuning, "_time_pass", lambda m, x: calls.append(x.shape[0]) or 1.0)
+    _tuning.measure_plan(again, sample, 5)
+    assert calls == [5, 5]
+    _tuning.measure_plan(_net(channels=7), sample, 16)
+    assert calls[2:] == [8, 8, 16, 16]
