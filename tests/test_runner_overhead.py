@@ -242,3 +242,20 @@ def test_perturbation_timings_and_memory_cost_are_kept_on_disk(tmp_path, monkeyp
     assert calls == [5, 5]
     _tuning.measure_plan(_net(channels=7), sample, 16)
     assert calls[2:] == [8, 8, 16, 16]
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_perturbed_chunks_equal_the_gathered_reference(fmt) -> None:
+    g = torch.Generator().manual_seed(3)
+    start, finish = torch.rand(3, 2, 4, 5, generator=g), torch.rand(3, 2, 4, 5, generator=g)
+    rank = faithfulness._rank(torch.rand(3, 4, 5, generator=g), 0).to(torch.int32)
+    thresholds = (torch.arange(6) * 4).to(torch.int32)  # 6 points per image
+    for lo, hi in [(0, 18), (4, 13), (5, 6), (11, 12), (12, 18)]:
+        got = faithfulness._perturbed(start, finish, rank, thresholds, lo, hi, fmt)
+        assert got.is_contiguous(memory_format=fmt)
+        ref = []
+        for k in range(lo, hi):
+            b, t = divmod(k, 6)
+            keep = (rank[b] >= int(thresholds[t])).view(1, 4, 5)
+            ref.append(torch.where(keep, start[b], finish[b]))
+        assert torch.equal(got, torch.stack(ref))

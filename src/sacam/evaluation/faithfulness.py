@@ -170,6 +170,7 @@ def curve(
     step: int,
     batch_size: int | Literal["auto"] = "auto",
     seed: int = 0,
+    rank: torch.Tensor | None = None,
 ) -> CurveResult:
     """Probability of each class as pixels switch from ``start`` to ``finish`` by rank.
 
@@ -187,12 +188,13 @@ def curve(
         batch_size: perturbed images per forward pass, or ``"auto"`` (tuned on the curves'
             own first chunks, then cached; see :class:`_Tuner`).
         seed: seed of the tie-breaking jitter.
+        rank: ``_rank(maps, seed)`` when already computed (deletion and insertion share it).
     """
     b_count, _, h, w = start.shape
     points = math.ceil(h * w / step) + 1
-    rank = _rank(maps, seed)
+    rank = (_rank(maps, seed) if rank is None else rank).to(torch.int32)
     device = start.device
-    thresholds = torch.arange(points, device=device) * step  # pixels switched at point t
+    thresholds = (torch.arange(points, device=device) * step).to(torch.int32)  # switched at t
     classes = classes.to(device)
     total = b_count * points
     probs = torch.empty(total, device=device)
@@ -204,12 +206,10 @@ def curve(
                 plan, timed = tuner.next(total - lo)
                 hi = min(lo + plan.batch_size, total)
                 t0 = _sync(device) if timed else 0.0
-                idx = torch.arange(lo, hi, device=device)
-                img, point = idx // points, idx % points
-                switched = (rank[img] < thresholds[point, None]).view(-1, 1, h, w)
-                x = torch.where(switched, finish[img], start[img])
+                img = torch.arange(lo, hi, device=device) // points
                 fmt = torch.channels_last if plan.channels_last else torch.contiguous_format
-                logits = model(x.contiguous(memory_format=fmt))
+                x = _perturbed(start, finish, rank, thresholds, lo, hi, fmt)
+                logits = model(x)
                 probs[lo:hi] = torch.softmax(logits.float(), 1).gather(1, classes[img, None])[:, 0]
                 if timed and hi - lo == plan.batch_size:
                     tuner.record(plan, 1000 * (_sync(device) - t0) / (hi - lo))
@@ -218,6 +218,35 @@ def curve(
     xs = (thresholds.clamp(max=h * w) / (h * w)).double().cpu()  # the last step may be partial
     auc = torch.trapezoid(curves.double(), xs, dim=1).float()
     return CurveResult(auc=auc, curves=curves, step=step)
+
+
+def _perturbed(
+    start: torch.Tensor,
+    finish: torch.Tensor,
+    rank: torch.Tensor,
+    thresholds: torch.Tensor,
+    lo: int,
+    hi: int,
+    fmt: torch.memory_format,
+) -> torch.Tensor:
+    """Perturbed inputs ``lo..hi`` of the flattened (image, point) grid, in format ``fmt``.
+
+    Written image by image straight into one buffer of the pass's memory format, from
+    the image's ``start`` and ``finish`` broadcast over its points (no gathered copies).
+    """
+    points = thresholds.shape[0]
+    _, c, h, w = start.shape
+    x = torch.empty((hi - lo, c, h, w), dtype=start.dtype, device=start.device)
+    x = x.contiguous(memory_format=fmt)
+    i = lo
+    while i < hi:
+        b = i // points
+        end = min(hi, (b + 1) * points)
+        t = thresholds[i - b * points : end - b * points, None]
+        switched = (rank[b][None] < t).view(-1, 1, h, w)
+        torch.where(switched, finish[b : b + 1], start[b : b + 1], out=x[i - lo : end - lo])
+        i = end
+    return x
 
 
 def _sync(device: torch.device) -> float:
@@ -434,8 +463,10 @@ def _curve_metric(batch: MetricBatch, kind: str) -> MetricOutput:
         start, finish = b.images, torch.zeros_like(b.images)
     else:
         start, finish = gaussian_blur(b.images, 11, 5.0), b.images
+    seed = b.config.seed
+    rank = b.memo("curve_rank", lambda: _rank(b.maps, seed))
     res = curve(
-        b.model, start, finish, b.maps, b.classes, step, b.config.curve_batch_size, b.config.seed
+        b.model, start, finish, b.maps, b.classes, step, b.config.curve_batch_size, seed, rank
     )
     return MetricOutput({kind: res.auc}, {kind: res.curves})
 
