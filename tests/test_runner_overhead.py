@@ -14,7 +14,7 @@ from sacam import _plancache, _tuning, core
 from sacam._hooks import check_images
 from sacam._tuning import Plan
 from sacam.errors import InputError, ModelError
-from sacam.evaluation import faithfulness
+from sacam.evaluation import curves, faithfulness
 from sacam.methods.gradient import GradCAM
 from sacam.targets import class_indices, evaluate_scores, resolve_targets
 
@@ -31,7 +31,7 @@ def _net(channels: int = 4, seed: int = 0) -> nn.Module:
 
 
 # ------------------------------------------------------------------ tuning cut short
-def _scripted(tuner: faithfulness._Tuner, ms: dict[Plan, list[float]]) -> list[Plan]:
+def _scripted(tuner: curves._Tuner, ms: dict[Plan, list[float]]) -> list[Plan]:
     """Run the tuner to the end with scripted timings; the timed plans in order."""
     timed = []
     for _ in range(100):
@@ -57,7 +57,7 @@ def test_tuner_cuts_clearly_slower_candidates_short() -> None:
         c64: [1.0, 1.0],  # would win, but is never run: the rule assumes one minimum
         c64l: [8.5, 8.5],  # finished, slower than 32 channels_last
     }
-    tuner = faithfulness._Tuner((c8, c8l, c16, c16l, c32, c32l, c64, c64l))
+    tuner = curves._Tuner((c8, c8l, c16, c16l, c32, c32l, c64, c64l))
     timed = _scripted(tuner, ms)
     assert timed == [c8, c8, c8l, c16, c16, c16l, c16l, c32, c32, c32l, c32l, c64l, c64l]
     assert tuner.dropped == {c8l, c64}
@@ -77,7 +77,7 @@ def _tune(net: nn.Module, x: torch.Tensor) -> faithfulness.CurveResult:
     """Curves until the tuning has finished (it spans calls: 126 passes each here)."""
     for _ in range(10):
         res = _curve(net, x)
-        if faithfulness._tuner(net, x, "auto").cache_key is None:
+        if curves._tuner(net, x, "auto").cache_key is None:
             return res
     raise AssertionError("tuning never finished")
 
@@ -100,7 +100,7 @@ def test_tuned_plan_is_kept_on_disk_and_reused_by_a_new_model(tmp_path, monkeypa
     # a new model object of the same architecture (other weights): no timing at all
     same = _net(seed=5)
     timings: list[float] = []
-    monkeypatch.setattr(faithfulness, "_sync", lambda d: timings.append(0.0) or 0.0)
+    monkeypatch.setattr(curves, "_sync", lambda d: timings.append(0.0) or 0.0)
     _curve(same, x)
     assert timings == []
     assert faithfulness.tuned_plan(same, x) == Plan(tuned.batch_size, tuned.channels_last)
@@ -167,7 +167,7 @@ def test_unusable_cache_files_are_ignored(tmp_path, monkeypatch) -> None:
     (tmp_path / "plans.json").write_text(json.dumps({key: {"batch_size": 3, "channels_last": 0}}))
     net = _net()
     _curve(net, x)
-    assert len(faithfulness._tuner(net, x, "auto").candidates) > 1
+    assert len(curves._tuner(net, x, "auto").candidates) > 1
     # SACAM_CACHE_DIR="" turns the disk cache off
     empty = tmp_path / "off"
     empty.mkdir()
@@ -248,10 +248,10 @@ def test_perturbation_timings_and_memory_cost_are_kept_on_disk(tmp_path, monkeyp
 def test_perturbed_chunks_equal_the_gathered_reference(fmt) -> None:
     g = torch.Generator().manual_seed(3)
     start, finish = torch.rand(3, 2, 4, 5, generator=g), torch.rand(3, 2, 4, 5, generator=g)
-    rank = faithfulness._rank(torch.rand(3, 4, 5, generator=g), 0).to(torch.int32)
+    rank = curves._rank(torch.rand(3, 4, 5, generator=g), 0).to(torch.int32)
     thresholds = (torch.arange(6) * 4).to(torch.int32)  # 6 points per image
     for lo, hi in [(0, 18), (4, 13), (5, 6), (11, 12), (12, 18)]:
-        got = faithfulness._perturbed(start, finish, rank, thresholds, lo, hi, fmt)
+        got = curves._perturbed(start, finish, rank, thresholds, lo, hi, fmt)
         assert got.is_contiguous(memory_format=fmt)
         ref = []
         for k in range(lo, hi):

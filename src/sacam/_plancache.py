@@ -1,7 +1,7 @@
 """Tuned batch plans kept on disk, so that a later run of the same model pays no tuning.
 
 The deletion/insertion curves tune their batch size and memory format on their first
-chunks (:class:`sacam.evaluation.faithfulness._Tuner`); a tuned choice is written here and
+chunks (:class:`sacam.evaluation.curves._Tuner`); a tuned choice is written here and
 read back by every later process that runs the same work, which then starts at the
 chosen plan and times nothing.
 
