@@ -104,3 +104,48 @@ def test_cli_from_maps_takes_the_saved_methods_and_reports_missing_maps(tmp_path
         ("img1.png", "random"),
     }
     assert all("no saved map of 'img1.png'" in r["error"] for r in failures)
+
+
+def test_layer_and_method_options_reach_every_map(tmp_path) -> None:
+    data = _folder(tmp_path, n=3)
+    out = tmp_path / "a"
+    code = main(
+        ["benchmark", str(data), "--out", str(out), "--model", "tests.conftest:small_cnn",
+         "--methods", "grad-cam", "random", "--metrics", "complexity", "--save-maps",
+         "--layer", "0", "--method-option", "random:seed=5"]
+    )  # fmt: skip
+    assert code == 0
+    lm = sacam.models.with_preprocess(sacam.models.load_model("tests.conftest:small_cnn"))
+    names = [f"img{i}.png" for i in range(3)]
+    x = torch.stack([lm.preprocess(sacam.models.load_image(data / n)) for n in names])
+    reader = MapReader(out / "maps")
+    for method, options in (("grad-cam", {}), ("random", {"seed": 5})):
+        expected = sacam.explain(lm.model, x, method=method, layer="0", **options)
+        maps, _, _ = reader.load(method, names)
+        torch.testing.assert_close(maps, expected, atol=2**-11, rtol=0)
+    automatic = sacam.explain(lm.model, x, method="grad-cam")  # the last conv block
+    assert (automatic - reader.load("grad-cam", names)[0]).abs().max() > 0.1  # the layer counts
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--layer", "nope"], "nope"),
+        (["--method-option", "sa-cam:nope=1"], "has no option 'nope'"),
+        (["--method-option", "grad-cam"], "METHOD:KEY=VALUE"),
+        (["--method-option", "nocam:seed=1"], "unknown method 'nocam'"),
+    ],
+)
+def test_bad_layer_or_method_option_exits_2_before_work(tmp_path, capsys, args, message) -> None:
+    data = _folder(tmp_path, n=2)
+    out = tmp_path / "o"
+    try:
+        code = main(
+            ["benchmark", str(data), "--out", str(out), "--model", "tests.conftest:colour_net",
+             "--methods", "grad-cam", "--metrics", "complexity", *args]
+        )  # fmt: skip
+    except SystemExit as exc:  # argparse's checks exit before main returns
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (out / "results.csv").exists() and not (out / "predictions.csv").exists()

@@ -98,7 +98,9 @@ def test_different_models_run_in_parallel() -> None:
     x = torch.rand(2, 3, 24, 24, generator=torch.Generator().manual_seed(3))
     expected = [sacam.explain(m, x, "grad-cam") for m in models]
     results, errors = run_threads(
-        3, [[i, i + 3] for i in range(3)], lambda i: sacam.explain(models[int(i) % 3], x)  # type: ignore[call-overload]
+        3,
+        [[i, i + 3] for i in range(3)],
+        lambda i: sacam.explain(models[int(i) % 3], x),  # type: ignore[call-overload]
     )
     assert errors == []
     for i in range(6):

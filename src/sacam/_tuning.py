@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from ._layers import ProbeRecord, probe
+from ._outputs import unwrap
 from ._plancache import load_plan, plan_key, save_plan
 
 CANDIDATE_BATCHES = (8, 16, 32, 64)
@@ -195,10 +196,10 @@ def measure_memory(model: nn.Module, sample: torch.Tensor) -> MemoryCost:
     calls it during a call, in eval mode).
     """
     key = (tuple(sample.shape), sample.dtype, str(sample.device))
-    per_model = _COSTS.setdefault(model, {})
+    per_model = _COSTS.setdefault(unwrap(model), {})  # a LogitsModel: its model's cache
     if key in per_model:
         return per_model[key]
-    disk = plan_key(model, tuple(sample.shape), sample.dtype, sample.device, "memory")
+    disk = plan_key(unwrap(model), tuple(sample.shape), sample.dtype, sample.device, "memory")
     stored = _stored_cost(disk)
     if stored is not None:
         per_model[key] = stored
@@ -299,8 +300,8 @@ def measure_plan(
     timings are kept: another ``cap`` reuses them and times only sizes not seen yet.
     """
     key = (tuple(sample.shape), sample.dtype, str(sample.device))
-    disk = plan_key(model, tuple(sample.shape), sample.dtype, sample.device, "perturbation")
-    per_model = _TIMINGS.setdefault(model, {})
+    disk = plan_key(unwrap(model), tuple(sample.shape), sample.dtype, sample.device, "perturbation")
+    per_model = _TIMINGS.setdefault(unwrap(model), {})  # a LogitsModel: its model's cache
     if key not in per_model:
         per_model[key] = _stored_timings(disk)
     timings = per_model[key]

@@ -18,21 +18,23 @@ cannot be read, reports it on one line, and exits 3 at the end.
 from __future__ import annotations
 
 import argparse
+import ast
 import difflib
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 from tqdm import tqdm
 
 from . import __version__
+from ._outputs import to_logits
 from .api import build_method
 from .errors import InputError, ModelError, SacamError
 from .models import SAMPLE_IMAGES, LoadedModel, check_device, load_image, load_model
-from .registry import list_methods, method_info, methods_table
+from .registry import get_method, list_methods, method_info, methods_table
 from .viz import overlay, save_grid
 
 if TYPE_CHECKING:
@@ -137,6 +139,30 @@ def _out_dir(text: str) -> Path:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(f"{text!r} cannot be written: {probe} is not writable")
     return path
+
+
+def _method_option(text: str) -> tuple[str, str, Any]:
+    """``METHOD:KEY=VALUE`` -> (method, key, value), the option checked against the method."""
+    method, sep, rest = text.partition(":")
+    key, eq, raw = rest.partition("=")
+    if not sep or not eq or not key:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not METHOD:KEY=VALUE (e.g. sa-cam:temperature=5)"
+        )
+    if method not in list_methods():
+        raise argparse.ArgumentTypeError(
+            f"unknown method {method!r}; one of: {', '.join(list_methods())}"
+        )
+    allowed = get_method(method).option_names()
+    if key not in allowed:
+        raise argparse.ArgumentTypeError(
+            f"method {method!r} has no option {key!r}; it accepts: {', '.join(allowed)}"
+        )
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return method, key, value
 
 
 def _existing_file(text: str) -> str:
@@ -264,9 +290,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.markdown:
             print(methods_table())
             return 0
-        for name in list_methods():
+        names = list_methods()
+        width = max(map(len, names))
+        papers = min(34, max(len(method_info(n).paper) for n in names))
+        for name in names:
             info = method_info(name)
-            print(f"{name:14s} {info.paper:34s} {info.description}")
+            print(f"{name:{width}s}  {info.paper:{papers}s}  {info.description}")
         return 0
     try:
         if args.command == "benchmark":
@@ -303,6 +332,22 @@ def _benchmark_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="methods to compare (default: grad-cam grad-cam++ sa-cam; with --from-maps: "
         "the saved ones)",
+    )
+    bench.add_argument(
+        "--layer",
+        action="append",
+        default=None,
+        help="layer every method explains (dotted name; repeat for several; default: each "
+        "method's automatic choice)",
+    )
+    bench.add_argument(
+        "--method-option",
+        action="append",
+        type=_method_option,
+        default=[],
+        metavar="METHOD:KEY=VALUE",
+        help="an option of one method, e.g. sa-cam:temperature=5 or score-cam:batch_size=64 "
+        "(repeatable; values are Python literals, else strings)",
     )
     bench.add_argument(
         "--metrics",
@@ -432,7 +477,10 @@ def _benchmark_config(args: argparse.Namespace) -> BenchmarkConfig:
         seed=args.seed,
         save_maps=args.save_maps,
         from_maps=args.from_maps,
+        layer=args.layer,
     )
+    for method, key, value in args.method_option:
+        config.method_options.setdefault(method, {})[key] = value
     if args.methods:
         config.methods = list(dict.fromkeys(args.methods))
     elif args.from_maps is not None:
@@ -650,7 +698,7 @@ def _explain(args: argparse.Namespace) -> int:
             chunk = slice(start, start + args.batch_size)
             x = pre.normalize(torch.stack(pixels[chunk])).to(args.device)
             with torch.inference_mode():
-                logits = loaded.model(x)
+                logits = to_logits(loaded.model(x))
             probs = torch.softmax(logits.float(), dim=1)
             top = probs.topk(min(5, probs.shape[1]), dim=1)
             targets = target if target is not None else top.indices[:, 0]

@@ -46,12 +46,16 @@ class BenchmarkConfig:
         trust_model_file: allow a model file that runs code when loaded (see
             :func:`sacam.models.load_model`).
         from_maps: score maps saved by an earlier ``save_maps`` run instead of computing them.
+        layer: the layer(s) every method explains (dotted names; None: each method's
+            automatic choice).
+        method_options: options per method, e.g. ``{"sa-cam": {"tau": 5.0}}``.
     """
 
     data_dir: Path
     out: Path = Path("sacam-benchmark")
     model: str | None = None
     weights: str | None = None
+    layer: list[str] | None = None
     image_size: int | None = None
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     metrics: list[str] = field(default_factory=lambda: ["default"])
@@ -80,6 +84,12 @@ class BenchmarkConfig:
     from_maps: Path | None = None
     trust_model_file: bool = False
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def method_layer(self) -> str | list[str] | None:
+        """The ``layer`` argument of the methods: one name, a list, or None."""
+        if self.layer is None or len(self.layer) > 1:
+            return self.layer
+        return self.layer[0]
 
     def settings(self) -> dict[str, Any]:
         """The settings that change the numbers (compared when resuming)."""

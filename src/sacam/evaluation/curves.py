@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .._layers import probe
+from .._outputs import logits_model, unwrap
 from .._plancache import load_plan, plan_key, save_plan
 from .._tuning import CANDIDATE_BATCHES, Plan, memory_cap
 from ..core import model_guard
@@ -81,7 +82,7 @@ def curve(
     thresholds = (torch.arange(points, device=device) * step).to(torch.int32)  # switched at t
     classes = classes.to(device)
     total = b_count * points
-    probs = torch.empty(total, device=device)
+    probs, model = torch.empty(total, device=device), logits_model(model)
     with model_guard(model):
         tuner = _tuner(model, start, batch_size)
         lo = 0
@@ -229,12 +230,14 @@ def _tuner(model: nn.Module, images: torch.Tensor, batch_size: int | Literal["au
         fixed = Plan(int(batch_size), False)
         return _Tuner((fixed,), {fixed: [0.0, 0.0]})
     key = (tuple(images.shape[1:]), images.dtype, str(images.device))
-    tuners = _TUNERS.setdefault(model, {})
+    tuners = _TUNERS.setdefault(unwrap(model), {})  # a LogitsModel: its model's tuner
     if key not in tuners:
         cap = memory_cap(probe(model, images[:1]), tuple(images.shape[1:]), 1024.0)
         sizes = sorted({min(b, cap) for b in CANDIDATE_BATCHES})
         candidates = tuple(Plan(b, cl) for b in sizes for cl in (False, True))
-        disk = plan_key(model, tuple(images.shape[1:]), images.dtype, images.device, "curves")
+        disk = plan_key(
+            unwrap(model), tuple(images.shape[1:]), images.dtype, images.device, "curves"
+        )
         tuners[key] = _from_disk(disk, candidates) or _Tuner(candidates, cache_key=disk)
     return tuners[key]
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from ..._outputs import to_logits
 from ...errors import InputError, SacamError
 from ...models import LoadedModel, load_model, with_preprocess
 from ...registry import method_info
@@ -37,7 +38,7 @@ from .grid import run_grids
 from .maps import MapReader, MapWriter
 from .predictions import predict_all
 from .report import write_report
-from .state import Run
+from .state import Run, check_methods
 from .store import PairResult, ResultsStore, RunLock, pair_results
 from .summary import summarize
 
@@ -251,11 +252,12 @@ def _prepare(config: BenchmarkConfig, progress: bool | None) -> Run:
     metrics = select_metrics(config.metrics, bool(dataset.annotations))
     for m in config.methods:
         method_info(m)  # unknown names fail before any work, listing the valid ones
-    settings = config.settings() | {"metrics": [m.name for m in metrics]}
-    _check_settings(config.out, settings)
     torch.manual_seed(config.seed)
     lm = _load(config)
     check_labels(dataset.items, len(lm.class_names) or _n_classes(lm, config.device))
+    check_methods(config, lm.model)  # a bad layer or option fails before any file is written
+    settings = config.settings() | {"metrics": [m.name for m in metrics]}
+    _check_settings(config.out, settings)
     store = ResultsStore(config.out)
     done = store.done_pairs()
     predictions = predict_all(config.out, dataset.items, lm, config, progress)
@@ -270,7 +272,7 @@ def _prepare(config: BenchmarkConfig, progress: bool | None) -> Run:
 def _n_classes(lm: LoadedModel, device: str) -> int:
     x = torch.zeros(1, 3, lm.preprocess.size, lm.preprocess.size, device=device)
     with torch.inference_mode():
-        return int(lm.model(x).shape[1])
+        return int(to_logits(lm.model(x)).shape[1])
 
 
 def run_benchmark(

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ...api import build_method
+from ...errors import LayerError
 from ...models import LoadedModel
 from ...registry import method_info
 from ..config import BenchmarkConfig
@@ -18,6 +19,30 @@ from ..registry import MetricInfo
 from .data import Dataset
 from .maps import MapReader, MapWriter
 from .store import ResultsStore
+
+
+def method_options(config: BenchmarkConfig, method: str) -> dict[str, Any]:
+    """A method's options in a run; ``seed`` is the run's unless given (for seeded methods)."""
+    opts = dict(config.method_options.get(method, {}))
+    init = inspect.signature(method_info(method).cls.__init__).parameters
+    if "seed" in init:
+        opts.setdefault("seed", config.seed)
+    return opts
+
+
+def check_methods(config: BenchmarkConfig, model: nn.Module) -> None:
+    """Build every method of the run once, so a bad layer or option fails before any work."""
+    for name in config.layer or []:
+        try:
+            model.get_submodule(name)
+        except AttributeError:
+            raise LayerError(
+                f"no layer named {name!r} in this model: give a dotted module name "
+                "(sacam.list_layers(model) lists them)"
+            ) from None
+    if config.from_maps is None:
+        for method in config.methods:
+            build_method(model, method, config.method_layer(), **method_options(config, method))
 
 
 @dataclass
@@ -38,16 +63,14 @@ class Run:
 
     def options(self, method: str) -> dict[str, Any]:
         """The method's options; ``seed`` is the run's unless given (for seeded methods)."""
-        opts = dict(self.config.method_options.get(method, {}))
-        init = inspect.signature(method_info(method).cls.__init__).parameters
-        if "seed" in init:
-            opts.setdefault("seed", self.config.seed)
-        return opts
+        return method_options(self.config, method)
 
     def cam(self, method: str) -> Callable[..., torch.Tensor]:
         """The method built once on the run's model."""
         if method not in self.cams:
-            self.cams[method] = build_method(self.lm.model, method, None, **self.options(method))
+            self.cams[method] = build_method(
+                self.lm.model, method, self.config.method_layer(), **self.options(method)
+            )
         return self.cams[method]
 
     def explainer(self, method: str) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], Any]:
@@ -57,6 +80,6 @@ class Run:
         def explain(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> Any:
             if model is self.lm.model:
                 return self.cam(method)(images, classes)
-            return build_method(model, method, None, **opts)(images, classes)
+            return build_method(model, method, self.config.method_layer(), **opts)(images, classes)
 
         return explain
