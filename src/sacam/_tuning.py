@@ -4,7 +4,9 @@ Perturbation methods run hundreds of forward passes per image. How fast one pass
 image depends on the batch size and the memory format (on a 2-core CPU, the default model
 at 224×224: 28.7 ms/image at batch 16, 44.6 at batch 32, 25.9 at batch 32 in
 channels_last), so sacam measures instead of guessing: a few timed forward passes per
-(model, input shape, device), cached for the life of the model. Only the *input* is made
+(model, input shape, device), cached for the life of the model and on disk
+(:mod:`sacam._plancache`: a later process with the same architecture, input, device and
+threads measures nothing; so is the memory cost below). Only the *input* is made
 channels_last; the user's model is not touched, and the results are the same numbers up
 to float rounding (the same convolutions in another loop order).
 
@@ -45,6 +47,7 @@ from torch import nn
 
 from ._layers import ProbeRecord, probe
 from ._outputs import unwrap
+from ._plancache import load_plan, plan_key, save_plan
 
 CANDIDATE_BATCHES = (8, 16, 32, 64)
 
@@ -196,6 +199,11 @@ def measure_memory(model: nn.Module, sample: torch.Tensor) -> MemoryCost:
     per_model = _COSTS.setdefault(unwrap(model), {})  # a LogitsModel: its model's cache
     if key in per_model:
         return per_model[key]
+    disk = plan_key(unwrap(model), tuple(sample.shape), sample.dtype, sample.device, "memory")
+    stored = _stored_cost(disk)
+    if stored is not None:
+        per_model[key] = stored
+        return stored
     record = probe(model, sample[None])
     estimate = bytes_per_sample(record, tuple(sample.shape))
     if sample.device.type == "cuda":
@@ -220,7 +228,21 @@ def measure_memory(model: nn.Module, sample: torch.Tensor) -> MemoryCost:
         if source == "rss":
             _release_free_memory()
     per_model[key] = cost
+    save_plan(disk, {"fixed": cost.fixed, "per_sample": cost.per_sample, "source": cost.source})
     return cost
+
+
+def _stored_cost(key: str) -> MemoryCost | None:
+    """A measured cost kept on disk by an earlier process (:mod:`sacam._plancache`)."""
+    stored = load_plan(key)
+    if stored is None:
+        return None
+    fixed, per, source = stored.get("fixed"), stored.get("per_sample"), stored.get("source")
+    if not (isinstance(fixed, int | float) and isinstance(per, int | float) and per > 0):
+        return None
+    if source not in ("cuda", "rss", "estimate") or fixed < 0:
+        return None
+    return MemoryCost(float(fixed), float(per), str(source))
 
 
 def plan_batch(cost: MemoryCost, sample_bytes: int, budget_mb: float) -> int:
@@ -278,14 +300,20 @@ def measure_plan(
     timings are kept: another ``cap`` reuses them and times only sizes not seen yet.
     """
     key = (tuple(sample.shape), sample.dtype, str(sample.device))
-    timings = _TIMINGS.setdefault(unwrap(model), {}).setdefault(key, {})
+    disk = plan_key(unwrap(model), tuple(sample.shape), sample.dtype, sample.device, "perturbation")
+    per_model = _TIMINGS.setdefault(unwrap(model), {})  # a LogitsModel: its model's cache
+    if key not in per_model:
+        per_model[key] = _stored_timings(disk)
+    timings = per_model[key]
     sizes = sorted({min(b, cap) for b in candidates})
     formats = (False, True) if sample.ndim == 3 else (False,)
     cpu = sample.device.type == "cpu"
+    measured = False
     with torch.inference_mode():
         for size in sizes:
             if all((size, cl) in timings for cl in formats):
                 continue
+            measured = True
             x = sample[None].expand(size, *sample.shape).contiguous()
             for cl in formats:
                 xi = x.contiguous(memory_format=torch.channels_last) if cl else x
@@ -297,6 +325,26 @@ def measure_plan(
                     # budget (measured on EfficientNet-Lite0)
                     _release_free_memory()
             del x
+    if measured:
+        save_plan(disk, {"timings": [[size, cl, ms] for (size, cl), ms in timings.items()]})
     best = min((timings[(size, cl)], size, cl) for size in sizes for cl in formats)
     ms, size, cl = best
     return Plan(size, cl, ms)
+
+
+def _stored_timings(key: str) -> dict[tuple[int, bool], float]:
+    """Timings kept on disk by an earlier process (:mod:`sacam._plancache`); {} if none."""
+    stored = load_plan(key)
+    rows = stored.get("timings") if stored else None
+    out: dict[tuple[int, bool], float] = {}
+    for row in rows if isinstance(rows, list) else []:
+        if (
+            isinstance(row, list)
+            and len(row) == 3
+            and isinstance(row[0], int)
+            and row[0] > 0
+            and isinstance(row[1], bool)
+            and isinstance(row[2], int | float)
+        ):
+            out[(row[0], row[1])] = float(row[2])
+    return out

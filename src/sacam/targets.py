@@ -84,9 +84,19 @@ class SemanticSegmentationTarget:
 def class_indices(targets: TargetsLike, output: torch.Tensor) -> torch.Tensor | None:
     """Return the class index of each sample, or ``None`` when targets are callables.
 
-    ``None`` targets mean the top-1 class of each sample (needs a 2-D output).
+    ``None`` targets mean the top-1 class of each sample (needs a 2-D output). Class
+    indices given on the host (ints, or a CPU tensor) are range-checked there, so a model
+    on an accelerator is not synchronised for the check; a tensor on the accelerator is
+    checked where it lies (that reads it back, once).
     """
-    batch = output.shape[0]
+    idx, _ = _class_indices(targets, output)
+    return idx
+
+
+def _class_indices(
+    targets: TargetsLike, output: torch.Tensor
+) -> tuple[torch.Tensor | None, tuple[int, ...] | None]:
+    """``(indices on the output's device, the same as host ints where known)``."""
     if isinstance(targets, ClassifierOutputTarget | ClassifierOutputSoftmaxTarget):
         targets = targets.category
     if isinstance(targets, PerSampleClassTarget):
@@ -97,35 +107,38 @@ def class_indices(targets: TargetsLike, output: torch.Tensor) -> torch.Tensor | 
                 f"the model output has shape {tuple(output.shape)}, so there is no top-1 class "
                 "to explain: pass targets (a callable returning one score per sample)"
             )
-        return output.argmax(dim=1)
+        return output.argmax(dim=1), None  # in range by construction: nothing to read back
+    batch = output.shape[0]
     if isinstance(targets, bool):
         raise TargetError("a target must be an int class index or a callable, not a bool")
     if isinstance(targets, numbers.Integral):
-        idx = torch.full((batch,), targets, dtype=torch.long, device=output.device)
+        host = torch.full((batch,), int(targets), dtype=torch.long)
     elif isinstance(targets, torch.Tensor):
         if targets.dtype.is_floating_point or targets.ndim > 1:
             raise TargetError("a target tensor must hold one integer class index per sample")
-        idx = targets.reshape(-1).to(device=output.device, dtype=torch.long)
-        if idx.numel() == 1:
-            idx = idx.expand(batch).clone()
+        host = targets.detach().reshape(-1).to(dtype=torch.long)
+        if host.numel() == 1:
+            host = host.expand(batch)
     elif isinstance(targets, Sequence) and all(
         isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in targets
     ):
-        idx = torch.as_tensor(list(targets), dtype=torch.long, device=output.device)
+        host = torch.as_tensor(list(targets), dtype=torch.long)
     else:
-        return None
-    if idx.numel() != batch:
-        raise TargetError(f"got {idx.numel()} target classes for a batch of {batch} images")
+        return None, None
+    if host.numel() != batch:
+        raise TargetError(f"got {host.numel()} target classes for a batch of {batch} images")
     if output.ndim < 2:
         raise TargetError(f"class targets need an output with a class axis, got {output.ndim}-D")
+    values = tuple(int(i) for i in host.tolist())  # host ints: the check reads them back once
     n_classes = output.shape[1]
-    bad = [int(i) for i in idx.tolist() if not 0 <= i < n_classes]
+    bad = [i for i in values if not 0 <= i < n_classes]
     if bad:
         raise TargetError(
             f"target class {bad[0]} is out of range: the model has {n_classes} classes "
             f"(valid indices 0..{n_classes - 1})"
         )
-    return idx
+    idx = host.to(device=output.device, non_blocking=True).clone()
+    return idx, values
 
 
 def resolve_targets(
@@ -152,9 +165,11 @@ def resolve_targets(
     if isinstance(targets, ClassifierOutputSoftmaxTarget):
         class_indices(targets, output)  # range check
         return targets, class_indices(targets, output)
-    idx = class_indices(targets, output)
+    idx, values = _class_indices(targets, output)
     if idx is not None:
-        return PerSampleClassTarget(tuple(int(i) for i in idx.tolist())), idx
+        if values is None:  # top-1 on the device: scored from the tensor, no read-back
+            return _IndexTarget(idx), idx
+        return PerSampleClassTarget(values), idx
     batch = output.shape[0]
     fn: ScoreFn
     if callable(targets):
@@ -170,6 +185,17 @@ def resolve_targets(
             "sample, or callables that map the model output to one score per sample"
         )
     return fn, None
+
+
+@dataclass(frozen=True, eq=False)
+class _IndexTarget:
+    """:class:`PerSampleClassTarget` for classes held in a tensor (kept on its device)."""
+
+    idx: torch.Tensor
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        """Return the logit of each sample's own class."""
+        return output.gather(1, self.idx.to(output.device)[:, None])[:, 0]
 
 
 @dataclass(frozen=True)
@@ -195,7 +221,12 @@ def _one_score(value: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate_scores(score_fn: ScoreFn, output: torch.Tensor) -> torch.Tensor:
-    """Apply a score function and check it returns one finite-shaped score per sample."""
+    """Apply a score function and check it returns one finite-shaped score per sample.
+
+    The finiteness check is the one place a call reads a value back from an accelerator
+    (it must, to raise a clear error); it also catches NaN or infinite inputs there, which
+    :func:`sacam._hooks.check_images` checks on CPU tensors only.
+    """
     scores = score_fn(output)
     batch = output.shape[0]
     if not isinstance(scores, torch.Tensor) or scores.shape != (batch,):
@@ -206,6 +237,6 @@ def evaluate_scores(score_fn: ScoreFn, output: torch.Tensor) -> torch.Tensor:
     if not torch.isfinite(scores.detach()).all():
         raise ModelError(
             "the model's target scores contain NaN or infinite values, so no map can be "
-            "computed: check the model and its inputs"
+            "computed: check the model and its inputs (NaN or infinite pixels?)"
         )
     return scores

@@ -5,7 +5,7 @@ Each module holds plain per-sample functions and registers its metrics in
 (``sacam benchmark``). Import order below is the registry's order (CLI choices, tables).
 """
 
-from . import faithfulness, road, localization, robustness, sanity, complexity  # isort: skip
+from . import faithfulness, road, localization, robustness, sanity, complexity, combined  # isort: skip
 from .config import BenchmarkConfig
 from .registry import (
     MetricBatch,
@@ -27,6 +27,7 @@ __all__ = [
     "MetricBatch",
     "MetricInfo",
     "MetricOutput",
+    "combined",
     "complexity",
     "default_metrics",
     "faithfulness",

@@ -20,23 +20,33 @@ Conventions (from the evaluation protocols):
 from __future__ import annotations
 
 import math
-import time
-import weakref
-from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import nn
 
-from .._layers import probe
-from .._outputs import OutputTransform, logits_model, unwrap
-from .._tuning import CANDIDATE_BATCHES, Plan, memory_cap
+from .._outputs import OutputTransform, logits_model
 from ..core import model_guard, predict
 from ..errors import InputError
 from ..filters import gaussian_blur
 from ..models import Preprocess
 from ..targets import class_indices
+from .curves import CurveResult, _rank, curve, tuned_plan
 from .registry import MetricBatch, MetricOutput, register_metric
+
+__all__ = [
+    "CurveResult",
+    "batch_confidence",
+    "check_inputs",
+    "confidence_change",
+    "confidence_values",
+    "curve",
+    "deletion",
+    "insertion",
+    "step_size",
+    "target_classes",
+    "tuned_plan",
+]
 
 
 def check_inputs(images: torch.Tensor, maps: torch.Tensor) -> None:
@@ -145,151 +155,6 @@ def confidence_values(
     return {"average_drop": drop, "increase_in_confidence": increase, "average_gain": gain}
 
 
-@dataclass
-class CurveResult:
-    """Per-sample AUCs of a deletion or insertion curve, and the curves themselves."""
-
-    auc: torch.Tensor  # (B,)
-    curves: torch.Tensor  # (B, n + 1)
-    step: int
-
-
-def _rank(maps: torch.Tensor, seed: int) -> torch.Tensor:
-    """Rank of each pixel by decreasing saliency (0 = most salient); seeded tiny jitter."""
-    flat = maps.flatten(1).double()
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    jitter = torch.rand(flat.shape, generator=g, dtype=torch.float64).to(flat.device) * 1e-9
-    order = torch.argsort(flat + jitter, dim=1, descending=True)
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
-    return rank
-
-
-def curve(
-    model: nn.Module,
-    start: torch.Tensor,
-    finish: torch.Tensor,
-    maps: torch.Tensor,
-    classes: torch.Tensor,
-    step: int,
-    batch_size: int | Literal["auto"] = "auto",
-    seed: int = 0,
-) -> CurveResult:
-    """Probability of each class as pixels switch from ``start`` to ``finish`` by rank.
-
-    Every image's ``n + 1`` perturbation points go through the model together, in
-    forward passes of ``batch_size`` perturbed images drawn across images, and the
-    probabilities stay on the device (no host sync per pass but while tuning).
-
-    Args:
-        model: the classifier.
-        start: ``(B, C, H, W)`` images at point 0.
-        finish: ``(B, C, H, W)`` images once every pixel is switched.
-        maps: ``(B, H, W)`` saliency; pixels switch in decreasing saliency.
-        classes: ``(B,)`` class per image.
-        step: pixels switched per point.
-        batch_size: perturbed images per forward pass, or ``"auto"`` (tuned on the curves'
-            own first chunks, then cached; see :class:`_Tuner`).
-        seed: seed of the tie-breaking jitter.
-    """
-    b_count, _, h, w = start.shape
-    points = math.ceil(h * w / step) + 1
-    rank = _rank(maps, seed)
-    device = start.device
-    thresholds = torch.arange(points, device=device) * step  # pixels switched at point t
-    classes = classes.to(device)
-    total = b_count * points
-    probs, model = torch.empty(total, device=device), logits_model(model)
-    with model_guard(model):
-        tuner = _tuner(model, start, batch_size)
-        lo = 0
-        with torch.inference_mode():
-            while lo < total:
-                plan, timed = tuner.next(total - lo)
-                hi = min(lo + plan.batch_size, total)
-                t0 = _sync(device) if timed else 0.0
-                idx = torch.arange(lo, hi, device=device)
-                img, point = idx // points, idx % points
-                switched = (rank[img] < thresholds[point, None]).view(-1, 1, h, w)
-                x = torch.where(switched, finish[img], start[img])
-                fmt = torch.channels_last if plan.channels_last else torch.contiguous_format
-                logits = model(x.contiguous(memory_format=fmt))
-                probs[lo:hi] = torch.softmax(logits.float(), 1).gather(1, classes[img, None])[:, 0]
-                if timed and hi - lo == plan.batch_size:
-                    tuner.record(plan, 1000 * (_sync(device) - t0) / (hi - lo))
-                lo = hi
-    curves = probs.view(b_count, points).cpu()
-    xs = (thresholds.clamp(max=h * w) / (h * w)).double().cpu()  # the last step may be partial
-    auc = torch.trapezoid(curves.double(), xs, dim=1).float()
-    return CurveResult(auc=auc, curves=curves, step=step)
-
-
-def _sync(device: torch.device) -> float:
-    """Wait for the device's queued work; returns the time after it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
-@dataclass
-class _Tuner:
-    """Batch size and memory format of the curves' passes, chosen by timing real work.
-
-    While tuning, each candidate (batch size ≤ the memory cap × contiguous or
-    channels_last) runs two of the curves' own chunks, timed (the second timing counts:
-    the first may include one-off setup); then the fastest is used, in equal chunks of at
-    most its size. No forward pass is spent on measuring alone, and the state is cached
-    per model, input shape, dtype and device.
-    """
-
-    candidates: tuple[Plan, ...]
-    times: dict[Plan, list[float]] = field(default_factory=dict)
-
-    def next(self, remaining: int) -> tuple[Plan, bool]:
-        """The plan of the next chunk and whether to time it."""
-        for plan in self.candidates:
-            if len(self.times.get(plan, ())) < 2:
-                return plan, True
-        best = self.best()
-        size = math.ceil(remaining / math.ceil(remaining / best.batch_size))
-        return Plan(size, best.channels_last), False
-
-    def record(self, plan: Plan, ms_per_image: float) -> None:
-        """Add one timing of ``plan``."""
-        self.times.setdefault(plan, []).append(ms_per_image)
-
-    def best(self) -> Plan:
-        """The fastest candidate timed so far (the first candidate before any timing)."""
-        timed = [p for p in self.candidates if self.times.get(p)]
-        if not timed:
-            return self.candidates[0]
-        return min(timed, key=lambda p: self.times[p][-1])
-
-
-_TUNERS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, _Tuner]] = weakref.WeakKeyDictionary()
-
-
-def _tuner(model: nn.Module, images: torch.Tensor, batch_size: int | Literal["auto"]) -> _Tuner:
-    """The (cached) tuner of ``model`` for these inputs; fixed for an int ``batch_size``."""
-    if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
-        raise InputError(f"batch_size must be a positive int or 'auto', got {batch_size!r}")
-    if batch_size != "auto":
-        fixed = Plan(int(batch_size), False)
-        return _Tuner((fixed,), {fixed: [0.0, 0.0]})
-    key = (tuple(images.shape[1:]), images.dtype, str(images.device))
-    tuners = _TUNERS.setdefault(unwrap(model), {})
-    if key not in tuners:
-        cap = memory_cap(probe(model, images[:1]), tuple(images.shape[1:]), 1024.0)
-        sizes = sorted({min(b, cap) for b in CANDIDATE_BATCHES})
-        tuners[key] = _Tuner(tuple(Plan(b, cl) for b in sizes for cl in (False, True)))
-    return tuners[key]
-
-
-def tuned_plan(model: nn.Module, images: torch.Tensor) -> Plan:
-    """The curves' batch size and memory format for ``model`` and inputs like ``images``."""
-    return _tuner(model, images, "auto").best()
-
-
 def step_size(h: int, w: int, steps: int | None) -> int:
     """Pixels per deletion/insertion step: the image width for None, else ``ceil(HW / steps)``."""
     if steps is None:
@@ -362,9 +227,16 @@ def insertion(
     default=True,
 )
 def _confidence(batch: MetricBatch) -> MetricOutput:
+    return MetricOutput(dict(batch_confidence(batch)))
+
+
+def batch_confidence(batch: MetricBatch) -> dict[str, torch.Tensor]:
+    """:func:`confidence_values` of a metric batch, computed once per batch (ADCC shares it)."""
     b = batch
-    vals = confidence_values(b.model, b.images, b.maps, b.classes, b.preprocess, len(b.images))
-    return MetricOutput(vals)
+    return b.memo(
+        "confidence",
+        lambda: confidence_values(b.model, b.images, b.maps, b.classes, b.preprocess, b.size),
+    )
 
 
 def _curve_metric(batch: MetricBatch, kind: str) -> MetricOutput:
@@ -374,8 +246,10 @@ def _curve_metric(batch: MetricBatch, kind: str) -> MetricOutput:
         start, finish = b.images, torch.zeros_like(b.images)
     else:
         start, finish = gaussian_blur(b.images, 11, 5.0), b.images
+    seed = b.config.seed
+    rank = b.memo("curve_rank", lambda: _rank(b.maps, seed))
     res = curve(
-        b.model, start, finish, b.maps, b.classes, step, b.config.curve_batch_size, b.config.seed
+        b.model, start, finish, b.maps, b.classes, step, b.config.curve_batch_size, seed, rank
     )
     return MetricOutput({kind: res.auc}, {kind: res.curves})
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, TypeVar, cast
 
 import torch
 from torch import nn
@@ -29,6 +29,7 @@ from .config import BenchmarkConfig
 Need = Literal["annotations", "gradients", "attacks", "method"]
 Unit = Literal["image", "grid"]
 ExplainFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,18 @@ class MetricBatch:
     explain: ExplainFn | None = None
     masks: torch.Tensor | None = None
     has_mask: torch.Tensor | None = None
+    _memo: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def size(self) -> int:
+        """Images in the batch."""
+        return int(self.images.shape[0])
+
+    def memo(self, key: str, compute: Callable[[], T]) -> T:
+        """``compute()`` once per batch: a part two metrics share (coherency, confidence)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return cast(T, self._memo[key])
 
 
 @dataclass
