@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, cast
 
@@ -42,6 +43,8 @@ from .errors import LayerError, MethodError, ModelError, TargetError
 from .targets import ScoreFn, TargetsLike, evaluate_scores, resolve_targets
 
 ReshapeTransform = Callable[[torch.Tensor], torch.Tensor]
+# set by BaseCAM.explain_graph for the duration of one call (per thread / task)
+_KEEP_GRAPH: ContextVar[bool] = ContextVar("sacam_keep_graph", default=False)
 
 __all__ = ["BaseCAM", "CallContext", "Explanation", "LayerData", "model_guard", "normalize_maps"]
 
@@ -184,6 +187,9 @@ class BaseCAM:
 
     name: ClassVar[str] = ""
     uses_gradients: ClassVar[bool] = True
+    #: the map is built from the layer's activations and gradients with torch operations
+    #: only, so :meth:`explain_graph` can differentiate it w.r.t. the input
+    graph_safe: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -250,6 +256,29 @@ class BaseCAM:
         """Return the maps ``(B, H, W)`` in [0, 1] (``(B, h, w)`` if ``upsample=False``)."""
         return self.explain(images, targets, upsample=upsample).maps
 
+    def supports_graph(self) -> bool:
+        """Whether :meth:`explain_graph` gives maps differentiable w.r.t. the input."""
+        return self.graph_safe
+
+    def explain_graph(self, images: torch.Tensor, targets: TargetsLike = None) -> Explanation:
+        """Like :meth:`explain`, with maps that stay differentiable w.r.t. ``images``.
+
+        For attacks that differentiate a map w.r.t. the input: activations and gradients
+        are not detached, and the gradient w.r.t. the layer is taken with
+        ``create_graph=True`` (differentiating the map is then a double backward). Only
+        for methods whose :meth:`supports_graph` is True.
+        """
+        if not self.supports_graph():
+            raise MethodError(
+                f"{self.name or type(self).__name__} (with these options) does not build a "
+                "map that is differentiable w.r.t. the input"
+            )
+        token = _KEEP_GRAPH.set(True)
+        try:
+            return self.explain(images, targets)
+        finally:
+            _KEEP_GRAPH.reset(token)
+
     def explain(
         self, images: torch.Tensor, targets: TargetsLike = None, *, upsample: bool = True
     ) -> Explanation:
@@ -263,17 +292,19 @@ class BaseCAM:
             upsample: resize maps bilinearly to the input size (else keep layer size).
         """
         model = self.model
-        images = check_images(images, model)
+        keep_graph = _KEEP_GRAPH.get()
+        checked = check_images(images, model)
+        images = images if keep_graph else checked
         with model_guard(model, eval_mode=self.eval_mode, freeze=True):
-            record = probe(model, images)
+            record = probe(model, checked)
             refs = resolve_layers(model, self.layer, record)
-            ctx, layers = self._forward(images, refs, targets)
+            ctx, layers = self._forward(images, refs, targets, keep_graph)
             raw = {ld.ref.label: self.layer_map(ld, ctx) for ld in layers}
         return self._finish(raw, ctx, images, upsample)
 
     # ----------------------------------------------------------------- internals
     def _forward(
-        self, images: torch.Tensor, refs: list[LayerRef], targets: TargetsLike
+        self, images: torch.Tensor, refs: list[LayerRef], targets: TargetsLike, keep: bool = False
     ) -> tuple[CallContext, list[LayerData]]:
         model = self.model
         with Capture(refs, with_grad=self.uses_gradients) as cap:
@@ -288,17 +319,19 @@ class BaseCAM:
                             "the target score does not depend on the target layer(s) "
                             f"{[r.label for r in refs]}: pick a layer on the path to the output"
                         )
-                    grads = torch.autograd.grad(scores.sum(), stored, allow_unused=True)
+                    grads = torch.autograd.grad(
+                        scores.sum(), stored, allow_unused=True, create_graph=keep
+                    )
                 for ref, g in zip(refs, grads, strict=True):
                     if g is None:
                         raise LayerError(
                             f"the target score does not depend on layer {ref.label!r}: pick a "
                             "layer on the path to the output"
                         )
-                acts = [a.detach() for a in stored]
-                grad_list: list[torch.Tensor | None] = [g.detach() for g in grads]
+                acts = list(stored) if keep else [a.detach() for a in stored]
+                grad_list: list[torch.Tensor | None] = [g if keep else g.detach() for g in grads]
             else:
-                with torch.inference_mode():
+                with torch.enable_grad() if keep else torch.inference_mode():
                     output = _check_output(model(images))
                     score_fn, class_idx = resolve_targets(targets, output)
                     scores = evaluate_scores(score_fn, output)
@@ -378,7 +411,8 @@ class BaseCAM:
         layer_maps: dict[str, torch.Tensor] = {}
         constant_any = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
         for label, m in raw.items():
-            m = torch.nan_to_num(m.float(), nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0)
+            m = m if m.dtype == torch.float64 else m.float()  # float64 models keep float64 maps
+            m = torch.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0)
             if tuple(m.shape[-2:]) != size:
                 m = F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
             m, constant = normalize_maps(m)

@@ -5,7 +5,8 @@ Each module holds plain per-sample functions and registers its metrics in
 (``sacam benchmark``). Import order below is the registry's order (CLI choices, tables).
 """
 
-from . import faithfulness, road, localization, robustness, sanity, complexity  # isort: skip
+from . import faithfulness, road, localization, robustness, adversarial  # isort: skip
+from . import sanity, complexity  # isort: skip
 from .config import BenchmarkConfig
 from .registry import (
     MetricBatch,
@@ -23,6 +24,7 @@ from .stats import MeanAccumulator, mean_ci
 
 __all__ = [
     "BenchmarkConfig",
+    "adversarial",
     "MeanAccumulator",
     "MetricBatch",
     "MetricInfo",

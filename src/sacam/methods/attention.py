@@ -196,6 +196,10 @@ class SACAM(BaseCAM):
         self.gamma = float(gamma)
         self.hops = hops
 
+    def supports_graph(self) -> bool:
+        """Differentiable when its base is (attention and skip connection are torch ops)."""
+        return self.base.supports_graph()
+
     def layer_map(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """The SA-CAM map of one layer (raw, before ReLU and normalisation)."""
         acts = layer.activations

@@ -47,6 +47,8 @@ class GradCAM(BaseCAM):
         torch.Size([2, 16, 16])
     """
 
+    graph_safe = True
+
     def weights(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """Spatial mean of the gradient, ``(B, K)``."""
         return _grads(layer).mean(dim=(2, 3))
@@ -83,6 +85,8 @@ class GradCAMPlusPlus(BaseCAM):
         >>> sacam.explain(net, torch.rand(1, 3, 16, 16), method="grad-cam++").shape
         torch.Size([1, 16, 16])
     """
+
+    graph_safe = True
 
     def __init__(
         self, *args: Any, variant: Literal["paper", "torchcam"] = "paper", **kwargs: Any
@@ -141,6 +145,8 @@ class XGradCAM(BaseCAM):
         torch.Size([2, 16, 16])
     """
 
+    graph_safe = True
+
     def __init__(
         self,
         *args: Any,
@@ -192,6 +198,8 @@ class LayerCAM(BaseCAM):
         torch.Size([2, 16, 16])
     """
 
+    graph_safe = True
+
     def channel_maps(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """``ReLU(g) ⊙ A``, ``(B, K, h, w)``."""
         return _grads(layer).clamp_min(0) * layer.activations
@@ -222,6 +230,8 @@ class HiResCAM(BaseCAM):
         >>> sacam.explain(net, torch.rand(2, 3, 16, 16), method="hires-cam").shape
         torch.Size([2, 16, 16])
     """
+
+    graph_safe = True
 
     def channel_maps(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """``g ⊙ A``, ``(B, K, h, w)``."""
@@ -255,6 +265,8 @@ class GradCAMElementWise(BaseCAM):
         >>> sacam.explain(net, torch.rand(2, 3, 16, 16), method="grad-cam-elementwise").shape
         torch.Size([2, 16, 16])
     """
+
+    graph_safe = True
 
     def channel_maps(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """``ReLU(g ⊙ A)``, ``(B, K, h, w)``."""
