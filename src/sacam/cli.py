@@ -390,7 +390,25 @@ def _benchmark_parser(sub: argparse._SubParsersAction) -> None:
     )
     bench.add_argument("--attacks", nargs="+", default=["pgd"], choices=["random", "pgd", "topk"])
     bench.add_argument(
-        "--iterations", type=_int_at_least(1), default=100, help="attack steps (default: 100)"
+        "--iterations",
+        type=_int_at_least(1),
+        default=100,
+        help="attack steps of stability and explanation_attack (default: 100)",
+    )
+    bench.add_argument(
+        "--epsilons",
+        type=_positive_float,
+        nargs="+",
+        default=None,
+        metavar="EPS",
+        help="ε sweep of adversarial and explanation_attack, in units of 1/255 "
+        "(default: 0.5 1 2 4 8)",
+    )
+    bench.add_argument(
+        "--adv-iterations",
+        type=_int_at_least(1),
+        default=10,
+        help="PGD steps of the adversarial examples (metric adversarial; default: 10)",
     )
     bench.add_argument(
         "--use-labels", action="store_true", help="explain the labelled class, not the top-1"
@@ -467,6 +485,7 @@ def _benchmark_config(args: argparse.Namespace) -> BenchmarkConfig:
         annotations=args.annotations,
         attacks=tuple(args.attacks),
         iterations=args.iterations,
+        adv_iterations=args.adv_iterations,
         use_labels=args.use_labels,
         grid_threshold=args.grid_threshold,
         metrics=list(args.metrics),
@@ -478,6 +497,8 @@ def _benchmark_config(args: argparse.Namespace) -> BenchmarkConfig:
         from_maps=args.from_maps,
         layer=args.layer,
     )
+    if args.epsilons is not None:
+        config.epsilons = tuple(dict.fromkeys(e / 255 for e in args.epsilons))
     for method, key, value in args.method_option:
         config.method_options.setdefault(method, {})[key] = value
     if args.methods:

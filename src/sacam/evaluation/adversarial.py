@@ -195,6 +195,7 @@ def explanation_attack(
     k: int = 1000,
     classes: torch.Tensor | None = None,
     seed: int = 0,
+    clean_maps: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Label-preserving attack on a map (Ghorbani's top-k and centre-of-mass attacks).
 
@@ -213,6 +214,7 @@ def explanation_attack(
         classes: the explained class per image (default: the clean top-1).
         seed: seed of the random attack (one ``(C, H, W)`` draw per step, shared by the
             batch, so a batch gives the results of its images attacked one by one).
+        clean_maps: ``map_fn`` on the clean images, if already known (else computed).
 
     Returns:
         ``(perturbed, kept)``: normalised perturbed images and, per image, the number of
@@ -230,8 +232,10 @@ def explanation_attack(
         active = torch.ones(images.shape[0], dtype=torch.bool)
         top_mask = centre = None
         if kind != "random":
-            with torch.no_grad():
-                clean = map_fn(images, c).detach()
+            if clean_maps is None:
+                with torch.no_grad():
+                    clean_maps = map_fn(images, c)
+            clean = clean_maps.detach()
             top_mask, centre = _top_mask(clean, k), centre_of_mass(clean.double()).to(clean)
         for _ in range(iterations):
             idx = active.nonzero()[:, 0].to(x.device)
@@ -386,6 +390,8 @@ def _explanation_attack(batch: MetricBatch) -> MetricOutput:
     b, cfg = batch, batch.config
     assert b.explain is not None
     map_fn, white_box = graph_map_fn(b)
+    with torch.no_grad():  # the attacked map on the clean images (the method's own: b.maps)
+        attacked_clean = b.maps if white_box else map_fn(b.images, b.classes).detach()
     values: dict[str, torch.Tensor] = {
         "xattack_white_box": torch.full((b.images.shape[0],), float(white_box))
     }
@@ -404,6 +410,7 @@ def _explanation_attack(batch: MetricBatch) -> MetricOutput:
                 k=cfg.topk,
                 classes=b.classes,
                 seed=cfg.seed,
+                clean_maps=attacked_clean,
             )
             perturbed = b.explain(b.model, adv, b.classes)
             for short, val in compare_maps(b.maps, perturbed, cfg.topk).items():
