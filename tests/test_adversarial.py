@@ -12,7 +12,7 @@ from torch import nn
 import sacam
 from sacam.api import build_method
 from sacam.errors import MethodError
-from sacam.evaluation import adversarial
+from sacam.evaluation import adversarial, adversarial_metrics
 from sacam.evaluation.registry import arrow, metric_info, value_info, written_names
 from sacam.models import Preprocess
 
@@ -193,8 +193,8 @@ def test_white_box_attacks_move_the_map_more_than_noise(kind) -> None:
     adv, _ = adversarial.explanation_attack(net, x, PLAIN, fn, kind, **common)
     noise, _ = adversarial.explanation_attack(net, x, PLAIN, fn, "random", **common)
     measure = "topk" if kind == "topk" else "com_shift"
-    moved = adversarial.compare_maps(clean, cam(adv, c), 5)[measure].nanmean()
-    floor = adversarial.compare_maps(clean, cam(noise, c), 5)[measure].nanmean()
+    moved = adversarial_metrics.compare_maps(clean, cam(adv, c), 5)[measure].nanmean()
+    floor = adversarial_metrics.compare_maps(clean, cam(noise, c), 5)[measure].nanmean()
     assert (moved < floor) if kind == "topk" else (moved > floor)
 
 

@@ -24,9 +24,8 @@ is run for each ``ε`` of a sweep (0.5, 1, 2, 4, 8 /255 by default). Two kinds:
    classified as (``adv_*_flipped`` says whether its label changed). The adversarial
    examples depend only on the classifier, so every method is compared on the same ones.
 
-Measures between the clean and the perturbed map (:mod:`sacam.evaluation.robustness`):
-top-k intersection, Spearman rank correlation, SSIM, centre-of-mass shift in pixels.
-Values are written per ε with the suffix ``@<ε·255>`` (``adv_fgsm_topk@2``).
+The registered metrics (``adversarial``, ``explanation_attack``) that run these attacks
+over an ε sweep and compare the maps are in :mod:`sacam.evaluation.adversarial_metrics`.
 """
 
 from __future__ import annotations
@@ -38,12 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..api import build_method
-from ..core import BaseCAM, model_guard, predict
+from ..core import model_guard, predict
 from ..errors import InputError
 from ..models import Preprocess
-from .registry import MetricBatch, MetricOutput, register_metric
-from .robustness import center_of_mass_shift, spearman, ssim, topk_intersection
 
 AdversaryKind = Literal["fgsm", "pgd"]
 MapAttackKind = Literal["random", "topk", "com"]
@@ -227,36 +223,77 @@ def explanation_attack(
     with model_guard(model):
         c = predict(model, images) if classes is None else classes.to(images.device)
         x0 = preprocess.denormalize(images).detach()
-        x = x0.clone()
-        kept = torch.zeros(images.shape[0], dtype=torch.long)
-        active = torch.ones(images.shape[0], dtype=torch.bool)
-        top_mask = centre = None
-        if kind != "random":
-            if clean_maps is None:
-                with torch.no_grad():
-                    clean_maps = map_fn(images, c)
-            clean = clean_maps.detach()
-            top_mask, centre = _top_mask(clean, k), centre_of_mass(clean.double()).to(clean)
-        for _ in range(iterations):
-            idx = active.nonzero()[:, 0].to(x.device)
-            if kind == "random":
-                noise = torch.randint(0, 2, x.shape[1:], generator=gen).to(x) * 2 - 1
-                g = noise.expand(len(idx), *x.shape[1:])
-            else:
-                assert top_mask is not None and centre is not None
-                g = _map_gradient(
-                    x[idx], c[idx], preprocess, map_fn, kind, top_mask[idx], centre[idx]
-                )
-            proposal = _project(x[idx] + a * g.sign(), x0[idx], eps).detach()
-            with torch.inference_mode():
-                same = model(preprocess.normalize(proposal)).argmax(1) == c[idx]
-            x[idx[same]] = proposal[same]
-            kept[idx[same].cpu()] += 1
-            if kind != "random":
-                active[idx[~same].cpu()] = False  # the same step would be proposed again
-            if not active.any():
-                break
+
+        def noise(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            signs = torch.randint(0, 2, x.shape[1:], generator=gen).to(x) * 2 - 1
+            return signs.expand_as(x)
+
+        direction = (
+            noise
+            if kind == "random"
+            else _map_direction(images, c, preprocess, map_fn, kind, k, clean_maps)
+        )
+        x, kept = _label_preserving_steps(
+            model, x0, c, preprocess, direction, eps, a, iterations, kind != "random"
+        )
     return preprocess.normalize(x), kept
+
+
+def _map_direction(
+    images: torch.Tensor,
+    classes: torch.Tensor,
+    preprocess: Preprocess,
+    map_fn: GraphMapFn,
+    kind: MapAttackKind,
+    k: int,
+    clean_maps: torch.Tensor | None,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The white-box direction ``(x, idx) -> g`` of the top-k or centre-of-mass attack."""
+    if clean_maps is None:
+        with torch.no_grad():
+            clean_maps = map_fn(images, classes)
+    clean = clean_maps.detach()
+    top_mask, centre = _top_mask(clean, k), centre_of_mass(clean.double()).to(clean)
+
+    def direction(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return _map_gradient(x, classes[idx], preprocess, map_fn, kind, top_mask[idx], centre[idx])
+
+    return direction
+
+
+def _label_preserving_steps(
+    model: nn.Module,
+    x0: torch.Tensor,
+    classes: torch.Tensor,
+    preprocess: Preprocess,
+    direction: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    eps: float,
+    a: float,
+    iterations: int,
+    deterministic: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Signed steps from ``x0`` (pixels); a step that changes the label is rejected.
+
+    ``direction(x, idx)`` gives ``g`` for the images ``idx`` still attacked. A
+    deterministic attack stops for an image at its first rejected step (it would propose
+    the same step again). Returns the last accepted pixels and the kept steps per image.
+    """
+    x = x0.clone()
+    kept = torch.zeros(x0.shape[0], dtype=torch.long)
+    active = torch.ones(x0.shape[0], dtype=torch.bool)
+    for _ in range(iterations):
+        idx = active.nonzero()[:, 0].to(x.device)
+        g = direction(x[idx], idx)
+        proposal = _project(x[idx] + a * g.sign(), x0[idx], eps).detach()
+        with torch.inference_mode():
+            same = model(preprocess.normalize(proposal)).argmax(1) == classes[idx]
+        x[idx[same]] = proposal[same]
+        kept[idx[same].cpu()] += 1
+        if deterministic:
+            active[idx[~same].cpu()] = False
+        if not active.any():
+            break
+    return x, kept
 
 
 def _map_gradient(
@@ -277,143 +314,3 @@ def _map_gradient(
             return torch.zeros_like(x)
         (g,) = torch.autograd.grad(objective, xg, allow_unused=True)
     return torch.zeros_like(x) if g is None else torch.nan_to_num(g)
-
-
-def eps_label(eps: float) -> str:
-    """The suffix naming an ε in value names: ε in units of 1/255 (``2/255 → "2"``).
-
-    Example:
-        >>> [eps_label(e / 255) for e in (0.5, 1, 8)]
-        ['0.5', '1', '8']
-    """
-    return f"{round(eps * 255, 6):g}"  # the same rule as registry.written_names
-
-
-def compare_maps(clean: torch.Tensor, perturbed: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
-    """The four measures between clean and perturbed maps, per image."""
-    return {
-        "topk": topk_intersection(clean, perturbed, k),
-        "spearman": spearman(clean, perturbed),
-        "ssim": ssim(clean, perturbed),
-        "com_shift": center_of_mass_shift(clean, perturbed),
-    }
-
-
-_MEASURES = (
-    ("topk", True, "top-k intersection"),
-    ("spearman", True, "Spearman"),
-    ("ssim", True, "SSIM"),
-    ("com_shift", False, "centre-of-mass shift, px"),
-)
-
-
-@register_metric(
-    "adversarial",
-    values=[],
-    swept=[
-        (f"adv_{kind}_{short}", higher, f"{kind.upper()} adversarial example: {text}")
-        for kind in ADVERSARY_KINDS
-        for short, higher, text in _MEASURES
-    ]
-    + [
-        (f"adv_{kind}_flipped", False, f"{kind.upper()}: share of labels flipped (per model)")
-        for kind in ADVERSARY_KINDS
-    ],
-    source="§5 kind 2: map of the clean class on clean vs adversarial image (FGSM, PGD)",
-    needs=("gradients", "attacks", "method"),
-)
-def _adversarial(batch: MetricBatch) -> MetricOutput:
-    b, cfg = batch, batch.config
-    assert b.explain is not None
-    values: dict[str, torch.Tensor] = {}
-    for eps in cfg.epsilons:
-        for kind in ADVERSARY_KINDS:
-            adv = adversarial_examples(
-                b.model,
-                b.images,
-                b.preprocess,
-                kind,
-                eps=eps,
-                step=eps * cfg.step_fraction,
-                iterations=cfg.adv_iterations,
-                classes=b.classes,
-            )
-            with torch.inference_mode():
-                flipped = (b.model(adv).argmax(1) != b.classes).float().cpu()
-            perturbed = b.explain(b.model, adv, b.classes)
-            tag = eps_label(eps)
-            for short, val in compare_maps(b.maps, perturbed, cfg.topk).items():
-                values[f"adv_{kind}_{short}@{tag}"] = val
-            values[f"adv_{kind}_flipped@{tag}"] = flipped
-    return MetricOutput(values)
-
-
-def graph_map_fn(batch: MetricBatch) -> tuple[GraphMapFn, bool]:
-    """The differentiable map an explanation attack ascends, and whether it is white-box.
-
-    The explained method's own map (its run options and layer) when the method supports
-    ``explain_graph``; otherwise a Grad-CAM map at the run's layer (a transfer attack).
-    """
-    from .runner.state import method_options  # the runner imports this module's registry
-
-    cfg = batch.config
-    cam = build_method(
-        batch.model, batch.method, cfg.method_layer(), **method_options(cfg, batch.method)
-    )
-    white_box = cam.supports_graph()
-    if not white_box:
-        cam = build_method(batch.model, "grad-cam", cfg.method_layer())
-    target: BaseCAM = cam
-
-    def fn(x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        return target.explain_graph(x, classes).maps
-
-    return fn, white_box
-
-
-@register_metric(
-    "explanation_attack",
-    values=[("xattack_white_box", True, "1: the method's own map was attacked; 0: Grad-CAM's")],
-    swept=[
-        (f"xattack_{kind}_{short}", higher, f"{kind} attack on the map: {text}")
-        for kind in MAP_ATTACK_KINDS
-        for short, higher, text in _MEASURES
-    ]
-    + [
-        (f"xattack_{kind}_steps", True, f"{kind} attack: label-preserving steps kept")
-        for kind in MAP_ATTACK_KINDS
-    ],
-    source="§5 kind 1: Ghorbani et al. 1710.10547, white-box on each method's own map",
-    needs=("gradients", "attacks", "method"),
-)
-def _explanation_attack(batch: MetricBatch) -> MetricOutput:
-    b, cfg = batch, batch.config
-    assert b.explain is not None
-    map_fn, white_box = graph_map_fn(b)
-    with torch.no_grad():  # the attacked map on the clean images (the method's own: b.maps)
-        attacked_clean = b.maps if white_box else map_fn(b.images, b.classes).detach()
-    values: dict[str, torch.Tensor] = {
-        "xattack_white_box": torch.full((b.images.shape[0],), float(white_box))
-    }
-    for eps in cfg.epsilons:
-        tag = eps_label(eps)
-        for kind in MAP_ATTACK_KINDS:
-            adv, kept = explanation_attack(
-                b.model,
-                b.images,
-                b.preprocess,
-                map_fn,
-                kind,
-                eps=eps,
-                step=eps * cfg.step_fraction,
-                iterations=cfg.iterations,
-                k=cfg.topk,
-                classes=b.classes,
-                seed=cfg.seed,
-                clean_maps=attacked_clean,
-            )
-            perturbed = b.explain(b.model, adv, b.classes)
-            for short, val in compare_maps(b.maps, perturbed, cfg.topk).items():
-                values[f"xattack_{kind}_{short}@{tag}"] = val
-            values[f"xattack_{kind}_steps@{tag}"] = kept.float()
-    return MetricOutput(values)
