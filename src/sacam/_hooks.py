@@ -69,21 +69,25 @@ def model_guard(model: nn.Module, *, eval_mode: bool = True, freeze: bool = True
                         buf.copy_(copy)
 
 
-def check_images(images: object, model: nn.Module) -> torch.Tensor:
+def check_images(images: object, model: nn.Module, *, volumes: bool = False) -> torch.Tensor:
     """Validate a batch for ``model`` and return it detached (an ordinary tensor).
 
     An inference tensor (made under ``torch.inference_mode()``) is copied to an ordinary
-    one, so that autograd can run on the layers after it.
+    one, so that autograd can run on the layers after it. ``volumes=True`` accepts 5-D
+    inputs ``(B, C, T, H, W)`` (3D CNNs, video) as well.
     """
     if not isinstance(images, torch.Tensor):
         raise InputError(
             f"images must be a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}; "
             "use sacam.models.load_model(...).preprocess to turn PIL images into a batch"
         )
-    if images.ndim != 4:
+    if images.ndim != 4 and not (volumes and images.ndim == 5):
         hint = " (add a batch axis: images.unsqueeze(0))" if images.ndim == 3 else ""
-        raise InputError(f"images must be 4-D (B, C, H, W), got shape {tuple(images.shape)}{hint}")
-    if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
+        if images.ndim == 5:
+            hint = " (5-D inputs are explained by the gradient and decomposition methods)"
+        kinds = "4-D (B, C, H, W) or 5-D (B, C, T, H, W)" if volumes else "4-D (B, C, H, W)"
+        raise InputError(f"images must be {kinds}, got shape {tuple(images.shape)}{hint}")
+    if images.shape[0] == 0 or 0 in images.shape[2:]:
         raise InputError(f"images must not be empty, got shape {tuple(images.shape)}")
     if not images.dtype.is_floating_point:
         raise InputError(

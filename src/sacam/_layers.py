@@ -15,6 +15,7 @@ model and input shape (an exported program may fix the batch size).
 from __future__ import annotations
 
 import difflib
+import math
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -100,22 +101,30 @@ def _structure_key(model: nn.Module) -> int:
     return hash(tuple(id(m) for m in model.modules()))
 
 
-def auto_layer(model: nn.Module, record: ProbeRecord) -> LayerRef:
-    """The last (module, call) whose output is 4-D with spatial size above 1."""
+def auto_layer(model: nn.Module, record: ProbeRecord, ndim: int = 4) -> LayerRef:
+    """The last (module, call) whose output is ``ndim``-D with spatial size above 1.
+
+    ``ndim`` is the input's: 4 for images, 5 for volumes ``(B, C, T, H, W)``.
+    """
     modules = dict(model.named_modules())
     for name, call, shape in reversed(record.order):
-        if shape is not None and len(shape) == 4 and shape[2] * shape[3] > 1:
+        if shape is not None and len(shape) == ndim and math.prod(shape[2:]) > 1:
             return LayerRef(modules[name], name, call, record.calls[name])
     raise LayerError(
-        "found no layer with a 4-D output of spatial size above 1 to explain; pass layer= "
-        "(a module or its dotted name) and, for token outputs, a reshape_transform"
+        f"found no layer with a {ndim}-D output of spatial size above 1 to explain; pass "
+        "layer= (a module or its dotted name) and, for token outputs, a reshape_transform"
     )
 
 
-def resolve_layers(model: nn.Module, layer: LayersLike, record: ProbeRecord) -> list[LayerRef]:
-    """Resolve ``layer`` (None, a module, a dotted name, or a list of them) to LayerRefs."""
+def resolve_layers(
+    model: nn.Module, layer: LayersLike, record: ProbeRecord, *, ndim: int = 4
+) -> list[LayerRef]:
+    """Resolve ``layer`` (None, a module, a dotted name, or a list of them) to LayerRefs.
+
+    ``ndim`` (the input's, 4 or 5) sets which outputs the automatic choice looks for.
+    """
     if layer is None:
-        return [auto_layer(model, record)]
+        return [auto_layer(model, record, ndim)]
     items: list[LayerLike] = list(layer) if isinstance(layer, list | tuple) else [layer]  # type: ignore[list-item]
     if not items:
         raise LayerError("layer is an empty list: pass None, a module or a dotted name")

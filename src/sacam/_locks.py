@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from ._outputs import unwrap
+
 __all__ = ["Hook", "model_lock", "this_thread_only"]
 
 _LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
@@ -20,12 +22,15 @@ _LOCKS_LOCK = threading.Lock()
 def model_lock(model: nn.Module) -> threading.RLock:
     """The re-entrant lock that serialises sacam's calls on ``model`` (one per model object).
 
+    A :class:`sacam._outputs.LogitsModel` wrapper has the lock of the model it wraps.
+
     Example:
         >>> from torch import nn
         >>> net = nn.Linear(2, 2)
         >>> model_lock(net) is model_lock(net), model_lock(net) is model_lock(nn.Linear(2, 2))
         (True, False)
     """
+    model = unwrap(model)  # a LogitsModel shares the lock of the model it wraps
     with _LOCKS_LOCK:
         lock = _LOCKS.get(model)
         if lock is None:

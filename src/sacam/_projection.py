@@ -6,6 +6,7 @@ engine's ``eigen_smooth`` option (:mod:`sacam.smoothing`).
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -48,14 +49,15 @@ def principal_projection(
     the SVD gave it.
 
     Args:
-        features: ``(B, K, h, w)``.
+        features: ``(B, K, h, w)``, or ``(B, K, t, h, w)`` (every spatial axis is a position).
         center: subtract each channel's mean over positions before the SVD (PCA proper,
             as pytorch-grad-cam's ``get_2d_projection``).
-        reference: ``(B, h, w)`` map the projection should agree with.
+        reference: ``(B, h, w)`` (``(B, t, h, w)``) map the projection should agree with.
         sign: ``"correlation"`` or ``"energy"``, see above.
 
     Returns:
-        ``(B, h, w)`` in the dtype of ``features`` (the SVD runs in float32 at least).
+        ``(B, h, w)`` (``(B, t, h, w)``) in the dtype of ``features`` (the SVD runs in
+        float32 at least).
 
     Example:
         >>> import torch
@@ -70,13 +72,14 @@ def principal_projection(
     """
     if sign not in ("correlation", "energy"):
         raise ValueError(f"sign must be 'correlation' or 'energy', got {sign!r}")
-    b, k, h, w = features.shape
+    b, k = features.shape[:2]
+    space = tuple(features.shape[2:])
     work = features.float() if features.dtype in (torch.float16, torch.bfloat16) else features
     x = work.flatten(2).transpose(1, 2)  # (B, hw, K)
     if center:
         x = x - x.mean(dim=1, keepdim=True)
-    if k == 0 or h * w == 0:
-        return torch.zeros(b, h, w, dtype=features.dtype, device=features.device)
+    if k == 0 or math.prod(space) == 0:
+        return torch.zeros(b, *space, dtype=features.dtype, device=features.device)
     _, _, vh = torch.linalg.svd(x, full_matrices=False)
     proj = torch.bmm(x, vh[:, :1, :].transpose(1, 2))[:, :, 0]  # (B, hw)
     ref = (work.mean(dim=1) if reference is None else reference.to(work.dtype)).flatten(1)
@@ -93,7 +96,7 @@ def principal_projection(
     flip = torch.where(flip & ~shows_flipped & shows, False, flip)
     flip = torch.where(~flip & ~shows & shows_flipped, True, flip)
     sgn = torch.where(flip, -1.0, 1.0).to(proj.dtype)
-    return (proj * sgn[:, None]).view(b, h, w).to(features.dtype)
+    return (proj * sgn[:, None]).view(b, *space).to(features.dtype)
 
 
 def numpy_2d_projection(features: torch.Tensor) -> torch.Tensor:
@@ -107,19 +110,21 @@ def numpy_2d_projection(features: torch.Tensor) -> torch.Tensor:
     so the projection is computed with NumPy on a CPU copy, as pytorch-grad-cam does.
 
     Args:
-        features: ``(B, K, h, w)``, on any device.
+        features: ``(B, K, h, w)`` or ``(B, K, t, h, w)``, on any device.
 
     Returns:
-        ``(B, h, w)`` on the device and in the dtype of ``features``.
+        ``(B, h, w)`` (``(B, t, h, w)``) on the device and in the dtype of ``features``.
     """
-    b, k, h, w = features.shape
+    b, k = features.shape[:2]
+    space = tuple(features.shape[2:])
+    n = math.prod(space)
     acts = features.detach().to("cpu", torch.float32).numpy()
-    out = np.zeros((b, h * w), dtype=np.float32)
+    out = np.zeros((b, n), dtype=np.float32)
     for i in range(b):
-        rows = acts[i].reshape(k, h * w).transpose()
+        rows = acts[i].reshape(k, n).transpose()
         rows = rows - rows.mean(axis=0)
         if rows.size == 0:
             continue
         _, _, vt = np.linalg.svd(rows, full_matrices=True)
         out[i] = rows @ vt[0, :]
-    return torch.from_numpy(out).view(b, h, w).to(device=features.device, dtype=features.dtype)
+    return torch.from_numpy(out).view(b, *space).to(device=features.device, dtype=features.dtype)

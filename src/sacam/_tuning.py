@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from ._layers import ProbeRecord, probe
+from ._outputs import unwrap
 
 CANDIDATE_BATCHES = (8, 16, 32, 64)
 
@@ -192,7 +193,7 @@ def measure_memory(model: nn.Module, sample: torch.Tensor) -> MemoryCost:
     calls it during a call, in eval mode).
     """
     key = (tuple(sample.shape), sample.dtype, str(sample.device))
-    per_model = _COSTS.setdefault(model, {})
+    per_model = _COSTS.setdefault(unwrap(model), {})  # a LogitsModel: its model's cache
     if key in per_model:
         return per_model[key]
     record = probe(model, sample[None])
@@ -277,7 +278,7 @@ def measure_plan(
     timings are kept: another ``cap`` reuses them and times only sizes not seen yet.
     """
     key = (tuple(sample.shape), sample.dtype, str(sample.device))
-    timings = _TIMINGS.setdefault(model, {}).setdefault(key, {})
+    timings = _TIMINGS.setdefault(unwrap(model), {}).setdefault(key, {})
     sizes = sorted({min(b, cap) for b in candidates})
     formats = (False, True) if sample.ndim == 3 else (False,)
     cpu = sample.device.type == "cpu"

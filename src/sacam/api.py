@@ -46,9 +46,14 @@ def explain(
     Args:
         model: a classifier (or any model whose output a target reduces to one score per
             sample). It is left exactly as it was: training flags, ``requires_grad`` flags
-            and hooks are restored after the call, also after an exception.
+            and hooks are restored after the call, also after an exception. Its forward
+            may return a tensor, a tuple or list (logits first), a dict (``"logits"``, or
+            its only tensor) or an object with ``.logits`` (Hugging Face); pass
+            ``output_transform=`` (output -> ``(B, classes)`` tensor) for anything else.
         images: ``(B, C, H, W)`` float tensor, normalised as the model expects, on the
-            model's device. The maps stay on that device.
+            model's device. The maps stay on that device. ``(B, C, T, H, W)`` (3D CNNs,
+            video) for the gradient and decomposition methods
+            (:func:`sacam.core.volume_methods`): maps ``(B, T, H, W)``.
         method: a name from :func:`sacam.list_methods` (``"grad-cam"``, ``"sa-cam"``, ...).
         layer: target layer(s): a module, a dotted name (``"_blocks.15"``; ``"name@k"`` for
             call ``k`` of a module run several times; a bare name means its last call), a
@@ -61,8 +66,8 @@ def explain(
             maps of the flipped and rescaled images (scales 1, 0.75, 1.25); a dict sets
             its options (``{"scales": (1.0, 1.5), "hflip": False}``). Needs ``upsample``.
         **method_options: options of the method (see its class docstring), and the
-            engine's ``reshape_transform``, ``fusion``, ``eval_mode`` and
-            ``eigen_smooth`` (first-principal-component smoothing).
+            engine's ``reshape_transform``, ``fusion``, ``eval_mode``, ``eigen_smooth``
+            (first-principal-component smoothing) and ``output_transform``.
 
     Returns:
         ``(B, H, W)`` tensor with values in [0, 1] per image (``(B, h, w)`` at layer

@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from . import __version__
+from ._outputs import to_logits
 from .api import build_method
 from .errors import InputError, ModelError, SacamError
 from .models import SAMPLE_IMAGES, LoadedModel, check_device, load_image, load_model
@@ -759,7 +760,7 @@ def _explain(args: argparse.Namespace) -> int:
             chunk = slice(start, start + args.batch_size)
             x = pre.normalize(torch.stack(pixels[chunk])).to(args.device)
             with torch.inference_mode():
-                logits = loaded.model(x)
+                logits = to_logits(loaded.model(x))
             probs = torch.softmax(logits.float(), dim=1)
             top = probs.topk(min(5, probs.shape[1]), dim=1)
             targets = target if target is not None else top.indices[:, 0]

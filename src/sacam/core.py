@@ -27,6 +27,7 @@ Hook discipline:
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -38,15 +39,35 @@ from torch import nn
 
 from ._hooks import Capture, check_images, model_guard
 from ._layers import LayerRef, LayersLike, probe, resolve_layers
+from ._outputs import LogitsModel, OutputTransform, logits_model
 from ._projection import principal_projection
-from .errors import LayerError, MethodError, ModelError, TargetError
+from .errors import InputError, LayerError, MethodError, ModelError
 from .targets import ScoreFn, TargetsLike, evaluate_scores, resolve_targets
 
 ReshapeTransform = Callable[[torch.Tensor], torch.Tensor]
 # set by BaseCAM.explain_graph for the duration of one call (per thread / task)
 _KEEP_GRAPH: ContextVar[bool] = ContextVar("sacam_keep_graph", default=False)
 
-__all__ = ["BaseCAM", "CallContext", "Explanation", "LayerData", "model_guard", "normalize_maps"]
+__all__ = [
+    "BaseCAM",
+    "CallContext",
+    "Explanation",
+    "LayerData",
+    "model_guard",
+    "normalize_maps",
+    "spatial_dims",
+    "volume_methods",
+]
+
+
+def spatial_dims(t: torch.Tensor) -> tuple[int, ...]:
+    """The spatial axes of a ``(B, K, h, w)`` or ``(B, K, t, h, w)`` tensor: ``(2, 3[, 4])``.
+
+    Example:
+        >>> spatial_dims(torch.zeros(1, 2, 3, 4, 5))
+        (2, 3, 4)
+    """
+    return tuple(range(2, t.ndim))
 
 
 @dataclass
@@ -55,7 +76,7 @@ class LayerData:
 
     Attributes:
         ref: the layer (module, name, call).
-        activations: ``A``, shape ``(B, K, h, w)``.
+        activations: ``A``, shape ``(B, K, h, w)`` (``(B, K, t, h, w)`` for 5-D inputs).
         gradients: ``dy/dA`` of the summed target scores, same shape, or ``None`` for
             gradient-free methods.
     """
@@ -70,9 +91,12 @@ class CallContext:
     """The batch-level state of one call, shared by every layer.
 
     Attributes:
-        model: the model (in eval mode, parameters frozen, hooks active only when capturing).
-        images: the input batch ``(B, C, H, W)``.
-        output: the model output on the clean images (detached).
+        model: the model as a callable that returns the logits: a
+            :class:`~sacam._outputs.LogitsModel` around the user's model (whose submodules
+            are the user's; in eval mode, parameters frozen, hooks active only when
+            capturing). Structure (layer names) is read from the method's ``model``.
+        images: the input batch ``(B, C, H, W)`` (``(B, C, T, H, W)`` for 5-D inputs).
+        output: the logits on the clean images (detached; see ``output_transform``).
         score_fn: batch callable, model output -> ``(B,)`` target scores.
         class_idx: target class per sample, or ``None`` for callable targets.
         scores: ``score_fn(output)``, shape ``(B,)``.
@@ -93,8 +117,8 @@ class Explanation:
     """The full result of a call.
 
     Attributes:
-        maps: ``(B, H, W)`` in [0, 1] (``(B, h, w)`` when not upsampled); the fused map when
-            several layers are explained.
+        maps: ``(B, H, W)`` in [0, 1] (``(B, h, w)`` when not upsampled; ``(B, T, H, W)``
+            for 5-D inputs); the fused map when several layers are explained.
         layer_maps: per layer label, its own normalised map.
         class_idx: the explained class of each sample (``None`` for callable targets).
         scores: the target score of each sample on the clean image.
@@ -114,8 +138,13 @@ class Explanation:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def predict(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+def predict(
+    model: nn.Module, images: torch.Tensor, output_transform: OutputTransform | None = None
+) -> torch.Tensor:
     """Top-1 class of each image (eval mode, no graph), as an ordinary tensor.
+
+    The model's output is read as logits by :func:`sacam._outputs.to_logits`
+    (``output_transform`` for outputs it cannot read).
 
     Example:
         >>> from torch import nn
@@ -123,7 +152,7 @@ def predict(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         [1]
     """
     with model_guard(model), torch.inference_mode():
-        top = model(images).argmax(1)
+        top = logits_model(model, output_transform)(images).argmax(1)
     return top.clone()  # an ordinary tensor, usable outside inference mode
 
 
@@ -151,13 +180,25 @@ def normalize_maps(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return out.clamp_(0.0, 1.0), constant
 
 
-def _check_output(output: object) -> torch.Tensor:
-    if not isinstance(output, torch.Tensor):
-        raise TargetError(
-            f"the model returned {type(output).__name__}, not a tensor: wrap it so that "
-            "forward returns the tensor to explain (e.g. logits)"
-        )
-    return output
+def volume_methods() -> list[str]:
+    """Names of the methods that explain 5-D inputs ``(B, C, T, H, W)`` (3D CNNs, video).
+
+    A method opts in with ``volumes = True`` in its own class body (not inherited, so a
+    subclass that builds its map another way does not claim it by accident).
+
+    Example:
+        >>> import sacam
+        >>> "grad-cam" in volume_methods(), "score-cam" in volume_methods()
+        (True, False)
+    """
+    found: list[str] = []
+    todo = list(BaseCAM.__subclasses__())
+    while todo:
+        cls = todo.pop(0)
+        todo.extend(cls.__subclasses__())
+        if cls.name and cls.accepts_volumes() and cls.name not in found:
+            found.append(cls.name)
+    return found
 
 
 class BaseCAM:
@@ -183,6 +224,18 @@ class BaseCAM:
             with the unsmoothed map, where pytorch-grad-cam keeps the SVD's arbitrary sign.
             Methods that build their map another way (Eigen-CAM, Group-CAM, SA-CAM, ...)
             refuse it.
+        output_transform: a callable from the model's output to the ``(B, classes)``
+            tensor to explain, for outputs sacam cannot read by itself. Without it, a
+            tensor is used as is, an object with ``.logits`` (Hugging Face) gives its
+            ``logits``, a dict its ``"logits"`` entry (else its only tensor value) and a
+            tuple or list its first element (:func:`sacam._outputs.to_logits`). Targets
+            (callables included) see the converted output.
+
+    5-D inputs ``(B, C, T, H, W)`` (3D CNNs, video) are explained by the methods that set
+    ``volumes = True`` (:func:`volume_methods`: the gradient and decomposition
+    families); the target layer is then a 5-D ``(B, K, t, h, w)`` output, weights average
+    over ``t, h, w`` and the maps ``(B, T, H, W)`` are upsampled trilinearly. Other methods
+    refuse 5-D inputs with an error that names those that accept them.
     """
 
     name: ClassVar[str] = ""
@@ -190,6 +243,7 @@ class BaseCAM:
     #: the map is built from the layer's activations and gradients with torch operations
     #: only, so :meth:`explain_graph` can differentiate it w.r.t. the input
     graph_safe: ClassVar[bool] = False
+    volumes: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -200,6 +254,7 @@ class BaseCAM:
         fusion: Literal["max", "mean"] = "max",
         eval_mode: bool = True,
         eigen_smooth: bool = False,
+        output_transform: OutputTransform | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise MethodError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -220,6 +275,9 @@ class BaseCAM:
             )
         self.eigen_smooth = eigen_smooth
         self.model = model
+        self.output_transform = output_transform
+        # every forward pass of the engine and of the methods goes through this wrapper
+        self.logits_model: LogitsModel = logits_model(model, output_transform)
         self.layer = layer
         self.reshape_transform = reshape_transform
         self.fusion = fusion
@@ -236,7 +294,8 @@ class BaseCAM:
         The default is ``w_k A^k`` from :meth:`weights`; element-wise methods override it.
         """
         w = self.weights(layer, ctx)
-        return w.to(layer.activations.dtype)[:, :, None, None] * layer.activations
+        a = layer.activations
+        return w.to(a.dtype).reshape(w.shape + (1,) * (a.ndim - 2)) * a
 
     def layer_map(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """Raw map of one layer, ``(B, h, w)``, before ReLU and normalisation."""
@@ -246,14 +305,20 @@ class BaseCAM:
         if type(self).channel_maps is BaseCAM.channel_maps:
             # the weighted sum, without building the (B, K, h, w) products
             w = self.weights(layer, ctx)
-            return torch.einsum("bk,bkhw->bhw", w.to(layer.activations.dtype), layer.activations)
+            a = layer.activations
+            spec = "bk,bkhw->bhw" if a.ndim == 4 else "bk,bk...->b..."
+            return torch.einsum(spec, w.to(a.dtype), a)
         return self.channel_maps(layer, ctx).sum(1)
 
     # ----------------------------------------------------------------- public API
     def __call__(
         self, images: torch.Tensor, targets: TargetsLike = None, *, upsample: bool = True
     ) -> torch.Tensor:
-        """Return the maps ``(B, H, W)`` in [0, 1] (``(B, h, w)`` if ``upsample=False``)."""
+        """Return the maps ``(B, H, W)`` in [0, 1] (``(B, h, w)`` if ``upsample=False``).
+
+        5-D inputs ``(B, C, T, H, W)`` give ``(B, T, H, W)`` (methods in
+        :func:`volume_methods`).
+        """
         return self.explain(images, targets, upsample=upsample).maps
 
     def supports_graph(self) -> bool:
@@ -286,31 +351,47 @@ class BaseCAM:
 
         Args:
             images: ``(B, C, H, W)`` float tensor on the model's device, normalised as the
-                model expects.
+                model expects; ``(B, C, T, H, W)`` for the methods of
+                :func:`volume_methods`.
             targets: ``None`` (top-1 class per sample), an ``int``, one ``int`` per sample,
                 or callables mapping the model output to one score per sample.
-            upsample: resize maps bilinearly to the input size (else keep layer size).
+            upsample: resize maps bilinearly (trilinearly for 5-D inputs) to the input size
+                (else keep layer size).
         """
         model = self.model
         keep_graph = _KEEP_GRAPH.get()
-        checked = check_images(images, model)
+        checked = self.check_input(images)
         images = images if keep_graph else checked
         with model_guard(model, eval_mode=self.eval_mode, freeze=True):
             record = probe(model, checked)
-            refs = resolve_layers(model, self.layer, record)
+            refs = resolve_layers(model, self.layer, record, ndim=checked.ndim)
             ctx, layers = self._forward(images, refs, targets, keep_graph)
             raw = {ld.ref.label: self.layer_map(ld, ctx) for ld in layers}
         return self._finish(raw, ctx, images, upsample)
+
+    @classmethod
+    def accepts_volumes(cls) -> bool:
+        """Whether this class itself declares 5-D inputs (``volumes = True`` in its body)."""
+        return bool(cls.__dict__.get("volumes", False))
+
+    def check_input(self, images: object) -> torch.Tensor:
+        """:func:`sacam._hooks.check_images`, with 5-D inputs for :func:`volume_methods` only."""
+        if isinstance(images, torch.Tensor) and images.ndim == 5 and not self.accepts_volumes():
+            raise InputError(
+                f"{self.name or type(self).__name__} explains 4-D images (B, C, H, W), got 5-D "
+                f"input {tuple(images.shape)}; 5-D inputs (B, C, T, H, W) are explained by: "
+                f"{', '.join(volume_methods())}"
+            )
+        return check_images(images, self.model, volumes=True)
 
     # ----------------------------------------------------------------- internals
     def _forward(
         self, images: torch.Tensor, refs: list[LayerRef], targets: TargetsLike, keep: bool = False
     ) -> tuple[CallContext, list[LayerData]]:
-        model = self.model
         with Capture(refs, with_grad=self.uses_gradients) as cap:
             if self.uses_gradients:
                 with torch.enable_grad():
-                    output = _check_output(model(images))
+                    output = self.logits_model(images)
                     score_fn, class_idx = resolve_targets(targets, output.detach())
                     scores = evaluate_scores(score_fn, output)
                     stored = self._stored(cap, refs)
@@ -332,7 +413,7 @@ class BaseCAM:
                 grad_list: list[torch.Tensor | None] = [g if keep else g.detach() for g in grads]
             else:
                 with torch.enable_grad() if keep else torch.inference_mode():
-                    output = _check_output(model(images))
+                    output = self.logits_model(images)
                     score_fn, class_idx = resolve_targets(targets, output)
                     scores = evaluate_scores(score_fn, output)
                 acts = [a.clone() for a in self._stored(cap, refs)]  # leave inference mode
@@ -340,11 +421,11 @@ class BaseCAM:
                 output, scores = output.clone(), scores.clone()
                 class_idx = class_idx.clone() if class_idx is not None else None
         layers = [
-            LayerData(ref, *self._to_maps(ref, a, g))
+            LayerData(ref, *self._to_maps(ref, a, g, images.ndim))
             for ref, a, g in zip(refs, acts, grad_list, strict=True)
         ]
         ctx = CallContext(
-            model=model,
+            model=self.logits_model,
             images=images,
             output=output.detach(),
             score_fn=score_fn,
@@ -369,10 +450,11 @@ class BaseCAM:
         engine's own capture hook, only for this pass, and ``torch.autograd.grad`` on the
         stored layer output, so nothing is accumulated in ``.grad``; the caller runs it
         inside the call (model in eval mode, parameters frozen). Both come back detached,
-        as ``(B, K, h, w)`` (after ``reshape_transform``).
+        as ``(B, K, h, w)`` (after ``reshape_transform``; ``(B, K, t, h, w)`` for 5-D
+        inputs).
         """
         with Capture([ref], with_grad=True) as cap, torch.enable_grad():
-            output = _check_output(self.model(images))
+            output = self.logits_model(images)
             scores = evaluate_scores(score_fn, output)
             (stored,) = self._stored(cap, [ref])
             if not scores.requires_grad:
@@ -381,16 +463,22 @@ class BaseCAM:
                     "on the path to the output"
                 )
             (grad,) = torch.autograd.grad(scores.sum(), stored)
-        a, g = self._to_maps(ref, stored.detach(), grad.detach())
+        a, g = self._to_maps(ref, stored.detach(), grad.detach(), images.ndim)
         return a, cast(torch.Tensor, g)
 
     def _to_maps(
-        self, ref: LayerRef, a: torch.Tensor, g: torch.Tensor | None
+        self, ref: LayerRef, a: torch.Tensor, g: torch.Tensor | None, ndim: int = 4
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``ndim``: that of the input; a layer's output must have the same (4 or 5)."""
         if self.reshape_transform is not None:
             a = self.reshape_transform(a)
             g = self.reshape_transform(g) if g is not None else None
-        if a.ndim != 4:
+        if a.ndim != ndim:
+            if ndim == 5:
+                raise LayerError(
+                    f"layer {ref.label!r} outputs shape {tuple(a.shape)}, not (B, K, t, h, w): "
+                    "for 5-D inputs pick a 3-D convolutional layer (e.g. an nn.Conv3d's output)"
+                )
             raise LayerError(
                 f"layer {ref.label!r} outputs shape {tuple(a.shape)}, not (B, K, h, w): pick a "
                 "convolutional layer, or pass reshape_transform for token outputs"
@@ -405,16 +493,17 @@ class BaseCAM:
         upsample: bool,
     ) -> Explanation:
         if upsample:
-            size = tuple(images.shape[-2:])
+            size = tuple(images.shape[2:])
         else:
-            size = max((tuple(m.shape[-2:]) for m in raw.values()), key=lambda s: s[0] * s[1])
+            size = max((tuple(m.shape[1:]) for m in raw.values()), key=math.prod)
+        mode = "bilinear" if len(size) == 2 else "trilinear"
         layer_maps: dict[str, torch.Tensor] = {}
         constant_any = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
         for label, m in raw.items():
             m = m if m.dtype == torch.float64 else m.float()  # float64 models keep float64 maps
             m = torch.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0)
-            if tuple(m.shape[-2:]) != size:
-                m = F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+            if tuple(m.shape[1:]) != size:
+                m = F.interpolate(m[:, None], size=size, mode=mode, align_corners=False)[:, 0]
             m, constant = normalize_maps(m)
             layer_maps[label] = m
             constant_any |= constant

@@ -30,6 +30,7 @@ from PIL import Image
 from torch import nn
 
 from ._modelfile import TRUST_HINT, check_pt2, is_torchscript
+from ._outputs import to_logits
 from .errors import ModelError
 from .images import SAMPLE_IMAGES, load_image, sample_image
 
@@ -384,7 +385,7 @@ def load_model(
 def _n_outputs(model: nn.Module, pre: Preprocess, device: str | torch.device) -> int:
     try:
         with torch.inference_mode():
-            out = model(torch.zeros(1, 3, pre.size, pre.size, device=device))
+            out = to_logits(model(torch.zeros(1, 3, pre.size, pre.size, device=device)))
     except Exception:
         return 0
     return int(out.shape[1]) if isinstance(out, torch.Tensor) and out.ndim == 2 else 0

@@ -113,7 +113,7 @@ def tta(
     size = (int(images.shape[-2]), int(images.shape[-1]))
     with model_guard(model, eval_mode=cam.eval_mode, freeze=True):
         with torch.inference_mode():
-            output = model(images)
+            output = cam.logits_model(images)
             score_fn, class_idx = resolve_targets(targets, output)
             scores = evaluate_scores(score_fn, output)
         # leave inference mode: plain tensors for the caller

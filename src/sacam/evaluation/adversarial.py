@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._outputs import OutputTransform, logits_model
 from ..core import model_guard, predict
 from ..errors import InputError
 from ..models import Preprocess
@@ -83,6 +84,7 @@ def adversarial_examples(
     step: float | None = None,
     iterations: int = 10,
     classes: torch.Tensor | None = None,
+    output_transform: OutputTransform | None = None,
 ) -> torch.Tensor:
     """Adversarial examples for the classifier (FGSM or PGD on the cross-entropy loss).
 
@@ -100,6 +102,7 @@ def adversarial_examples(
         step: PGD's step ``a`` (default ``eps / 8``).
         iterations: PGD's steps.
         classes: the attacked class per image (default: the clean top-1).
+        output_transform: reads the model's output as logits (see :func:`sacam.explain`).
 
     Returns:
         The normalised adversarial images, ``(B, C, H, W)``.
@@ -107,6 +110,7 @@ def adversarial_examples(
     if kind not in ADVERSARY_KINDS:
         raise InputError(f"adversary kind must be 'fgsm' or 'pgd', got {kind!r}")
     a = _check_eps(eps, step)
+    model = logits_model(model, output_transform)
     with model_guard(model):
         c = predict(model, images) if classes is None else classes
         x0 = preprocess.denormalize(images).detach()
@@ -192,6 +196,7 @@ def explanation_attack(
     classes: torch.Tensor | None = None,
     seed: int = 0,
     clean_maps: torch.Tensor | None = None,
+    output_transform: OutputTransform | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Label-preserving attack on a map (Ghorbani's top-k and centre-of-mass attacks).
 
@@ -199,26 +204,25 @@ def explanation_attack(
         model: the classifier.
         images: ``(B, C, H, W)`` normalised inputs.
         preprocess: the model's preprocessing.
-        map_fn: ``(normalised images, classes) -> (B, H, W)`` maps that stay
-            differentiable w.r.t. the images (e.g. ``cam.explain_graph(x, c).maps``);
-            not called for ``"random"``.
+        map_fn: ``(images, classes) -> (B, H, W)`` maps differentiable w.r.t. the images
+            (``cam.explain_graph(x, c).maps``); unused by ``"random"``.
         kind: ``"random"`` (sign noise), ``"topk"`` or ``"com"`` (see :func:`map_objective`).
         eps: L-infinity bound in pixel units.
         step: step ``a`` (default ``eps / 8``).
         iterations: steps tried at most.
         k: top-k pixels of the ``"topk"`` objective.
         classes: the explained class per image (default: the clean top-1).
-        seed: seed of the random attack (one ``(C, H, W)`` draw per step, shared by the
-            batch, so a batch gives the results of its images attacked one by one).
+        seed: seed of the random attack (one ``(C, H, W)`` draw per step for the batch).
         clean_maps: ``map_fn`` on the clean images, if already known (else computed).
+        output_transform: reads the model's output as logits (see :func:`sacam.explain`).
 
     Returns:
-        ``(perturbed, kept)``: normalised perturbed images and, per image, the number of
-        kept (label-preserving) steps; 0 means the clean image itself.
+        ``(perturbed, kept)``: normalised images, and kept steps per image (0: clean).
     """
     if kind not in MAP_ATTACK_KINDS:
         raise InputError(f"map attack kind must be 'random', 'topk' or 'com', got {kind!r}")
     a = _check_eps(eps, step)
+    model = logits_model(model, output_transform)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     with model_guard(model):
         c = predict(model, images) if classes is None else classes.to(images.device)

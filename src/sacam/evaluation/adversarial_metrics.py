@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..api import build_method
-from ..core import BaseCAM
+from ..core import BaseCAM, predict
 from .adversarial import (
     ADVERSARY_KINDS,
     MAP_ATTACK_KINDS,
@@ -86,7 +86,7 @@ def _adversarial(batch: MetricBatch) -> MetricOutput:
                 classes=b.classes,
             )
             with torch.inference_mode():
-                flipped = (b.model(adv).argmax(1) != b.classes).float().cpu()
+                flipped = (predict(b.model, adv) != b.classes).float().cpu()
             perturbed = b.explain(b.model, adv, b.classes)
             tag = eps_label(eps)
             for short, val in compare_maps(b.maps, perturbed, cfg.topk).items():

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .._outputs import to_logits
 from ..api import build_method
 from ..errors import InputError, SacamError
 from ..models import LoadedModel, load_model, with_preprocess
@@ -104,7 +105,7 @@ def explain_batch(ex: Explainer, items: list[Item]) -> list[tuple[str, str, str]
         return failures
     x = pre.normalize(loaded.pixels).to(job.device)
     with torch.no_grad():
-        top1 = ex.lm.model(x).argmax(1)
+        top1 = to_logits(ex.lm.model(x)).argmax(1)
     targets = torch.full_like(top1, job.target) if job.target is not None else top1
     for method, cam in ex.cams.items():
         try:

@@ -9,6 +9,8 @@ Conventions (from the evaluation protocols):
 - the class is each sample's top-1 on the clean image unless ``targets`` are given;
 - scores are softmax probabilities;
 - maps are ``(B, H, W)`` in [0, 1] at the input size (as :func:`sacam.explain` returns);
+- the model's output is read as logits as the methods read it (tuple, dict, ``.logits``;
+  ``output_transform=`` for anything else, :func:`sacam._outputs.to_logits`);
 - where a metric masks in pixel space it needs the model's ``Preprocess`` (to go from
   the normalised tensor to [0, 1] pixels and back); without one it multiplies the
   normalised tensor, which moves pixels towards the dataset mean, and says so in its
@@ -27,6 +29,7 @@ import torch
 from torch import nn
 
 from .._layers import probe
+from .._outputs import OutputTransform, logits_model, unwrap
 from .._tuning import CANDIDATE_BATCHES, Plan, memory_cap
 from ..core import model_guard, predict
 from ..errors import InputError
@@ -53,7 +56,7 @@ def check_inputs(images: torch.Tensor, maps: torch.Tensor) -> None:
 def _probs(
     model: nn.Module, x: torch.Tensor, classes: torch.Tensor, batch_size: int
 ) -> torch.Tensor:
-    out = []
+    out, model = [], logits_model(model)
     for start in range(0, x.shape[0], batch_size):
         logits = model(x[start : start + batch_size])
         out.append(
@@ -71,7 +74,7 @@ def target_classes(
     if targets is None:
         return predict(model, images)
     with model_guard(model), torch.inference_mode():
-        output = model(images[:1])
+        output = logits_model(model)(images[:1])
     given = [targets] * images.shape[0] if isinstance(targets, int) else targets
     idx = torch.as_tensor(given, dtype=torch.long).reshape(-1)
     if idx.numel() == 1:
@@ -89,6 +92,7 @@ def confidence_change(
     *,
     preprocess: Preprocess | None = None,
     batch_size: int = 32,
+    output_transform: OutputTransform | None = None,
 ) -> dict[str, torch.Tensor]:
     r"""Average Drop, Increase in Confidence and Average Gain, per sample (in %).
 
@@ -112,6 +116,7 @@ def confidence_change(
         [0.0, 0.0]
     """
     check_inputs(images, maps)
+    model = logits_model(model, output_transform)
     with model_guard(model):
         classes = target_classes(model, images, targets)
         return confidence_values(model, images, maps, classes, preprocess, batch_size)
@@ -194,7 +199,7 @@ def curve(
     thresholds = torch.arange(points, device=device) * step  # pixels switched at point t
     classes = classes.to(device)
     total = b_count * points
-    probs = torch.empty(total, device=device)
+    probs, model = torch.empty(total, device=device), logits_model(model)
     with model_guard(model):
         tuner = _tuner(model, start, batch_size)
         lo = 0
@@ -272,7 +277,7 @@ def _tuner(model: nn.Module, images: torch.Tensor, batch_size: int | Literal["au
         fixed = Plan(int(batch_size), False)
         return _Tuner((fixed,), {fixed: [0.0, 0.0]})
     key = (tuple(images.shape[1:]), images.dtype, str(images.device))
-    tuners = _TUNERS.setdefault(model, {})
+    tuners = _TUNERS.setdefault(unwrap(model), {})
     if key not in tuners:
         cap = memory_cap(probe(model, images[:1]), tuple(images.shape[1:]), 1024.0)
         sizes = sorted({min(b, cap) for b in CANDIDATE_BATCHES})
@@ -303,6 +308,7 @@ def deletion(
     steps: int | None = None,
     batch_size: int | Literal["auto"] = "auto",
     seed: int = 0,
+    output_transform: OutputTransform | None = None,
 ) -> CurveResult:
     """Deletion AUC (Petsiuk et al., RISE, https://arxiv.org/abs/1806.07421); lower is better.
 
@@ -314,6 +320,7 @@ def deletion(
     (``batch_size="auto"``: the batch size and memory format measured fastest).
     """
     check_inputs(images, maps)
+    model = logits_model(model, output_transform)
     classes = target_classes(model, images, targets)
     step = step_size(images.shape[-2], images.shape[-1], steps)
     return curve(model, images, torch.zeros_like(images), maps, classes, step, batch_size, seed)
@@ -328,6 +335,7 @@ def insertion(
     steps: int | None = None,
     batch_size: int | Literal["auto"] = "auto",
     seed: int = 0,
+    output_transform: OutputTransform | None = None,
 ) -> CurveResult:
     """Insertion AUC (Petsiuk et al., RISE); higher is better.
 
@@ -335,6 +343,7 @@ def insertion(
     and puts original pixels back in decreasing saliency; otherwise as :func:`deletion`.
     """
     check_inputs(images, maps)
+    model = logits_model(model, output_transform)
     classes = target_classes(model, images, targets)
     step = step_size(images.shape[-2], images.shape[-1], steps)
     return curve(

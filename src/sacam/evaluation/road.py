@@ -23,6 +23,7 @@ import scipy.sparse.linalg as spla
 import torch
 from torch import nn
 
+from .._outputs import OutputTransform, logits_model
 from ..core import model_guard
 from ..errors import InputError
 from ..models import Preprocess
@@ -156,6 +157,7 @@ def road(
     percentages: tuple[float, ...] = PERCENTAGES,
     noise: float = 0.01,
     seed: int = 0,
+    output_transform: OutputTransform | None = None,
 ) -> RoadResult:
     """ROAD MoRF and LeRF curves (softmax probability of the class after imputation).
 
@@ -168,11 +170,13 @@ def road(
         percentages: fractions of pixels removed.
         noise: imputation noise standard deviation (pixel units).
         seed: noise and tie-break seed.
+        output_transform: reads the model's output as logits (see :func:`sacam.explain`).
 
     Returns:
         a :class:`RoadResult`.
     """
     check_inputs(images, maps)
+    model = logits_model(model, output_transform)
     classes = target_classes(model, images, targets)
     return road_curves(model, images, maps, preprocess, classes, percentages, noise, seed)
 
@@ -192,7 +196,7 @@ def road_curves(
     pixels = preprocess.denormalize(images)
     morf = torch.empty(b_count, len(percentages))
     lerf = torch.empty(b_count, len(percentages))
-    g = torch.Generator().manual_seed(seed)
+    g, model = torch.Generator().manual_seed(seed), logits_model(model)
     for b in range(b_count):
         flat = (
             maps[b].flatten().double().cpu()

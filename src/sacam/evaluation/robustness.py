@@ -31,6 +31,7 @@ from torch import nn
 
 from .._hooks import Capture
 from .._layers import probe, resolve_layers
+from .._outputs import OutputTransform, logits_model, unwrap
 from ..core import model_guard, predict
 from ..errors import InputError
 from ..models import Preprocess
@@ -44,9 +45,9 @@ def _differentiable_gradcam(
     model: nn.Module, x: torch.Tensor, classes: torch.Tensor
 ) -> torch.Tensor:
     """Grad-CAM maps ``(B, H, W)`` that stay differentiable w.r.t. ``x`` (sum-normalised)."""
-    refs = resolve_layers(model, None, probe(model, x.detach()))
+    refs = resolve_layers(unwrap(model), None, probe(unwrap(model), x.detach()))
     with Capture(refs, with_grad=True) as cap:
-        out = model(x)
+        out = logits_model(model)(x)
         score = out.gather(1, classes[:, None]).sum()
         act = cap.stored[refs[0].label]
         (grad,) = torch.autograd.grad(score, act, create_graph=True)
@@ -67,6 +68,7 @@ def attack(
     k: int = 1000,
     clean_maps: torch.Tensor | None = None,
     seed: int = 0,
+    output_transform: OutputTransform | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Perturb images within ``eps`` (pixel space) while keeping the predicted label.
 
@@ -81,6 +83,7 @@ def attack(
         k: top-k pixels for the ``"topk"`` attack.
         clean_maps: the clean maps ``(B, H, W)`` for ``"topk"``.
         seed: seed of the random attack.
+        output_transform: reads the model's output as logits (see :func:`sacam.explain`).
 
     Returns:
         ``(perturbed, steps_kept)``: normalised perturbed images and, per image, the
@@ -91,6 +94,7 @@ def attack(
     if kind == "topk" and clean_maps is None:
         raise InputError("the topk attack needs the clean maps")
     gen = torch.Generator(device="cpu").manual_seed(seed)
+    model = logits_model(model, output_transform)
     with model_guard(model):
         classes = predict(model, images)
         x0 = preprocess.denormalize(images).detach()
@@ -208,6 +212,7 @@ def stability(
     iterations: int = 100,
     k: int = 1000,
     seed: int = 0,
+    output_transform: OutputTransform | None = None,
 ) -> dict[str, torch.Tensor]:
     """Attack the images and compare clean and perturbed maps.
 
@@ -223,11 +228,13 @@ def stability(
         iterations: maximum steps.
         k: top-k for the intersection (and the topk attack).
         seed: random attack seed.
+        output_transform: reads the model's output as logits (see :func:`sacam.explain`).
 
     Returns:
         per-sample ``topk_intersection``, ``spearman``, ``ssim``, ``com_shift`` and
         ``steps`` (label-preserving steps taken).
     """
+    model = logits_model(model, output_transform)
     classes = predict(model, images)
     clean = explain(images, classes)
     adv, kept = attack(

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 
 from ..core import BaseCAM, CallContext, LayerData
-from ..errors import MethodError
+from ..errors import InputError, MethodError
 from ..registry import get_method, list_methods, register_method
 from ._options import check_count, check_number
 
@@ -146,6 +146,10 @@ class SACAM(BaseCAM):
     Cost: the base method plus an ``N×N`` attention per image (49×49 at 7×7), batched
     with ``torch.bmm``.
 
+    5-D inputs ``(B, C, T, H, W)``: the positions are the layer's ``t·h·w`` cells (one
+    attention over space and time), when the base method takes 5-D inputs (Grad-CAM and
+    Grad-CAM++ do, Score-CAM does not); ``attention_row`` is for 2-D layers only.
+
     Example:
         >>> import torch, sacam
         >>> from torch import nn
@@ -188,7 +192,9 @@ class SACAM(BaseCAM):
                 f"base {base_name!r} does not accept option(s) {', '.join(unknown)}; it "
                 f"accepts: {', '.join(base_cls.option_names())}"
             )
-        self.base = base_cls(self.model, self.layer, **(base_options or {}))
+        self.base = base_cls(
+            self.model, self.layer, output_transform=self.output_transform, **(base_options or {})
+        )
         self.base_name = base_name
         self.uses_gradients = base_cls.uses_gradients  # type: ignore[misc]
         self.operator: Operator = operator
@@ -200,14 +206,25 @@ class SACAM(BaseCAM):
         """Differentiable when its base is (attention and skip connection are torch ops)."""
         return self.base.supports_graph()
 
+    volumes = True  # when the base takes them (check_input)
+
+    def check_input(self, images: object) -> torch.Tensor:
+        """The engine's input check; 5-D inputs only with a base method that takes them."""
+        if isinstance(images, torch.Tensor) and images.ndim == 5:
+            if not self.base.accepts_volumes():
+                raise InputError(
+                    f"sa-cam's base {self.base_name!r} explains 4-D images only, got 5-D input "
+                    f"{tuple(images.shape)}: use base='grad' or 'gradpp' for 5-D inputs"
+                )
+        return super().check_input(images)
+
     def layer_map(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """The SA-CAM map of one layer (raw, before ReLU and normalisation)."""
         acts = layer.activations
-        b, k, h, w = acts.shape
         feats = acts.flatten(2)
         base_w = self.base.weights(layer, ctx) if self.operator == "class" else None
         attention = self_attention(feats, self.operator, self.temperature, base_w)
-        refined = (feats + self.gamma * attend(feats, attention, self.hops)).view(b, k, h, w)
+        refined = (feats + self.gamma * attend(feats, attention, self.hops)).view(acts.shape)
         refined_layer = LayerData(layer.ref, refined, layer.gradients)
         if base_w is not None and self.gamma == 0:
             weights = base_w
@@ -216,4 +233,5 @@ class SACAM(BaseCAM):
         ctx.extras.setdefault("sa-cam", {})[layer.ref.label] = SALayerInspection(
             attention=attention, activations=acts, refined=refined, weights=weights, hops=self.hops
         )
-        return torch.einsum("bk,bkhw->bhw", weights.to(refined.dtype), refined)
+        spec = "bk,bkhw->bhw" if refined.ndim == 4 else "bk,bk...->b..."
+        return torch.einsum(spec, weights.to(refined.dtype), refined)

@@ -76,6 +76,7 @@ class EigenCAM(BaseCAM):
     """
 
     uses_gradients = False
+    volumes = True
 
     def __init__(
         self, *args: Any, center: bool | None = None, variant: Variant = "paper", **kwargs: Any
@@ -132,6 +133,8 @@ class EigenGradCAM(BaseCAM):
         >>> sacam.explain(net, torch.rand(2, 3, 16, 16), method="eigen-grad-cam").shape
         torch.Size([2, 16, 16])
     """
+
+    volumes = True
 
     def __init__(
         self, *args: Any, center: bool | None = None, variant: Variant = "paper", **kwargs: Any

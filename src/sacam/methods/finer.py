@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .._hooks import check_images, model_guard
+from .._hooks import model_guard
 from ..core import BaseCAM, Explanation
 from ..errors import MethodError, TargetError
 from ..registry import get_method, register_method
@@ -89,6 +89,8 @@ class FinerCAM(BaseCAM):
         (torch.Size([2, 16, 16]), torch.Size([2, 3]))
     """
 
+    volumes = True  # 5-D inputs when its base method takes them
+
     def __init__(
         self,
         *args: Any,
@@ -128,6 +130,7 @@ class FinerCAM(BaseCAM):
             fusion=self.fusion,
             eval_mode=self.eval_mode,
             eigen_smooth=self.eigen_smooth,
+            output_transform=self.output_transform,
             **options,
         )
         self.alpha = float(alpha)
@@ -153,15 +156,10 @@ class FinerCAM(BaseCAM):
         self, images: torch.Tensor, targets: TargetsLike = None, *, upsample: bool = True
     ) -> Explanation:
         """Explain each sample's class against its most similar classes (see the class doc)."""
-        images = check_images(images, self.model)
+        images = self.check_input(images)  # 5-D inputs: if the base takes them
         with model_guard(self.model, eval_mode=self.eval_mode, freeze=True):
             with torch.inference_mode():
-                output = self.model(images)
-                if not isinstance(output, torch.Tensor):
-                    raise TargetError(
-                        f"the model returned {type(output).__name__}, not a tensor: wrap it so "
-                        "that forward returns the logits"
-                    )
+                output = self.logits_model(images)
                 idx = class_indices(targets, output)
                 if idx is None:
                     raise TargetError(

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._hooks import check_images, model_guard, this_thread_only
+from .._hooks import model_guard, this_thread_only
 from ..core import BaseCAM, CallContext, Explanation
-from ..errors import MethodError, TargetError
+from ..errors import MethodError
 from ..registry import register_method
 from ..targets import TargetsLike, evaluate_scores, resolve_targets
 
@@ -130,7 +130,7 @@ class FullGrad(BaseCAM):
     ) -> Explanation:
         """Explain a batch (see the class doc); the one map is labelled ``"fullgrad"``."""
         model = self.model
-        images = check_images(images, model)
+        images = self.check_input(images)
         with model_guard(model, eval_mode=self.eval_mode, freeze=True):
             layers = bias_layers(model, self.variant)
             stored: list[tuple[nn.Module, torch.Tensor]] = []
@@ -148,12 +148,7 @@ class FullGrad(BaseCAM):
                     handles.append(m.register_forward_hook(hook))
                 x = images.detach().clone().requires_grad_(True)
                 with torch.enable_grad():
-                    output = model(x)
-                    if not isinstance(output, torch.Tensor):
-                        raise TargetError(
-                            f"the model returned {type(output).__name__}, not a tensor: wrap it "
-                            "so that forward returns the tensor to explain (e.g. logits)"
-                        )
+                    output = self.logits_model(x)
                     score_fn, class_idx = resolve_targets(targets, output.detach())
                     scores = evaluate_scores(score_fn, output)
                     grads = torch.autograd.grad(
@@ -164,7 +159,7 @@ class FullGrad(BaseCAM):
                     h.remove()
             raw = self._saliency(x.detach(), grads, [m for m, _ in stored])
         ctx = CallContext(
-            model=model,
+            model=self.logits_model,
             images=images,
             output=output.detach(),
             score_fn=score_fn,

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import torch
 
 from .._seeding import cpu_generator, seeded_noise
-from ..core import BaseCAM, CallContext, LayerData
+from ..core import BaseCAM, CallContext, LayerData, spatial_dims
 from ..registry import register_method
 from ._options import check_count, check_number, check_seed, check_variant
 
@@ -48,10 +48,12 @@ class GradCAM(BaseCAM):
     """
 
     graph_safe = True
+    volumes = True
 
     def weights(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """Spatial mean of the gradient, ``(B, K)``."""
-        return _grads(layer).mean(dim=(2, 3))
+        g = _grads(layer)
+        return g.mean(dim=spatial_dims(g))
 
 
 @register_method(
@@ -87,6 +89,7 @@ class GradCAMPlusPlus(BaseCAM):
     """
 
     graph_safe = True
+    volumes = True
 
     def __init__(
         self, *args: Any, variant: Literal["paper", "torchcam"] = "paper", **kwargs: Any
@@ -100,17 +103,18 @@ class GradCAMPlusPlus(BaseCAM):
         g = _grads(layer)
         g2 = g * g
         alpha = _gradcampp_alpha(g2, g2 * g, layer.activations, self.variant)
-        return (alpha * g.clamp_min(0)).sum(dim=(2, 3))
+        return (alpha * g.clamp_min(0)).sum(dim=spatial_dims(g))
 
 
 def _gradcampp_alpha(
     g2: torch.Tensor, g3: torch.Tensor, acts: torch.Tensor, variant: str
 ) -> torch.Tensor:
     """Grad-CAM++'s ``α`` from the second and third derivative terms; 0 where undefined."""
+    space = spatial_dims(acts)
     if variant == "torchcam":
-        denom = 2 * g2 + (g3 * acts).sum(dim=(2, 3), keepdim=True)
+        denom = 2 * g2 + (g3 * acts).sum(dim=space, keepdim=True)
     else:
-        denom = 2 * g2 + g3 * acts.sum(dim=(2, 3), keepdim=True)
+        denom = 2 * g2 + g3 * acts.sum(dim=space, keepdim=True)
     ok = (g2 != 0) & (denom != 0)
     return torch.where(ok, g2 / torch.where(ok, denom, torch.ones_like(denom)), 0.0)
 
@@ -146,6 +150,7 @@ class XGradCAM(BaseCAM):
     """
 
     graph_safe = True
+    volumes = True
 
     def __init__(
         self,
@@ -160,8 +165,8 @@ class XGradCAM(BaseCAM):
     def weights(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """Activation-weighted sums of the gradient, ``(B, K)``."""
         a = layer.activations
-        num = (a * _grads(layer)).sum(dim=(2, 3))
-        total = a.sum(dim=(2, 3))
+        num = (a * _grads(layer)).sum(dim=spatial_dims(a))
+        total = a.sum(dim=spatial_dims(a))
         if self.variant == "pytorch-grad-cam":
             return num / (total + 1e-7)
         ok = total != 0
@@ -199,6 +204,7 @@ class LayerCAM(BaseCAM):
     """
 
     graph_safe = True
+    volumes = True
 
     def channel_maps(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """``ReLU(g) ⊙ A``, ``(B, K, h, w)``."""
@@ -232,6 +238,7 @@ class HiResCAM(BaseCAM):
     """
 
     graph_safe = True
+    volumes = True
 
     def channel_maps(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """``g ⊙ A``, ``(B, K, h, w)``."""
@@ -267,6 +274,7 @@ class GradCAMElementWise(BaseCAM):
     """
 
     graph_safe = True
+    volumes = True
 
     def channel_maps(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """``ReLU(g ⊙ A)``, ``(B, K, h, w)``."""
@@ -326,6 +334,8 @@ class SmoothGradCAMPlusPlus(BaseCAM):
         True
     """
 
+    volumes = True
+
     def __init__(
         self,
         *args: Any,
@@ -354,7 +364,7 @@ class SmoothGradCAMPlusPlus(BaseCAM):
     def weights(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """Smoothed Grad-CAM++ channel weights, ``(B, K)``."""
         images = ctx.images
-        sigma = self.noise_sigma(images).view(-1, 1, 1, 1)
+        sigma = self.noise_sigma(images).view((-1,) + (1,) * (images.ndim - 1))
         gen = cpu_generator(self.seed)
         acts = layer.activations
         mean_w = torch.zeros(acts.shape[:2], dtype=acts.dtype, device=acts.device)
@@ -365,7 +375,7 @@ class SmoothGradCAMPlusPlus(BaseCAM):
             if self.variant == "mean-weights":
                 g2 = g * g
                 alpha = _gradcampp_alpha(g2, g2 * g, a, "paper")
-                mean_w += (alpha * g.clamp_min(0)).sum(dim=(2, 3)) / self.n_samples
+                mean_w += (alpha * g.clamp_min(0)).sum(dim=spatial_dims(g)) / self.n_samples
             else:
                 d1 = g if self.variant == "torchcam" else d1 + g / self.n_samples
                 d2 = d2 + g * g / self.n_samples
@@ -373,4 +383,4 @@ class SmoothGradCAMPlusPlus(BaseCAM):
         if self.variant == "mean-weights":
             return mean_w
         alpha = _gradcampp_alpha(d2, d3, acts, self.variant)
-        return (alpha * d1.clamp_min(0)).sum(dim=(2, 3))
+        return (alpha * d1.clamp_min(0)).sum(dim=spatial_dims(d1))

@@ -133,6 +133,7 @@ class KPCACAM(BaseCAM):
     """
 
     uses_gradients = False
+    volumes = True
 
     def __init__(
         self,
@@ -163,7 +164,6 @@ class KPCACAM(BaseCAM):
     def layer_map(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """First kernel principal component of the positions' activation vectors, ``(B, h, w)``."""
         acts = layer.activations
-        b, _, h, w = acts.shape
         work = acts.float() if acts.dtype in (torch.float16, torch.bfloat16) else acts
         x = work.flatten(2).transpose(1, 2)  # (B, hw, K)
         x = x - x.mean(dim=1, keepdim=True)
@@ -177,4 +177,4 @@ class KPCACAM(BaseCAM):
                 1
             )
         sign = torch.where(decider < 0, -1.0, 1.0).to(proj.dtype)
-        return (proj * sign[:, None]).view(b, h, w).to(acts.dtype)
+        return (proj * sign[:, None]).view(acts.shape[:1] + acts.shape[2:]).to(acts.dtype)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .._hooks import Capture
-from ..core import BaseCAM, CallContext, LayerData
+from ..core import BaseCAM, CallContext, LayerData, spatial_dims
 from ..errors import LayerError
 from ..registry import register_method
 from ..targets import evaluate_scores
@@ -52,10 +52,12 @@ class ShapleyCAM(BaseCAM):
         torch.Size([2, 16, 16])
     """
 
+    volumes = True
+
     def weights(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """Spatial mean of ``g - H A / 2``, ``(B, K)``."""
         g, hvp = self.gradient_and_hvp(layer, ctx)
-        return (g - 0.5 * hvp).mean(dim=(2, 3))
+        return (g - 0.5 * hvp).mean(dim=spatial_dims(g))
 
     def gradient_and_hvp(
         self, layer: LayerData, ctx: CallContext
@@ -67,7 +69,7 @@ class ShapleyCAM(BaseCAM):
         """
         ref = layer.ref
         with Capture([ref], with_grad=True) as cap, torch.enable_grad():
-            output = self.model(ctx.images)
+            output = ctx.model(ctx.images)
             scores = evaluate_scores(ctx.score_fn, output)
             stored = self._stored(cap, [ref])[0]
             if not scores.requires_grad:

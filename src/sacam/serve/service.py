@@ -9,6 +9,7 @@ framework, so it is tested like the rest of sacam.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import io
 import math
@@ -25,6 +26,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .. import list_layers
+from .._outputs import to_logits
 from ..api import build_method
 from ..core import BaseCAM
 from ..errors import InputError, LayerError, MethodError, ModelError, TargetError
@@ -95,6 +97,8 @@ def model_facts(loaded: LoadedModel) -> ModelFacts:
         raise ModelError("the model has no layer with a 4-D output of spatial size above 1")
     with torch.inference_mode():
         out = loaded.model(x)
+        with contextlib.suppress(TargetError):  # a tuple, dict, .logits: its logits
+            out = to_logits(out)
     if not (isinstance(out, torch.Tensor) and out.ndim == 2):
         raise ModelError(
             "sacam serve needs a classifier whose output is (batch, classes) logits; "
@@ -311,7 +315,7 @@ def run_explain(
     pixels = pre.pixels(image)
     x = pre.normalize(pixels)[None].to(facts.device)
     with torch.inference_mode():
-        logits = loaded.model(x)
+        logits = to_logits(loaded.model(x))
     probs = torch.softmax(logits.float(), dim=1)[0].cpu()
     top = probs.topk(min(5, probs.shape[0]))
     predictions = [

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from ..._outputs import to_logits
 from ...errors import InputError, SacamError
 from ...models import LoadedModel, load_model, with_preprocess
 from ...registry import method_info
@@ -271,7 +272,7 @@ def _prepare(config: BenchmarkConfig, progress: bool | None) -> Run:
 def _n_classes(lm: LoadedModel, device: str) -> int:
     x = torch.zeros(1, 3, lm.preprocess.size, lm.preprocess.size, device=device)
     with torch.inference_mode():
-        return int(lm.model(x).shape[1])
+        return int(to_logits(lm.model(x)).shape[1])
 
 
 def run_benchmark(

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..._outputs import to_logits
 from ...models import LoadedModel
 from ..config import BenchmarkConfig
 from .data import Item, batches
@@ -37,7 +38,7 @@ def predict_all(
             if loaded.items:
                 x = lm.preprocess.normalize(loaded.pixels.to(config.device))
                 with torch.inference_mode():
-                    p = torch.softmax(lm.model(x).float(), 1).cpu()
+                    p = torch.softmax(to_logits(lm.model(x)).float(), 1).cpu()
                 for item, row in zip(loaded.items, p, strict=True):
                     known[item.name] = {
                         "file": item.name,
