@@ -15,7 +15,15 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from sacam.evaluation.registry import value_info
+
 LOWER_IS_BETTER = {"average_drop", "deletion", "road_morf", "entropy", "time_s"}
+
+
+def _lower_is_better(metric: str) -> bool:
+    """The registry's direction (ε-suffixed names too); the fixed set for ablation names."""
+    info = value_info(metric)
+    return metric in LOWER_IS_BETTER if info is None else not info.higher_is_better
 
 
 def main() -> int:
@@ -50,7 +58,7 @@ def main() -> int:
             n = len(d)
             mean = sum(d) / n
             sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1)) if n > 1 else 0.0
-            sign = -1 if metric in LOWER_IS_BETTER else 1
+            sign = -1 if _lower_is_better(metric) else 1
             better = sum(1 for x in d if sign * x > 0)
             cells.append(f"{mean:+.3f} ± {1.96 * sd / math.sqrt(n):.3f} ({better}/{n})")
         print(f"| {method} | " + " | ".join(cells) + " |")

@@ -312,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _benchmark_parser(sub: argparse._SubParsersAction) -> None:
+    from .evaluation.presets import PRESETS
     from .evaluation.registry import list_metrics
 
     bench = sub.add_parser(
@@ -352,10 +353,25 @@ def _benchmark_parser(sub: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--metrics",
         nargs="+",
-        default=["default"],
+        default=None,
         choices=[*list_metrics(), "default", "all"],
         metavar="METRIC",
-        help=f"metrics: {', '.join(list_metrics())}; 'default' or 'all' (default: default)",
+        help=f"metrics: {', '.join(list_metrics())}; 'default' or 'all' (default: default; "
+        "with --preset: the preset's)",
+    )
+    bench.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="a protocol of several runs, one sub-folder of --out per setting (paper: every "
+        "method, 4 model/layer settings, faithfulness + stability + grid pointing)",
+    )
+    bench.add_argument(
+        "--preset-settings",
+        nargs="+",
+        default=None,
+        metavar="SETTING",
+        help="run only these settings of --preset (e.g. lite0-blocks15)",
     )
     bench.add_argument(
         "--limit", type=_int_at_least(1), default=None, help="first N images of the folder"
@@ -391,7 +407,25 @@ def _benchmark_parser(sub: argparse._SubParsersAction) -> None:
     )
     bench.add_argument("--attacks", nargs="+", default=["pgd"], choices=["random", "pgd", "topk"])
     bench.add_argument(
-        "--iterations", type=_int_at_least(1), default=100, help="attack steps (default: 100)"
+        "--iterations",
+        type=_int_at_least(1),
+        default=100,
+        help="attack steps of stability and explanation_attack (default: 100)",
+    )
+    bench.add_argument(
+        "--epsilons",
+        type=_positive_float,
+        nargs="+",
+        default=None,
+        metavar="EPS",
+        help="ε sweep of adversarial and explanation_attack, in units of 1/255 "
+        "(default: 0.5 1 2 4 8)",
+    )
+    bench.add_argument(
+        "--adv-iterations",
+        type=_int_at_least(1),
+        default=10,
+        help="PGD steps of the adversarial examples (metric adversarial; default: 10)",
     )
     bench.add_argument(
         "--use-labels", action="store_true", help="explain the labelled class, not the top-1"
@@ -468,9 +502,10 @@ def _benchmark_config(args: argparse.Namespace) -> BenchmarkConfig:
         annotations=args.annotations,
         attacks=tuple(args.attacks),
         iterations=args.iterations,
+        adv_iterations=args.adv_iterations,
         use_labels=args.use_labels,
         grid_threshold=args.grid_threshold,
-        metrics=list(args.metrics),
+        metrics=list(args.metrics or ["default"]),
         device=args.device,
         batch_size=args.batch_size,
         workers=threads,
@@ -479,6 +514,8 @@ def _benchmark_config(args: argparse.Namespace) -> BenchmarkConfig:
         from_maps=args.from_maps,
         layer=args.layer,
     )
+    if args.epsilons is not None:
+        config.epsilons = tuple(dict.fromkeys(e / 255 for e in args.epsilons))
     for method, key, value in args.method_option:
         config.method_options.setdefault(method, {})[key] = value
     if args.methods:
@@ -488,27 +525,52 @@ def _benchmark_config(args: argparse.Namespace) -> BenchmarkConfig:
     return config
 
 
+def _benchmark_runs(args: argparse.Namespace) -> list[BenchmarkConfig]:
+    """The run of the arguments, or the runs of ``--preset``."""
+    if args.preset is None:
+        if args.preset_settings is not None:
+            raise SacamError("--preset-settings needs --preset")
+        return [_benchmark_config(args)]
+    from .evaluation.presets import expand_preset
+
+    if args.from_maps is not None:
+        raise SacamError("--from-maps scores one run's maps: it does not combine with --preset")
+    base = _benchmark_config(args)
+    return expand_preset(
+        args.preset,
+        base,
+        methods=list(dict.fromkeys(args.methods)) if args.methods else None,
+        metrics=args.metrics,
+        only=args.preset_settings,
+    )
+
+
 def _benchmark(args: argparse.Namespace) -> int:
     from .evaluation.runner import render_markdown, run_benchmark
 
     options = _ray_engine_options(args)
-    config = _benchmark_config(args)
+    configs = _benchmark_runs(args)
     engine = None
     if options is not None:
         from .evaluation.ray_engine import ray_engine
 
         engine = ray_engine(options)
-    try:
-        summary = run_benchmark(config, engine=engine)
-    except KeyboardInterrupt:
+    for config in configs:
+        if len(configs) > 1:
+            print(f"== {config.out.name}: model {config.model}, layer {config.layer or 'auto'}")
+        try:
+            summary = run_benchmark(config, engine=engine)
+        except KeyboardInterrupt:
+            print(
+                f"sacam: interrupted; finished results are kept in {config.out}/: run the same "
+                "command again to resume",
+                file=sys.stderr,
+            )
+            return EXIT_INTERRUPTED
+        print(render_markdown(summary))
         print(
-            f"sacam: interrupted; finished results are kept in {config.out}/: run the same "
-            "command again to resume",
-            file=sys.stderr,
+            f"wrote results.csv, summary.md, summary.json, figures and report.html to {config.out}/"
         )
-        return EXIT_INTERRUPTED
-    print(render_markdown(summary))
-    print(f"wrote results.csv, summary.md, summary.json, figures and report.html to {args.out}/")
     return 0
 
 

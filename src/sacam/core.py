@@ -29,6 +29,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, cast
 
@@ -44,6 +45,8 @@ from .errors import InputError, LayerError, MethodError, ModelError
 from .targets import ScoreFn, TargetsLike, evaluate_scores, resolve_targets
 
 ReshapeTransform = Callable[[torch.Tensor], torch.Tensor]
+# set by BaseCAM.explain_graph for the duration of one call (per thread / task)
+_KEEP_GRAPH: ContextVar[bool] = ContextVar("sacam_keep_graph", default=False)
 
 __all__ = [
     "BaseCAM",
@@ -237,6 +240,9 @@ class BaseCAM:
 
     name: ClassVar[str] = ""
     uses_gradients: ClassVar[bool] = True
+    #: the map is built from the layer's activations and gradients with torch operations
+    #: only, so :meth:`explain_graph` can differentiate it w.r.t. the input
+    graph_safe: ClassVar[bool] = False
     volumes: ClassVar[bool] = False
 
     def __init__(
@@ -315,6 +321,29 @@ class BaseCAM:
         """
         return self.explain(images, targets, upsample=upsample).maps
 
+    def supports_graph(self) -> bool:
+        """Whether :meth:`explain_graph` gives maps differentiable w.r.t. the input."""
+        return self.graph_safe
+
+    def explain_graph(self, images: torch.Tensor, targets: TargetsLike = None) -> Explanation:
+        """Like :meth:`explain`, with maps that stay differentiable w.r.t. ``images``.
+
+        For attacks that differentiate a map w.r.t. the input: activations and gradients
+        are not detached, and the gradient w.r.t. the layer is taken with
+        ``create_graph=True`` (differentiating the map is then a double backward). Only
+        for methods whose :meth:`supports_graph` is True.
+        """
+        if not self.supports_graph():
+            raise MethodError(
+                f"{self.name or type(self).__name__} (with these options) does not build a "
+                "map that is differentiable w.r.t. the input"
+            )
+        token = _KEEP_GRAPH.set(True)
+        try:
+            return self.explain(images, targets)
+        finally:
+            _KEEP_GRAPH.reset(token)
+
     def explain(
         self, images: torch.Tensor, targets: TargetsLike = None, *, upsample: bool = True
     ) -> Explanation:
@@ -330,11 +359,13 @@ class BaseCAM:
                 (else keep layer size).
         """
         model = self.model
-        images = self.check_input(images)
+        keep_graph = _KEEP_GRAPH.get()
+        checked = self.check_input(images)
+        images = images if keep_graph else checked
         with model_guard(model, eval_mode=self.eval_mode, freeze=True):
-            record = probe(model, images)
-            refs = resolve_layers(model, self.layer, record, ndim=images.ndim)
-            ctx, layers = self._forward(images, refs, targets)
+            record = probe(model, checked)
+            refs = resolve_layers(model, self.layer, record, ndim=checked.ndim)
+            ctx, layers = self._forward(images, refs, targets, keep_graph)
             raw = {ld.ref.label: self.layer_map(ld, ctx) for ld in layers}
         return self._finish(raw, ctx, images, upsample)
 
@@ -355,7 +386,7 @@ class BaseCAM:
 
     # ----------------------------------------------------------------- internals
     def _forward(
-        self, images: torch.Tensor, refs: list[LayerRef], targets: TargetsLike
+        self, images: torch.Tensor, refs: list[LayerRef], targets: TargetsLike, keep: bool = False
     ) -> tuple[CallContext, list[LayerData]]:
         with Capture(refs, with_grad=self.uses_gradients) as cap:
             if self.uses_gradients:
@@ -369,17 +400,19 @@ class BaseCAM:
                             "the target score does not depend on the target layer(s) "
                             f"{[r.label for r in refs]}: pick a layer on the path to the output"
                         )
-                    grads = torch.autograd.grad(scores.sum(), stored, allow_unused=True)
+                    grads = torch.autograd.grad(
+                        scores.sum(), stored, allow_unused=True, create_graph=keep
+                    )
                 for ref, g in zip(refs, grads, strict=True):
                     if g is None:
                         raise LayerError(
                             f"the target score does not depend on layer {ref.label!r}: pick a "
                             "layer on the path to the output"
                         )
-                acts = [a.detach() for a in stored]
-                grad_list: list[torch.Tensor | None] = [g.detach() for g in grads]
+                acts = list(stored) if keep else [a.detach() for a in stored]
+                grad_list: list[torch.Tensor | None] = [g if keep else g.detach() for g in grads]
             else:
-                with torch.inference_mode():
+                with torch.enable_grad() if keep else torch.inference_mode():
                     output = self.logits_model(images)
                     score_fn, class_idx = resolve_targets(targets, output)
                     scores = evaluate_scores(score_fn, output)
@@ -467,7 +500,8 @@ class BaseCAM:
         layer_maps: dict[str, torch.Tensor] = {}
         constant_any = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
         for label, m in raw.items():
-            m = torch.nan_to_num(m.float(), nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0)
+            m = m if m.dtype == torch.float64 else m.float()  # float64 models keep float64 maps
+            m = torch.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0)
             if tuple(m.shape[1:]) != size:
                 m = F.interpolate(m[:, None], size=size, mode=mode, align_corners=False)[:, 0]
             m, constant = normalize_maps(m)

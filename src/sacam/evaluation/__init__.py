@@ -5,7 +5,9 @@ Each module holds plain per-sample functions and registers its metrics in
 (``sacam benchmark``). Import order below is the registry's order (CLI choices, tables).
 """
 
-from . import faithfulness, road, localization, robustness, sanity, complexity, combined  # isort: skip
+from . import faithfulness, road, localization, robustness, adversarial_metrics  # isort: skip
+from . import sanity, complexity, combined  # isort: skip
+from . import adversarial
 from .config import BenchmarkConfig
 from .registry import (
     MetricBatch,
@@ -23,6 +25,8 @@ from .stats import MeanAccumulator, mean_ci
 
 __all__ = [
     "BenchmarkConfig",
+    "adversarial",
+    "adversarial_metrics",
     "MeanAccumulator",
     "MetricBatch",
     "MetricInfo",

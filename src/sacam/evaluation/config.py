@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 ROAD_PERCENTAGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
+EPSILONS = tuple(e / 255 for e in (0.5, 1.0, 2.0, 4.0, 8.0))
 DEFAULT_METHODS = ("grad-cam", "grad-cam++", "sa-cam")
 
 # fields that change how fast or where a run works, not its numbers (free to change on resume)
@@ -49,6 +50,12 @@ class BenchmarkConfig:
         layer: the layer(s) every method explains (dotted names; None: each method's
             automatic choice).
         method_options: options per method, e.g. ``{"sa-cam": {"tau": 5.0}}``.
+        attacks, eps, attack_step, iterations: the single-point ``stability`` metric
+            (the older protocol); ``iterations`` also bounds the explanation attacks.
+        epsilons: the ε sweep (pixel units) of the ``adversarial`` and
+            ``explanation_attack`` metrics.
+        step_fraction: their step ``a = step_fraction · ε``.
+        adv_iterations: PGD steps of the adversarial examples (``adversarial``).
     """
 
     data_dir: Path
@@ -78,6 +85,9 @@ class BenchmarkConfig:
     attack_step: float = 0.5 / 255
     iterations: int = 100
     topk: int = 1000
+    epsilons: tuple[float, ...] = EPSILONS
+    step_fraction: float = 1 / 8
+    adv_iterations: int = 10
     sanity_layers: int = 6
     seed: int = 0
     save_maps: bool = False
@@ -98,5 +108,6 @@ class BenchmarkConfig:
             d.pop(key)
         d["road_percentages"] = list(self.road_percentages)
         d["attacks"] = list(self.attacks)
+        d["epsilons"] = list(self.epsilons)
         d["annotations"] = str(self.annotations) if self.annotations else None
         return d

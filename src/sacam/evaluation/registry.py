@@ -6,6 +6,11 @@ directions, and what it needs (annotations, gradients, attacks, the method itsel
 recompute maps). The CLI's choices, the summary's arrows, the docs table and the runner's
 loop all derive from here.
 
+A *swept* value is written once per ε of the run's ``epsilons``, named
+``<value>@<ε·255>`` (``adv_fgsm_topk@2`` for ε = 2/255): results.csv keeps its
+``image,method,metric,value`` rows, and :func:`value_info` resolves such a name to its
+registered value (direction, description with the ε).
+
 Example:
     >>> import sacam.evaluation
     >>> info = metric_info("deletion")
@@ -39,6 +44,7 @@ class Value:
     name: str
     higher_is_better: bool
     description: str
+    swept: bool = False
 
 
 @dataclass
@@ -113,6 +119,7 @@ def register_metric(
     name: str,
     *,
     values: list[tuple[str, bool, str]],
+    swept: list[tuple[str, bool, str]] | None = None,
     source: str,
     needs: tuple[Need, ...] = (),
     unit: Unit = "image",
@@ -123,6 +130,7 @@ def register_metric(
     Args:
         name: the ``--metrics`` choice (lower case, underscores).
         values: ``(value name, higher is better, description)`` per value written.
+        swept: values written once per ε of the run, as ``<value name>@<ε·255>``.
         source: the paper or protocol, for the docs table.
         needs: what the metric needs beyond images and maps.
         unit: ``"image"`` (scored per image) or ``"grid"`` (on tiled grids of images).
@@ -134,7 +142,7 @@ def register_metric(
     def decorate(fn: MetricFn) -> MetricFn:
         if name in _METRICS:
             raise SacamError(f"a metric named {name!r} is already registered")
-        vals = tuple(Value(*v) for v in values)
+        vals = tuple(Value(*v) for v in values) + tuple(Value(*v, True) for v in swept or [])
         _METRICS[name] = MetricInfo(name, vals, frozenset(needs), fn, source, unit, default)
         return fn
 
@@ -166,9 +174,55 @@ def value_directions() -> dict[str, Value]:
     return {v.name: v for info in _METRICS.values() for v in info.values}
 
 
+def split_eps(name: str) -> tuple[str, float | None]:
+    """A value name and its ε in units of 1/255 (None for a value without one).
+
+    Example:
+        >>> split_eps("adv_fgsm_topk@0.5"), split_eps("deletion")
+        (('adv_fgsm_topk', 0.5), ('deletion', None))
+    """
+    base, sep, tag = name.partition("@")
+    if not sep:
+        return name, None
+    try:
+        return base, float(tag)
+    except ValueError:
+        return name, None
+
+
+def value_info(name: str) -> Value | None:
+    """The registered value a written name stands for (ε suffix resolved), or None."""
+    base, eps = split_eps(name)
+    v = value_directions().get(base)
+    if v is None or (eps is None) == v.swept:
+        return None
+    if eps is None:
+        return v
+    return Value(name, v.higher_is_better, f"{v.description} (ε = {eps:g}/255)", True)
+
+
+def value_of(name: str) -> Value:
+    """Like :func:`value_info`, but an unknown name raises :class:`SacamError`."""
+    v = value_info(name)
+    if v is None:
+        raise SacamError(f"no registered metric writes a value named {name!r}")
+    return v
+
+
+def written_names(info: MetricInfo, epsilons: tuple[float, ...]) -> list[str]:
+    """The value names a metric writes in a run with these ε (pixel units)."""
+    names: list[str] = []
+    for v in info.values:
+        if v.swept:
+            names += [f"{v.name}@{round(e * 255, 6):g}" for e in epsilons]
+        else:
+            names.append(v.name)
+    return names
+
+
 def arrow(value: str) -> str:
     """``↑`` when higher is better, ``↓`` when lower is, ``""`` for unknown names."""
-    v = value_directions().get(value)
+    v = value_info(value)
     return "" if v is None else ("↑" if v.higher_is_better else "↓")
 
 
@@ -176,7 +230,10 @@ def metrics_table() -> str:
     """The registry as a Markdown table (metric, values with arrows, needs, source)."""
     lines = ["| metric | values | needs | source |", "|---|---|---|---|"]
     for info in _METRICS.values():
-        vals = ", ".join(f"`{v.name}` {'↑' if v.higher_is_better else '↓'}" for v in info.values)
+        vals = ", ".join(
+            f"`{v.name}{'@ε' if v.swept else ''}` {'↑' if v.higher_is_better else '↓'}"
+            for v in info.values
+        )
         needs = ", ".join(sorted(info.needs)) or "–"
         name = f"`{info.name}`" + (" (default)" if info.default else "")
         lines.append(f"| {name} | {vals} | {needs} | {info.source} |")

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .registry import value_directions
+from .registry import value_of
 
 
 def mean_ci(values: list[float]) -> dict[str, float]:
@@ -49,7 +49,7 @@ class MeanAccumulator:
     @property
     def higher_is_better(self) -> bool:
         """Direction of the metric value (from the metric registry)."""
-        return value_directions()[self.metric].higher_is_better
+        return value_of(self.metric).higher_is_better
 
     def update(self, values: torch.Tensor) -> None:
         """Add per-sample values (NaNs are counted, not averaged in)."""

@@ -42,6 +42,7 @@ class CAM(BaseCAM):
     """
 
     uses_gradients = False
+    graph_safe = True
 
     def __init__(self, *args: Any, fc: nn.Module | str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

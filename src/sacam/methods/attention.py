@@ -202,6 +202,10 @@ class SACAM(BaseCAM):
         self.gamma = float(gamma)
         self.hops = hops
 
+    def supports_graph(self) -> bool:
+        """Differentiable when its base is (attention and skip connection are torch ops)."""
+        return self.base.supports_graph()
+
     volumes = True  # when the base takes them (check_input)
 
     def check_input(self, images: object) -> torch.Tensor:

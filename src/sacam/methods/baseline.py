@@ -50,6 +50,7 @@ class RandomCAM(BaseCAM):
     """
 
     uses_gradients = False
+    graph_safe = True
 
     def __init__(
         self, *args: Any, seed: int = 0, variant: Literal["map", "weights"] = "map", **kwargs: Any

@@ -85,6 +85,10 @@ class EigenCAM(BaseCAM):
         self.center = _centering("eigen-cam", variant, center, default=False)
         self.variant = variant
 
+    def supports_graph(self) -> bool:
+        """The torch SVD of ``variant="paper"`` is differentiable; NumPy's is not."""
+        return self.variant == "paper"
+
     def layer_map(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """First-component projection of ``A``, ``(B, h, w)``."""
         acts = layer.activations
@@ -138,6 +142,10 @@ class EigenGradCAM(BaseCAM):
         super().__init__(*args, **kwargs)
         self.center = _centering("eigen-grad-cam", variant, center, default=True)
         self.variant = variant
+
+    def supports_graph(self) -> bool:
+        """The torch SVD of ``variant="paper"`` is differentiable; NumPy's is not."""
+        return self.variant == "paper"
 
     def layer_map(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """First-component projection of ``g ⊙ A``, ``(B, h, w)``."""

@@ -47,6 +47,7 @@ class GradCAM(BaseCAM):
         torch.Size([2, 16, 16])
     """
 
+    graph_safe = True
     volumes = True
 
     def weights(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
@@ -91,6 +92,7 @@ class GradCAMPlusPlus(BaseCAM):
         torch.Size([1, 16, 16])
     """
 
+    graph_safe = True
     volumes = True
 
     def __init__(
@@ -156,6 +158,7 @@ class XGradCAM(BaseCAM):
         torch.Size([2, 16, 16])
     """
 
+    graph_safe = True
     volumes = True
 
     def __init__(
@@ -209,6 +212,7 @@ class LayerCAM(BaseCAM):
         torch.Size([2, 16, 16])
     """
 
+    graph_safe = True
     volumes = True
 
     def channel_maps(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
@@ -242,6 +246,7 @@ class HiResCAM(BaseCAM):
         torch.Size([2, 16, 16])
     """
 
+    graph_safe = True
     volumes = True
 
     def channel_maps(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
@@ -277,6 +282,7 @@ class GradCAMElementWise(BaseCAM):
         torch.Size([2, 16, 16])
     """
 
+    graph_safe = True
     volumes = True
 
     def channel_maps(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:

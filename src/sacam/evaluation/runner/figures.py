@@ -21,7 +21,7 @@ import torch
 from ...errors import InputError
 from ...registry import list_methods
 from ...viz import save_grid, saved_figure
-from ..registry import arrow, value_directions
+from ..registry import arrow, value_of
 from .data import batches
 from .state import Run
 from .summary import value_columns
@@ -114,7 +114,7 @@ def plot_mean_curves(
 
 def ranked(table: dict[str, dict[str, Any]], value: str) -> list[str]:
     """Methods with ``value``, best first (NaN last)."""
-    higher = value_directions()[value].higher_is_better
+    higher = value_of(value).higher_is_better
     methods = [m for m, t in table.items() if value in t]
 
     def key(m: str) -> float:
@@ -150,7 +150,7 @@ def plot_metric_bars(path: Path, summary: dict[str, Any]) -> Path | None:
                     bar.set_edgecolor("gold")
                     bar.set_linewidth(2.5)
             ax.set_xticks(range(len(order)), order, rotation=45, ha="right", fontsize=7)
-            ax.set_title(f"{value_directions()[value].description} {arrow(value)}", fontsize=8)
+            ax.set_title(f"{value_of(value).description} {arrow(value)}", fontsize=8)
         for ax in list(axes.flat)[len(names) :]:
             ax.axis("off")
     return path

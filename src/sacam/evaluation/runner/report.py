@@ -13,7 +13,7 @@ import json
 import math
 from typing import Any
 
-from ..registry import arrow, value_directions
+from ..registry import arrow, value_of
 from .figures import ranked, write_figures
 from .state import Run
 from .summary import value_columns
@@ -49,8 +49,7 @@ def render_table(summary: dict[str, Any]) -> str:
     names = value_columns(table)
     best = {v: _best(table, v) for v in names}
     head = "".join(
-        f"<th title='{html.escape(value_directions()[m].description)}'>"
-        f"{html.escape(m)} {arrow(m)}</th>"
+        f"<th title='{html.escape(value_of(m).description)}'>{html.escape(m)} {arrow(m)}</th>"
         for m in names
     )
     parts = [f"<table><tr><th>method</th>{head}<th>s / image</th></tr>"]

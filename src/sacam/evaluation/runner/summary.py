@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..registry import arrow, value_directions
+from ..registry import arrow, split_eps, value_directions, value_info, written_names
 from ..stats import mean_ci
 from .state import Run
 
@@ -35,7 +35,8 @@ def _scoped_rows(
     """Values of this run by (method, value name); the count of other rows; images seen."""
     images = {it.name for it in run.dataset.items} | set(grid_names)
     methods = set(run.config.methods)
-    names = {v.name for info in run.metrics for v in info.values} | {"time_s"}
+    eps = run.config.epsilons
+    names = {n for info in run.metrics for n in written_names(info, eps)} | {"time_s"}
     by: dict[tuple[str, str], list[tuple[str, float]]] = defaultdict(list)
     other = 0
     seen: set[str] = set()
@@ -62,7 +63,7 @@ def _stats(
     if metric == "time_s":
         vals = [v for img, v in pairs if not img.startswith("grid-")]
     stats: dict[str, Any] = dict(mean_ci(vals))
-    info = value_directions().get(metric)
+    info = value_info(metric)
     stats["higher_is_better"] = bool(info and info.higher_is_better)
     return stats
 
@@ -104,8 +105,15 @@ def summarize(run: Run, grid_names: list[str]) -> dict[str, Any]:
 
 
 def value_columns(table: dict[str, dict[str, Any]]) -> list[str]:
-    """The value names present in a summary table, in registry order."""
-    return [m for m in value_directions() if any(m in t for t in table.values())]
+    """The value names present in a summary table, in registry order (then by ε)."""
+    present = {m for t in table.values() for m in t if value_info(m) is not None}
+    order = {name: i for i, name in enumerate(value_directions())}
+
+    def key(name: str) -> tuple[int, float]:
+        base, eps = split_eps(name)
+        return order[base], -1.0 if eps is None else eps
+
+    return sorted(present, key=key)
 
 
 def render_markdown(summary: dict[str, Any]) -> str:

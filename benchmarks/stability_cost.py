@@ -1,0 +1,111 @@
+"""Cost of the stability protocol's steps, to size a run (docs/evaluation.md §5).
+
+Usage:
+
+    python benchmarks/stability_cost.py DATA_DIR [--limit 5] [--layer _blocks.15]
+        [--methods grad-cam sa-cam eigen-cam] [--device cuda] [--steps 3]
+
+Times, per image, on the first ``--limit`` images as one batch: a forward pass (the
+floor: one random-noise step of ``explanation_attack``), one classifier-gradient step
+(FGSM/PGD of ``adversarial``), and per method its map and one white-box attack step (map
+kept differentiable + double backward). Prints seconds and the ratio to the floor, and
+the estimated seconds per image and method of the full defaults (5 ε, 100 steps, PGD 10).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from sacam.api import build_method
+from sacam.core import predict
+from sacam.evaluation import adversarial
+from sacam.evaluation.runner.data import discover
+from sacam.models import load_image, load_model
+
+
+def _timed(fn: Callable[[], object], device: str, repeat: int) -> float:
+    fn()  # warm-up
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t) / repeat
+
+
+def main() -> int:
+    """Print the cost table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data_dir", type=Path)
+    ap.add_argument("--limit", type=int, default=5)
+    ap.add_argument("--layer", default="_blocks.15")
+    ap.add_argument("--methods", nargs="+", default=["grad-cam", "sa-cam", "eigen-cam"])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steps", type=int, default=3, help="timed repetitions")
+    args = ap.parse_args()
+    lm = load_model(args.model, device=args.device)
+    items = discover(args.data_dir, args.limit).items
+    x = torch.stack([lm.preprocess(load_image(it.path)) for it in items]).to(args.device)
+    n = x.shape[0]
+    c = predict(lm.model, x)
+    eps = 2 / 255
+
+    def forward() -> object:
+        with torch.inference_mode():
+            return lm.model(x)
+
+    floor = _timed(forward, args.device, args.steps) / n
+    pgd = (
+        _timed(
+            lambda: adversarial.adversarial_examples(
+                lm.model, x, lm.preprocess, "pgd", eps=eps, iterations=1, classes=c
+            ),
+            args.device,
+            args.steps,
+        )
+        / n
+    )
+    print(f"{n} images, {lm.name}, layer {args.layer}, device {args.device}")
+    print("| step | s / image | × forward |\n|---|---|---|")
+    print(f"| forward (random-noise step) | {floor:.4f} | 1.0 |")
+    print(f"| classifier gradient (FGSM/PGD step) | {pgd:.4f} | {pgd / floor:.1f} |")
+    for method in args.methods:
+        cam = build_method(lm.model, method, args.layer)
+        clean = cam(x, c)
+        t_map = _timed(lambda cam=cam: cam(x, c), args.device, args.steps) / n
+        if cam.supports_graph():
+
+            def step(cam: object = cam, clean: torch.Tensor = clean) -> object:
+                fn = lambda i, k: cam.explain_graph(i, k).maps  # type: ignore[attr-defined]  # noqa: E731
+                return adversarial.explanation_attack(
+                    lm.model,
+                    x,
+                    lm.preprocess,
+                    fn,
+                    "topk",
+                    eps=eps,
+                    iterations=1,
+                    classes=c,
+                    clean_maps=clean,
+                )
+
+            t_step = _timed(step, args.device, args.steps) / n
+        else:
+            t_step = float("nan")  # attacked through Grad-CAM (transfer)
+        full = 5 * (200 * t_step + 100 * floor + 11 * pgd + 8 * t_map)
+        print(f"| {method}: map | {t_map:.4f} | {t_map / floor:.1f} |")
+        print(f"| {method}: white-box step | {t_step:.4f} | {t_step / floor:.1f} |")
+        print(f"| {method}: full defaults, at most | {full:.1f} | – |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

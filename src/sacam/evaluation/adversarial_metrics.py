@@ -1,0 +1,166 @@
+"""The ε-sweep stability metrics of ``design/evaluation.md`` §5 (``sacam benchmark``).
+
+``adversarial`` (kind 2, the adversarial comparison) and ``explanation_attack`` (kind 1,
+label-preserving attacks on each method's own map) run the attacks of
+:mod:`sacam.evaluation.adversarial` at every ε of the run's ``epsilons`` and compare the
+clean and the perturbed map with the four measures of
+:mod:`sacam.evaluation.robustness`: top-k intersection, Spearman rank correlation, SSIM
+and centre-of-mass shift in pixels. Values are written per ε with the suffix
+``@<ε·255>`` (``adv_fgsm_topk@2``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..api import build_method
+from ..core import BaseCAM, predict
+from .adversarial import (
+    ADVERSARY_KINDS,
+    MAP_ATTACK_KINDS,
+    GraphMapFn,
+    adversarial_examples,
+    explanation_attack,
+)
+from .registry import MetricBatch, MetricOutput, register_metric
+from .robustness import center_of_mass_shift, spearman, ssim, topk_intersection
+
+
+def eps_label(eps: float) -> str:
+    """The suffix naming an ε in value names: ε in units of 1/255 (``2/255 → "2"``).
+
+    Example:
+        >>> [eps_label(e / 255) for e in (0.5, 1, 8)]
+        ['0.5', '1', '8']
+    """
+    return f"{round(eps * 255, 6):g}"  # the same rule as registry.written_names
+
+
+def compare_maps(clean: torch.Tensor, perturbed: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+    """The four measures between clean and perturbed maps, per image."""
+    return {
+        "topk": topk_intersection(clean, perturbed, k),
+        "spearman": spearman(clean, perturbed),
+        "ssim": ssim(clean, perturbed),
+        "com_shift": center_of_mass_shift(clean, perturbed),
+    }
+
+
+_MEASURES = (
+    ("topk", True, "top-k intersection"),
+    ("spearman", True, "Spearman"),
+    ("ssim", True, "SSIM"),
+    ("com_shift", False, "centre-of-mass shift, px"),
+)
+
+
+@register_metric(
+    "adversarial",
+    values=[],
+    swept=[
+        (f"adv_{kind}_{short}", higher, f"{kind.upper()} adversarial example: {text}")
+        for kind in ADVERSARY_KINDS
+        for short, higher, text in _MEASURES
+    ]
+    + [
+        (f"adv_{kind}_flipped", False, f"{kind.upper()}: share of labels flipped (per model)")
+        for kind in ADVERSARY_KINDS
+    ],
+    source="§5 kind 2: map of the clean class on clean vs adversarial image (FGSM, PGD)",
+    needs=("gradients", "attacks", "method"),
+)
+def _adversarial(batch: MetricBatch) -> MetricOutput:
+    b, cfg = batch, batch.config
+    assert b.explain is not None
+    values: dict[str, torch.Tensor] = {}
+    for eps in cfg.epsilons:
+        for kind in ADVERSARY_KINDS:
+            adv = adversarial_examples(
+                b.model,
+                b.images,
+                b.preprocess,
+                kind,
+                eps=eps,
+                step=eps * cfg.step_fraction,
+                iterations=cfg.adv_iterations,
+                classes=b.classes,
+            )
+            with torch.inference_mode():
+                flipped = (predict(b.model, adv) != b.classes).float().cpu()
+            perturbed = b.explain(b.model, adv, b.classes)
+            tag = eps_label(eps)
+            for short, val in compare_maps(b.maps, perturbed, cfg.topk).items():
+                values[f"adv_{kind}_{short}@{tag}"] = val
+            values[f"adv_{kind}_flipped@{tag}"] = flipped
+    return MetricOutput(values)
+
+
+def graph_map_fn(batch: MetricBatch) -> tuple[GraphMapFn, bool]:
+    """The differentiable map an explanation attack ascends, and whether it is white-box.
+
+    The explained method's own map (its run options and layer) when the method supports
+    ``explain_graph``; otherwise a Grad-CAM map at the run's layer (a transfer attack).
+    """
+    from .runner.state import method_options  # the runner imports this module's registry
+
+    cfg = batch.config
+    cam = build_method(
+        batch.model, batch.method, cfg.method_layer(), **method_options(cfg, batch.method)
+    )
+    white_box = cam.supports_graph()
+    if not white_box:
+        cam = build_method(batch.model, "grad-cam", cfg.method_layer())
+    target: BaseCAM = cam
+
+    def fn(x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        return target.explain_graph(x, classes).maps
+
+    return fn, white_box
+
+
+@register_metric(
+    "explanation_attack",
+    values=[("xattack_white_box", True, "1: the method's own map was attacked; 0: Grad-CAM's")],
+    swept=[
+        (f"xattack_{kind}_{short}", higher, f"{kind} attack on the map: {text}")
+        for kind in MAP_ATTACK_KINDS
+        for short, higher, text in _MEASURES
+    ]
+    + [
+        (f"xattack_{kind}_steps", True, f"{kind} attack: label-preserving steps kept")
+        for kind in MAP_ATTACK_KINDS
+    ],
+    source="§5 kind 1: Ghorbani et al. 1710.10547, white-box on each method's own map",
+    needs=("gradients", "attacks", "method"),
+)
+def _explanation_attack(batch: MetricBatch) -> MetricOutput:
+    b, cfg = batch, batch.config
+    assert b.explain is not None
+    map_fn, white_box = graph_map_fn(b)
+    with torch.no_grad():  # the attacked map on the clean images (the method's own: b.maps)
+        attacked_clean = b.maps if white_box else map_fn(b.images, b.classes).detach()
+    values: dict[str, torch.Tensor] = {
+        "xattack_white_box": torch.full((b.images.shape[0],), float(white_box))
+    }
+    for eps in cfg.epsilons:
+        tag = eps_label(eps)
+        for kind in MAP_ATTACK_KINDS:
+            adv, kept = explanation_attack(
+                b.model,
+                b.images,
+                b.preprocess,
+                map_fn,
+                kind,
+                eps=eps,
+                step=eps * cfg.step_fraction,
+                iterations=cfg.iterations,
+                k=cfg.topk,
+                classes=b.classes,
+                seed=cfg.seed,
+                clean_maps=attacked_clean,
+            )
+            perturbed = b.explain(b.model, adv, b.classes)
+            for short, val in compare_maps(b.maps, perturbed, cfg.topk).items():
+                values[f"xattack_{kind}_{short}@{tag}"] = val
+            values[f"xattack_{kind}_steps@{tag}"] = kept.float()
+    return MetricOutput(values)
