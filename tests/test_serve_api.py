@@ -69,7 +69,8 @@ def test_health_methods_layers_samples(client) -> None:  # noqa: ANN001
     assert methods["default"] == "sa-cam"
     slow = {m["name"] for m in methods["methods"] if m["slow"]}
     # one forward pass per channel, mask or position: the methods that take seconds
-    assert {"score-cam", "ss-cam", "is-cam", "ablation-cam", "group-cam", "recipro-cam"} == slow
+    perturbation = {"score-cam", "ss-cam", "is-cam", "ablation-cam", "group-cam", "recipro-cam"}
+    assert perturbation | {"opti-cam", "poly-cam", "fd-cam", "sess"} == slow
     layers = client.get("/api/layers").json()
     # colour_net: 1x1 conv (6 channels) then ReLU, both 16x16; the pool's 1x1 is no map
     assert layers == {

@@ -244,6 +244,8 @@ class BaseCAM:
     #: only, so :meth:`explain_graph` can differentiate it w.r.t. the input
     graph_safe: ClassVar[bool] = False
     volumes: ClassVar[bool] = False
+    #: many forward passes per image outside the perturbation family (the web app runs it as a job)
+    many_passes: ClassVar[bool] = False
 
     def __init__(
         self,

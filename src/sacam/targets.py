@@ -195,7 +195,10 @@ class _IndexTarget:
 
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
         """Return the logit of each sample's own class."""
-        return output.gather(1, self.idx.to(output.device)[:, None])[:, 0]
+        idx = self.idx
+        if idx.is_inference() and not torch.is_inference_mode_enabled():
+            idx = idx.clone()  # made by an inference-mode pass; autograd cannot save it
+        return output.gather(1, idx.to(output.device)[:, None])[:, 0]
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,8 @@ class SESS(BaseCAM):
         torch.Size([1, 16, 16])
     """
 
+    many_passes = True
+
     def __init__(
         self,
         *args: Any,

@@ -95,7 +95,7 @@ class MethodOut(BaseModel):
     paper: str
     url: str
     description: str
-    slow: bool = Field(description="many forward passes (perturbation family): run as a job")
+    slow: bool = Field(description="many forward passes (perturbation family, SESS): run as a job")
 
 
 class MethodsOut(BaseModel):
@@ -453,7 +453,7 @@ def create_app(
                     "paper": info.paper,
                     "url": info.url,
                     "description": info.description,
-                    "slow": info.family == "perturbation",
+                    "slow": info.family == "perturbation" or info.cls.many_passes,
                 }
             )
         return {"default": default_method, "methods": rows}
