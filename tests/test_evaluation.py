@@ -284,8 +284,25 @@ def test_runner_resumes_after_an_interruption(tmp_path, monkeypatch) -> None:
     rows = list(csv.DictReader((out / "results.csv").open()))
     pairs = [(r["image"], r["method"]) for r in rows if r["metric"] == "time_s"]
     assert len(pairs) == len(set(pairs)) == 8
-    with pytest.raises(sacam.SacamError, match="other settings"):
+    with pytest.raises(sacam.SacamError, match=r"other settings \(steps: 8 then, 4 now\)"):
         benchmark.run_benchmark(_config(data, out, steps=4), progress=False)
+
+
+def test_a_folder_from_an_older_version_resumes(tmp_path) -> None:
+    data = _folder(tmp_path, n=2)
+    out = tmp_path / "out"
+    benchmark.run_benchmark(_config(data, out, metrics=["deletion"]), progress=False)
+    rows = (out / "results.csv").read_text()
+    run_file = out / "run.json"
+    old = json.loads(run_file.read_text())
+    del old["topk"], old["layer"]  # settings a later version added, at their defaults
+    run_file.write_text(json.dumps(old))
+    benchmark.run_benchmark(_config(data, out, metrics=["deletion"]), progress=False)
+    assert (out / "results.csv").read_text() == rows  # resumed: nothing recomputed
+    old["layer"] = ["0"]  # ...but a setting that differs from the default still refuses
+    run_file.write_text(json.dumps(old))
+    with pytest.raises(sacam.SacamError, match=r"layer: \['0'\] then, None now"):
+        benchmark.run_benchmark(_config(data, out, metrics=["deletion"]), progress=False)
 
 
 def test_unknown_metric_and_missing_annotations(tmp_path) -> None:

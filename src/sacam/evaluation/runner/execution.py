@@ -85,15 +85,32 @@ def _disabled(progress: bool | None) -> bool | None:
     return None if progress is None else not progress
 
 
-def _check_settings(out: Path, settings: dict[str, Any]) -> None:
+def _check_settings(out: Path, settings: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """Refuse a folder written with other settings, naming them.
+
+    A setting the earlier run's ``run.json`` does not have (added to sacam since) counts as
+    its default, so a folder made by an older version resumes when nothing changed.
+    """
     run_file = out / "run.json"
+    current = json.loads(json.dumps(settings))
     if run_file.exists():
         previous = json.loads(run_file.read_text())
-        if previous != json.loads(json.dumps(settings)):
-            raise SacamError(
-                f"{out} holds results of a run with other settings; use another --out or delete it"
+        base = json.loads(json.dumps(defaults))
+        for key, value in base.items():
+            previous.setdefault(key, value)
+        differ = sorted(
+            k for k in current.keys() | previous.keys() if current.get(k) != previous.get(k)
+        )
+        if differ:
+            shown = "; ".join(
+                f"{k}: {previous.get(k, '(none)')!r} then, {current.get(k, '(none)')!r} now"
+                for k in differ[:4]
             )
-    run_file.write_text(json.dumps(settings, indent=1))
+            raise SacamError(
+                f"{out} holds results of a run with other settings ({shown}); use another "
+                "--out, the same settings, or delete it"
+            )
+    run_file.write_text(json.dumps(current, indent=1))
 
 
 def _load(config: BenchmarkConfig) -> LoadedModel:
@@ -257,7 +274,7 @@ def _prepare(config: BenchmarkConfig, progress: bool | None) -> Run:
     check_labels(dataset.items, len(lm.class_names) or _n_classes(lm, config.device))
     check_methods(config, lm.model)  # a bad layer or option fails before any file is written
     settings = config.settings() | {"metrics": [m.name for m in metrics]}
-    _check_settings(config.out, settings)
+    _check_settings(config.out, settings, BenchmarkConfig(config.data_dir).settings())
     store = ResultsStore(config.out)
     done = store.done_pairs()
     predictions = predict_all(config.out, dataset.items, lm, config, progress)
