@@ -3,8 +3,11 @@
 Usage: python benchmarks/paired.py docs/results/ablation-sweep.csv --reference Grad-CAM
 
 For each method and metric: mean of (method − reference) over the images both have, with
-a 95% interval (normal approximation), and how many images improved. Paired differences
-remove the between-image spread that dominates the unpaired intervals.
+a 95% interval (Student's t with n − 1 degrees of freedom), and how many images improved;
+▲ marks a difference whose interval lies wholly on the better side, ▼ wholly on the worse
+side (no mark: undecided at this sample size). Paired differences remove the
+between-image spread that dominates the unpaired intervals. ``--methods`` keeps only
+those rows.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import csv
 import math
 from collections import defaultdict
 from pathlib import Path
+
+from scipy.stats import t as student_t
 
 from sacam.evaluation.registry import value_info
 
@@ -26,16 +31,40 @@ def _lower_is_better(metric: str) -> bool:
     return metric in LOWER_IS_BETTER if info is None else not info.higher_is_better
 
 
+def load(path: Path) -> dict[tuple[str, str], dict[str, float]]:
+    """Per-image values of a results CSV by (method, metric)."""
+    vals: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    with path.open(encoding="utf-8", newline="") as f:
+        for r in csv.DictReader(f):
+            vals[(r["method"], r["metric"])][r["image"]] = float(r["value"])
+    return vals
+
+
+def paired_cell(cur: dict[str, float], ref: dict[str, float], metric: str) -> str:
+    """``mean ± half-width (better/n)`` of cur − ref over common images, ▲/▼ when decided."""
+    common = [i for i in cur if i in ref and math.isfinite(cur[i]) and math.isfinite(ref[i])]
+    d = [cur[i] - ref[i] for i in common]
+    if not d:
+        return "–"
+    n = len(d)
+    mean = sum(d) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1)) if n > 1 else 0.0
+    sign = -1 if _lower_is_better(metric) else 1
+    better = sum(1 for x in d if sign * x > 0)
+    half = float(student_t.ppf(0.975, n - 1)) * sd / math.sqrt(n) if n > 1 else math.inf
+    mark = "▲" if sign * mean - half > 0 else "▼" if sign * mean + half < 0 else ""
+    return f"{mean:+.3f} ± {half:.3f} ({better}/{n}){mark}"
+
+
 def main() -> int:
     """Print the paired table in Markdown."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("csv", type=Path)
     ap.add_argument("--reference", required=True)
     ap.add_argument("--metrics", nargs="+", default=None)
+    ap.add_argument("--methods", nargs="+", default=None, help="rows to print (default: all)")
     args = ap.parse_args()
-    vals: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
-    for r in csv.DictReader(args.csv.open()):
-        vals[(r["method"], r["metric"])][r["image"]] = float(r["value"])
+    vals = load(args.csv)
     methods = list(dict.fromkeys(m for m, _ in vals))
     metrics = args.metrics or [
         m for m in dict.fromkeys(k for _, k in vals) if m not in ("time_s", "sparsity", "entropy")
@@ -43,24 +72,12 @@ def main() -> int:
     print("| method | " + " | ".join(f"Δ {m} (better / n)" for m in metrics) + " |")
     print("|---" * (len(metrics) + 1) + "|")
     for method in methods:
-        if method == args.reference:
+        if method == args.reference or (args.methods and method not in args.methods):
             continue
         cells = []
         for metric in metrics:
             ref, cur = vals.get((args.reference, metric), {}), vals.get((method, metric), {})
-            common = [
-                i for i in cur if i in ref and math.isfinite(cur[i]) and math.isfinite(ref[i])
-            ]
-            d = [cur[i] - ref[i] for i in common]
-            if not d:
-                cells.append("–")
-                continue
-            n = len(d)
-            mean = sum(d) / n
-            sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1)) if n > 1 else 0.0
-            sign = -1 if _lower_is_better(metric) else 1
-            better = sum(1 for x in d if sign * x > 0)
-            cells.append(f"{mean:+.3f} ± {1.96 * sd / math.sqrt(n):.3f} ({better}/{n})")
+            cells.append(paired_cell(cur, ref, metric))
         print(f"| {method} | " + " | ".join(cells) + " |")
     return 0
 

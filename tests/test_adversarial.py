@@ -169,6 +169,23 @@ def test_rejected_steps_are_counted_where_the_label_flips() -> None:
     assert torch.allclose(adv[:, :, 0, 0], torch.full((2, 3), 0.9 - 8 * a, dtype=torch.float64))
 
 
+def test_label_preserving_pgd_steps_along_the_hand_gradient_and_stops_before_a_flip() -> None:
+    a = 1 / 255
+    x = torch.full((2, 3, 2, 2), 0.2, dtype=torch.float64)
+    x[:, :, 0, 0] = 0.9
+    # class 0's logit is d = x000 - t, class 1's is 0: the cross-entropy of class 0 falls
+    # as x000 grows, so its gradient is negative at x000 only and zero elsewhere, and each
+    # PGD step lowers x000 by a; the label flips once x000 < t
+    net = _Threshold(0.9 - 2.5 * a).double().eval()
+    adv, kept = adversarial.explanation_attack(
+        net, x, PLAIN, lambda i, c: i.sum(1), "pgd", eps=8 * a, iterations=10
+    )
+    assert kept.tolist() == [2, 2]  # the third step would flip the label: rejected, stop
+    expected = x.clone()
+    expected[:, 0, 0, 0] = 0.9 - 2 * a  # sign(0) = 0: the other pixels do not move
+    torch.testing.assert_close(adv, expected, rtol=0, atol=1e-12)
+
+
 def test_random_floor_keeps_the_label_and_the_bound() -> None:
     net = _tanh_net()
     x = torch.rand(3, 3, 5, 5, generator=torch.Generator().manual_seed(5), dtype=torch.float64)

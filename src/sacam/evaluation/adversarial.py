@@ -6,7 +6,9 @@ Every attack works in pixel space ([0, 1] RGB before normalisation) with signed 
 is run for each ``ε`` of a sweep (0.5, 1, 2, 4, 8 /255 by default). Two kinds:
 
 1. **Label-preserving attacks on the explanation** (:func:`explanation_attack`): ``g`` is
-   random sign noise (``"random"``, the floor), or the gradient of an objective on the
+   random sign noise (``"random"``, the floor), the classifier's loss gradient
+   (``"pgd"``: label-preserving PGD, the older single-point protocol's attack, now over
+   the sweep; the map is not differentiated), or the gradient of an objective on the
    explained method's **own** map, differentiated w.r.t. the input through the method
    (white-box; ``BaseCAM.explain_graph``, a double backward for gradient
    methods): ``"topk"`` lowers the map's mass (the map divided by its sum) on the clean
@@ -43,11 +45,11 @@ from ..errors import InputError
 from ..models import Preprocess
 
 AdversaryKind = Literal["fgsm", "pgd"]
-MapAttackKind = Literal["random", "topk", "com"]
+MapAttackKind = Literal["random", "pgd", "topk", "com"]
 GraphMapFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 ADVERSARY_KINDS: tuple[AdversaryKind, ...] = ("fgsm", "pgd")
-MAP_ATTACK_KINDS: tuple[MapAttackKind, ...] = ("random", "topk", "com")
+MAP_ATTACK_KINDS: tuple[MapAttackKind, ...] = ("random", "pgd", "topk", "com")
 
 
 def _project(x: torch.Tensor, x0: torch.Tensor, eps: float) -> torch.Tensor:
@@ -206,7 +208,9 @@ def explanation_attack(
         preprocess: the model's preprocessing.
         map_fn: ``(images, classes) -> (B, H, W)`` maps differentiable w.r.t. the images
             (``cam.explain_graph(x, c).maps``); unused by ``"random"``.
-        kind: ``"random"`` (sign noise), ``"topk"`` or ``"com"`` (see :func:`map_objective`).
+        kind: ``"random"`` (sign noise), ``"pgd"`` (label-preserving PGD on the classifier's
+            loss: the map is not differentiated), ``"topk"`` or ``"com"`` (see
+            :func:`map_objective`).
         eps: L-infinity bound in pixel units.
         step: step ``a`` (default ``eps / 8``).
         iterations: steps tried at most.
@@ -220,7 +224,7 @@ def explanation_attack(
         ``(perturbed, kept)``: normalised images, and kept steps per image (0: clean).
     """
     if kind not in MAP_ATTACK_KINDS:
-        raise InputError(f"map attack kind must be 'random', 'topk' or 'com', got {kind!r}")
+        raise InputError(f"map attack kind must be 'random', 'pgd', 'topk' or 'com', got {kind!r}")
     a = _check_eps(eps, step)
     model = logits_model(model, output_transform)
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -232,9 +236,14 @@ def explanation_attack(
             signs = torch.randint(0, 2, x.shape[1:], generator=gen).to(x) * 2 - 1
             return signs.expand_as(x)
 
+        def ascend(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            return _loss_gradient(model, x, preprocess, c[idx])
+
         direction = (
             noise
             if kind == "random"
+            else ascend
+            if kind == "pgd"
             else _map_direction(images, c, preprocess, map_fn, kind, k, clean_maps)
         )
         x, kept = _label_preserving_steps(
