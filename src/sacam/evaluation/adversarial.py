@@ -232,24 +232,37 @@ def explanation_attack(
         c = predict(model, images) if classes is None else classes.to(images.device)
         x0 = preprocess.denormalize(images).detach()
 
-        def noise(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            signs = torch.randint(0, 2, x.shape[1:], generator=gen).to(x) * 2 - 1
-            return signs.expand_as(x)
-
-        def ascend(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            return _loss_gradient(model, x, preprocess, c[idx])
-
-        direction = (
-            noise
-            if kind == "random"
-            else ascend
-            if kind == "pgd"
-            else _map_direction(images, c, preprocess, map_fn, kind, k, clean_maps)
-        )
+        if kind == "random":
+            direction = _noise_direction(gen)
+        elif kind == "pgd":
+            direction = _loss_direction(model, preprocess, c)
+        else:
+            direction = _map_direction(images, c, preprocess, map_fn, kind, k, clean_maps)
         x, kept = _label_preserving_steps(
             model, x0, c, preprocess, direction, eps, a, iterations, kind != "random"
         )
     return preprocess.normalize(x), kept
+
+
+def _noise_direction(gen: torch.Generator) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Random signs, one ``(C, H, W)`` draw per step shared by the batch (the floor)."""
+
+    def noise(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        signs = torch.randint(0, 2, x.shape[1:], generator=gen).to(x) * 2 - 1
+        return signs.expand_as(x)
+
+    return noise
+
+
+def _loss_direction(
+    model: nn.Module, preprocess: Preprocess, classes: torch.Tensor
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The cross-entropy gradient of the explained classes (label-preserving PGD)."""
+
+    def ascend(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return _loss_gradient(model, x, preprocess, classes[idx])
+
+    return ascend
 
 
 def _map_direction(
