@@ -7,10 +7,23 @@ the same message whatever the method.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from ..errors import MethodError
+from ..registry import get_method
 
-__all__ = ["check_bool", "check_count", "check_number", "check_seed", "check_variant"]
+if TYPE_CHECKING:
+    from ..core import BaseCAM
+
+__all__ = [
+    "base_method",
+    "check_bool",
+    "check_count",
+    "check_number",
+    "check_seed",
+    "check_variant",
+]
 
 
 def check_count(name: str, value: object) -> int:
@@ -93,3 +106,39 @@ def check_number(
         rule = "".join(" " + b for b in bounds[:1]) + "".join(" and " + b for b in bounds[1:])
         raise MethodError(f"{name} must be a finite number{rule}, got {value!r}")
     return float(value)  # type: ignore[arg-type]
+
+
+def base_method(owner: BaseCAM, method: str, base: object, options: object) -> BaseCAM:
+    """Build the ``base`` method of a meta-method on the owner's model, layers and engine options.
+
+    Args:
+        owner: the meta-method (its model, layer, reshape_transform, eval_mode, fusion and
+            output_transform are shared).
+        method: the meta-method's name, for messages (and refused as its own base).
+        base: a registered method name.
+        options: ``None`` or a dict of the base's own options.
+    """
+    if not isinstance(base, str):
+        raise MethodError(f"{method}'s base must be a method name, got {base!r}")
+    if base == method:
+        raise MethodError(f"{method}'s base must be another method, e.g. 'grad-cam'")
+    cls = get_method(base)
+    if options is not None and not isinstance(options, Mapping):
+        raise MethodError(f"base_options must be a dict of options, got {options!r}")
+    opts = dict(options or {})
+    unknown = sorted(set(opts) - set(cls.option_names()))
+    if unknown:
+        raise MethodError(
+            f"base {base!r} does not accept option(s) {', '.join(unknown)}; it accepts: "
+            f"{', '.join(cls.option_names())}"
+        )
+    return cls(
+        owner.model,
+        owner.layer,
+        reshape_transform=owner.reshape_transform,
+        eval_mode=owner.eval_mode,
+        eigen_smooth=owner.eigen_smooth,
+        fusion=owner.fusion,
+        output_transform=owner.output_transform,
+        **opts,
+    )

@@ -12,8 +12,9 @@ import torch
 from .._hooks import model_guard
 from ..core import BaseCAM, Explanation
 from ..errors import MethodError, TargetError
-from ..registry import get_method, register_method
+from ..registry import register_method
 from ..targets import TargetsLike, class_indices
+from ._options import base_method
 
 __all__ = ["FinerCAM", "FinerTarget"]
 
@@ -101,20 +102,7 @@ class FinerCAM(BaseCAM):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if not isinstance(base, str):
-            raise MethodError(f"finer-cam's base must be a method name, got {base!r}")
-        if base == "finer-cam":
-            raise MethodError("finer-cam's base must be another method, e.g. 'grad-cam'")
-        base_cls = get_method(base)
-        if base_options is not None and not isinstance(base_options, Mapping):
-            raise MethodError(f"base_options must be a dict of options, got {base_options!r}")
-        options = dict(base_options or {})
-        unknown = sorted(set(options) - set(base_cls.option_names()))
-        if unknown:
-            raise MethodError(
-                f"base {base!r} does not accept option(s) {', '.join(unknown)}; it accepts: "
-                f"{', '.join(base_cls.option_names())}"
-            )
+        self.base = base_method(self, "finer-cam", base, base_options)
         if (
             isinstance(alpha, bool)
             or not isinstance(alpha, int | float)
@@ -123,16 +111,6 @@ class FinerCAM(BaseCAM):
             raise MethodError(f"finer-cam's alpha must be a finite number, got {alpha!r}")
         if isinstance(n_similar, bool) or not isinstance(n_similar, int) or n_similar < 1:
             raise MethodError(f"n_similar must be a positive int, got {n_similar!r}")
-        self.base = base_cls(
-            self.model,
-            self.layer,
-            reshape_transform=self.reshape_transform,
-            fusion=self.fusion,
-            eval_mode=self.eval_mode,
-            eigen_smooth=self.eigen_smooth,
-            output_transform=self.output_transform,
-            **options,
-        )
         self.alpha = float(alpha)
         self.n_similar = n_similar
 

@@ -10,49 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from ..core import BaseCAM, Explanation, normalize_maps
-from ..errors import MethodError
-from ..registry import get_method, register_method
+from ..registry import register_method
 from ..targets import TargetsLike
-from ._options import check_variant
+from ._options import base_method, check_variant
 
-__all__ = ["RefineCAM", "base_method"]
+__all__ = ["RefineCAM"]
 
 REFINE_URL = "https://arxiv.org/abs/2605.14641"
 Variant = Literal["paper", "pytorch-grad-cam", "torchcam"]
-
-
-def base_method(owner: BaseCAM, method: str, base: object, options: object) -> BaseCAM:
-    """Build the ``base`` method of a meta-method on the owner's model, layers and engine options.
-
-    Args:
-        owner: the meta-method (its model, layer, reshape_transform, eval_mode are shared).
-        method: the meta-method's name, for messages (and refused as its own base).
-        base: a registered method name.
-        options: ``None`` or a dict of the base's own options.
-    """
-    if not isinstance(base, str):
-        raise MethodError(f"{method}'s base must be a method name, got {base!r}")
-    if base == method:
-        raise MethodError(f"{method}'s base must be another method, e.g. 'grad-cam'")
-    cls = get_method(base)
-    if options is not None and not isinstance(options, Mapping):
-        raise MethodError(f"base_options must be a dict of options, got {options!r}")
-    opts = dict(options or {})
-    unknown = sorted(set(opts) - set(cls.option_names()))
-    if unknown:
-        raise MethodError(
-            f"base {base!r} does not accept option(s) {', '.join(unknown)}; it accepts: "
-            f"{', '.join(cls.option_names())}"
-        )
-    return cls(
-        owner.model,
-        owner.layer,
-        reshape_transform=owner.reshape_transform,
-        eval_mode=owner.eval_mode,
-        eigen_smooth=owner.eigen_smooth,
-        output_transform=owner.output_transform,
-        **opts,
-    )
 
 
 @register_method(

@@ -15,8 +15,7 @@ from ..errors import MethodError
 from ..filters import gaussian_blur
 from ..registry import register_method
 from ..targets import PerSampleCallables, ScoreFn, TargetsLike, evaluate_scores, resolve_targets
-from ._options import check_bool, check_count, check_number, check_variant
-from .refine import base_method
+from ._options import base_method, check_bool, check_count, check_number, check_variant
 
 __all__ = ["SESS", "window_starts"]
 
