@@ -426,15 +426,21 @@ class BaseCAM:
             LayerData(ref, *self._to_maps(ref, a, g, images.ndim))
             for ref, a, g in zip(refs, acts, grad_list, strict=True)
         ]
-        ctx = CallContext(
-            model=self.logits_model,
-            images=images,
-            output=output.detach(),
-            score_fn=score_fn,
-            class_idx=class_idx,
-            scores=scores.detach(),
-        )
+        ctx = self.context(images, output, score_fn, class_idx, scores)
         return ctx, layers
+
+    def context(
+        self,
+        images: torch.Tensor,
+        output: torch.Tensor,
+        score_fn: ScoreFn,
+        class_idx: torch.Tensor | None,
+        scores: torch.Tensor,
+    ) -> CallContext:
+        """The call's :class:`CallContext` (logits and scores detached)."""
+        return CallContext(
+            self.logits_model, images, output.detach(), score_fn, class_idx, scores.detach()
+        )
 
     @staticmethod
     def _stored(cap: Capture, refs: list[LayerRef]) -> list[torch.Tensor]:

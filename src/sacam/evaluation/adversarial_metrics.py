@@ -54,14 +54,26 @@ _MEASURES = (
 )
 
 
+def _measured(prefix: str, kinds: tuple[str, ...], label: str) -> list[tuple[str, bool, str]]:
+    """The swept values ``{prefix}_{kind}_{measure}`` of every kind and map measure.
+
+    ``label`` names the kind in each description (``{kind}`` or ``{KIND}``, upper case).
+    """
+    return [
+        (
+            f"{prefix}_{kind}_{short}",
+            higher,
+            f"{label.format(kind=kind, KIND=kind.upper())}: {text}",
+        )
+        for kind in kinds
+        for short, higher, text in _MEASURES
+    ]
+
+
 @register_metric(
     "adversarial",
     values=[],
-    swept=[
-        (f"adv_{kind}_{short}", higher, f"{kind.upper()} adversarial example: {text}")
-        for kind in ADVERSARY_KINDS
-        for short, higher, text in _MEASURES
-    ]
+    swept=_measured("adv", ADVERSARY_KINDS, "{KIND} adversarial example")
     + [
         (f"adv_{kind}_flipped", False, f"{kind.upper()}: share of labels flipped (per model)")
         for kind in ADVERSARY_KINDS
@@ -121,11 +133,7 @@ def graph_map_fn(batch: MetricBatch) -> tuple[GraphMapFn, bool]:
 @register_metric(
     "explanation_attack",
     values=[("xattack_white_box", True, "1: the method's own map was attacked; 0: Grad-CAM's")],
-    swept=[
-        (f"xattack_{kind}_{short}", higher, f"{kind} attack on the map: {text}")
-        for kind in MAP_ATTACK_KINDS
-        for short, higher, text in _MEASURES
-    ]
+    swept=_measured("xattack", MAP_ATTACK_KINDS, "{kind} attack on the map")
     + [
         (f"xattack_{kind}_steps", True, f"{kind} attack: label-preserving steps kept")
         for kind in MAP_ATTACK_KINDS

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._hooks import model_guard, this_thread_only
-from ..core import BaseCAM, CallContext, Explanation
+from ..core import BaseCAM, Explanation
 from ..errors import MethodError
 from ..registry import register_method
 from ..targets import TargetsLike, evaluate_scores, resolve_targets
@@ -158,14 +158,7 @@ class FullGrad(BaseCAM):
                 for h in handles:
                     h.remove()
             raw = self._saliency(x.detach(), grads, [m for m, _ in stored])
-        ctx = CallContext(
-            model=self.logits_model,
-            images=images,
-            output=output.detach(),
-            score_fn=score_fn,
-            class_idx=class_idx,
-            scores=scores.detach(),
-        )
+        ctx = self.context(images, output, score_fn, class_idx, scores)
         return self._finish({"fullgrad": raw}, ctx, images, upsample)
 
     def _saliency(

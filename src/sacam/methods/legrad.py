@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .._hooks import model_guard
-from ..core import BaseCAM, CallContext, Explanation
+from ..core import BaseCAM, Explanation
 from ..errors import LayerError, MethodError
 from ..registry import register_method
 from ..targets import TargetsLike, evaluate_scores, resolve_targets
@@ -176,7 +176,7 @@ class LeGrad(BaseCAM):
             finally:
                 for h in handles:
                     h.remove()
-        ctx = CallContext(self.logits_model, images, output.detach(), score_fn, class_idx, scores)
+        ctx = self.context(images, output, score_fn, class_idx, scores)
         exp = self._finish(raw, ctx, images, upsample)
         if len(raw) > 1:  # LeGrad averages the blocks' raw maps, then normalises
             mean = torch.stack(list(raw.values())).mean(dim=0)

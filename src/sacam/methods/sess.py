@@ -151,7 +151,7 @@ class SESS(BaseCAM):
                 scores = evaluate_scores(score_fn, output)
             output, scores = output.clone(), scores.clone()
             class_idx = class_idx.clone() if class_idx is not None else None
-            ctx = CallContext(self.logits_model, images, output, score_fn, class_idx, scores)
+            ctx = self.context(images, output, score_fn, class_idx, scores)
             raw = torch.stack([self._one_image(ctx, b) for b in range(images.shape[0])])
         return self._finish({"sess": raw}, ctx, images, upsample)
 
