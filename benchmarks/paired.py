@@ -40,18 +40,37 @@ def load(path: Path) -> dict[tuple[str, str], dict[str, float]]:
     return vals
 
 
+def t_interval(values: list[float]) -> tuple[float, float, int]:
+    """Mean, 95% half-width (Student's t, n − 1 degrees of freedom) and n of the finite values.
+
+    The half-width is infinite for one value and NaN for none.
+    """
+    v = [x for x in values if math.isfinite(x)]
+    n = len(v)
+    if n == 0:
+        return math.nan, math.nan, 0
+    mean = sum(v) / n
+    if n == 1:
+        return mean, math.inf, 1
+    sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1))
+    return mean, float(student_t.ppf(0.975, n - 1)) * sd / math.sqrt(n), n
+
+
+def paired_differences(cur: dict[str, float], ref: dict[str, float]) -> list[float]:
+    """Cur − ref per image, over the images where both are finite."""
+    return [
+        cur[i] - ref[i] for i in cur if i in ref and math.isfinite(cur[i]) and math.isfinite(ref[i])
+    ]
+
+
 def paired_cell(cur: dict[str, float], ref: dict[str, float], metric: str) -> str:
     """``mean ± half-width (better/n)`` of cur − ref over common images, ▲/▼ when decided."""
-    common = [i for i in cur if i in ref and math.isfinite(cur[i]) and math.isfinite(ref[i])]
-    d = [cur[i] - ref[i] for i in common]
+    d = paired_differences(cur, ref)
     if not d:
         return "–"
-    n = len(d)
-    mean = sum(d) / n
-    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1)) if n > 1 else 0.0
+    mean, half, n = t_interval(d)
     sign = -1 if _lower_is_better(metric) else 1
     better = sum(1 for x in d if sign * x > 0)
-    half = float(student_t.ppf(0.975, n - 1)) * sd / math.sqrt(n) if n > 1 else math.inf
     mark = "▲" if sign * mean - half > 0 else "▼" if sign * mean + half < 0 else ""
     return f"{mean:+.3f} ± {half:.3f} ({better}/{n}){mark}"
 

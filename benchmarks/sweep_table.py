@@ -10,22 +10,14 @@ subject − reference paired over the images both have (▲/▼ when the interva
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
-from paired import load, paired_cell
-from scipy.stats import t as student_t
+from paired import load, paired_cell, t_interval
 
 
 def _mean_ci(values: list[float]) -> str:
-    v = [x for x in values if math.isfinite(x)]
-    if not v:
-        return "–"
-    n = len(v)
-    mean = sum(v) / n
-    sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1)) if n > 1 else 0.0
-    half = float(student_t.ppf(0.975, n - 1)) * sd / math.sqrt(n) if n > 1 else math.inf
-    return f"{mean:.2f} ± {half:.2f}"
+    mean, half, n = t_interval(values)
+    return f"{mean:.2f} ± {half:.2f}" if n else "–"
 
 
 def main() -> int:

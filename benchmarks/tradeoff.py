@@ -14,12 +14,17 @@ folder that has it). Make the variants with one run per variant, e.g.
     sacam benchmark DATA --methods grad-cam sa-cam --layer _blocks.15 \\
         --method-option sa-cam:gamma=1 --metrics insertion explanation_attack --out runs/g1
 
-The chart puts faithfulness on x and stability on y, each oriented so that right and up
-are better (the registry's direction of each value), with 95% intervals. The table
+The chart has two panels, each oriented so that right and up are better (the registry's
+direction of each value). Left: each variant's paired difference from the ``--reference``
+method of its folder, with 95% intervals; the shaded quadrant is "better on both", and a
+variant whose two intervals lie in it is green. Right: the means of every variant and
+baseline over the images all of them have (a baseline's faithfulness and stability may
+come from two folders of the same model and layer, e.g. a faithfulness run and a stability
+run; ``random``, a fixed map and so stable by construction, is left out). The table
 printed below compares each variant with the ``--reference`` method *of the same folder*
-(same images, model and layer): paired mean differences with 95% intervals, and whether
-the variant is better on both axes by its means and by its intervals (both intervals
-exclude 0 on the better side).
+(same images, model and layer): paired mean differences with 95% intervals (Student's
+t), and whether the variant is better on both axes by its means and by its intervals
+(both intervals exclude 0 on the better side).
 """
 
 from __future__ import annotations
@@ -27,15 +32,18 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from paired import paired_differences, t_interval
+
 from sacam.evaluation.registry import value_info
-from sacam.evaluation.stats import mean_ci
 
 SA = "sa-cam"
+
+
+Values = dict[str, dict[str, float]]  # value name -> image -> value
 
 
 def _load(folder: Path) -> tuple[dict[str, Any], dict[tuple[str, str], dict[str, float]]]:
@@ -67,9 +75,93 @@ def _sign(value: str) -> float:
 
 
 def _paired(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
-    """Mean and 95% interval of a − b over the images both have."""
-    common = [i for i in a if i in b and math.isfinite(a[i]) and math.isfinite(b[i])]
-    return mean_ci([a[i] - b[i] for i in common])
+    """Mean and 95% interval (Student's t) of a − b over the images both have."""
+    mean, half, n = t_interval(paired_differences(a, b))
+    return {"mean": mean, "ci95": half, "n": float(n)}
+
+
+def _mean(values: dict[str, float], images: set[str]) -> float:
+    """Mean of ``values`` over ``images`` (all of them where ``images`` is empty)."""
+    chosen = [v for i, v in values.items() if not images or i in images]
+    return sum(chosen) / len(chosen)
+
+
+def _short(label: str) -> str:
+    """A chart label: the variant's options, and its layer where not automatic."""
+    text = label.replace("SA-CAM ", "")
+    opts, _, setting = text.partition(" @ ")
+    layer = setting.split(" ")[-1]
+    return opts if layer == "auto" else f"{opts} @{layer}"
+
+
+def _chart(
+    out: Path,
+    fx: str,
+    fy: str,
+    sx: float,
+    sy: float,
+    reference: str,
+    variants: dict[str, Values],
+    baselines: dict[str, Values],
+    rows: list[tuple[str, dict[str, float], dict[str, float], bool, bool]],
+) -> None:
+    """Two panels: paired differences against the reference, and every point's means."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
+    left.axhline(0, color="grey", lw=0.8)
+    left.axvline(0, color="grey", lw=0.8)
+    for label, dx, dy, _by_mean, by_ci in rows:
+        px, py = sx * dx["mean"], sy * dy["mean"]
+        left.errorbar(
+            px,
+            py,
+            xerr=dx["ci95"],
+            yerr=dy["ci95"],
+            fmt="s",
+            capsize=2,
+            color="tab:green" if by_ci else "black",
+        )
+        left.annotate(
+            _short(label), (px, py), fontsize=7, xytext=(4, 4), textcoords="offset points"
+        )
+    xmax = max([abs(sx * r[1]["mean"]) + r[1]["ci95"] for r in rows] + [1e-3])
+    ymax = max([abs(sy * r[2]["mean"]) + r[2]["ci95"] for r in rows] + [1e-3])
+    left.fill_between([0, 1.1 * xmax], 0, 1.1 * ymax, color="tab:green", alpha=0.08)
+    left.set_xlim(-1.1 * xmax, 1.1 * xmax)
+    left.set_ylim(-1.1 * ymax, 1.1 * ymax)
+    left.set_xlabel(f"Δ {fx} (right is better)")
+    left.set_ylabel(f"Δ {fy} (up is better)")
+    left.set_title(f"SA-CAM variant − {reference} of its setting, paired, 95% interval", fontsize=9)
+
+    groups = [(_short(k), v, "s", "black") for k, v in variants.items()]
+    groups += [(k.replace("efficientnet-", ""), v, "o", "dimgrey") for k, v in baselines.items()]
+    common = (
+        set.intersection(*(set(v[fx]) & set(v[fy]) for _, v, _, _ in groups)) if groups else set()
+    )
+    points = [
+        (text, sx * _mean(v[fx], common), sy * _mean(v[fy], common), marker, color)
+        for text, v, marker, color in groups
+    ]
+    for text, px, py, marker, color in points:
+        right.plot(px, py, marker, color=color)
+        right.annotate(
+            text, (px, py), fontsize=6, color=color, xytext=(3, 3), textcoords="offset points"
+        )
+    flip = {1.0: "", -1.0: "− "}
+    right.set_xlabel(f"{flip[sx]}{fx} (faithfulness; right is better)")
+    right.set_ylabel(f"{flip[sy]}{fy} (stability; up is better)")
+    right.set_title(
+        f"means over the {len(common)} images every point has: SA-CAM variants (squares),\n"
+        "baselines (grey; random, stable by construction, left out)",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    fig.savefig(out, dpi=150)
+    plt.close(fig)
 
 
 def main() -> int:
@@ -84,19 +176,21 @@ def main() -> int:
     fx, fy = args.faithfulness, args.stability
     sx, sy = _sign(fx), _sign(fy)
 
-    variants: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
-    baselines: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    variants: dict[str, Values] = {}
+    found: dict[str, Values] = defaultdict(dict)
     rows = []
     for folder in args.runs:
         summary, per = _load(folder)
         table = summary["table"]
         for method, stats in table.items():
-            if fx not in stats or fy not in stats:
-                continue
-            if method == SA:
-                variants.append((_variant(summary), stats[fx], stats[fy]))
-            else:
-                baselines.setdefault(f"{method} @ {_setting(summary)}", (stats[fx], stats[fy]))
+            if method == SA and fx in stats and fy in stats:
+                variants[_variant(summary)] = {fx: per[(SA, fx)], fy: per[(SA, fy)]}
+            elif method not in (SA, "random"):  # a baseline's values may come from two folders
+                for value in (fx, fy):
+                    if value in stats:
+                        found[f"{method} @ {_setting(summary)}"].setdefault(
+                            value, per[(method, value)]
+                        )
         if SA in table and args.reference in table:
             dx = _paired(per[(SA, fx)], per[(args.reference, fx)])
             dy = _paired(per[(SA, fy)], per[(args.reference, fy)])
@@ -106,54 +200,8 @@ def main() -> int:
             by_ci = sx * dx["mean"] - dx["ci95"] > 0 and sy * dy["mean"] - dy["ci95"] > 0
             rows.append((_variant(summary), dx, dy, by_mean, by_ci))
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 6))
-    for label, (x, y) in baselines.items():
-        ax.errorbar(
-            sx * x["mean"],
-            sy * y["mean"],
-            xerr=x["ci95"],
-            yerr=y["ci95"],
-            fmt="o",
-            color="grey",
-            alpha=0.7,
-            capsize=2,
-        )
-        ax.annotate(
-            label,
-            (sx * x["mean"], sy * y["mean"]),
-            fontsize=6,
-            color="dimgrey",
-            xytext=(3, 3),
-            textcoords="offset points",
-        )
-    for label, x, y in variants:
-        ax.errorbar(
-            sx * x["mean"],
-            sy * y["mean"],
-            xerr=x["ci95"],
-            yerr=y["ci95"],
-            fmt="s",
-            color="black",
-            capsize=2,
-        )
-        ax.annotate(
-            label,
-            (sx * x["mean"], sy * y["mean"]),
-            fontsize=6,
-            xytext=(3, -8),
-            textcoords="offset points",
-        )
-    flip = {1.0: "", -1.0: "− "}
-    ax.set_xlabel(f"{flip[sx]}{fx}  (faithfulness; right is better)")
-    ax.set_ylabel(f"{flip[sy]}{fy}  (stability; up is better)")
-    ax.set_title("SA-CAM variants (black squares) and baselines (grey), mean ± 95% interval")
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=150)
+    baselines = {k: v for k, v in found.items() if fx in v and fy in v}
+    _chart(args.out, fx, fy, sx, sy, args.reference, variants, baselines, rows)
     print(f"wrote {args.out}")
 
     print(
