@@ -4,6 +4,7 @@ Usage:
 
     python benchmarks/tradeoff.py RUN_DIR [RUN_DIR ...] [--faithfulness insertion]
         [--stability xattack_topk_topk@2] [--reference grad-cam] [--out tradeoff.png]
+        [--against RUN_DIR]
 
 Each RUN_DIR is a ``sacam benchmark`` output folder (summary.json, results.csv). The
 ``sa-cam`` of each folder is one SA-CAM variant, labelled by the folder's model, layer and
@@ -24,7 +25,8 @@ run; ``random``, a fixed map and so stable by construction, is left out). The ta
 printed below compares each variant with the ``--reference`` method *of the same folder*
 (same images, model and layer): paired mean differences with 95% intervals (Student's
 t), and whether the variant is better on both axes by its means and by its intervals
-(both intervals exclude 0 on the better side).
+(both intervals exclude 0 on the better side). ``--against RUN_DIR`` adds a table of each
+variant minus the SA-CAM of that folder (the current default), paired on the same images.
 """
 
 from __future__ import annotations
@@ -172,6 +174,13 @@ def main() -> int:
     ap.add_argument("--stability", default="xattack_topk_topk@2")
     ap.add_argument("--reference", default="grad-cam")
     ap.add_argument("--out", type=Path, default=Path("tradeoff.png"))
+    ap.add_argument(
+        "--against",
+        type=Path,
+        default=None,
+        help="a run folder whose SA-CAM is the current default: also print each variant "
+        "minus it, paired (a variant should not be worse than the default on either axis)",
+    )
     args = ap.parse_args()
     fx, fy = args.faithfulness, args.stability
     sx, sy = _sign(fx), _sign(fy)
@@ -220,7 +229,27 @@ def main() -> int:
         f"\nVariants better than {args.reference} on both axes (95% intervals): "
         + (", ".join(winners) if winners else "none")
     )
+    if args.against is not None:
+        _against(args.against, variants, fx, fy, sx, sy)
     return 0
+
+
+def _against(
+    folder: Path, variants: dict[str, Values], fx: str, fy: str, sx: float, sy: float
+) -> None:
+    """Print each variant − the SA-CAM of ``folder`` (same images), with ▲/▼ per axis."""
+    _, per = _load(folder)
+    base = {fx: per[(SA, fx)], fy: per[(SA, fy)]}
+    print(f"\n| variant − SA-CAM of {folder.name} | Δ {fx} | Δ {fy} |")
+    print("|---|---|---|")
+    for label, v in variants.items():
+        cells = []
+        for value, sign in ((fx, sx), (fy, sy)):
+            d = _paired(v[value], base[value])
+            lo, hi = sign * d["mean"] - d["ci95"], sign * d["mean"] + d["ci95"]
+            mark = "▲" if lo > 0 else "▼" if hi < 0 else ""
+            cells.append(f"{d['mean']:+.4f} ± {d['ci95']:.4f}{mark}")
+        print(f"| {label} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -100,19 +100,26 @@ def test_tradeoff_decides_better_on_both_only_when_both_intervals_do(tmp_path: P
     )
     png = tmp_path / "chart.png"
     out = subprocess.run(
-        [sys.executable, str(BENCH / "tradeoff.py"), str(clear), str(noisy), "--out", str(png)],
+        [sys.executable, str(BENCH / "tradeoff.py"), str(clear), str(noisy), "--out", str(png)]
+        + ["--against", str(clear)],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+    table, _, against = out.partition("| variant − SA-CAM of clear")
     rows = {
-        line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| SA-CAM")
+        line.split("|")[1].strip(): line
+        for line in table.splitlines()
+        if line.startswith("| SA-CAM")
     }
+    # each variant minus the default's SA-CAM: noisy − clear = 0.003125 − 0.010625 in insertion
+    noisy_vs = next(line for line in against.splitlines() if "lite0 auto" in line)
+    assert "| -0.0075 ± " in noisy_vs and "▼" not in noisy_vs and "▲" not in noisy_vs
     clear_row = rows["SA-CAM defaults @ efficientnet-lite0 _blocks.15"]
     noisy_row = rows["SA-CAM defaults @ efficientnet-lite0 auto"]
     assert clear_row.rstrip(" |").endswith("yes | yes")
     # better by its means (+0.003 insertion), not by its insertion interval
     assert noisy_row.rstrip(" |").endswith("yes | no")
     assert "+0.0106" in clear_row  # the mean paired gain in insertion
-    assert out.strip().endswith("SA-CAM defaults @ efficientnet-lite0 _blocks.15")
+    assert "(95% intervals): SA-CAM defaults @ efficientnet-lite0 _blocks.15\n" in out
     assert png.stat().st_size > 10_000
