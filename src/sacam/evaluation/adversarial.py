@@ -52,7 +52,7 @@ ADVERSARY_KINDS: tuple[AdversaryKind, ...] = ("fgsm", "pgd")
 MAP_ATTACK_KINDS: tuple[MapAttackKind, ...] = ("random", "pgd", "topk", "com")
 
 
-def _project(x: torch.Tensor, x0: torch.Tensor, eps: float) -> torch.Tensor:
+def project(x: torch.Tensor, x0: torch.Tensor, eps: float) -> torch.Tensor:
     """Clip ``x`` to the L-infinity ball of radius ``eps`` around ``x0`` and to [0, 1]."""
     return torch.minimum(torch.maximum(x, x0 - eps), x0 + eps).clamp(0, 1)
 
@@ -65,7 +65,7 @@ def _check_eps(eps: float, step: float | None) -> float:
     return eps / 8 if step is None else step
 
 
-def _loss_gradient(
+def loss_gradient(
     model: nn.Module, x: torch.Tensor, preprocess: Preprocess, classes: torch.Tensor
 ) -> torch.Tensor:
     """``∂/∂x`` of the summed cross-entropy of ``classes``, ``x`` in pixel space."""
@@ -117,11 +117,11 @@ def adversarial_examples(
         c = predict(model, images) if classes is None else classes
         x0 = preprocess.denormalize(images).detach()
         if kind == "fgsm":
-            x = (x0 + eps * _loss_gradient(model, x0, preprocess, c).sign()).clamp(0, 1)
+            x = (x0 + eps * loss_gradient(model, x0, preprocess, c).sign()).clamp(0, 1)
         else:
             x = x0.clone()
             for _ in range(iterations):
-                x = _project(x + a * _loss_gradient(model, x, preprocess, c).sign(), x0, eps)
+                x = project(x + a * loss_gradient(model, x, preprocess, c).sign(), x0, eps)
     return preprocess.normalize(x.detach())
 
 
@@ -149,7 +149,8 @@ def centre_of_mass(maps: torch.Tensor) -> torch.Tensor:
     return torch.stack([r, c], 1)
 
 
-def _top_mask(maps: torch.Tensor, k: int) -> torch.Tensor:
+def top_k_mask(maps: torch.Tensor, k: int) -> torch.Tensor:
+    """1.0 on each map's top-k pixels, 0 elsewhere; the maps' shape."""
     flat = maps.flatten(1)
     idx = flat.topk(min(k, flat.shape[1]), dim=1).indices
     return torch.zeros_like(flat).scatter_(1, idx, 1.0).view_as(maps)
@@ -260,7 +261,7 @@ def _loss_direction(
     """The cross-entropy gradient of the explained classes (label-preserving PGD)."""
 
     def ascend(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        return _loss_gradient(model, x, preprocess, classes[idx])
+        return loss_gradient(model, x, preprocess, classes[idx])
 
     return ascend
 
@@ -279,7 +280,7 @@ def _map_direction(
         with torch.no_grad():
             clean_maps = map_fn(images, classes)
     clean = clean_maps.detach()
-    top_mask, centre = _top_mask(clean, k), centre_of_mass(clean.double()).to(clean)
+    top_mask, centre = top_k_mask(clean, k), centre_of_mass(clean.double()).to(clean)
 
     def direction(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         return _map_gradient(x, classes[idx], preprocess, map_fn, kind, top_mask[idx], centre[idx])
@@ -310,7 +311,7 @@ def _label_preserving_steps(
     for _ in range(iterations):
         idx = active.nonzero()[:, 0].to(x.device)
         g = direction(x[idx], idx)
-        proposal = _project(x[idx] + a * g.sign(), x0[idx], eps).detach()
+        proposal = project(x[idx] + a * g.sign(), x0[idx], eps).detach()
         with torch.inference_mode():
             same = model(preprocess.normalize(proposal)).argmax(1) == classes[idx]
         x[idx[same]] = proposal[same]

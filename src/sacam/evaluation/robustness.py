@@ -35,6 +35,7 @@ from .._outputs import OutputTransform, logits_model, unwrap
 from ..core import model_guard, predict
 from ..errors import InputError
 from ..models import Preprocess
+from .adversarial import loss_gradient, project, top_k_mask
 from .registry import MetricBatch, MetricOutput, register_metric
 
 AttackKind = Literal["random", "pgd", "topk"]
@@ -101,14 +102,10 @@ def attack(
         best = x0.clone()
         kept = torch.zeros(images.shape[0], dtype=torch.long)
         x = x0.clone()
-        top_masks = _top_masks(clean_maps, k) if kind == "topk" else None
+        top_masks = top_k_mask(clean_maps, k) if kind == "topk" and clean_maps is not None else None
         for it in range(1, iterations + 1):
             g = _direction(model, x, preprocess, classes, kind, top_masks, gen)
-            x = (
-                torch.minimum(torch.maximum(x + step * g.sign(), x0 - eps), x0 + eps)
-                .clamp(0, 1)
-                .detach()
-            )
+            x = project(x + step * g.sign(), x0, eps).detach()
             with torch.inference_mode():
                 same = model(preprocess.normalize(x)).argmax(1) == classes
             best[same] = x[same]
@@ -116,14 +113,6 @@ def attack(
             if not same.any():
                 break
     return preprocess.normalize(best), kept
-
-
-def _top_masks(maps: torch.Tensor | None, k: int) -> torch.Tensor:
-    """1.0 on each map's top-k pixels, else 0."""
-    assert maps is not None
-    flat = maps.flatten(1)
-    idx = flat.topk(min(k, flat.shape[1]), dim=1).indices
-    return torch.zeros_like(flat).scatter_(1, idx, 1.0).view_as(maps)
 
 
 def _direction(
@@ -138,15 +127,13 @@ def _direction(
     """The direction ``g`` of one attack step (its sign is taken)."""
     if kind == "random":
         return torch.randint(0, 2, x.shape, generator=gen).to(x) * 2 - 1
+    if kind == "pgd":
+        return loss_gradient(model, x, preprocess, classes)
+    assert top_masks is not None
     xg = x.clone().requires_grad_(True)
     with torch.enable_grad():
-        inp = preprocess.normalize(xg)
-        if kind == "pgd":
-            loss = F.cross_entropy(model(inp), classes, reduction="sum")
-        else:
-            cam = _differentiable_gradcam(model, inp, classes)
-            assert top_masks is not None
-            loss = -(cam * top_masks).flatten(1).sum()  # ascend = lower top-k mass
+        cam = _differentiable_gradcam(model, preprocess.normalize(xg), classes)
+        loss = -(cam * top_masks).flatten(1).sum()  # ascend = lower top-k mass
         (g,) = torch.autograd.grad(loss, xg)
     return g
 
