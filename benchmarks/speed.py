@@ -66,17 +66,6 @@ def forwards(method: str, options: dict) -> int:
     return k * options.get("n_samples", 1)
 
 
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (or the platform's guess)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def images(batch: int) -> torch.Tensor:
     """A batch of the scikit-image sample photos, preprocessed for the default model."""
     from sacam.models import SAMPLE_IMAGES, load_model, sample_image
@@ -292,6 +281,7 @@ def main() -> int:
         print(json.dumps(child(json.loads(args.child))))
         return 0
     import sacam
+    from sacam._plancache import cpu_name
 
     methods = args.methods or [m for m in sacam.list_methods()]
     base = {"threads": args.threads, "repeat": args.repeat, "device": args.device}

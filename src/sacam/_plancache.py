@@ -87,7 +87,8 @@ def model_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (or the platform's guess)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -126,7 +127,7 @@ def plan_key(
         where,
         f"torch {torch.__version__}",
         f"{torch.get_num_threads()} threads",
-        _cpu_name(),
+        cpu_name(),
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
