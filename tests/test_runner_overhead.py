@@ -66,6 +66,23 @@ def test_tuner_cuts_clearly_slower_candidates_short() -> None:
     assert tuner.next(100) == (Plan(25, True), False)
 
 
+def test_on_cuda_a_first_chunk_does_not_cut_a_candidate_short() -> None:
+    # on CUDA the first pass of a new batch shape pays for cuDNN's algorithm choice: a
+    # candidate is judged on its second chunk (on the H200, batch 8 won otherwise)
+    c8, c64 = Plan(8, False), Plan(64, False)
+    ms = {c8: [0.6, 0.5], c64: [3.0, 0.08]}
+    cpu = curves._Tuner((c8, c64))
+    assert _scripted(cpu, ms) == [c8, c8, c64] and cpu.best() == c8
+    gpu = curves._Tuner((c8, c64), prune_first=False)
+    assert _scripted(gpu, ms) == [c8, c8, c64, c64] and gpu.best() == c64
+
+
+def test_cuda_plans_try_larger_batches_than_cpu_plans() -> None:
+    cpu = _tuning.candidate_batches(torch.device("cpu"))
+    cuda = _tuning.candidate_batches(torch.device("cuda", 0))
+    assert max(cpu) == 64 and max(cuda) == 256 and set(cpu) < set(cuda)
+
+
 # ------------------------------------------------------------------ the disk cache
 def _curve(net: nn.Module, x: torch.Tensor) -> faithfulness.CurveResult:
     g = torch.Generator().manual_seed(1)

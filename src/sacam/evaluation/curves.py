@@ -21,7 +21,7 @@ from torch import nn
 from .._layers import probe
 from .._outputs import logits_model, unwrap
 from .._plancache import load_plan, plan_key, save_plan
-from .._tuning import CANDIDATE_BATCHES, Plan, memory_cap
+from .._tuning import Plan, candidate_batches, memory_cap
 from ..core import model_guard
 from ..errors import InputError
 
@@ -154,17 +154,21 @@ class _Tuner:
     channels_last) runs two of the curves' own chunks, timed (the second timing counts:
     the first may include one-off setup); then the fastest is used, in equal chunks of at
     most its size. Clearly slower candidates are cut short: one whose first chunk is
-    :data:`PRUNE_SLOWER` × slower than the best finished candidate is not timed again, and
-    once a batch size is slower than the next smaller one in the same memory format, the
-    larger sizes of that format are skipped. No forward pass is spent on measuring alone;
-    the state is cached per model, input shape, dtype and device, and the choice is kept
-    on disk (:mod:`sacam._plancache`) so that later processes start from it.
+    :data:`PRUNE_SLOWER` × slower than the best finished candidate is not timed again
+    (``prune_first``; off on CUDA, where the first pass of every new batch shape pays for
+    cuDNN's choice of algorithms and the allocator's growth, which made every batch above
+    8 look slow on an H200), and once a batch size is slower than the next smaller one in
+    the same memory format, the larger sizes of that format are skipped. No forward pass
+    is spent on measuring alone; the state is cached per model, input shape, dtype and
+    device, and the choice is kept on disk (:mod:`sacam._plancache`) so that later
+    processes start from it.
     """
 
     candidates: tuple[Plan, ...]
     times: dict[Plan, list[float]] = field(default_factory=dict)
     dropped: set[Plan] = field(default_factory=set)
     cache_key: str | None = None
+    prune_first: bool = True
 
     def _pending(self, plan: Plan) -> bool:
         return plan not in self.dropped and len(self.times.get(plan, ())) < 2
@@ -187,7 +191,8 @@ class _Tuner:
         timings = self.times.setdefault(plan, [])
         timings.append(ms_per_image)
         finished = self._finished()
-        if len(timings) == 1 and finished and ms_per_image > PRUNE_SLOWER * min(finished.values()):
+        slow = finished and ms_per_image > PRUNE_SLOWER * min(finished.values())
+        if self.prune_first and len(timings) == 1 and slow:
             self.dropped.add(plan)
         if len(timings) == 2:
             same = [p for p in finished if p.channels_last == plan.channels_last]
@@ -233,12 +238,14 @@ def _tuner(model: nn.Module, images: torch.Tensor, batch_size: int | Literal["au
     tuners = _TUNERS.setdefault(unwrap(model), {})  # a LogitsModel: its model's tuner
     if key not in tuners:
         cap = memory_cap(probe(model, images[:1]), tuple(images.shape[1:]), 1024.0)
-        sizes = sorted({min(b, cap) for b in CANDIDATE_BATCHES})
+        sizes = sorted({min(b, cap) for b in candidate_batches(images.device)})
         candidates = tuple(Plan(b, cl) for b in sizes for cl in (False, True))
         disk = plan_key(
             unwrap(model), tuple(images.shape[1:]), images.dtype, images.device, "curves"
         )
-        tuners[key] = _from_disk(disk, candidates) or _Tuner(candidates, cache_key=disk)
+        tuners[key] = _from_disk(disk, candidates) or _Tuner(
+            candidates, cache_key=disk, prune_first=images.device.type != "cuda"
+        )
     return tuners[key]
 
 
