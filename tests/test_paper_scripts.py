@@ -123,3 +123,17 @@ def test_tradeoff_decides_better_on_both_only_when_both_intervals_do(tmp_path: P
     assert "+0.0106" in clear_row  # the mean paired gain in insertion
     assert "(95% intervals): SA-CAM defaults @ efficientnet-lite0 _blocks.15\n" in out
     assert png.stat().st_size > 10_000
+
+
+def test_cuda_parity_script_compares_two_devices_and_fails_past_its_tolerance(tmp_path) -> None:
+    # on a machine without a GPU the script still runs, comparing the CPU with itself: every
+    # difference is 0 and the methods pass; a negative tolerance makes every method fail
+    import cuda_parity
+
+    out = tmp_path / "parity.md"
+    args = ["--device", "cpu", "--methods", "grad-cam", "random", "--batch", "2"]
+    assert cuda_parity.main([*args, "--out", str(out)]) == 0
+    rows = [r for r in out.read_text().splitlines() if r.startswith("| grad-cam |")]
+    assert len(rows) == 1 and rows[0].count("0.00e+00") == 2 and rows[0].endswith("| ok |")
+    assert "Failed: none." in out.read_text()
+    assert cuda_parity.main([*args, "--tol", "-1"]) == 1
