@@ -114,6 +114,10 @@ def test_accumulator() -> None:
     acc.update(torch.tensor([1.0, 2.0, 3.0, float("nan")]))
     res = acc.compute()
     assert res["mean"] == pytest.approx(2.0) and res["nan_count"] == 1 and res["n"] == 3
-    assert res["ci95"] == pytest.approx(1.96 * 1.0 / math.sqrt(3))
+    # Student's t with 2 degrees of freedom (4.303 in printed tables), not the normal 1.96
+    assert res["ci95"] == pytest.approx(4.303 * 1.0 / math.sqrt(3), rel=1e-3)
+    acc.reset()
+    acc.update(torch.tensor([5.0]))
+    assert acc.compute()["mean"] == 5.0 and math.isnan(acc.compute()["ci95"])
     acc.reset()
     assert acc.compute()["n"] == 0

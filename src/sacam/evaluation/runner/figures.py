@@ -36,6 +36,10 @@ CURVE_TITLES = {
 }
 
 
+def _finite_or_zero(x: float) -> float:
+    return x if math.isfinite(x) else 0.0
+
+
 def method_style(method: str) -> dict[str, Any]:
     """Matplotlib keyword arguments that draw ``method`` the same way in every figure."""
     names = list_methods()
@@ -142,7 +146,8 @@ def plot_metric_bars(path: Path, summary: dict[str, Any]) -> Path | None:
         for ax, value in zip(axes.flat, names, strict=False):
             order = ranked(table, value)
             means = [table[m][value]["mean"] for m in order]
-            errs = [table[m][value]["ci95"] for m in order]
+            # no bar where there is no interval (fewer than two images)
+            errs = [_finite_or_zero(table[m][value]["ci95"]) for m in order]
             colours = [method_style(m)["color"] for m in order]
             bars = ax.bar(range(len(order)), means, yerr=errs, color=colours, capsize=2)
             for bar, m in zip(bars, order, strict=True):

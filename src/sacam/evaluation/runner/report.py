@@ -14,6 +14,7 @@ import math
 from typing import Any
 
 from ..registry import arrow, value_of
+from ..stats import format_mean_ci
 from .figures import ranked, write_figures
 from .state import Run
 from .summary import value_columns
@@ -59,7 +60,7 @@ def render_table(summary: dict[str, Any]) -> str:
             if m not in t:
                 cells.append("<td>–</td>")
                 continue
-            text = f"{t[m]['mean']:.3f} ± {t[m]['ci95']:.3f}"
+            text = format_mean_ci(t[m])
             if method in best[m]:
                 cells.append(f"<td class='best'>★ {text}</td>")
             else:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..registry import arrow, split_eps, value_directions, value_info, written_names
-from ..stats import mean_ci
+from ..stats import format_mean_ci, mean_ci
 from .state import Run
 
 
@@ -126,7 +126,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
         cells = []
         for m in names:
             s = t.get(m)
-            cells.append("–" if s is None else f"{s['mean']:.3f} ± {s['ci95']:.3f}")
+            cells.append("–" if s is None else format_mean_ci(s))
         time_s = t.get("time_s", {}).get("mean", float("nan"))
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {time_s:.3f} |")
     lines.append("")
