@@ -83,6 +83,17 @@ def test_cuda_plans_try_larger_batches_than_cpu_plans() -> None:
     assert max(cpu) == 64 and max(cuda) == 256 and set(cpu) < set(cuda)
 
 
+@pytest.mark.parametrize(
+    ("free_gib", "expect_mb"), [(141.0, 8192.0), (12.0, 3072.0), (2.0, 1024.0)]
+)
+def test_cuda_curve_budget_is_a_quarter_of_free_memory_within_bounds(
+    monkeypatch, free_gib, expect_mb
+) -> None:
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d: (int(free_gib * 2**30), 0))
+    assert _tuning.device_budget_mb(torch.device("cuda", 0)) == expect_mb
+    assert _tuning.device_budget_mb(torch.device("cpu")) == 1024.0
+
+
 # ------------------------------------------------------------------ the disk cache
 def _curve(net: nn.Module, x: torch.Tensor) -> faithfulness.CurveResult:
     g = torch.Generator().manual_seed(1)

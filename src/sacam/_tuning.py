@@ -66,6 +66,28 @@ def candidate_batches(device: torch.device) -> tuple[int, ...]:
     return CUDA_CANDIDATE_BATCHES if device.type == "cuda" else CANDIDATE_BATCHES
 
 
+CPU_BUDGET_MB = 1024.0
+CUDA_BUDGET_MB = (1024.0, 8192.0)  # a quarter of the free GPU memory, within these bounds
+
+
+def device_budget_mb(device: torch.device) -> float:
+    """Memory budget of the metrics' batched forward passes on ``device``, in MiB.
+
+    1024 on CPUs. On CUDA a quarter of the device's free memory, at least 1024 and at
+    most 8192: the shape estimate of EfficientNet-Lite0 at 224×224 is about 15 MB per
+    image, so 1024 MB caps a batch at 70, where a large GPU runs 256 in the same time.
+
+    Example:
+        >>> device_budget_mb(torch.device("cpu"))
+        1024.0
+    """
+    if device.type != "cuda":
+        return CPU_BUDGET_MB
+    free, _ = torch.cuda.mem_get_info(device)
+    low, high = CUDA_BUDGET_MB
+    return float(min(max(free / 4 / 2**20, low), high))
+
+
 @dataclass(frozen=True)
 class Plan:
     """How to run many forward passes: batch size and whether inputs go channels_last."""

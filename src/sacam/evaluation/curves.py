@@ -21,7 +21,7 @@ from torch import nn
 from .._layers import probe
 from .._outputs import logits_model, unwrap
 from .._plancache import load_plan, plan_key, save_plan
-from .._tuning import Plan, candidate_batches, memory_cap
+from .._tuning import Plan, candidate_batches, device_budget_mb, memory_cap
 from ..core import model_guard
 from ..errors import InputError
 
@@ -237,7 +237,8 @@ def _tuner(model: nn.Module, images: torch.Tensor, batch_size: int | Literal["au
     key = (tuple(images.shape[1:]), images.dtype, str(images.device))
     tuners = _TUNERS.setdefault(unwrap(model), {})  # a LogitsModel: its model's tuner
     if key not in tuners:
-        cap = memory_cap(probe(model, images[:1]), tuple(images.shape[1:]), 1024.0)
+        budget = device_budget_mb(images.device)
+        cap = memory_cap(probe(model, images[:1]), tuple(images.shape[1:]), budget)
         sizes = sorted({min(b, cap) for b in candidate_batches(images.device)})
         candidates = tuple(Plan(b, cl) for b in sizes for cl in (False, True))
         disk = plan_key(
