@@ -18,9 +18,8 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from scipy.stats import t as student_t
-
 from sacam.evaluation.registry import value_info
+from sacam.evaluation.stats import mean_ci
 
 LOWER_IS_BETTER = {"average_drop", "deletion", "road_morf", "entropy", "time_s"}
 
@@ -43,17 +42,13 @@ def load(path: Path) -> dict[tuple[str, str], dict[str, float]]:
 def t_interval(values: list[float]) -> tuple[float, float, int]:
     """Mean, 95% half-width (Student's t, n − 1 degrees of freedom) and n of the finite values.
 
-    The half-width is infinite for one value and NaN for none.
+    The library's :func:`sacam.evaluation.stats.mean_ci` (what every run's summary
+    prints), except that the half-width is infinite, not undefined, for one value (an
+    interval that decides nothing); NaN for none.
     """
-    v = [x for x in values if math.isfinite(x)]
-    n = len(v)
-    if n == 0:
-        return math.nan, math.nan, 0
-    mean = sum(v) / n
-    if n == 1:
-        return mean, math.inf, 1
-    sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1))
-    return mean, float(student_t.ppf(0.975, n - 1)) * sd / math.sqrt(n), n
+    stats = mean_ci(values)
+    n = int(stats["n"])
+    return stats["mean"], math.inf if n == 1 else stats["ci95"], n
 
 
 def paired_differences(cur: dict[str, float], ref: dict[str, float]) -> list[float]:
