@@ -33,7 +33,7 @@ import torch
 
 import sacam
 from sacam.metrics import deletion, insertion
-from sacam.models import SAMPLE_IMAGES, load_model, sample_image
+from sacam.models import SAMPLE_IMAGES, LoadedModel, load_model, sample_image
 
 # one forward (or more) per channel or per mask: one photo at a 320-channel layer
 COSTLY = {
@@ -52,14 +52,19 @@ COSTLY = {
 
 
 @functools.cache
+def loaded_on(device: torch.device) -> LoadedModel:
+    """The default model (and its preprocessing) on ``device``, loaded once."""
+    return load_model(device=device)
+
+
 def model_on(device: torch.device) -> torch.nn.Module:
     """The default model on ``device``, loaded once."""
-    return load_model(device=device).model
+    return loaded_on(device).model
 
 
 def photos(n: int, device: torch.device) -> torch.Tensor:
     """The first ``n`` sample photos, preprocessed for the default model."""
-    pre = load_model().preprocess
+    pre = loaded_on(torch.device("cpu")).preprocess
     pics = [pre(sample_image(SAMPLE_IMAGES[i % len(SAMPLE_IMAGES)])) for i in range(n)]
     return torch.stack(pics).to(device)
 
