@@ -28,6 +28,7 @@ def main() -> int:
         "sa-cam (default)": full.maps,
         "grad-cam++": sacam.explain(lm.model, x, method="grad-cam++"),
     }
+    assert full.class_idx is not None and full.probabilities is not None  # a classifier
     titles = [
         f"{n}: {lm.class_name(int(c))} {float(p):.2f}"
         for n, c, p in zip(SAMPLE_IMAGES, full.class_idx, full.probabilities, strict=True)

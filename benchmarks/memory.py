@@ -32,6 +32,7 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -65,9 +66,9 @@ def child(spec: dict) -> dict:
     chosen: list[int] = []
     real = sacam.methods._perturb.perturbed_scores
 
-    def spy(ctx, b, count, build, batch_size, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        chosen.append(batch_size)
-        return real(ctx, b, count, build, batch_size, *args, **kwargs)
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        chosen.append(args[4])  # perturbed_scores(ctx, b, count, build, batch_size, ...)
+        return real(*args, **kwargs)
 
     sacam.methods._perturb.perturbed_scores = spy  # type: ignore[assignment]
     cam = sacam.build_method(

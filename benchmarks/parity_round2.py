@@ -25,6 +25,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -121,11 +122,11 @@ COMPARISONS: list[tuple[str, dict, str]] = [
 REFINE_LAYERS = (("_blocks.10", "_blocks.15"), ("_blocks.4", "_blocks.10", "_blocks.15"))
 
 
-def summarise(method: str, label: str, layer: str, rs: list[float], t0: float) -> dict:
+def summarise(method: str, label: str, layer: str, rs: list[float], t0: float) -> dict[str, Any]:
     """One row of the table: mean, minimum and share above 0.99 of the r values; printed."""
     r = np.array(rs)
     ok = r[np.isfinite(r)]
-    row = {
+    row: dict[str, Any] = {
         "method": method,
         "options": label,
         "layer": layer,
@@ -145,7 +146,9 @@ def summarise(method: str, label: str, layer: str, rs: list[float], t0: float) -
     return row
 
 
-def grad_cam_rows(net: torch.nn.Module, x: torch.Tensor, top: torch.Tensor, methods) -> list:  # noqa: ANN001
+def grad_cam_rows(
+    net: torch.nn.Module, x: torch.Tensor, top: torch.Tensor, methods: list[str] | None
+) -> list[dict[str, Any]]:
     """The comparisons with pytorch-grad-cam on the default model."""
     rows = []
     for method, options, label in COMPARISONS:
@@ -175,7 +178,9 @@ def grad_cam_rows(net: torch.nn.Module, x: torch.Tensor, top: torch.Tensor, meth
     return rows
 
 
-def dff_rows(net: torch.nn.Module, x: torch.Tensor, methods, n: int = 5) -> list:  # noqa: ANN001
+def dff_rows(
+    net: torch.nn.Module, x: torch.Tensor, methods: list[str] | None, n: int = 5
+) -> list[dict[str, Any]]:
     """sacam.concepts against pytorch-grad-cam's DeepFeatureFactorization on the whole batch.
 
     One factorisation per layer over all images (both: scikit-learn's NMF, seed 0); per
@@ -189,11 +194,12 @@ def dff_rows(net: torch.nn.Module, x: torch.Tensor, methods, n: int = 5) -> list
     rows = []
     for layer_name in ("_bn1",):  # 1280 channels: the head _fc applies to concept vectors
         t0 = time.perf_counter()
-        ours = sacam.concepts(net, x, n, layer=layer_name, classifier=net._fc)
+        ours = sacam.concepts(net, x, n, layer=layer_name, classifier=net.get_submodule("_fc"))
         dff = DeepFeatureFactorization(net, net.get_submodule(layer_name), None, net._fc)
         _, maps, logits = dff(x.clone(), n)
         rs = [pearson(ours.maps[i, j].numpy(), maps[i][j]) for i in range(len(x)) for j in range(n)]
         row = summarise("concepts", f"n_components={n} (DFF)", layer_name, rs, t0)
+        assert ours.top_classes is not None  # a classifier was given
         same = ours.top_classes[:, 0].numpy() == np.argmax(logits, axis=1)
         row["top_class_agreement"] = float(same.mean())
         print(f"{'':16s} top class of each concept agrees: {100 * same.mean():.0f}%", flush=True)

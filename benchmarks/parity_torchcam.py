@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,7 +44,8 @@ def _refine(
 ) -> tuple:
     from torchcam.methods import GradCAM, GradCAMpp, RefineCAM
 
-    options = {"base": base, "variant": "torchcam"}  # grad-cam++: its torchcam variant
+    # grad-cam++: its torchcam variant
+    options: dict[str, Any] = {"base": base, "variant": "torchcam"}
     ours = sacam.explain(
         net, xi, method="refine-cam", layer=list(layers), targets=c, upsample=False, **options
     )[0]

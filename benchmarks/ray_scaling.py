@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import os
 import platform
 import shutil
@@ -41,12 +42,13 @@ from throughput import synthetic_folder  # noqa: E402
 from sacam.evaluation import BenchmarkConfig, run_benchmark  # noqa: E402
 from sacam.evaluation.config import DEFAULT_METHODS  # noqa: E402
 from sacam.evaluation.runner.execution import Engine, local_engine  # noqa: E402
+from sacam.evaluation.runner.state import Run  # noqa: E402
 
 IMAGENET_VAL = 50_000
 
 
 def timed(engine: Engine, seconds: list[float]) -> Engine:
-    def run(r):  # noqa: ANN001, ANN202
+    def run(r: Run) -> None:
         t0 = time.perf_counter()
         engine(r)
         seconds.append(time.perf_counter() - t0)
@@ -83,7 +85,7 @@ def main() -> None:
     data = args.data or synthetic_folder(tmp / "data", args.synthetic or args.limit)
     root = Path(__file__).resolve().parent.parent
     env = {"PYTHONPATH": os.pathsep.join([str(root), str(root / "src")])}
-    ray.init(include_dashboard=False, logging_level="warning", runtime_env={"env_vars": env})
+    ray.init(include_dashboard=False, logging_level=logging.WARNING, runtime_env={"env_vars": env})
     device = "cuda" if args.gpus > 0 else "cpu"
 
     def config(name: str) -> BenchmarkConfig:

@@ -36,7 +36,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -75,7 +77,7 @@ def images(batch: int) -> torch.Tensor:
     return torch.stack(pics)
 
 
-def timeit(fn, repeat: int) -> float:  # noqa: ANN001
+def timeit(fn: Callable[[], object], repeat: int) -> float:
     """Median seconds of ``repeat`` calls after one warm-up call."""
     fn()
     times = []
@@ -109,6 +111,7 @@ def child(spec: dict) -> dict:
     kind = spec["kind"]
     import sacam
 
+    fn: Callable[[], object]
     if kind == "sacam":
         cam = sacam.build_method(model, spec["method"], **spec.get("options", {}))
         fn = lambda: cam(x)  # noqa: E731
@@ -122,7 +125,7 @@ def child(spec: dict) -> dict:
         if spec["method"] in ("ss-cam", "is-cam"):
             kwargs["num_samples"] = SPEED_OPTIONS[spec["method"]]["n_samples"]
 
-        def fn() -> torch.Tensor:
+        def fn() -> object:
             with extractor_cls(model, layer, input_shape=(3, 224, 224), **kwargs) as ext:
                 with torch.set_grad_enabled(
                     spec["method"] not in ("cam",) and spec["method"] not in SCORE_FAMILY
@@ -136,7 +139,7 @@ def child(spec: dict) -> dict:
         fmt = torch.channels_last if spec.get("channels_last") else torch.contiguous_format
         xb = images(spec["batch"]).to(device).contiguous(memory_format=fmt)
 
-        def fn() -> torch.Tensor:
+        def fn() -> object:
             with torch.inference_mode():
                 return model(xb)
     elif kind == "delins":
@@ -170,10 +173,10 @@ def child(spec: dict) -> dict:
 
 def grad_floor(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Forward with a graph from the head activation on, then a backward to it (no sacam)."""
-    store = {}
+    store: dict[str, torch.Tensor] = {}
     count = {"n": 0}
 
-    def hook(_m, _i, out):  # noqa: ANN001, ANN202
+    def hook(_m: torch.nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor | None:
         count["n"] += 1
         if count["n"] == 2:  # the shared _swish's second call: the head
             leaf = out.detach().requires_grad_(True)
@@ -184,7 +187,7 @@ def grad_floor(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     params = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in params:
         p.requires_grad_(False)
-    handle = model._swish.register_forward_hook(hook)
+    handle = model.get_submodule("_swish").register_forward_hook(hook)
     try:
         model.eval()
         with torch.enable_grad():
@@ -221,7 +224,7 @@ def equal_maps(method: str) -> float | None:
 
     lm = load_model()
     x = images(2)
-    options = {"variant": "torchcam"} if method == "grad-cam++" else {}
+    options: dict[str, Any] = {"variant": "torchcam"} if method == "grad-cam++" else {}
     if method in SCORE_FAMILY:
         options = {"variant": "softmax"} if method == "score-cam" else {}
     ours = sacam.explain(lm.model, x, method, **options)
@@ -323,7 +326,7 @@ def main() -> int:
     )
     lines += [head, "|---" * 9 + "|"]
     times: dict[tuple[str, int], float] = {}
-    rows = [(m, {}) for m in methods]
+    rows: list[tuple[str, dict[str, Any]]] = [(m, {}) for m in methods]
     if "score-cam" in methods:  # peak memory follows the budget, not K
         rows.append(("score-cam", {"max_memory_mb": 256}))
         rows.append(("score-cam", {"layer": "_blocks.15"}))  # K = 320 instead of 1280

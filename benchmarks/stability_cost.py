@@ -15,6 +15,7 @@ the estimated seconds per image and method of the full defaults (5 ε, 100 steps
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -80,7 +81,7 @@ def main() -> int:
     for method in args.methods:
         cam = build_method(lm.model, method, args.layer)
         clean = cam(x, c)
-        t_map = _timed(lambda cam=cam: cam(x, c), args.device, args.steps) / n
+        t_map = _timed(functools.partial(cam, x, c), args.device, args.steps) / n
         if cam.supports_graph():
 
             def step(cam: object = cam, clean: torch.Tensor = clean) -> object:

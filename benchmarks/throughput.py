@@ -43,6 +43,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,6 +53,7 @@ from sacam.api import build_method
 from sacam.evaluation import BenchmarkConfig, faithfulness, run_benchmark
 from sacam.evaluation.runner import execution
 from sacam.evaluation.runner.data import batches, discover
+from sacam.evaluation.runner.state import Run
 from sacam.models import LoadedModel, load_model
 
 
@@ -149,7 +151,7 @@ def runner(data: Path, args: argparse.Namespace, out: Path) -> tuple[float, floa
     timed: dict[str, float] = {}
     real = execution.write_report
 
-    def report(run, summary):  # noqa: ANN001, ANN202
+    def report(run: Run, summary: dict[str, Any]) -> None:
         t0, c0 = time.perf_counter(), time.process_time()
         real(run, summary)
         timed["report"] = time.perf_counter() - t0
