@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import inspect
 import json
 import platform
 import subprocess
@@ -65,9 +66,10 @@ def child(spec: dict) -> dict:
         _tuning.measure_memory = estimate  # type: ignore[assignment]
     chosen: list[int] = []
     real = sacam.methods._perturb.perturbed_scores
+    signature = inspect.signature(real)
 
     def spy(*args: Any, **kwargs: Any) -> Any:
-        chosen.append(args[4])  # perturbed_scores(ctx, b, count, build, batch_size, ...)
+        chosen.append(signature.bind(*args, **kwargs).arguments["batch_size"])
         return real(*args, **kwargs)
 
     sacam.methods._perturb.perturbed_scores = spy  # type: ignore[assignment]
