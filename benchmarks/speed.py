@@ -17,6 +17,11 @@ For the default model at 224×224 it measures, in one run:
     - gradient family: one forward plus a backward to the target layer (measured by hand,
       without sacam);
     - Score family: the K masked forwards alone at the best batch size and format;
+    - Recipro-CAM, FD-CAM and Ablation-CAM (the network after the layer on edited
+      outputs of it: 49, 2K and K rows per image): the same number of whole forwards,
+      which ``strategy="repeat"`` runs; their default (``"auto"``, which runs
+      ``"expand"`` on the default model: the layers before the target once per batch of
+      rows) is measured against the same floor, so its ratio is the saving;
     - SA-CAM: its base method (``sa-cam / grad-cam``);
     - others: a plain forward;
 - torchcam 0.5.0 (when installed: ``pip install torchcam==0.5.0``, no torchvision needed)
@@ -58,6 +63,8 @@ SCORE_FAMILY = {"score-cam", "ss-cam", "is-cam", "ablation-cam", "group-cam"}
 # measured with 2 samples, which shows their overhead over the floor all the same.
 SPEED_OPTIONS: dict[str, dict] = {"ss-cam": {"n_samples": 2}, "is-cam": {"n_samples": 2}}
 K_CHANNELS = 1280
+# rows of the network after the head layer per image (7 × 7 positions; 2 K groups; K)
+TAIL_ROWS = {"recipro-cam": 49, "fd-cam": 2 * K_CHANNELS, "ablation-cam": K_CHANNELS}
 
 
 def forwards(method: str, options: dict) -> int:
@@ -327,21 +334,28 @@ def main() -> int:
     lines += [head, "|---" * 9 + "|"]
     times: dict[tuple[str, int], float] = {}
     rows: list[tuple[str, dict[str, Any]]] = [(m, {}) for m in methods]
+    for method in TAIL_ROWS:  # the whole network once per row: the floor's own work
+        if method in methods:
+            rows.append((method, {"strategy": "repeat"}))
     if "score-cam" in methods:  # peak memory follows the budget, not K
         rows.append(("score-cam", {"max_memory_mb": 256}))
         rows.append(("score-cam", {"layer": "_blocks.15"}))  # K = 320 instead of 1280
     for method, extra in rows:
         info = sacam.method_info(method)
         options = SPEED_OPTIONS.get(method, {}) | extra
-        batches = [1] if method in SCORE_FAMILY else args.batches
+        slow = method in SCORE_FAMILY or method in TAIL_ROWS
+        batches = [1] if slow else args.batches
         for batch in batches:
             spec = {"kind": "sacam", "method": method, "batch": batch, "options": options}
-            if method in SCORE_FAMILY and method != "group-cam":
-                spec["repeat"] = 1  # tens of seconds per call: one timed call after a warm-up
+            if slow and method != "group-cam":
+                spec["repeat"] = 1  # seconds to minutes per call: one timed call after a warm-up
             r = measure(base | spec)
             s = r.get("s_per_image", float("nan"))
             times.setdefault((method, batch), s)
-            if method in SCORE_FAMILY:
+            if method in TAIL_ROWS:
+                n = TAIL_ROWS[method]
+                floor, fname = n * best_fwd, f"{n} fwd"
+            elif method in SCORE_FAMILY:
                 n = forwards(method, options)
                 floor, fname = n * best_fwd, f"{n} fwd"
             elif method == "sa-cam":

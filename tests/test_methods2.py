@@ -536,71 +536,8 @@ def test_recipro_cam_gaussian_spreads_each_vector_over_its_neighbours() -> None:
     assert torch.allclose(m, expected, atol=1e-6)
 
 
-def test_recipro_cam_strategies_and_batch_sizes_agree(cnn, images) -> None:
-    net, x = in_double(cnn, images)
-    ref = sacam.explain(net, x, method="recipro-cam", layer="3", strategy="repeat", batch_size=64)
-    for strategy, batch in [("expand", 64), ("expand", 5), ("repeat", 7)]:
-        m = sacam.explain(
-            net, x, method="recipro-cam", layer="3", strategy=strategy, batch_size=batch
-        )
-        torch.testing.assert_close(m, ref, rtol=0, atol=F64_ATOL)
-
-
-class _CatAcross(nn.Module):
-    """A skip connection concatenated across the target layer: expand cannot run it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.c1 = nn.Conv2d(3, 4, 3, padding=1)
-        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
-        self.fc = nn.Linear(8, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.c1(x)
-        z = torch.cat([self.c2(a), a], dim=1)
-        return self.fc(z.mean(dim=(2, 3)))
-
-
-def test_recipro_cam_auto_falls_back_to_repeat_when_expand_cannot_run(images) -> None:
-    net = _CatAcross()
-    with pytest.raises(MethodError, match="strategy='repeat'"):
-        sacam.explain(net, images, method="recipro-cam", layer="c2", strategy="expand")
-    rep = sacam.explain(net, images, method="recipro-cam", layer="c2", strategy="repeat")
-    auto = sacam.explain(net, images, method="recipro-cam", layer="c2")
-    assert rep.shape == (3, 16, 16) and torch.isfinite(rep).all()
-    torch.testing.assert_close(auto, rep, rtol=0, atol=1e-6)
-    assert all(not mod._forward_hooks for mod in net.modules())
-
-
-class _InputBatchView(nn.Module):
-    """Reads the batch size from its input (as EfficientNet's ``view(bs, -1)``)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.c1 = nn.Conv2d(3, 4, 3, padding=1, stride=4)
-        self.relu = nn.ReLU()
-        self.fc = nn.Linear(4 * 4 * 4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bs = x.shape[0]
-        return self.fc(self.relu(self.c1(x)).reshape(bs, -1))
-
-
-def test_recipro_cam_auto_handles_a_model_that_reads_the_input_batch(images) -> None:
-    net, x = in_double(_InputBatchView(), images)
-    with pytest.raises(MethodError, match="strategy='repeat'"):
-        sacam.explain(net, x, method="recipro-cam", layer="relu", strategy="expand")
-    auto = sacam.explain(net, x, method="recipro-cam", layer="relu", batch_size=5)
-    rep = sacam.explain(net, x, method="recipro-cam", layer="relu", strategy="repeat")
-    torch.testing.assert_close(auto, rep, rtol=0, atol=F64_ATOL)
-
-
 def test_recipro_cam_rejects_bad_options() -> None:
     with pytest.raises(MethodError, match="kernel"):
         sacam.build_method(GapNet([[1.0, 1.0]]), "recipro-cam", kernel="box")
-    with pytest.raises(MethodError, match="strategy"):
-        sacam.build_method(GapNet([[1.0, 1.0]]), "recipro-cam", strategy="tail")
     with pytest.raises(MethodError, match="reshape_transform"):
         sacam.build_method(GapNet([[1.0, 1.0]]), "recipro-cam", reshape_transform=lambda t: t)

@@ -160,10 +160,10 @@ def imagenet_class_names() -> list[str]:
 
 def _efficientnet_lite(name: str) -> nn.Module:
     try:
-        from efficientnet_lite_pytorch import EfficientNet
+        from ._efficientnet import EfficientNetLite
     except ImportError as exc:  # pragma: no cover - a declared dependency
         raise ModelError("efficientnet-lite-pytorch is not installed: pip install sacam") from exc
-    return EfficientNet.from_name(name)
+    return EfficientNetLite.from_name(name)  # batch-agnostic classifier (see there)
 
 
 def _efficientnet_lite_weights(name: str) -> Path:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Literal
 
 import torch
 
-from .._hooks import Capture
 from ..core import CallContext, LayerData
-from ..errors import LayerError, MethodError
+from ..errors import MethodError
 from ..registry import register_method
 from ._options import check_count, check_variant
 from ._perturb import PerturbationCAM, batch_target_scores, strongest_channels
+from ._tail import LayerTail, Strategy, check_strategy
 
 ABLATION_CAM_URL = (
     "https://openaccess.thecvf.com/content_WACV_2020/papers/Desai_Ablation-CAM_Visual_"
@@ -48,13 +47,19 @@ class AblationCAM(PerturbationCAM):
     pytorch-grad-cam's running minimum also sees rows ablated earlier in its batch).
     torchcam 0.5.0 has no Ablation-CAM.
 
-    The ablation is a forward hook on the target layer, registered only for these passes
-    and removed in a ``finally`` (even if a pass raises). Costs K forward passes per image,
-    ``batch_size`` copies of the image at a time, channel ``start + i`` zeroed in row
-    ``i``. Needs the layer's own ``(B, K, h, w)`` output (no ``reshape_transform``).
-    ``top_channels=n`` (off by default, not exact) ablates only the ``n`` channels with the
-    largest mean activation and gives the others weight 0 (pytorch-grad-cam's
-    ``ratio_channels_to_ablate`` also ablates a subset): ``K / n`` times fewer passes.
+    The ablation is a forward hook on the target layer (present only during these passes,
+    removed even if one raises) that replaces its output with the image's clean
+    activations, channel ``start + i`` set to the fill value in row ``i`` (as
+    pytorch-grad-cam's ablation layer does). K rows per image, ``batch_size`` at a time;
+    ``strategy`` says how the image is fed, as for Recipro-CAM: ``"expand"`` once per
+    batch of rows, so the layers before the target run ``⌈K / batch_size⌉`` times, not
+    ``K`` times (at the default model's head: 20 passes of the front, not 1,280);
+    ``"repeat"`` once per row (any network); ``"auto"`` (default) tries ``"expand"`` and
+    falls back to ``"repeat"``. Needs the layer's own ``(B, K, h, w)`` output (no
+    ``reshape_transform``). ``top_channels=n`` (off by default, not exact) ablates only
+    the ``n`` channels with the largest mean activation and gives the others weight 0
+    (pytorch-grad-cam's ``ratio_channels_to_ablate`` also ablates a subset): ``K / n``
+    times fewer rows.
 
     Example:
         >>> import torch, sacam
@@ -70,9 +75,11 @@ class AblationCAM(PerturbationCAM):
         *args: Any,
         variant: Literal["paper", "pytorch-grad-cam"] = "paper",
         top_channels: int | None = None,
+        strategy: Strategy = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.strategy = check_strategy("ablation-cam", strategy)
         check_variant("ablation-cam", variant, ("paper", "pytorch-grad-cam"))
         self.top_channels = (
             None if top_channels is None else check_count("top_channels", top_channels)
@@ -96,40 +103,17 @@ class AblationCAM(PerturbationCAM):
         acts = layer.activations
         y = batch_target_scores(ctx.output, ctx, "logit").float()  # as y_k
         out = torch.zeros(acts.shape[:2], dtype=torch.float32, device=acts.device)
-        plan = self.plan(ctx)  # measured before the ablation hook exists
-        for b in range(acts.shape[0]):
-            chosen = strongest_channels(acts[b], self.top_channels)
-            channels: list[torch.Tensor] = []
-            edit = functools.partial(self._ablate, channels, self.fill_value(acts[b]))
-            build = functools.partial(self._build, ctx.images[b], chosen, channels)
-            with Capture([layer.ref], with_grad=False, edit=edit):
-                y_k = self.perturbed(ctx, b, len(chosen), build, "logit", plan)
-            yb = y[b]
-            out[b, chosen] = (yb - y_k) / yb if yb != 0 else -y_k
-        return out
-
-    @staticmethod
-    def _build(
-        image: torch.Tensor,
-        chosen: torch.Tensor,
-        channels: list[torch.Tensor],
-        start: int,
-        stop: int,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # the hook reads which channel each row ablates from ``channels``
-        channels[:] = [chosen[start:stop]]
-        return image[None].repeat(stop - start, 1, 1, 1), None
-
-    @staticmethod
-    def _ablate(
-        channels: list[torch.Tensor], fill: float, _label: str, out: torch.Tensor
-    ) -> torch.Tensor:
-        (ks,) = channels
-        if out.ndim != 4 or out.shape[0] != ks.shape[0]:
-            raise LayerError(
-                f"ablation-cam expected the layer to output ({ks.shape[0]}, K, h, w) on the "
-                f"ablation batch, got {tuple(out.shape)}"
-            )
-        out = out.clone()
-        out[torch.arange(ks.shape[0], device=out.device), ks] = fill
+        batch = self.plan(ctx).batch_size  # measured before the ablation hook exists
+        with LayerTail("ablation-cam", layer.ref, ctx, self.strategy, bf16=self.bf16) as tail:
+            for b in range(acts.shape[0]):
+                chosen = strongest_channels(acts[b], self.top_channels)
+                fill = self.fill_value(acts[b])
+                y_k = torch.zeros(len(chosen), dtype=torch.float32, device=acts.device)
+                for start in range(0, len(chosen), batch):
+                    ks = chosen[start : start + batch]
+                    rows = acts[b][None].repeat(len(ks), 1, 1, 1)
+                    rows[torch.arange(len(ks), device=rows.device), ks] = fill
+                    y_k[start : start + len(ks)] = tail.scores(b, rows, "logit").float()
+                yb = y[b]
+                out[b, chosen] = (yb - y_k) / yb if yb != 0 else -y_k
         return out

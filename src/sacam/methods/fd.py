@@ -6,12 +6,12 @@ from typing import Any
 
 import torch
 
-from .._hooks import Capture
 from ..core import CallContext, LayerData, normalize_maps
-from ..errors import LayerError, MethodError
+from ..errors import MethodError
 from ..registry import register_method
 from ._options import check_count, check_number
-from ._perturb import PerturbationCAM, strongest_channels, target_scores
+from ._perturb import PerturbationCAM, strongest_channels
+from ._tail import LayerTail, Strategy, check_strategy
 
 __all__ = ["FDCAM", "similarity_groups"]
 
@@ -64,13 +64,17 @@ class FDCAM(PerturbationCAM):
     computes it (the paper's "grouped channel switching" and its combination of the
     score-based weights with the normalised gradient-based weights).
 
-    The tail runs as Recipro-CAM's ``strategy="repeat"`` does: the image repeated
-    ``batch_size`` times, and a forward hook on the target layer (present only during
-    these passes, removed in a ``finally``) replaces its output with the switched maps;
-    ``2 K`` passes per image under ``torch.inference_mode()`` (the authors' code runs
-    the tail alone). Options of the perturbation methods (``batch_size``,
-    ``max_memory_mb``, ``bf16``) apply. Needs the layer's own ``(B, K, h, w)`` output
-    (no ``reshape_transform``). ``top_channels=n`` (off by default, not exact) scores
+    The tail runs as Recipro-CAM's does (``strategy``, default ``"auto"``): a forward hook
+    on the target layer (present only during these passes, removed even if one raises)
+    replaces its output with the switched maps, ``2 K`` rows per image under
+    ``torch.inference_mode()``. ``"expand"`` feeds the image once per batch of rows, so
+    the layers before the target run ``⌈2K / batch_size⌉`` times, not ``2K`` times (the
+    authors' code runs the tail alone); ``"repeat"`` feeds the image once per row (any
+    network); ``"auto"`` tries ``"expand"`` and falls back to ``"repeat"``.
+
+    Options of the perturbation methods (``batch_size``, ``max_memory_mb``, ``bf16``)
+    apply. Needs the layer's own ``(B, K, h, w)`` output (no ``reshape_transform``).
+    ``top_channels=n`` (off by default, not exact) scores
     only the groups of the ``n`` channels with the largest mean activation; the others
     get the lowest score found (0 after the min-max). No library implements it (the
     authors' code aside).
@@ -91,9 +95,11 @@ class FDCAM(PerturbationCAM):
         *args: Any,
         threshold: float = 0.95,
         top_channels: int | None = None,
+        strategy: Strategy = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.strategy = check_strategy("fd-cam", strategy)
         self.threshold = check_number("threshold", threshold, minimum=0, maximum=1)
         self.top_channels = (
             None if top_channels is None else check_count("top_channels", top_channels)
@@ -118,19 +124,7 @@ class FDCAM(PerturbationCAM):
         b_count, k = acts.shape[:2]
         batch = self.plan(ctx).batch_size  # measured before the hook exists
         out = torch.zeros(b_count, k, dtype=acts.dtype, device=acts.device)
-        state: dict[str, torch.Tensor] = {}
-
-        def edit(label: str, output: torch.Tensor) -> torch.Tensor:
-            rows = state["rows"]
-            if output.shape != rows.shape:
-                raise LayerError(
-                    f"fd-cam expected layer {label!r} to output {tuple(rows.shape)} on "
-                    f"{rows.shape[0]} copies of the image, got {tuple(output.shape)}"
-                )
-            return rows.to(output.dtype)
-
-        cap = Capture([layer.ref], with_grad=False, edit=edit)
-        with cap, torch.inference_mode():
+        with LayerTail("fd-cam", layer.ref, ctx, self.strategy, bf16=self.bf16) as tail:
             for b in range(b_count):
                 chosen = strongest_channels(acts[b], self.top_channels)
                 n = len(chosen)
@@ -139,18 +133,9 @@ class FDCAM(PerturbationCAM):
                 scores = torch.zeros(2 * n, dtype=acts.dtype, device=acts.device)
                 for start in range(0, 2 * n, batch):
                     keep = switched[start : start + batch]
-                    state["rows"] = keep[:, :, None, None] * acts[b][None]
-                    cap.reset()
-                    scores[start : start + keep.shape[0]] = self._scores(ctx, b, keep.shape[0])
-                    del state["rows"]
+                    rows = keep[:, :, None, None] * acts[b][None]
+                    scores[start : start + keep.shape[0]] = tail.scores(b, rows, "logit")
                 s = scores[:n] + ctx.scores[b].to(acts.dtype) - scores[n:]
                 out[b] = s.min() if n < k else 0  # unscored groups: the lowest score
                 out[b, chosen] = s
         return out
-
-    def _scores(self, ctx: CallContext, b: int, m: int) -> torch.Tensor:
-        """Target logits of ``m`` copies of image ``b`` (the hook supplies the layer)."""
-        inputs = ctx.images[b : b + 1].expand(m, -1, -1, -1)
-        with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            output = ctx.model(inputs)
-        return target_scores(output, ctx, b, "logit")

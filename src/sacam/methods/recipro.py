@@ -7,11 +7,11 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from .._hooks import Capture
 from ..core import CallContext, LayerData
-from ..errors import LayerError, MethodError
+from ..errors import MethodError
 from ..registry import register_method
-from .perturbation import PerturbationCAM, target_scores
+from ._tail import LayerTail, Strategy, check_strategy
+from .perturbation import PerturbationCAM
 
 __all__ = ["ReciproCAM", "spatial_masks"]
 
@@ -67,19 +67,15 @@ class ReciproCAM(PerturbationCAM):
     (for callable targets, the callable's score). Gradient-free; the engine then
     min-max normalises the ``h × w`` map, as the authors' code does.
 
-    How the tail runs (``strategy``): a forward hook on the target layer replaces its
-    output with a batch of masked maps, so the network after the layer runs on them.
-    ``"expand"`` (as the authors' code does) feeds the image once per batch and the hook
-    turns the layer's one output row into ``batch_size`` masked rows: the layers before
-    the target run once per batch, and ``h·w`` positions cost ``⌈h·w / batch_size⌉``
-    passes of the front plus ``h·w`` rows of the tail (49 at 7×7). It needs a network
-    that takes its batch size from the tensors it computes: one that reads it from the
-    input (the default model's ``x.view(inputs.size(0), -1)``) or concatenates a tensor
-    from before the layer with one after it cannot run it. ``"repeat"`` feeds the image
-    repeated ``batch_size`` times, so the front's work is wasted (``h·w`` full forward
-    passes) but any network runs. ``"auto"`` (default) tries ``"expand"`` on the first
-    batch and switches to ``"repeat"`` for the rest of the call if the pass fails or
-    returns the wrong number of rows (one wasted batch). All give the same maps.
+    How the tail runs (``strategy``, as in FD-CAM and Ablation-CAM): a forward hook on
+    the target layer replaces its output with a batch of masked maps. ``"expand"`` (as
+    the authors' code does) feeds the image once per batch, so ``h·w`` positions cost
+    ``⌈h·w / batch_size⌉`` passes of the layers before the target plus ``h·w`` rows of
+    the tail (49 at 7×7); it needs a network that takes its batch size from the tensors
+    it computes, not from its input. ``"repeat"`` feeds the image repeated (``h·w``
+    whole passes; any network). ``"auto"`` (default) tries ``"expand"`` and switches to
+    ``"repeat"`` for the rest of the call if a pass fails or returns the wrong number of
+    rows. All give the same maps.
 
     Options of the perturbation methods (``batch_size``, ``max_memory_mb``, ``bf16``)
     apply. Needs the layer's own ``(B, K, h, w)`` output (no ``reshape_transform``). The
@@ -100,23 +96,19 @@ class ReciproCAM(PerturbationCAM):
         self,
         *args: Any,
         kernel: Literal["point", "gaussian"] = "point",
-        strategy: Literal["auto", "expand", "repeat"] = "auto",
+        strategy: Strategy = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         if kernel not in ("point", "gaussian"):
             raise MethodError(f"recipro-cam kernel must be 'point' or 'gaussian', got {kernel!r}")
-        if strategy not in ("auto", "expand", "repeat"):
-            raise MethodError(
-                f"recipro-cam strategy must be 'auto', 'expand' or 'repeat', got {strategy!r}"
-            )
         if self.reshape_transform is not None:
             raise MethodError(
                 "recipro-cam replaces the layer's own output, so it cannot use a "
                 "reshape_transform: pick a layer with a (B, K, h, w) output"
             )
         self.kernel: Literal["point", "gaussian"] = kernel
-        self.strategy = strategy
+        self.strategy = check_strategy("recipro-cam", strategy)
 
     def layer_map(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """Class score of each position's masked map, ``(B, h, w)``."""
@@ -125,65 +117,12 @@ class ReciproCAM(PerturbationCAM):
         n = h * w
         batch = self.plan(ctx).batch_size  # measured before the hook exists
         out = torch.zeros(b_count, n, dtype=torch.float32, device=acts.device)
-        # this call's state, read by the hook: the masked rows and how the tail is fed
-        state: dict[str, Any] = {"mode": "repeat" if self.strategy == "repeat" else "expand"}
-
-        def edit(label: str, output: torch.Tensor) -> torch.Tensor:
-            masked = state["rows"]
-            expected = 1 if state["mode"] == "expand" else masked.shape[0]
-            if output.shape[0] != expected or output.shape[1:] != masked.shape[1:]:
-                raise LayerError(
-                    f"recipro-cam expected layer {label!r} to output ({expected}, "
-                    f"{', '.join(map(str, masked.shape[1:]))}), got {tuple(output.shape)}"
-                )
-            return masked.to(output.dtype)
-
-        cap = Capture([layer.ref], with_grad=False, edit=edit)
-        with cap, torch.inference_mode():
+        with LayerTail("recipro-cam", layer.ref, ctx, self.strategy, bf16=self.bf16) as tail:
             for b in range(b_count):
-                image = ctx.images[b : b + 1]
                 for start in range(0, n, batch):
                     positions = torch.arange(start, min(start + batch, n), device=acts.device)
-                    state["rows"] = spatial_masks(acts[b], positions, self.kernel)
-                    m = positions.numel()
-                    try:
-                        cap.reset()  # count the layer's calls from this pass's start
-                        scores = self._tail_scores(ctx, b, image, m, state["mode"])
-                    except _ExpandFailed as failed:
-                        if self.strategy == "expand":
-                            raise MethodError(
-                                "recipro-cam's strategy='expand' runs the layers before the "
-                                "target once and the rest on a larger batch, which this model "
-                                f"does not allow ({failed}); pass strategy='repeat' or 'auto'"
-                            ) from failed.__cause__
-                        state["mode"] = "repeat"  # "auto": this model needs the whole pass
-                        cap.reset()
-                        scores = self._tail_scores(ctx, b, image, m, "repeat")
-                    out[b, start : start + m] = scores
-                    del state["rows"]
+                    rows = spatial_masks(acts[b], positions, self.kernel)
+                    out[b, start : start + positions.numel()] = tail.scores(
+                        b, rows, "probability"
+                    ).float()
         return out.view(b_count, h, w).to(acts.dtype)
-
-    def _tail_scores(
-        self, ctx: CallContext, b: int, image: torch.Tensor, m: int, mode: str
-    ) -> torch.Tensor:
-        """Scores of ``m`` masked maps of image ``b`` (the hook supplies the maps)."""
-        inputs = image if mode == "expand" else image.expand(m, -1, -1, -1)
-        try:
-            with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                output = ctx.model(inputs)
-        except RuntimeError as err:
-            if mode != "expand":
-                raise
-            raise _ExpandFailed(f"the forward pass failed: {err}") from err
-        if not isinstance(output, torch.Tensor) or output.shape[0] != m:
-            got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-            if mode == "expand":
-                raise _ExpandFailed(f"the model returned {got} for {m} masked maps")
-            raise MethodError(
-                f"recipro-cam expected the model to return {m} rows (one per masked map), got {got}"
-            )
-        return target_scores(output.float(), ctx, b, "probability").float()
-
-
-class _ExpandFailed(Exception):
-    """The tail could not run on an expanded batch (the model mixes in the input's batch)."""

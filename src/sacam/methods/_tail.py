@@ -1,0 +1,143 @@
+"""The network after a layer (its "tail"), run on edited outputs of that layer.
+
+Recipro-CAM, FD-CAM and Ablation-CAM score many edited versions of one image's
+activations at the target layer. A forward hook on the layer (present only inside
+:class:`LayerTail`'s ``with`` block) replaces the layer's output with a batch of edited
+rows, so only what follows the layer sees them. How the image is fed (``strategy``):
+
+- ``"expand"``: the image once per batch; the hook turns the layer's single output row
+  into the batch of edited rows. The layers before the target run once per batch of
+  rows, not once per row: at the default model's head, Ablation-CAM's 1,280 passes cost
+  ``⌈1280 / batch⌉`` passes of the front plus 1,280 rows of pooling and the classifier.
+  It needs a network that takes its batch size from the tensors it computes; one that
+  reads it from the input (EfficientNet's ``x.view(inputs.size(0), -1)``) or
+  concatenates a tensor from before the layer with one after it cannot run it (a tensor
+  from before the layer *added* to one after it broadcasts, which gives the same result).
+- ``"repeat"``: the image repeated once per row, so the front's work is repeated too,
+  but any network runs.
+- ``"auto"``: ``"expand"`` until a pass fails or returns the wrong number of rows, then
+  ``"repeat"`` for the rest of the call (one wasted batch). All give the same scores
+  (to float rounding).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from .._hooks import Capture
+from .._layers import LayerRef
+from ..core import CallContext
+from ..errors import LayerError, MethodError
+from ._perturb import ScoreKind, target_scores
+
+Strategy = Literal["auto", "expand", "repeat"]
+STRATEGIES: tuple[Strategy, ...] = ("auto", "expand", "repeat")
+
+
+def check_strategy(method: str, strategy: object) -> Strategy:
+    """``strategy`` if it is one of :data:`STRATEGIES`, else a :class:`MethodError`."""
+    for known in STRATEGIES:
+        if strategy == known:
+            return known
+    raise MethodError(f"{method} strategy must be 'auto', 'expand' or 'repeat', got {strategy!r}")
+
+
+class _ExpandFailed(Exception):
+    """The tail could not run on an expanded batch (the model mixes in the input's batch)."""
+
+
+class LayerTail:
+    """Scores of one image when the target layer outputs given rows (see the module doc).
+
+    Use as a context manager: the hook exists only inside the ``with`` block (removed in
+    ``__exit__`` even when a pass raises) and acts only on the thread that entered it.
+    :meth:`scores` runs under ``torch.inference_mode()``.
+
+    Args:
+        method: the method's name, for error messages.
+        ref: the target layer (module and call).
+        ctx: the call's context (model, images, targets).
+        strategy: how the image is fed (module doc).
+        bf16: run the passes under bfloat16 autocast.
+    """
+
+    def __init__(
+        self, method: str, ref: LayerRef, ctx: CallContext, strategy: Strategy, *, bf16: bool
+    ) -> None:
+        self.method = method
+        self.ctx = ctx
+        self.strategy = strategy
+        self.bf16 = bf16
+        self.mode: Literal["expand", "repeat"] = "repeat" if strategy == "repeat" else "expand"
+        self._rows: torch.Tensor | None = None
+        self._capture = Capture([ref], with_grad=False, edit=self._edit)
+
+    def __enter__(self) -> LayerTail:
+        self._capture.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._capture.__exit__(*exc)
+
+    def scores(self, b: int, rows: torch.Tensor, kind: ScoreKind) -> torch.Tensor:
+        """Target score of image ``b`` with the layer's output set to each of ``rows``.
+
+        ``rows`` is ``(m, *layer_output_shape[1:])``; returns ``(m,)`` in the model's
+        output dtype (class targets: the logit or softmax probability of image ``b``'s
+        class; callable targets: the callable's score).
+        """
+        self._rows = rows
+        try:
+            try:
+                return self._pass(b, rows.shape[0], kind)
+            except _ExpandFailed as failed:
+                if self.strategy == "expand":
+                    raise MethodError(
+                        f"{self.method}'s strategy='expand' runs the layers before the target "
+                        "once and the rest on a larger batch, which this model does not allow "
+                        f"({failed}); pass strategy='repeat' or 'auto'"
+                    ) from failed.__cause__
+                self.mode = "repeat"  # "auto": this model needs the whole pass
+                return self._pass(b, rows.shape[0], kind)
+        finally:
+            self._rows = None
+
+    def _edit(self, label: str, output: torch.Tensor) -> torch.Tensor:
+        rows = self._rows
+        if rows is None:  # pragma: no cover - the hook runs only inside scores()
+            raise RuntimeError("LayerTail's hook ran outside a pass")
+        expected = 1 if self.mode == "expand" else rows.shape[0]
+        if output.shape[0] != expected or output.shape[1:] != rows.shape[1:]:
+            shape = ", ".join(map(str, (expected, *rows.shape[1:])))
+            raise LayerError(
+                f"{self.method} expected layer {label!r} to output ({shape}), "
+                f"got {tuple(output.shape)}"
+            )
+        return rows.to(output.dtype)
+
+    def _pass(self, b: int, m: int, kind: ScoreKind) -> torch.Tensor:
+        self._capture.reset()  # count the layer's calls from this pass's start
+        image = self.ctx.images[b : b + 1]
+        inputs = image if self.mode == "expand" else image.expand(m, -1, -1, -1)
+        try:
+            with (
+                torch.inference_mode(),
+                torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=self.bf16),
+            ):
+                output = self.ctx.model(inputs)
+        except RuntimeError as err:
+            if self.mode != "expand":
+                raise
+            raise _ExpandFailed(f"the forward pass failed: {err}") from err
+        if not isinstance(output, torch.Tensor) or output.ndim == 0 or output.shape[0] != m:
+            got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            if self.mode == "expand":
+                raise _ExpandFailed(f"the model returned {got} for {m} edited maps")
+            raise MethodError(
+                f"{self.method} expected the model to return {m} rows (one per edited map), "
+                f"got {got}"
+            )
+        with torch.inference_mode():
+            return target_scores(output, self.ctx, b, kind)

@@ -1,0 +1,135 @@
+"""The network after the layer, fed once per batch ("expand") or once per row ("repeat").
+
+Recipro-CAM, FD-CAM and Ablation-CAM share ``sacam.methods._tail``: every strategy gives
+the same maps, "auto" falls back to "repeat" where "expand" cannot run, "expand" runs the
+layers before the target once per batch of rows, and the default model allows it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import sacam
+from sacam.errors import MethodError
+
+from .conftest import F64_ATOL, GapNet, in_double, small_cnn
+
+TAIL_METHODS = ["recipro-cam", "fd-cam", "ablation-cam"]
+
+
+@pytest.mark.parametrize("method", TAIL_METHODS)
+def test_strategies_and_batch_sizes_agree(method: str, cnn, images) -> None:
+    net, x = in_double(cnn, images)
+    ref = sacam.explain(net, x, method=method, layer="3", strategy="repeat", batch_size=64)
+    for strategy, batch in [("expand", 64), ("expand", 5), ("repeat", 7), ("auto", 3)]:
+        m = sacam.explain(net, x, method=method, layer="3", strategy=strategy, batch_size=batch)
+        torch.testing.assert_close(m, ref, rtol=0, atol=F64_ATOL)
+
+
+class _Counted(nn.Module):
+    """small_cnn with a count of the rows its first convolution sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = small_cnn()
+        self.rows = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows += x.shape[0]
+        return self.net(x)
+
+
+@pytest.mark.parametrize(("method", "rows_per_image"), [("ablation-cam", 8), ("fd-cam", 16)])
+def test_expand_runs_the_front_once_per_batch(method: str, rows_per_image: int, images) -> None:
+    # small_cnn's layer net.1 has 8 channels: Ablation-CAM edits 8 rows per image, FD-CAM
+    # 16 (each group on, then off); with batch_size 3, "expand" feeds ⌈rows / 3⌉ single
+    # images, "repeat" every row. The engine's clean passes are the same for both, so the
+    # difference counts the tail passes alone (after a first call, which also probes
+    # the model's memory use).
+    counts = {}
+    for strategy in ("expand", "repeat"):
+        net = _Counted().eval()
+        for _ in range(2):
+            net.rows = 0
+            sacam.explain(
+                net, images, method=method, layer="net.1", strategy=strategy, batch_size=3
+            )
+        counts[strategy] = net.rows
+    saved = images.shape[0] * (rows_per_image - math.ceil(rows_per_image / 3))
+    assert counts["repeat"] - counts["expand"] == saved
+
+
+class _CatAcross(nn.Module):
+    """A skip connection concatenated across the target layer: expand cannot run it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.c1(x)
+        z = torch.cat([self.c2(a), a], dim=1)
+        return self.fc(z.mean(dim=(2, 3)))
+
+
+class _InputBatchView(nn.Module):
+    """Reads the batch size from its input (as efficientnet_lite_pytorch's ``view(bs, -1)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1 = nn.Conv2d(3, 4, 3, padding=1, stride=4)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bs = x.shape[0]
+        return self.fc(self.relu(self.c1(x)).reshape(bs, -1))
+
+
+@pytest.mark.parametrize("method", TAIL_METHODS)
+@pytest.mark.parametrize(("net_cls", "layer"), [(_CatAcross, "c2"), (_InputBatchView, "relu")])
+def test_auto_falls_back_to_repeat_where_expand_cannot_run(
+    method: str, net_cls: type[nn.Module], layer: str, images
+) -> None:
+    net, x = in_double(net_cls(), images)
+    with pytest.raises(MethodError, match="strategy='repeat'"):
+        sacam.explain(net, x, method=method, layer=layer, strategy="expand")
+    rep = sacam.explain(net, x, method=method, layer=layer, strategy="repeat")
+    auto = sacam.explain(net, x, method=method, layer=layer, batch_size=5)
+    assert rep.shape == (3, 16, 16) and torch.isfinite(rep).all()
+    torch.testing.assert_close(auto, rep, rtol=0, atol=F64_ATOL)
+    assert all(not mod._forward_hooks for mod in net.modules())
+
+
+@pytest.mark.parametrize("method", TAIL_METHODS)
+def test_bad_strategy_is_refused(method: str) -> None:
+    with pytest.raises(MethodError, match="strategy must be 'auto', 'expand' or 'repeat'"):
+        sacam.build_method(GapNet([[1.0, 1.0]]), method, strategy="tail")
+
+
+def test_efficientnet_lite_gives_the_packages_logits_and_allows_expand() -> None:
+    # sacam's EfficientNet-Lite flattens per row; same logits as the package's class, and
+    # the tail methods run "expand" at the head (strategy="expand" raises if it cannot)
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from sacam.models import ARCHITECTURES
+
+    torch.manual_seed(0)
+    ours = ARCHITECTURES["efficientnet-lite0"]().eval()
+    theirs = EfficientNet.from_name("efficientnet-lite0").eval()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
+    for method, opts in [("ablation-cam", {"top_channels": 12}), ("fd-cam", {"top_channels": 6})]:
+        exp = sacam.explain(ours, x, method=method, strategy="expand", batch_size=8, **opts)
+        rep = sacam.explain(ours, x, method=method, strategy="repeat", batch_size=8, **opts)
+        torch.testing.assert_close(exp, rep, rtol=0, atol=1e-5)
