@@ -133,3 +133,22 @@ def test_efficientnet_lite_gives_the_packages_logits_and_allows_expand() -> None
         exp = sacam.explain(ours, x, method=method, strategy="expand", batch_size=8, **opts)
         rep = sacam.explain(ours, x, method=method, strategy="repeat", batch_size=8, **opts)
         torch.testing.assert_close(exp, rep, rtol=0, atol=1e-5)
+
+
+def test_auto_batch_feeds_expand_the_memory_cap_and_repeat_the_fastest(images, monkeypatch) -> None:
+    # with batch_size="auto", whole passes ("repeat") take the fastest measured batch
+    # (here 2) and expanded passes the largest batch within the memory budget (here 5):
+    # 8 rows per image -> 2 expanded passes, or 4 whole passes of 2 rows
+    from sacam._tuning import Plan
+    from sacam.methods import _perturb
+
+    monkeypatch.setattr(_perturb, "measured_cap", lambda *a: 5)
+    monkeypatch.setattr(_perturb, "measure_plan", lambda *a: Plan(2, False))
+    sizes = {}
+    for strategy in ("expand", "repeat"):
+        net = _Counted().eval()
+        seen: list[int] = []
+        net.net[0].register_forward_hook(lambda m, i, o, seen=seen: seen.append(o.shape[0]))
+        sacam.explain(net, images[:1], method="ablation-cam", layer="net.1", strategy=strategy)
+        sizes[strategy] = seen[2:]  # after the engine's two clean passes
+    assert sizes == {"expand": [1, 1], "repeat": [2, 2, 2, 2]}

@@ -60,19 +60,34 @@ class LayerTail:
         ref: the target layer (module and call).
         ctx: the call's context (model, images, targets).
         strategy: how the image is fed (module doc).
+        batches: rows per pass when feeding the image once per batch and once per row
+            (``PerturbationCAM.tail_batches``); :attr:`batch_size` is the current one.
         bf16: run the passes under bfloat16 autocast.
     """
 
     def __init__(
-        self, method: str, ref: LayerRef, ctx: CallContext, strategy: Strategy, *, bf16: bool
+        self,
+        method: str,
+        ref: LayerRef,
+        ctx: CallContext,
+        strategy: Strategy,
+        *,
+        batches: tuple[int, int],
+        bf16: bool,
     ) -> None:
         self.method = method
+        self.batches = batches
         self.ctx = ctx
         self.strategy = strategy
         self.bf16 = bf16
         self.mode: Literal["expand", "repeat"] = "repeat" if strategy == "repeat" else "expand"
-        self._rows: torch.Tensor | None = None
+        self._rows: torch.Tensor | None = None  # the rows of the pass running now
         self._capture = Capture([ref], with_grad=False, edit=self._edit)
+
+    @property
+    def batch_size(self) -> int:
+        """Rows to pass to :meth:`scores` at a time (the mode may change after a pass)."""
+        return self.batches[0] if self.mode == "expand" else self.batches[1]
 
     def __enter__(self) -> LayerTail:
         self._capture.__enter__()
@@ -84,23 +99,26 @@ class LayerTail:
     def scores(self, b: int, rows: torch.Tensor, kind: ScoreKind) -> torch.Tensor:
         """Target score of image ``b`` with the layer's output set to each of ``rows``.
 
-        ``rows`` is ``(m, *layer_output_shape[1:])``; returns ``(m,)`` in the model's
-        output dtype (class targets: the logit or softmax probability of image ``b``'s
-        class; callable targets: the callable's score).
+        ``rows`` is ``(m, *layer_output_shape[1:])``, ``m`` at most :attr:`batch_size`
+        (after an "auto" fallback they run in whole passes of the "repeat" batch size).
+        Returns ``(m,)`` in the model's output dtype (class targets: the logit or softmax
+        probability of image ``b``'s class; callable targets: the callable's score).
         """
-        self._rows = rows
         try:
-            try:
-                return self._pass(b, rows.shape[0], kind)
-            except _ExpandFailed as failed:
-                if self.strategy == "expand":
-                    raise MethodError(
-                        f"{self.method}'s strategy='expand' runs the layers before the target "
-                        "once and the rest on a larger batch, which this model does not allow "
-                        f"({failed}); pass strategy='repeat' or 'auto'"
-                    ) from failed.__cause__
-                self.mode = "repeat"  # "auto": this model needs the whole pass
-                return self._pass(b, rows.shape[0], kind)
+            if self.mode == "expand":
+                try:
+                    return self._pass(b, rows, kind)
+                except _ExpandFailed as failed:
+                    if self.strategy == "expand":
+                        raise MethodError(
+                            f"{self.method}'s strategy='expand' runs the layers before the "
+                            "target once and the rest on a larger batch, which this model "
+                            f"does not allow ({failed}); pass strategy='repeat' or 'auto'"
+                        ) from failed.__cause__
+                    self.mode = "repeat"  # "auto": this model needs the whole pass
+            step = self.batches[1]
+            parts = [self._pass(b, rows[i : i + step], kind) for i in range(0, len(rows), step)]
+            return torch.cat(parts)
         finally:
             self._rows = None
 
@@ -117,7 +135,9 @@ class LayerTail:
             )
         return rows.to(output.dtype)
 
-    def _pass(self, b: int, m: int, kind: ScoreKind) -> torch.Tensor:
+    def _pass(self, b: int, rows: torch.Tensor, kind: ScoreKind) -> torch.Tensor:
+        self._rows = rows
+        m = rows.shape[0]
         self._capture.reset()  # count the layer's calls from this pass's start
         image = self.ctx.images[b : b + 1]
         inputs = image if self.mode == "expand" else image.expand(m, -1, -1, -1)

@@ -103,17 +103,22 @@ class AblationCAM(PerturbationCAM):
         acts = layer.activations
         y = batch_target_scores(ctx.output, ctx, "logit").float()  # as y_k
         out = torch.zeros(acts.shape[:2], dtype=torch.float32, device=acts.device)
-        batch = self.plan(ctx).batch_size  # measured before the ablation hook exists
-        with LayerTail("ablation-cam", layer.ref, ctx, self.strategy, bf16=self.bf16) as tail:
+        batches = self.tail_batches(ctx)  # measured before the ablation hook exists
+        tail = LayerTail(
+            "ablation-cam", layer.ref, ctx, self.strategy, batches=batches, bf16=self.bf16
+        )
+        with tail:
             for b in range(acts.shape[0]):
                 chosen = strongest_channels(acts[b], self.top_channels)
                 fill = self.fill_value(acts[b])
                 y_k = torch.zeros(len(chosen), dtype=torch.float32, device=acts.device)
-                for start in range(0, len(chosen), batch):
-                    ks = chosen[start : start + batch]
+                start = 0
+                while start < len(chosen):
+                    ks = chosen[start : start + tail.batch_size]
                     rows = acts[b][None].repeat(len(ks), 1, 1, 1)
                     rows[torch.arange(len(ks), device=rows.device), ks] = fill
                     y_k[start : start + len(ks)] = tail.scores(b, rows, "logit").float()
+                    start += len(ks)
                 yb = y[b]
                 out[b, chosen] = (yb - y_k) / yb if yb != 0 else -y_k
         return out

@@ -122,19 +122,22 @@ class FDCAM(PerturbationCAM):
         """``s_i = y(on_i) + y − y(off_i)`` of every channel group, ``(B, K)``, layer dtype."""
         acts = layer.activations
         b_count, k = acts.shape[:2]
-        batch = self.plan(ctx).batch_size  # measured before the hook exists
+        batches = self.tail_batches(ctx)  # measured before the hook exists
         out = torch.zeros(b_count, k, dtype=acts.dtype, device=acts.device)
-        with LayerTail("fd-cam", layer.ref, ctx, self.strategy, bf16=self.bf16) as tail:
+        tail = LayerTail("fd-cam", layer.ref, ctx, self.strategy, batches=batches, bf16=self.bf16)
+        with tail:
             for b in range(b_count):
                 chosen = strongest_channels(acts[b], self.top_channels)
                 n = len(chosen)
                 groups = similarity_groups(acts[b], self.threshold)[chosen].to(acts.dtype)
                 switched = torch.cat([groups, 1 - groups])  # (2n, K): on rows, then off rows
                 scores = torch.zeros(2 * n, dtype=acts.dtype, device=acts.device)
-                for start in range(0, 2 * n, batch):
-                    keep = switched[start : start + batch]
+                start = 0
+                while start < 2 * n:
+                    keep = switched[start : start + tail.batch_size]
                     rows = keep[:, :, None, None] * acts[b][None]
-                    scores[start : start + keep.shape[0]] = tail.scores(b, rows, "logit")
+                    scores[start : start + len(keep)] = tail.scores(b, rows, "logit")
+                    start += len(keep)
                 s = scores[:n] + ctx.scores[b].to(acts.dtype) - scores[n:]
                 out[b] = s.min() if n < k else 0  # unscored groups: the lowest score
                 out[b, chosen] = s

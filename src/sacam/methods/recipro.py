@@ -115,14 +115,18 @@ class ReciproCAM(PerturbationCAM):
         acts = layer.activations
         b_count, _, h, w = acts.shape
         n = h * w
-        batch = self.plan(ctx).batch_size  # measured before the hook exists
+        batches = self.tail_batches(ctx)  # measured before the hook exists
         out = torch.zeros(b_count, n, dtype=torch.float32, device=acts.device)
-        with LayerTail("recipro-cam", layer.ref, ctx, self.strategy, bf16=self.bf16) as tail:
+        tail = LayerTail(
+            "recipro-cam", layer.ref, ctx, self.strategy, batches=batches, bf16=self.bf16
+        )
+        with tail:
             for b in range(b_count):
-                for start in range(0, n, batch):
-                    positions = torch.arange(start, min(start + batch, n), device=acts.device)
+                start = 0
+                while start < n:
+                    stop = min(start + tail.batch_size, n)
+                    positions = torch.arange(start, stop, device=acts.device)
                     rows = spatial_masks(acts[b], positions, self.kernel)
-                    out[b, start : start + positions.numel()] = tail.scores(
-                        b, rows, "probability"
-                    ).float()
+                    out[b, start:stop] = tail.scores(b, rows, "probability").float()
+                    start = stop
         return out.view(b_count, h, w).to(acts.dtype)
