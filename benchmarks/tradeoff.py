@@ -188,8 +188,8 @@ def main() -> int:
     variants: dict[str, Values] = {}
     found: dict[str, Values] = defaultdict(dict)
     rows = []
-    for folder in args.runs:
-        summary, per = _load(folder)
+    loaded = {folder.resolve(): _load(folder) for folder in args.runs}
+    for summary, per in loaded.values():
         table = summary["table"]
         for method, stats in table.items():
             if method == SA and fx in stats and fy in stats:
@@ -230,17 +230,23 @@ def main() -> int:
         + (", ".join(winners) if winners else "none")
     )
     if args.against is not None:
-        _against(args.against, variants, fx, fy, sx, sy)
+        _, per = loaded.get(args.against.resolve()) or _load(args.against)
+        _against(args.against.name, per, variants, fx, fy, sx, sy)
     return 0
 
 
 def _against(
-    folder: Path, variants: dict[str, Values], fx: str, fy: str, sx: float, sy: float
+    name: str,
+    per: dict[tuple[str, str], dict[str, float]],
+    variants: dict[str, Values],
+    fx: str,
+    fy: str,
+    sx: float,
+    sy: float,
 ) -> None:
-    """Print each variant − the SA-CAM of ``folder`` (same images), with ▲/▼ per axis."""
-    _, per = _load(folder)
+    """Print each variant − the SA-CAM of run ``name`` (same images), with ▲/▼ per axis."""
     base = {fx: per[(SA, fx)], fy: per[(SA, fy)]}
-    print(f"\n| variant − SA-CAM of {folder.name} | Δ {fx} | Δ {fy} |")
+    print(f"\n| variant − SA-CAM of {name} | Δ {fx} | Δ {fy} |")
     print("|---|---|---|")
     for label, v in variants.items():
         cells = []
