@@ -334,3 +334,20 @@ def test_random_baseline_ranks_last() -> None:
     worst_deletion = max(scores, key=lambda m: scores[m][0])
     worst_insertion = min(scores, key=lambda m: scores[m][1])
     assert worst_deletion == "random" and worst_insertion == "random", scores
+
+
+def test_an_images_curves_do_not_depend_on_its_place_in_the_batch() -> None:
+    # maps clipped to half zeros: the tie-break among the zeros must be the image's own
+    net = small_cnn().eval()
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(4, 3, 16, 16, generator=g)
+    maps = (torch.rand(4, 16, 16, generator=g) - 0.5).clamp_min(0)
+    assert ((maps == 0).float().mean() > 0.4).item()
+    for fn in (metrics.deletion, metrics.insertion):
+        batch = fn(net, x, maps, targets=1, steps=8).curves
+        alone = torch.cat(
+            [fn(net, x[i : i + 1], maps[i : i + 1], 1, steps=8).curves for i in range(4)]
+        )
+        flipped = fn(net, x.flip(0), maps.flip(0), targets=1, steps=8).curves.flip(0)
+        torch.testing.assert_close(batch, alone, rtol=0, atol=1e-6)
+        torch.testing.assert_close(batch, flipped, rtol=0, atol=1e-6)

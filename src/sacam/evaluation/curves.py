@@ -36,10 +36,15 @@ class CurveResult:
 
 
 def _rank(maps: torch.Tensor, seed: int) -> torch.Tensor:
-    """Rank of each pixel by decreasing saliency (0 = most salient); seeded tiny jitter."""
+    """Rank of each pixel by decreasing saliency (0 = most salient); seeded tiny jitter.
+
+    Ties (a clipped map's zeros: often half its pixels) are broken by a jitter of at most
+    1e-9 drawn once per call from ``seed`` for one image's pixels and added to every row,
+    so an image's ranking does not depend on its place in the batch.
+    """
     flat = maps.flatten(1).double()
     g = torch.Generator(device="cpu").manual_seed(seed)
-    jitter = torch.rand(flat.shape, generator=g, dtype=torch.float64).to(flat.device) * 1e-9
+    jitter = torch.rand(flat.shape[1], generator=g, dtype=torch.float64).to(flat.device) * 1e-9
     order = torch.argsort(flat + jitter, dim=1, descending=True)
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
