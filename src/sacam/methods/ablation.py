@@ -53,7 +53,7 @@ class AblationCAM(PerturbationCAM):
     pytorch-grad-cam's ablation layer does). K rows per image, ``batch_size`` at a time;
     ``strategy`` says how the image is fed, as for Recipro-CAM: ``"expand"`` once per
     batch of rows, so the layers before the target run ``⌈K / batch_size⌉`` times, not
-    ``K`` times (at the default model's head: 20 passes of the front, not 1,280);
+    ``K`` times (at the default model's head: a few dozen, not 1,280);
     ``"repeat"`` once per row (any network); ``"auto"`` (default) tries ``"expand"`` and
     falls back to ``"repeat"``. Needs the layer's own ``(B, K, h, w)`` output (no
     ``reshape_transform``). ``top_channels=n`` (off by default, not exact) ablates only
