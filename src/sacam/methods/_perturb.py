@@ -161,13 +161,13 @@ class PerturbationCAM(BaseCAM):
         ``"expand"`` passes run the layers before the target once per batch, so more rows
         per pass cost less per row: with ``batch_size="auto"`` they take the largest
         batch of whole passes that fits ``max_memory_mb`` (a row of the tail needs less
-        memory than a whole pass). An explicit ``batch_size`` is used for both.
+        memory than a whole pass; the plan's batch is never above it). An explicit
+        ``batch_size`` is used for both.
         """
         plan = self.plan(ctx)
         if self.batch_size != "auto":
             return plan.batch_size, plan.batch_size
-        cap = measured_cap(ctx.model, ctx.images[0], self.max_memory_mb)
-        return max(cap, plan.batch_size), plan.batch_size
+        return measured_cap(ctx.model, ctx.images[0], self.max_memory_mb), plan.batch_size
 
     def perturbed(
         self,

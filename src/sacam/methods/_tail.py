@@ -22,6 +22,7 @@ rows, so only what follows the layer sees them. How the image is fed (``strategy
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -34,6 +35,7 @@ from ._perturb import ScoreKind, target_scores
 
 Strategy = Literal["auto", "expand", "repeat"]
 STRATEGIES: tuple[Strategy, ...] = ("auto", "expand", "repeat")
+Build = Callable[[int, int], torch.Tensor]  # (start, stop) -> rows start..stop-1
 
 
 def check_strategy(method: str, strategy: object) -> Strategy:
@@ -86,7 +88,7 @@ class LayerTail:
 
     @property
     def batch_size(self) -> int:
-        """Rows to pass to :meth:`scores` at a time (the mode may change after a pass)."""
+        """Rows per pass now (the mode may change after a pass)."""
         return self.batches[0] if self.mode == "expand" else self.batches[1]
 
     def __enter__(self) -> LayerTail:
@@ -96,14 +98,25 @@ class LayerTail:
     def __exit__(self, *exc: object) -> None:
         self._capture.__exit__(*exc)
 
-    def scores(self, b: int, rows: torch.Tensor, kind: ScoreKind) -> torch.Tensor:
-        """Target score of image ``b`` with the layer's output set to each of ``rows``.
+    def scores(self, b: int, count: int, build: Build, kind: ScoreKind) -> torch.Tensor:
+        """Target score of image ``b`` with the layer's output set to each of ``count`` rows.
 
-        ``rows`` is ``(m, *layer_output_shape[1:])``, ``m`` at most :attr:`batch_size`
-        (after an "auto" fallback they run in whole passes of the "repeat" batch size).
-        Returns ``(m,)`` in the model's output dtype (class targets: the logit or softmax
-        probability of image ``b``'s class; callable targets: the callable's score).
+        ``build(start, stop)`` returns rows ``start..stop-1``, ``(stop - start,
+        *layer_output_shape[1:])``; they are built one pass at a time, :attr:`batch_size`
+        rows at most. Returns ``(count,)`` in the model's output dtype (class targets: the
+        logit or softmax probability of image ``b``'s class; callable targets: the
+        callable's score).
         """
+        parts = []
+        start = 0
+        while start < count:
+            stop = min(start + self.batch_size, count)
+            parts.append(self._batch(b, build(start, stop), kind))
+            start = stop
+        return torch.cat(parts)
+
+    def _batch(self, b: int, rows: torch.Tensor, kind: ScoreKind) -> torch.Tensor:
+        """Scores of one batch of rows; after an "auto" fallback, in "repeat"-sized passes."""
         try:
             if self.mode == "expand":
                 try:

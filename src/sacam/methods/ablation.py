@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal
 
 import torch
@@ -110,15 +111,18 @@ class AblationCAM(PerturbationCAM):
         with tail:
             for b in range(acts.shape[0]):
                 chosen = strongest_channels(acts[b], self.top_channels)
-                fill = self.fill_value(acts[b])
-                y_k = torch.zeros(len(chosen), dtype=torch.float32, device=acts.device)
-                start = 0
-                while start < len(chosen):
-                    ks = chosen[start : start + tail.batch_size]
-                    rows = acts[b][None].repeat(len(ks), 1, 1, 1)
-                    rows[torch.arange(len(ks), device=rows.device), ks] = fill
-                    y_k[start : start + len(ks)] = tail.scores(b, rows, "logit").float()
-                    start += len(ks)
+                build = functools.partial(self._ablated, acts[b], chosen, self.fill_value(acts[b]))
+                y_k = tail.scores(b, len(chosen), build, "logit").float()
                 yb = y[b]
                 out[b, chosen] = (yb - y_k) / yb if yb != 0 else -y_k
         return out
+
+    @staticmethod
+    def _ablated(
+        acts: torch.Tensor, chosen: torch.Tensor, fill: float, start: int, stop: int
+    ) -> torch.Tensor:
+        """Rows ``start..stop-1``: the clean activations, channel ``chosen[i]`` filled."""
+        ks = chosen[start:stop]
+        rows = acts[None].repeat(len(ks), 1, 1, 1)
+        rows[torch.arange(len(ks), device=rows.device), ks] = fill
+        return rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -34,6 +35,13 @@ def similarity_groups(acts: torch.Tensor, threshold: float) -> torch.Tensor:
     cos = torch.nan_to_num(cos, nan=0.0, posinf=0.0, neginf=0.0)
     cut = torch.quantile(cos, threshold, dim=1)
     return cos > cut[:, None]
+
+
+def _switched_rows(
+    switched: torch.Tensor, acts: torch.Tensor, start: int, stop: int
+) -> torch.Tensor:
+    """Rows ``start..stop-1``: ``acts`` ``(K, h, w)`` with the channels of ``switched[i]`` on."""
+    return switched[start:stop, :, None, None] * acts[None]
 
 
 @register_method(
@@ -131,13 +139,8 @@ class FDCAM(PerturbationCAM):
                 n = len(chosen)
                 groups = similarity_groups(acts[b], self.threshold)[chosen].to(acts.dtype)
                 switched = torch.cat([groups, 1 - groups])  # (2n, K): on rows, then off rows
-                scores = torch.zeros(2 * n, dtype=acts.dtype, device=acts.device)
-                start = 0
-                while start < 2 * n:
-                    keep = switched[start : start + tail.batch_size]
-                    rows = keep[:, :, None, None] * acts[b][None]
-                    scores[start : start + len(keep)] = tail.scores(b, rows, "logit")
-                    start += len(keep)
+                build = functools.partial(_switched_rows, switched, acts[b])
+                scores = tail.scores(b, 2 * n, build, "logit").to(acts.dtype)
                 s = scores[:n] + ctx.scores[b].to(acts.dtype) - scores[n:]
                 out[b] = s.min() if n < k else 0  # unscored groups: the lowest score
                 out[b, chosen] = s

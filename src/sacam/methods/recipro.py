@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal
 
 import torch
@@ -44,6 +45,13 @@ def spatial_masks(
     spread = F.conv2d(onehot, weights, padding=1)  # (m, 1, h, w): the kernel placed at p
     vectors = acts.flatten(1)[:, positions].T  # (m, K)
     return spread * vectors[:, :, None, None]
+
+
+def _masked_rows(
+    acts: torch.Tensor, kernel: Literal["point", "gaussian"], start: int, stop: int
+) -> torch.Tensor:
+    """:func:`spatial_masks` of positions ``start..stop-1``."""
+    return spatial_masks(acts, torch.arange(start, stop, device=acts.device), kernel)
 
 
 @register_method(
@@ -122,11 +130,6 @@ class ReciproCAM(PerturbationCAM):
         )
         with tail:
             for b in range(b_count):
-                start = 0
-                while start < n:
-                    stop = min(start + tail.batch_size, n)
-                    positions = torch.arange(start, stop, device=acts.device)
-                    rows = spatial_masks(acts[b], positions, self.kernel)
-                    out[b, start:stop] = tail.scores(b, rows, "probability").float()
-                    start = stop
+                build = functools.partial(_masked_rows, acts[b], self.kernel)
+                out[b] = tail.scores(b, n, build, "probability").float()
         return out.view(b_count, h, w).to(acts.dtype)
