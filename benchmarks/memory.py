@@ -1,9 +1,14 @@
-"""Peak memory of Score-CAM against its ``max_memory_mb`` budget.
+"""Peak memory of Score-CAM (or a tail method) against its ``max_memory_mb`` budget.
 
 Usage:
 
     python benchmarks/memory.py                       # budgets 256, 512, 1024 MB
     python benchmarks/memory.py --budgets 256 --threads 2 --device cuda
+    python benchmarks/memory.py --method ablation-cam  # rows of the network after the layer
+
+``--method`` ablation-cam, fd-cam or recipro-cam runs that method at the head instead
+(``strategy="expand"``: the rows per pass come from ``sacam._tuning.expand_cap``, and the
+"batch" column is those rows).
 
 Each budget runs in a fresh child process: load the default model (EfficientNet-Lite0)
 and the sample photo "chelsea" at 224×224, return free C-allocator blocks to the system
@@ -47,7 +52,7 @@ def status_mb(field: str) -> float:
 
 
 def child(spec: dict) -> dict:
-    """One Score-CAM call in this (fresh) process; its peak memory above the start."""
+    """One call of the method in this (fresh) process; its peak memory above the start."""
     import sacam
     from sacam import _tuning
     from sacam.models import load_model, sample_image
@@ -73,9 +78,20 @@ def child(spec: dict) -> dict:
         return real(*args, **kwargs)
 
     sacam.methods._perturb.perturbed_scores = spy  # type: ignore[assignment]
-    cam = sacam.build_method(
-        lm.model, "score-cam", max_memory_mb=spec["budget"], top_channels=spec["channels"]
-    )
+    method = spec.get("method", "score-cam")
+    if method == "score-cam":
+        options: dict[str, Any] = {"top_channels": spec["channels"]}
+    else:
+        options = {"strategy": "expand"}
+        real_tail = sacam.methods._perturb.PerturbationCAM.tail_batches
+
+        def tail_spy(self: Any, *args: Any) -> tuple[int, int]:
+            rows = real_tail(self, *args)
+            chosen.append(rows[0])
+            return rows
+
+        sacam.methods._perturb.PerturbationCAM.tail_batches = tail_spy  # type: ignore[method-assign,assignment]
+    cam = sacam.build_method(lm.model, method, max_memory_mb=spec["budget"], **options)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -117,6 +133,11 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--channels", type=int, default=256, help="top_channels (forward passes)")
     ap.add_argument("--estimate", action="store_true", help="shape estimate, not measured")
+    ap.add_argument(
+        "--method",
+        default="score-cam",
+        choices=["score-cam", "ablation-cam", "fd-cam", "recipro-cam"],
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -125,7 +146,7 @@ def main() -> None:
     print(
         f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
         f"{args.threads} threads, device {args.device}, "
-        f"{'shape estimate' if args.estimate else 'measured cost'}"
+        f"{'shape estimate' if args.estimate else 'measured cost'}, {args.method}"
     )
     print("| budget MB | peak above start MB | peak / budget | batch | fixed MB | per sample MB |")
     print("|---|---|---|---|---|---|")
@@ -136,6 +157,7 @@ def main() -> None:
             "device": args.device,
             "channels": args.channels,
             "estimate": args.estimate,
+            "method": args.method,
         }
         out = subprocess.run(
             [sys.executable, __file__, "--child", json.dumps(spec)],

@@ -137,12 +137,13 @@ def test_efficientnet_lite_gives_the_packages_logits_and_allows_expand() -> None
 
 def test_auto_batch_feeds_expand_the_memory_cap_and_repeat_the_fastest(images, monkeypatch) -> None:
     # with batch_size="auto", whole passes ("repeat") take the fastest measured batch
-    # (here 2) and expanded passes the largest batch within the memory budget (here 5):
+    # (here 2) and expanded passes as many rows as fit the memory budget (here 5):
     # 8 rows per image -> 2 expanded passes, or 4 whole passes of 2 rows
     from sacam._tuning import Plan
     from sacam.methods import _perturb
 
     monkeypatch.setattr(_perturb, "measured_cap", lambda *a: 5)
+    monkeypatch.setattr(_perturb, "expand_cap", lambda *a: 5)
     monkeypatch.setattr(_perturb, "measure_plan", lambda *a: Plan(2, False))
     sizes = {}
     for strategy in ("expand", "repeat"):
@@ -152,3 +153,32 @@ def test_auto_batch_feeds_expand_the_memory_cap_and_repeat_the_fastest(images, m
         sacam.explain(net, images[:1], method="ablation-cam", layer="net.1", strategy=strategy)
         sizes[strategy] = seen[2:]  # after the engine's two clean passes
     assert sizes == {"expand": [1, 1], "repeat": [2, 2, 2, 2]}
+
+
+def test_tail_estimate_reads_the_layer_and_what_follows_it_from_the_probe() -> None:
+    # small_cnn on 16×16: layer "1" outputs 8×16×16; after it come 16×8×8 (conv, norm,
+    # ReLU, dropout), 16 (pool, flatten) and 5 (linear)
+    from sacam._layers import probe
+    from sacam._tuning import tail_estimate
+
+    record = probe(small_cnn().eval(), torch.rand(1, 3, 16, 16))
+    assert tail_estimate(record, "1", 0) == (8 * 16 * 16, 16 * 8 * 8)
+    assert tail_estimate(record, "6", 0) == (16, 16)  # the pool: flatten (16), linear (5)
+    assert tail_estimate(record, "8", 0) == (5, 0)  # the last layer: nothing after it
+    assert tail_estimate(record, "1", 1) is None  # a call the probe did not see
+
+
+def test_expand_cap_gives_the_head_many_more_rows_than_whole_passes(default_model) -> None:
+    # at EfficientNet-Lite0's head only pooling and the classifier follow the layer, so
+    # a row costs about 5% of a whole pass: far more rows fit the budget; at the first
+    # block the network after the layer is nearly all of it, and whole passes set the cap
+    from sacam._outputs import logits_model
+    from sacam._tuning import expand_cap, measured_cap
+
+    model = logits_model(default_model.model)
+    x = default_model.preprocess(sacam.models.sample_image("chelsea"))
+    whole = measured_cap(model, x, 512.0)
+    head = expand_cap(model, x, "_swish", 1, 512.0)
+    assert head >= 10 * whole
+    assert expand_cap(model, x, "_blocks.0", 0, 512.0) == whole
+    assert expand_cap(model, x, "_swish", 7, 512.0) == whole  # no such call: whole passes

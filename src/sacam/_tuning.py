@@ -305,6 +305,57 @@ def measured_cap(model: nn.Module, sample: torch.Tensor, budget_mb: float) -> in
     return plan_batch(cost, sample.numel() * sample.element_size(), budget_mb)
 
 
+def tail_estimate(record: ProbeRecord, name: str, call: int) -> tuple[int, int] | None:
+    """Elements per sample of layer ``name@call``'s output and of the largest output after it.
+
+    ``None`` when the probe did not see that call. "After" is the probe's completion
+    order: the modules that finish once the layer has (the network after the layer, and
+    the containers that hold the layer, whose outputs are later tensors).
+    """
+    index = next((i for i, (n, c, _) in enumerate(record.order) if (n, c) == (name, call)), None)
+    if index is None or record.order[index][2] is None:
+        return None
+
+    def elements(shape: tuple[int, ...] | None) -> int:
+        return math.prod(shape[1:]) if shape else 0
+
+    layer = elements(record.order[index][2])
+    after = max((elements(shape) for _, _, shape in record.order[index + 1 :]), default=0)
+    return layer, after
+
+
+def expand_cap(
+    model: nn.Module, sample: torch.Tensor, name: str, call: int, budget_mb: float
+) -> int:
+    """Edited rows of layer ``name@call`` per pass that feeds ``sample`` once and fits the budget.
+
+    Such a pass (``LayerTail``'s ``"expand"``) runs the layers before the target on one
+    image and the network after it on every row, so a row costs what the network after
+    the layer holds, not a whole pass: :data:`BUILD_INPUTS` copies of the layer's output
+    (the rows a method builds, and their temporaries) plus 3 × the largest output after
+    the layer, scaled by how far the measured whole pass exceeds its own shape estimate
+    (:func:`bytes_per_sample`; never scaled down). The whole pass of the one image and the
+    measured fixed cost come off the budget (with :data:`HEADROOM`) first. Never fewer
+    than :func:`measured_cap` rows, the cap of whole passes. On EfficientNet-Lite0's head
+    (1,280 × 7 × 7, then pooling and the classifier) a row is about 0.8 MB, so a 1 GiB
+    budget takes about 1,000 rows per pass where whole passes take about 50.
+    """
+    whole = measured_cap(model, sample, budget_mb)
+    record = probe(unwrap(model), sample[None])
+    found = tail_estimate(record, name, call)
+    if found is None:
+        return whole
+    layer, after = found
+    cost = measure_memory(model, sample)
+    size = sample.element_size()
+    scale = max(1.0, cost.per_sample / bytes_per_sample(record, tuple(sample.shape)))
+    per_row = size * (BUILD_INPUTS * layer + scale * 3 * after)
+    room = HEADROOM * budget_mb * 2**20 - cost.fixed - cost.per_sample
+    if per_row <= 0:
+        return whole
+    return max(whole, math.floor(room / per_row))
+
+
 _TIMINGS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, dict[tuple[int, bool], float]]] = (
     weakref.WeakKeyDictionary()
 )

@@ -16,7 +16,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from .._tuning import Plan, measure_plan, measured_cap
+from .._layers import LayerRef
+from .._tuning import Plan, expand_cap, measure_plan, measured_cap
 from ..core import BaseCAM, CallContext, normalize_maps
 from ..errors import MethodError
 from ..targets import PerSampleCallables
@@ -154,20 +155,21 @@ class PerturbationCAM(BaseCAM):
             return Plan(min(int(self.batch_size), cap), False)
         return measure_plan(ctx.model, ctx.images[0], cap)
 
-    def tail_batches(self, ctx: CallContext) -> tuple[int, int]:
-        """Rows per pass of the network after the layer: ``(expand, repeat)``.
+    def tail_batches(self, ctx: CallContext, ref: LayerRef) -> tuple[int, int]:
+        """Rows per pass of the network after layer ``ref``: ``(expand, repeat)``.
 
         ``"repeat"`` passes are whole forward passes: :meth:`plan`'s batch size.
         ``"expand"`` passes run the layers before the target once per batch, so more rows
-        per pass cost less per row: with ``batch_size="auto"`` they take the largest
-        batch of whole passes that fits ``max_memory_mb`` (a row of the tail needs less
-        memory than a whole pass; the plan's batch is never above it). An explicit
+        per pass cost less per row: with ``batch_size="auto"`` they take as many rows as
+        the network after the layer holds within ``max_memory_mb``
+        (:func:`sacam._tuning.expand_cap`; never fewer than the plan's batch). An explicit
         ``batch_size`` is used for both.
         """
         plan = self.plan(ctx)
         if self.batch_size != "auto":
             return plan.batch_size, plan.batch_size
-        return measured_cap(ctx.model, ctx.images[0], self.max_memory_mb), plan.batch_size
+        rows = expand_cap(ctx.model, ctx.images[0], ref.name, ref.call, self.max_memory_mb)
+        return rows, plan.batch_size
 
     def perturbed(
         self,

@@ -54,7 +54,8 @@ class AblationCAM(PerturbationCAM):
     pytorch-grad-cam's ablation layer does). K rows per image, ``batch_size`` at a time;
     ``strategy`` says how the image is fed, as for Recipro-CAM: ``"expand"`` once per
     batch of rows, so the layers before the target run ``⌈K / batch_size⌉`` times, not
-    ``K`` times (at the default model's head: a few dozen, not 1,280);
+    ``K`` times (at the default model's head with ``batch_size="auto"`` and the default
+    1 GiB: 2, not 1,280);
     ``"repeat"`` once per row (any network); ``"auto"`` (default) tries ``"expand"`` and
     falls back to ``"repeat"``. Needs the layer's own ``(B, K, h, w)`` output (no
     ``reshape_transform``). ``top_channels=n`` (off by default, not exact) ablates only
@@ -104,7 +105,7 @@ class AblationCAM(PerturbationCAM):
         acts = layer.activations
         y = batch_target_scores(ctx.output, ctx, "logit").float()  # as y_k
         out = torch.zeros(acts.shape[:2], dtype=torch.float32, device=acts.device)
-        batches = self.tail_batches(ctx)  # measured before the ablation hook exists
+        batches = self.tail_batches(ctx, layer.ref)  # measured before the ablation hook exists
         tail = LayerTail(
             "ablation-cam", layer.ref, ctx, self.strategy, batches=batches, bf16=self.bf16
         )
