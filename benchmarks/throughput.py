@@ -16,7 +16,9 @@ Two measurements, in one process, on the same machine:
    the forward floor: a bare loop over decoded tensors doing the same model work (one
    prediction forward, the method's map, the two confidence forwards and the
    2 × (steps + 1) perturbed forwards per image, at the same batch sizes). Goal: runner
-   overhead ≤ 10%.
+   overhead ≤ 10%. A table shows where the last warm runner run spent its wall time
+   (preparation and its predictions pass, waiting for decoded batches, maps and metrics,
+   writing results, summary).
 
 The curves' tuned batch plan is kept on disk (``SACAM_CACHE_DIR``; this script points it
 at a fresh temporary folder, never the user's cache): the curve measurement above tunes
@@ -146,10 +148,51 @@ def bare_loop(
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def runner(data: Path, args: argparse.Namespace, out: Path) -> tuple[float, float, float]:
-    """(wall and CPU seconds of the run without figures and report, wall s of those)."""
+PHASES = {
+    "_prepare": "prepare (data, model, settings, predictions)",
+    "predict_all": "of which the predictions pass",
+    "batches": "methods: waiting for decoded batches",
+    "score_batch": "methods: maps and metrics",
+    "record": "methods: writing results",
+    "summarize": "summary",
+}
+
+
+def _timed(name: str, fn: Any, phases: dict[str, float]) -> Any:
+    """``fn`` adding its wall seconds to ``phases[name]`` (a generator: the waits for items)."""
+
+    def plain(*a: Any, **k: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            phases[name] = phases.get(name, 0.0) + time.perf_counter() - t0
+
+    def waits(*a: Any, **k: Any) -> Any:
+        it = iter(fn(*a, **k))
+        while True:
+            t0 = time.perf_counter()
+            item = next(it, None)
+            phases[name] = phases.get(name, 0.0) + time.perf_counter() - t0
+            if item is None:
+                return
+            yield item
+
+    return waits if name == "batches" else plain
+
+
+def runner(
+    data: Path, args: argparse.Namespace, out: Path
+) -> tuple[float, float, float, dict[str, float]]:
+    """(wall and CPU seconds of the run without figures and report, wall s of those, phases).
+
+    The phases are the wall seconds spent in :data:`PHASES`' steps of the runner (on a
+    GPU, a step that reads a result back also waits for the device's queued work).
+    """
     timed: dict[str, float] = {}
+    phases: dict[str, float] = {}
     real = execution.write_report
+    originals = {name: getattr(execution, name) for name in PHASES}
 
     def report(run: Run, summary: dict[str, Any]) -> None:
         t0, c0 = time.perf_counter(), time.process_time()
@@ -158,6 +201,8 @@ def runner(data: Path, args: argparse.Namespace, out: Path) -> tuple[float, floa
         timed["report_cpu"] = time.process_time() - c0
 
     execution.write_report = report
+    for name, fn in originals.items():
+        setattr(execution, name, _timed(name, fn, phases))
     cfg = BenchmarkConfig(
         data_dir=data,
         out=out,
@@ -174,8 +219,10 @@ def runner(data: Path, args: argparse.Namespace, out: Path) -> tuple[float, floa
         run_benchmark(cfg, progress=False)
     finally:
         execution.write_report = real
+        for name, fn in originals.items():
+            setattr(execution, name, fn)
     wall = time.perf_counter() - t0 - timed["report"]
-    return wall, time.process_time() - c0 - timed["report_cpu"], timed["report"]
+    return wall, time.process_time() - c0 - timed["report_cpu"], timed["report"], phases
 
 
 def main() -> None:
@@ -207,11 +254,12 @@ def main() -> None:
     c = curve_throughput(lm.model, torch.cat(xs), args.steps, args.device, args.repeat)
     floor_s = floor_cpu = run_s = run_cpu = math.inf
     report_s = 0.0
+    phases: dict[str, float] = {}
     pairs = []
     for k in range(args.repeat):  # interleaved; the best of each
         wall, cpu = bare_loop(lm, xs, args.methods, args.steps, args.device)
         floor_s, floor_cpu = min(floor_s, wall), min(floor_cpu, cpu)
-        r_wall, r_cpu, report_s = runner(data, args, tmp / f"out{k}")
+        r_wall, r_cpu, report_s, phases = runner(data, args, tmp / f"out{k}")
         run_s, run_cpu = min(run_s, r_wall), min(run_cpu, r_cpu)
         pairs.append((wall, cpu, r_wall, r_cpu))
     cold = None
@@ -258,6 +306,10 @@ def main() -> None:
             f"({cold[0]:.1f} s, {cold[1]:.1f} s CPU) |"
         )
     print(f"| figures + report.html (once per run) | {report_s:.1f} s |")
+    print("\nWhere the last warm runner run spent its wall time (seconds):\n")
+    print("| phase | s |\n|---|---|")
+    for name, label in PHASES.items():
+        print(f"| {label} | {phases.get(name, 0.0):.2f} |")
     print("\nInterleaved pairs (bare loop, runner; seconds):\n")
     print(
         "| run | bare wall | bare CPU | runner wall | runner CPU | overhead wall | overhead CPU |"
