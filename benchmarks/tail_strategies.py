@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -35,9 +37,8 @@ from sacam.models import SAMPLE_IMAGES, load_model, sample_image
 METHODS = ("recipro-cam", "ablation-cam", "fd-cam")
 
 
-def seconds(fn: object, device: torch.device, repeat: int) -> float:
+def seconds(fn: Callable[[], object], device: torch.device, repeat: int) -> float:
     """Median seconds of ``repeat`` synchronised calls of ``fn`` after one warm-up call."""
-    assert callable(fn)
 
     def call() -> object:
         out = fn()
@@ -89,10 +90,7 @@ def main() -> int:
                 ),
                 "repeat": sacam.build_method(lm.model, method, strategy="repeat", **layer),
             }
-            t = {
-                s: seconds(lambda c=c, x=x: c(x), device, args.repeat) / batch
-                for s, c in cams.items()
-            }
+            t = {s: seconds(partial(c, x), device, args.repeat) / batch for s, c in cams.items()}
             maps = {s: c(x) for s, c in cams.items()}
             diff = max((maps[s] - maps["expand"]).abs().max().item() for s in maps)
             print(
