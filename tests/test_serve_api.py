@@ -31,7 +31,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from sacam import list_methods  # noqa: E402
 from sacam.serve import create_app  # noqa: E402
-from sacam.serve.app import Guard  # noqa: E402
+from sacam.serve.app import DRAIN_MAX_BYTES, Guard  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -226,34 +226,47 @@ def test_upload_over_the_limit_is_413(client) -> None:  # noqa: ANN001
 
 
 def test_upload_limit_is_checked_while_reading() -> None:
-    """The guard stops reading a body as soon as it is over the limit (no Content-Length)."""
+    """Over the limit, the guard keeps nothing more, drains the rest (bounded), then 413."""
     calls = []
     reads = []
 
     async def app(scope, receive, send) -> None:  # noqa: ANN001
         calls.append(scope["path"])
 
-    async def receive() -> dict:
-        reads.append(1)
-        return {"type": "http.request", "body": b"x" * 1000, "more_body": True}  # endless
+    def body(chunks: int | None):  # noqa: ANN202
+        async def receive() -> dict:
+            reads.append(1)
+            more = chunks is None or len(reads) < chunks  # None: endless
+            return {"type": "http.request", "body": b"x" * 1000, "more_body": more}
+
+        return receive
 
     sent = []
 
     async def send(message) -> None:  # noqa: ANN001
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": "/api/explain", "headers": []}
-    asyncio.run(Guard(app, max_bytes=10_000, limit_text="10 kB")(scope, receive, send))
-    assert calls == []  # the app never saw the request
-    assert len(reads) == 11  # 11,000 bytes read: the first chunk over the limit, no more
-    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 413
+    def guard(headers: list, chunks: int | None) -> None:
+        reads.clear()
+        sent.clear()
+        scope = {"type": "http", "method": "POST", "path": "/api/explain", "headers": headers}
+        asyncio.run(Guard(app, max_bytes=10_000, limit_text="10 kB")(scope, body(chunks), send))
+        assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 413
 
-    # a declared Content-Length over the limit is refused without reading anything
-    reads.clear()
-    sent.clear()
-    scope["headers"] = [(b"content-length", b"20000")]
-    asyncio.run(Guard(app, max_bytes=10_000, limit_text="10 kB")(scope, receive, send))
-    assert reads == [] and sent[0]["status"] == 413
+    # a 30 kB body without Content-Length: over the limit at the 11th chunk, the other 19
+    # are read and dropped before the answer (so that the client can read it)
+    guard([], 30)
+    assert calls == []  # the app never saw the request
+    assert len(reads) == 30
+    # an endless body: drained up to DRAIN_MAX_BYTES, then answered
+    guard([], None)
+    assert len(reads) == DRAIN_MAX_BYTES // 1000 + 1
+    # a declared Content-Length over the limit: the body is drained, nothing reaches the app
+    guard([(b"content-length", b"20000")], 20)
+    assert len(reads) == 20 and calls == []
+    # declared over DRAIN_MAX_BYTES: refused without reading anything
+    guard([(b"content-length", str(DRAIN_MAX_BYTES + 1).encode())], None)
+    assert reads == [] and calls == []
 
 
 def test_guard_passes_small_bodies_unchanged() -> None:
