@@ -21,12 +21,11 @@ clock reading.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 from functools import partial
 
 import torch
+from speed import timeit
 
 import sacam
 from sacam._outputs import logits_model
@@ -38,21 +37,14 @@ METHODS = ("recipro-cam", "ablation-cam", "fd-cam")
 
 
 def seconds(fn: Callable[[], object], device: torch.device, repeat: int) -> float:
-    """Median seconds of ``repeat`` synchronised calls of ``fn`` after one warm-up call."""
+    """``speed.timeit`` of ``fn``, each call synchronised on a GPU."""
 
-    def call() -> object:
-        out = fn()
+    def call() -> None:
+        fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return out
 
-    call()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return timeit(call, repeat)
 
 
 def main() -> int:

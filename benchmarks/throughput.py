@@ -38,6 +38,7 @@ Prints a Markdown table, the machine and the command.
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import os
 import platform
@@ -178,7 +179,7 @@ def _timed(name: str, fn: Any, phases: dict[str, float]) -> Any:
                 return
             yield item
 
-    return waits if name == "batches" else plain
+    return waits if inspect.isgeneratorfunction(fn) else plain
 
 
 def runner(
