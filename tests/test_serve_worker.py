@@ -165,3 +165,52 @@ def test_forget_drops_finished_jobs_only(worker) -> None:  # noqa: ANN001
     worker.forget(running.id)
     with pytest.raises(KeyError):
         worker.get(running.id)
+
+
+@pytest.mark.parametrize("layer", [None, "_blocks.15"])
+@pytest.mark.parametrize("method", ["ablation-cam", "fd-cam", "recipro-cam"])
+def test_progress_of_a_method_ends_near_its_stages_end(default_model, method, layer) -> None:  # noqa: ANN001
+    # the tail methods feed the model one image and widen the batch at the layer, so
+    # counting the model's inputs saw 2-4 images of an expected 50-2,562; the worker
+    # counts output rows, and the estimate follows each method's own row count
+    from sacam.api import build_method
+    from sacam.serve.service import expected_images
+
+    model = default_model.model
+    cam = build_method(model, method, layer)
+    shape = (1, 320, 7, 7) if layer is not None else (1, 1280, 7, 7)
+    rows = {"ablation-cam": shape[1], "fd-cam": 2 * shape[1], "recipro-cam": 49}
+    g = torch.Generator().manual_seed(0)
+    x = default_model.preprocess.normalize(torch.rand(1, 3, 224, 224, generator=g))
+    cam.explain(x, torch.tensor([1]))  # a first call may probe the tail's memory first
+    inputs: list[int] = []
+    count_inputs = model.register_forward_pre_hook(lambda _m, a: inputs.append(a[0].shape[0]))
+    w = ModelWorker(model)
+    ratios: list[float] = []
+
+    def fn(p: Progress) -> None:
+        p.stages(1)
+        p.stage(0, method, expected_images(cam, shape))
+        cam.explain(x, torch.tensor([1]))
+        ratios.append(job._seen / job._expected)
+
+    try:
+        job = w.submit("t", fn)
+        wait(job, 120)
+    finally:
+        w.close()
+        count_inputs.remove()
+    assert job.status == "done", job.error
+    assert job._expected == pytest.approx(rows[method], abs=2)
+    assert 0.95 <= ratios[0] <= 1.05, ratios  # the bar ends where the stage does
+    assert sum(inputs) * 10 < rows[method]  # the inputs alone said under a tenth
+
+
+def test_rows_of_a_pass_come_from_its_output_then_its_input() -> None:
+    from sacam.serve.worker import _rows
+
+    two = torch.zeros(2, 3)
+    assert _rows({"logits": torch.zeros(7, 5), "aux": two}, (two,)) == 7
+    assert _rows((torch.zeros(4, 5), two), (two,)) == 4
+    assert _rows("not a tensor", (torch.zeros(6, 3),)) == 6
+    assert _rows(None, ()) == 1

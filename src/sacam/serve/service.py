@@ -31,6 +31,8 @@ from ..api import build_method
 from ..core import BaseCAM
 from ..errors import InputError, LayerError, MethodError, ModelError, TargetError
 from ..methods.attention import SALayerInspection
+from ..methods.fd import FDCAM
+from ..methods.recipro import ReciproCAM
 from ..metrics import deletion, insertion
 from ..models import LoadedModel, load_image
 from ..registry import list_methods, method_info
@@ -253,23 +255,30 @@ def map_image(cam: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr, mode="L")
 
 
-def expected_images(cam: BaseCAM, channels: int) -> int:
-    """Estimated images the method's forward passes process for one image (for progress).
+def expected_images(cam: BaseCAM, shape: tuple[int, ...]) -> int:
+    """Estimated rows the method's forward passes produce for one image (for progress).
 
-    The count is the probe and clean passes plus, for perturbation methods, one masked
-    input per channel (per noise sample for SS-CAM and IS-CAM, per group for Group-CAM),
-    and for SmoothGrad-CAM++ one pass per noisy copy. SA-CAM costs what its base costs.
+    ``shape`` is the layer's output shape ``(1, C, H, W)``. The count is the probe and
+    clean passes plus, for perturbation methods, one masked input or edited row per
+    channel (per noise sample for SS-CAM and IS-CAM, per group for Group-CAM), two per
+    channel for FD-CAM (switched on and off), one per position for Recipro-CAM, and for
+    SmoothGrad-CAM++ one pass per noisy copy. SA-CAM costs what its base costs. The
+    worker counts rows at the model's output, so the tail methods' widened passes count
+    what they compute.
     """
     inner = getattr(cam, "base", None)  # SA-CAM's base method
     core: BaseCAM = inner if isinstance(inner, BaseCAM) else cam
     family = method_info(core.name).family if core.name in list_methods() else ""
     n_samples = int(getattr(core, "n_samples", 1))
-    if family == "perturbation":
-        if hasattr(core, "groups"):
-            return 3 + int(core.groups)
-        top = getattr(core, "top_channels", None)
-        return 2 + (int(top) if top else channels) * max(1, n_samples)
-    return 2 + (n_samples if n_samples > 1 else 0)
+    if family != "perturbation":
+        return 2 + (n_samples if n_samples > 1 else 0)
+    if hasattr(core, "groups"):
+        return 3 + int(core.groups)
+    if isinstance(core, ReciproCAM):
+        return 2 + math.prod(shape[2:])
+    top = getattr(core, "top_channels", None)
+    per_channel = 2 if isinstance(core, FDCAM) else max(1, n_samples)
+    return 2 + (int(top) if top else shape[1]) * per_channel
 
 
 def _prediction(loaded: LoadedModel, index: int, prob: float) -> dict[str, Any]:
@@ -327,7 +336,7 @@ def run_explain(
     entries = []
     for k, name in enumerate(methods, start=1):
         cam = build_method(loaded.model, name, layer)
-        progress.stage(k, name, expected_images(cam, shape[1]))
+        progress.stage(k, name, expected_images(cam, shape))
         start = time.perf_counter()
         ex = cam.explain(x, cls)
         elapsed = time.perf_counter() - start

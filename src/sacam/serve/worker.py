@@ -5,9 +5,12 @@ was submitted (a ``ThreadPoolExecutor`` with one worker), so the event loop neve
 blocks on the model and requests never run the model concurrently.
 
 Progress and cancellation work with any method: while a job runs, a forward pre-hook
-on the root model counts the images each forward pass receives (against an estimate
-the job gives per stage) and raises :class:`JobCancelled` once the job is cancelled.
-The hook exists only while the job runs and is removed in ``finally``; sacam's engine
+on the root model raises :class:`JobCancelled` once the job is cancelled, and a forward
+hook counts the rows of each pass's output against an estimate the job gives per stage.
+Rows, not input images: the tail methods' "expand" passes (Ablation-CAM, FD-CAM,
+Recipro-CAM) feed one image and widen the batch at the layer, so the output has a row
+per edited copy and the count follows the work done. The hooks exist only while the job
+runs and are removed in ``finally``; sacam's engine
 restores the model's flags and removes its own hooks when the exception passes through
 it, so a cancelled job leaves the model as it was.
 """
@@ -92,8 +95,8 @@ class Progress:
 
     A job declares how many stages it has, then for each stage its name and the number
     of images its forward passes are expected to process; the forward hook counts the
-    images actually processed. Progress within a stage is capped below its end, so the
-    estimate never claims a stage is finished before it is.
+    rows the passes actually produced. Progress within a stage is capped below its end,
+    so the estimate never claims a stage is finished before it is.
     """
 
     def __init__(self, job: Job) -> None:
@@ -127,6 +130,22 @@ class Progress:
 
 
 JobFn = Callable[[Progress], Any]
+
+
+def _rows(output: Any, args: tuple[Any, ...]) -> int:
+    """Rows a forward pass processed.
+
+    Its output's leading size (the first tensor of a tuple, list or dict output), else
+    its input's, else 1.
+    """
+    for value in (output, args):
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, (tuple, list)):
+            value = next((v for v in value if isinstance(v, torch.Tensor)), None)
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return int(value.shape[0])
+    return 1
 
 
 class ModelWorker:
@@ -206,12 +225,16 @@ class ModelWorker:
         job.status = "running"
         progress = Progress(job)
 
-        def count_and_check(_module: nn.Module, args: tuple[Any, ...]) -> None:
+        def check(_module: nn.Module, _args: tuple[Any, ...]) -> None:
             progress.check()
-            first = args[0] if args else None
-            progress.count(int(first.shape[0]) if isinstance(first, torch.Tensor) else 1)
 
-        handle = self.model.register_forward_pre_hook(count_and_check)
+        def count(_module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            progress.count(_rows(output, args))
+
+        handles = [
+            self.model.register_forward_pre_hook(check),
+            self.model.register_forward_hook(count),
+        ]
         try:
             result = fn(progress)
         except JobCancelled:
@@ -230,7 +253,8 @@ class ModelWorker:
             job.status = "error"
             raise
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
         job.result = result
         job.progress = 1.0
         job.status = "done"
