@@ -1,0 +1,182 @@
+"""Argument types and shared options of the ``sacam`` command line (one-line errors, exit 2)."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+from ..errors import ModelError
+from ..models import check_device
+from ..registry import get_method, list_methods
+
+EXIT_USAGE = 2
+EXIT_IMAGE = 3
+EXIT_INTERRUPTED = 130
+
+
+def default_method() -> str:
+    """SA-CAM when it is registered, else Grad-CAM."""
+    return "sa-cam" if "sa-cam" in list_methods() else "grad-cam"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with sacam's one-line errors (``sacam: error: ...``, exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print one line and exit with the usage code."""
+        print(f"sacam: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an int of at least ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum of {low}")
+        return value
+
+    parse.__name__ = "whole number"
+    return parse
+
+
+def unit_float(text: str) -> float:
+    """An argparse type: a float in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1]")
+    return value
+
+
+def device_arg(text: str) -> str:
+    """An argparse type: a torch device this machine has (cpu, cuda, cuda:N, mps)."""
+    try:
+        check_device(text)
+    except ModelError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def port(text: str) -> int:
+    """An argparse type: a TCP port, 0 (any free one) to 65535."""
+    value = int_at_least(0)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (0..65535)")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite float above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def cmap(text: str) -> str:
+    """An argparse type: a matplotlib colour map name (the closest ones named if not)."""
+    import matplotlib
+
+    names = sorted(n for n in matplotlib.colormaps if not n.endswith("_r"))
+    if text in matplotlib.colormaps:
+        return text
+    close = difflib.get_close_matches(text, names, n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise argparse.ArgumentTypeError(
+        f"unknown colour map {text!r}; {hint}matplotlib's maps: {', '.join(names)} "
+        "(each also reversed with _r)"
+    )
+
+
+def out_dir(text: str) -> Path:
+    """A folder that exists and is writable, or that can be created."""
+    path = Path(text)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        what = "is a file" if probe == path else f"lies under the file {probe}"
+        raise argparse.ArgumentTypeError(f"{text!r} {what}; name a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be written: {probe} is not writable")
+    return path
+
+
+def method_option(text: str) -> tuple[str, str, Any]:
+    """``METHOD:KEY=VALUE`` -> (method, key, value), the option checked against the method."""
+    method, sep, rest = text.partition(":")
+    key, eq, raw = rest.partition("=")
+    if not sep or not eq or not key:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not METHOD:KEY=VALUE (e.g. sa-cam:temperature=5)"
+        )
+    if method not in list_methods():
+        raise argparse.ArgumentTypeError(
+            f"unknown method {method!r}; one of: {', '.join(list_methods())}"
+        )
+    allowed = get_method(method).option_names()
+    if key not in allowed:
+        raise argparse.ArgumentTypeError(
+            f"method {method!r} has no option {key!r}; it accepts: {', '.join(allowed)}"
+        )
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return method, key, value
+
+
+def existing_file(text: str) -> str:
+    """An argparse type: the path of an existing file, as given."""
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text!r}")
+    return text
+
+
+def existing_file_path(text: str) -> Path:
+    """An argparse type: the path of an existing file, as a Path."""
+    return Path(existing_file(text))
+
+
+def existing_dir(text: str) -> Path:
+    """An argparse type: the path of an existing folder."""
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"no such folder: {text!r}")
+    return path
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The model-loading options every subcommand that loads a model shares."""
+    parser.add_argument(
+        "--model", default=None, help="model name, .pt2/TorchScript file, or pkg.mod:factory"
+    )
+    parser.add_argument(
+        "--weights",
+        type=existing_file,
+        default=None,
+        help="state dict for the --model architecture",
+    )
+    parser.add_argument(
+        "--trust-model-file",
+        action="store_true",
+        help="allow a model file that runs code while loading (TorchScript, pickles)",
+    )

@@ -1,0 +1,293 @@
+"""``sacam benchmark``: its options, its runs (one, or a preset's), and running them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import SacamError
+from ..registry import list_methods
+
+if TYPE_CHECKING:
+    from ..evaluation.config import BenchmarkConfig
+    from ..evaluation.ray_engine import RayOptions
+
+from ._args import (
+    EXIT_INTERRUPTED,
+    add_model_options,
+    device_arg,
+    existing_dir,
+    existing_file_path,
+    int_at_least,
+    method_option,
+    out_dir,
+    positive_float,
+    unit_float,
+)
+
+
+def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
+    """Add the ``benchmark`` subcommand and its options to ``sub``."""
+    from ..evaluation.presets import PRESETS
+    from ..evaluation.registry import list_metrics
+
+    bench = sub.add_parser(
+        "benchmark", help="score methods with the evaluation metrics on a folder"
+    )
+    bench.add_argument(
+        "data_dir",
+        type=existing_dir,
+        help="images: a folder with labels.csv (file,class_index), class sub-folders "
+        "(WordNet ids or class indices), or ImageNet val with LOC_val_solution.csv",
+    )
+    add_model_options(bench)
+    bench.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list_methods(),
+        metavar="METHOD",
+        default=None,
+        help="methods to compare (default: grad-cam grad-cam++ sa-cam; with --from-maps: "
+        "the saved ones)",
+    )
+    bench.add_argument(
+        "--layer",
+        action="append",
+        default=None,
+        help="layer every method explains (dotted name; repeat for several; default: each "
+        "method's automatic choice)",
+    )
+    bench.add_argument(
+        "--method-option",
+        action="append",
+        type=method_option,
+        default=[],
+        metavar="METHOD:KEY=VALUE",
+        help="an option of one method, e.g. sa-cam:temperature=5 or score-cam:batch_size=64 "
+        "(repeatable; values are Python literals, else strings)",
+    )
+    bench.add_argument(
+        "--metrics",
+        nargs="+",
+        default=None,
+        choices=[*list_metrics(), "default", "all"],
+        metavar="METRIC",
+        help=f"metrics: {', '.join(list_metrics())}; 'default' or 'all' (default: default; "
+        "with --preset: the preset's)",
+    )
+    bench.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="a protocol of several runs, one sub-folder of --out per setting (paper: every "
+        "method, 4 model/layer settings, faithfulness + stability + grid pointing)",
+    )
+    bench.add_argument(
+        "--preset-settings",
+        nargs="+",
+        default=None,
+        metavar="SETTING",
+        help="run only these settings of --preset (e.g. lite0-blocks15)",
+    )
+    bench.add_argument(
+        "--limit", type=int_at_least(1), default=None, help="first N images of the folder"
+    )
+    bench.add_argument("--out", type=out_dir, default=Path("sacam-benchmark"), help="output folder")
+    bench.add_argument(
+        "--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N (default: cpu)"
+    )
+    bench.add_argument(
+        "--batch-size",
+        type=int_at_least(1),
+        default=16,
+        help="images explained per step (default: 16)",
+    )
+    bench.add_argument(
+        "--workers",
+        type=int_at_least(0),
+        default=None,
+        help="image decoding threads (default: 4); with --engine ray: Ray workers (actors; "
+        "default: as many as the cluster's CPUs, or GPUs with --gpus-per-worker, allow)",
+    )
+    bench.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    bench.add_argument(
+        "--steps",
+        type=int_at_least(1),
+        default=None,
+        help="deletion/insertion steps (default: image width)",
+    )
+    bench.add_argument(
+        "--annotations", type=existing_file_path, default=None, help="boxes/masks CSV or JSON"
+    )
+    bench.add_argument("--attacks", nargs="+", default=["pgd"], choices=["random", "pgd", "topk"])
+    bench.add_argument(
+        "--iterations",
+        type=int_at_least(1),
+        default=100,
+        help="attack steps of stability and explanation_attack (default: 100)",
+    )
+    bench.add_argument(
+        "--epsilons",
+        type=positive_float,
+        nargs="+",
+        default=None,
+        metavar="EPS",
+        help="ε sweep of adversarial and explanation_attack, in units of 1/255 "
+        "(default: 0.5 1 2 4 8)",
+    )
+    bench.add_argument(
+        "--adv-iterations",
+        type=int_at_least(1),
+        default=10,
+        help="PGD steps of the adversarial examples (metric adversarial; default: 10)",
+    )
+    bench.add_argument(
+        "--use-labels", action="store_true", help="explain the labelled class, not the top-1"
+    )
+    bench.add_argument(
+        "--grid-threshold", type=unit_float, default=0.99, help="grid pointing: min. softmax"
+    )
+    bench.add_argument(
+        "--save-maps", action="store_true", help="keep every map (float16) in OUT/maps/"
+    )
+    bench.add_argument(
+        "--from-maps", type=Path, default=None, metavar="DIR", help="score maps saved in DIR"
+    )
+    add_engine_options(bench)
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--engine`` and the Ray options (address, GPUs and CPUs per worker)."""
+    parser.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help='local: this process; ray: Ray Data actors (pip install -e ".[ray]")',
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster (auto or HOST:PORT; default: start a local Ray for the run)",
+    )
+    parser.add_argument(
+        "--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray worker (default: 0)"
+    )
+    parser.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=1.0,
+        help="CPUs (and torch threads) per Ray worker (default: 1)",
+    )
+
+
+def ray_engine_options(args: argparse.Namespace) -> RayOptions | None:
+    """The Ray options of ``--engine ray`` (None for the local engine); checks them."""
+    if args.engine != "ray":
+        for flag, value, default in (
+            ("--address", args.address, None),
+            ("--gpus-per-worker", args.gpus_per_worker, 0.0),
+            ("--cpus-per-worker", args.cpus_per_worker, 1.0),
+        ):
+            if value != default:
+                raise SacamError(f"{flag} needs --engine ray")
+        return None
+    if args.workers is not None and args.workers < 1:
+        raise SacamError(f"--workers must be at least 1 with --engine ray, got {args.workers}")
+    if args.gpus_per_worker < 0 or args.cpus_per_worker <= 0:
+        raise SacamError("--gpus-per-worker must be 0 or more and --cpus-per-worker above 0")
+    from ..evaluation.ray_engine import RayOptions, require_ray
+
+    require_ray()
+    return RayOptions(args.address, args.workers, args.gpus_per_worker, args.cpus_per_worker)
+
+
+def _benchmark_config(args: argparse.Namespace) -> BenchmarkConfig:
+    """The run the arguments describe (``--methods`` or, from saved maps, theirs)."""
+    from ..evaluation.config import BenchmarkConfig
+    from ..evaluation.runner.maps import MapReader
+
+    threads = 4 if args.workers is None or args.engine == "ray" else args.workers
+    config = BenchmarkConfig(
+        data_dir=args.data_dir,
+        out=args.out,
+        model=args.model,
+        weights=args.weights,
+        trust_model_file=args.trust_model_file,
+        limit=args.limit,
+        steps=args.steps,
+        annotations=args.annotations,
+        attacks=tuple(args.attacks),
+        iterations=args.iterations,
+        adv_iterations=args.adv_iterations,
+        use_labels=args.use_labels,
+        grid_threshold=args.grid_threshold,
+        metrics=list(args.metrics or ["default"]),
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=threads,
+        seed=args.seed,
+        save_maps=args.save_maps,
+        from_maps=args.from_maps,
+        layer=args.layer,
+    )
+    if args.epsilons is not None:
+        config.epsilons = tuple(dict.fromkeys(e / 255 for e in args.epsilons))
+    for method, key, value in args.method_option:
+        config.method_options.setdefault(method, {})[key] = value
+    if args.methods:
+        config.methods = list(dict.fromkeys(args.methods))
+    elif args.from_maps is not None:
+        config.methods = MapReader(args.from_maps).methods()
+    return config
+
+
+def _benchmark_runs(args: argparse.Namespace) -> list[BenchmarkConfig]:
+    """The run of the arguments, or the runs of ``--preset``."""
+    if args.preset is None:
+        if args.preset_settings is not None:
+            raise SacamError("--preset-settings needs --preset")
+        return [_benchmark_config(args)]
+    from ..evaluation.presets import expand_preset
+
+    if args.from_maps is not None:
+        raise SacamError("--from-maps scores one run's maps: it does not combine with --preset")
+    base = _benchmark_config(args)
+    return expand_preset(
+        args.preset,
+        base,
+        methods=list(dict.fromkeys(args.methods)) if args.methods else None,
+        metrics=args.metrics,
+        only=args.preset_settings,
+    )
+
+
+def benchmark_command(args: argparse.Namespace) -> int:
+    """Run ``sacam benchmark`` (each preset run in turn); returns the exit code."""
+    from ..evaluation.runner import render_markdown, run_benchmark
+
+    options = ray_engine_options(args)
+    configs = _benchmark_runs(args)
+    engine = None
+    if options is not None:
+        from ..evaluation.ray_engine import ray_engine
+
+        engine = ray_engine(options)
+    for config in configs:
+        if len(configs) > 1:
+            print(f"== {config.out.name}: model {config.model}, layer {config.layer or 'auto'}")
+        try:
+            summary = run_benchmark(config, engine=engine)
+        except KeyboardInterrupt:
+            print(
+                f"sacam: interrupted; finished results are kept in {config.out}/: run the same "
+                "command again to resume",
+                file=sys.stderr,
+            )
+            return EXIT_INTERRUPTED
+        print(render_markdown(summary))
+        print(
+            f"wrote results.csv, summary.md, summary.json, figures and report.html to {config.out}/"
+        )
+    return 0
