@@ -453,11 +453,19 @@ def test_groupcam_denoising_and_default_blur_by_loops() -> None:
     assert torch.allclose(gaussian_blur(A)[0], ref, atol=1e-6)
 
 
-def test_gaussian_blur_by_loops() -> None:
+@pytest.mark.parametrize(
+    ("h", "w", "k"),
+    [
+        (5, 6, 5),  # the matrix form
+        (4, 4, 11),  # a kernel wider than the image: r cut to 3
+        (2050, 3, 5),  # a side above MATRIX_MAX_SIDE: the depthwise convolution
+    ],
+)
+def test_gaussian_blur_by_loops(h: int, w: int, k: int) -> None:
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(1, 2, 5, 6, generator=g)
-    k, sigma = 5, 1.3
-    r = k // 2
+    x = torch.rand(1, 2, h, w, generator=g)
+    sigma = 1.3
+    r = min(k // 2, h - 1, w - 1)
     taps = [math.exp(-(d * d) / (2 * sigma * sigma)) for d in range(-r, r + 1)]
     taps = [t / sum(taps) for t in taps]
 
@@ -466,19 +474,22 @@ def test_gaussian_blur_by_loops() -> None:
 
     out = torch.zeros_like(x)
     for c in range(2):
+        plane = x[0, c].tolist()
         rows = [
             [
-                sum(taps[d + r] * float(x[0, c, i, reflect(j + d, 6)]) for d in range(-r, r + 1))
-                for j in range(6)
+                sum(taps[d + r] * plane[i][reflect(j + d, w)] for d in range(-r, r + 1))
+                for j in range(w)
             ]
-            for i in range(5)
+            for i in range(h)
         ]
-        for i in range(5):
-            for j in range(6):
+        for i in range(h):
+            for j in range(w):
                 out[0, c, i, j] = sum(
-                    taps[d + r] * rows[reflect(i + d, 5)][j] for d in range(-r, r + 1)
+                    taps[d + r] * rows[reflect(i + d, h)][j] for d in range(-r, r + 1)
                 )
     assert torch.allclose(gaussian_blur(x, k, sigma), out, atol=1e-6)
+    # and in float64: the matrix and the kernel follow the input's dtype
+    assert torch.allclose(gaussian_blur(x.double(), k, sigma), out.double(), atol=1e-6)
 
 
 @pytest.mark.parametrize(

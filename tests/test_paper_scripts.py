@@ -137,3 +137,18 @@ def test_cuda_parity_script_compares_two_devices_and_fails_past_its_tolerance(tm
     assert len(rows) == 1 and rows[0].count("0.00e+00") == 2 and rows[0].endswith("| ok |")
     assert "Failed: none." in out.read_text()
     assert cuda_parity.main([*args, "--tol", "-1"]) == 1
+
+
+def test_blur_benchmark_prints_the_three_forms_agreeing() -> None:
+    res = subprocess.run(
+        [sys.executable, str(BENCH / "blur.py"), "--batch", "2", "--size", "16", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=BENCH,
+    )
+    rows = [r for r in res.stdout.splitlines() if r.startswith(("| 11,", "| 51,"))]
+    assert len(rows) == 2
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[4].endswith("×") and float(cells[5]) < 1e-6  # same blur, another order

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
 from .errors import SacamError
+
+MATRIX_MAX_SIDE = 2048  # above it the banded convolution does less work than the matrix
 
 
 def gaussian_blur(images: torch.Tensor, kernel_size: int = 51, sigma: float = 50.0) -> torch.Tensor:
@@ -16,6 +20,12 @@ def gaussian_blur(images: torch.Tensor, kernel_size: int = 51, sigma: float = 50
     Group-CAM authors use with ``kernel_size=51, sigma=50``. Reflection needs ``r`` below
     the image size, so on images smaller than the kernel, ``r`` is cut to
     ``min(H, W) - 1`` (then the blur is close to a box average of the whole image).
+
+    Each 1-D pass is one matrix product with the kernel and the reflection folded into a
+    ``W × W`` (``H × H``) matrix: on a CPU about 8× faster than a one-channel
+    convolution of the padded image (``benchmarks/blur.py``), with the same sums in
+    another order (differences of a few 1e-7). Sides above :data:`MATRIX_MAX_SIDE` use
+    the padded depthwise convolution.
 
     Example:
         >>> import torch
@@ -32,10 +42,38 @@ def gaussian_blur(images: torch.Tensor, kernel_size: int = 51, sigma: float = 50
     r = min(kernel_size // 2, h - 1, w - 1)
     if r == 0:
         return images.clone()
-    d = torch.arange(-r, r + 1, dtype=torch.float64, device=images.device)
-    kernel = torch.exp(-(d * d) / (2 * sigma * sigma))
-    kernel = (kernel / kernel.sum()).to(images.dtype)
-    x = images.reshape(b * c, 1, h, w)
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), kernel.view(1, 1, -1, 1))
+    if max(h, w) > MATRIX_MAX_SIDE:
+        return _blur_by_convolution(images, r, sigma)
+    rows = _blur_matrix(w, r, float(sigma)).to(images.device, images.dtype)
+    cols = _blur_matrix(h, r, float(sigma)).to(images.device, images.dtype)
+    x = images.reshape(b * c * h, w) @ rows  # along W
+    x = torch.matmul(cols.t(), x.view(b * c, h, w))  # along H
     return x.view(b, c, h, w)
+
+
+def _kernel(r: int, sigma: float) -> torch.Tensor:
+    d = torch.arange(-r, r + 1, dtype=torch.float64)
+    kernel = torch.exp(-(d * d) / (2 * sigma * sigma))
+    return kernel / kernel.sum()
+
+
+@functools.lru_cache(maxsize=32)
+def _blur_matrix(n: int, r: int, sigma: float) -> torch.Tensor:
+    """``M`` with ``(x @ M)[i] = Σ_t k[t] · x[reflect(i + t)]``: one 1-D pass as a product."""
+    out = torch.arange(n).expand(2 * r + 1, n)
+    src = out + torch.arange(-r, r + 1)[:, None]
+    src = torch.where(src < 0, -src, src)  # r <= n - 1: one reflection is enough
+    src = torch.where(src >= n, 2 * (n - 1) - src, src)
+    weights = _kernel(r, sigma)[:, None].expand(2 * r + 1, n)
+    matrix = torch.zeros(n, n, dtype=torch.float64)
+    matrix.index_put_((src.reshape(-1), out.reshape(-1)), weights.reshape(-1), accumulate=True)
+    return matrix
+
+
+def _blur_by_convolution(images: torch.Tensor, r: int, sigma: float) -> torch.Tensor:
+    c = images.shape[1]
+    kernel = _kernel(r, sigma).to(images.device, images.dtype)
+    x = F.pad(images, (r, r, 0, 0), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    x = F.pad(x, (0, 0, r, r), mode="reflect")
+    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
