@@ -15,6 +15,7 @@ from sacam.cli import main
 from sacam.errors import InputError
 from sacam.evaluation import faithfulness, run_benchmark
 from sacam.evaluation.runner import data as data_mod
+from sacam.evaluation.runner import execution
 from sacam.models import Preprocess
 
 from .conftest import colour_net
@@ -226,3 +227,54 @@ def test_auto_curve_batch_spends_no_forward_on_measuring() -> None:
     torch.testing.assert_close(again.curves, fixed.curves, rtol=1e-5, atol=1e-6)
     plan = faithfulness.tuned_plan(net, x)
     assert plan.batch_size in (8, 16, 32, 64)
+
+
+def test_each_image_is_decoded_once_for_all_methods_and_resume_fills_only_gaps(
+    tmp_path, monkeypatch
+) -> None:
+    data = _folder(tmp_path, n=5)
+    (data / "bad.png").write_text("not an image")
+    with (data / "labels.csv").open("a") as f:
+        f.write("bad.png,1,broken\n")
+    names = [f"img{i}.png" for i in range(5)] + ["bad.png"]
+    decoded: list[str] = []
+    counting = threading.Event()  # on while the engine runs (not predictions, not figures)
+    real = data_mod._decode
+
+    def spy(item, pre):  # noqa: ANN001, ANN202
+        if counting.is_set():
+            decoded.append(item.name)
+        return real(item, pre)
+
+    def engine(run) -> None:  # noqa: ANN001
+        counting.set()
+        try:
+            execution.local_engine(run)
+        finally:
+            counting.clear()
+
+    monkeypatch.setattr(data_mod, "_decode", spy)
+    three = ["grad-cam", "random", "grad-cam++"]
+    fresh = _config(data, tmp_path / "fresh", metrics=["confidence", "complexity"], batch_size=4)
+    fresh.methods = three
+    run_benchmark(fresh, progress=False, engine=engine)
+    assert sorted(decoded) == sorted(names)  # once for the three methods, not once per method
+
+    out = tmp_path / "resumed"
+    first = _config(data, out, metrics=["confidence", "complexity"], batch_size=4)
+    first.methods = ["grad-cam"]
+    run_benchmark(first, progress=False)
+    decoded.clear()
+    more = _config(data, out, metrics=["confidence", "complexity"], batch_size=4)
+    more.methods = three
+    summary = run_benchmark(more, progress=False, engine=engine)
+    assert sorted(decoded) == sorted(names)  # the two new methods share one decode
+    with (out / "results.csv").open() as f:
+        keys = [(r["image"], r["method"], r["metric"]) for r in csv.DictReader(f)]
+    assert len(keys) == len(set(keys))  # nothing written twice
+    assert _values(out) == pytest.approx(_values(tmp_path / "fresh"))
+    with (out / "failures.csv").open() as f:
+        failed = sorted((r["image"], r["method"]) for r in csv.DictReader(f))
+    # a failed pair is retried on resume and recorded once, not once per run
+    assert failed == sorted(("bad.png", m) for m in three)
+    assert summary["failures"] == 3

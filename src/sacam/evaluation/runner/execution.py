@@ -2,9 +2,11 @@
 
 ``run_benchmark(config)`` takes the folder lock, checks the settings against an earlier
 run in the same folder, loads the model on ``config.device``, predicts every image once,
-then for each method explains and scores the images ``config.batch_size`` at a time
-(decoded ahead by threads), appending whole lines to the results store. The metrics are
-the registry's; the loop knows none of them by name.
+then explains and scores the images ``config.batch_size`` at a time (decoded ahead by
+threads, once for all methods: each decoded batch goes to every method that misses some
+of it), appending whole lines to the results store. The metrics are the registry's; the
+loop knows none of them by name. A failed pair is retried on resume, its old failure row
+dropped first (so failures.csv holds each pair's latest failure once).
 """
 
 from __future__ import annotations
@@ -242,24 +244,53 @@ def record(run: Run, method: str, outcome: BatchOutcome) -> None:
         run.store.write(outcome.pairs)
 
 
-def _run_method(run: Run, method: str) -> None:
-    cfg = run.config
-    todo = [it for it in run.dataset.items if (it.name, method) not in run.done]
-    bar = tqdm(total=len(todo), unit="img", desc=method, disable=_disabled(run.progress))
-    try:
-        pin = cfg.device.startswith("cuda")
-        for loaded in batches(todo, run.lm.preprocess, cfg.batch_size, cfg.workers, 2, pin):
-            n = len(loaded.items) + len(loaded.failed)
-            record(run, method, score_batch(run, method, loaded))
-            bar.update(n)
-    finally:
-        bar.close()
+def _part(loaded: Loaded, names: set[str]) -> Loaded:
+    """The images of a decoded batch named in ``names``, as a batch of its own.
+
+    Always a new object with its own lists, since :func:`score_batch` edits the batch it
+    scores (saved maps missing), and the next method scores the same decoded images.
+    """
+    keep = [i for i, it in enumerate(loaded.items) if it.name in names]
+    pixels = loaded.pixels if len(keep) == len(loaded.items) else loaded.pixels[keep]
+    return Loaded(
+        [loaded.items[i] for i in keep],
+        pixels,
+        [loaded.sizes[i] for i in keep],
+        [(it, error) for it, error in loaded.failed if it.name in names],
+    )
 
 
 def local_engine(run: Run) -> None:
-    """The local engine: every method's missing pairs, batch by batch, in this process."""
-    for method in run.config.methods:
-        _run_method(run, method)
+    """The local engine: every method's missing pairs, batch by batch, in this process.
+
+    Each image is decoded once for all methods: a decoded batch goes to every method that
+    still misses some of its images (the images it misses), then the next batch. One
+    progress bar per method.
+    """
+    cfg = run.config
+    missing = {
+        m: {it.name for it in run.dataset.items if (it.name, m) not in run.done}
+        for m in cfg.methods
+    }
+    todo = [it for it in run.dataset.items if any(it.name in names for names in missing.values())]
+    bars = {
+        m: tqdm(
+            total=len(missing[m]), unit="img", desc=m, position=k, disable=_disabled(run.progress)
+        )
+        for k, m in enumerate(cfg.methods)
+    }
+    try:
+        pin = cfg.device.startswith("cuda")
+        for loaded in batches(todo, run.lm.preprocess, cfg.batch_size, cfg.workers, 2, pin):
+            for method in cfg.methods:
+                part = _part(loaded, missing[method])
+                n = len(part.items) + len(part.failed)
+                if n:
+                    record(run, method, score_batch(run, method, part))
+                    bars[method].update(n)
+    finally:
+        for bar in bars.values():
+            bar.close()
 
 
 def _prepare(config: BenchmarkConfig, progress: bool | None) -> Run:
@@ -277,6 +308,9 @@ def _prepare(config: BenchmarkConfig, progress: bool | None) -> Run:
     _check_settings(config.out, settings, BenchmarkConfig(config.data_dir).settings())
     store = ResultsStore(config.out)
     done = store.done_pairs()
+    store.forget_failures(
+        {(it.name, m) for it in dataset.items for m in config.methods if (it.name, m) not in done}
+    )
     predictions = predict_all(config.out, dataset.items, lm, config, progress)
     run = Run(config, lm, dataset, metrics, store, done, predictions, progress)
     if config.from_maps is not None:

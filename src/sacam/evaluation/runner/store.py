@@ -129,6 +129,25 @@ class ResultsStore:
         _append(self.curves, curves.getvalue())
         _append(self.results, results.getvalue())
 
+    def forget_failures(self, pairs: set[tuple[str, str]]) -> None:
+        """Drop the failure rows of ``pairs`` (a run retries them and records them anew).
+
+        Without this, every resume appended another row for a pair that failed again, and
+        kept the row of one that has since succeeded. Rows of other pairs (other methods,
+        images past ``--limit``) stay.
+        """
+        with self.failures.open(encoding="utf-8", newline="") as f:
+            rows = list(csv.reader(f))
+        kept = [r for r in rows[1:] if len(r) < 2 or (r[0], r[1]) not in pairs]
+        if len(kept) == len(rows) - 1:
+            return
+        tmp = self.failures.with_suffix(".csv.tmp")
+        with tmp.open("w", encoding="utf-8", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(["image", "method", "error"])
+            w.writerows(kept)
+        os.replace(tmp, self.failures)
+
     def failure(self, image: str, method: str, error: str) -> None:
         """Record a failed pair (whole line)."""
         buf = io.StringIO()

@@ -76,7 +76,7 @@ def summarize(run: Run, grid_names: list[str]) -> dict[str, Any]:
     for (method, metric), pairs in by.items():
         table[method][metric] = _stats(metric, pairs, run.predictions)
     with run.store.failures.open(encoding="utf-8", newline="") as f:
-        failures = [r for r in csv.DictReader(f) if r["method"] in table]
+        failures = {(r["image"], r["method"]) for r in csv.DictReader(f) if r["method"] in table}
     settings = cfg.settings() | {"metrics": [m.name for m in run.metrics]}
     summary = {
         "settings": settings
