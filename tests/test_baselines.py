@@ -742,3 +742,22 @@ def test_random_weights_variant_by_hand() -> None:
 def test_bad_options_are_refused(method: str, options: dict, message: str) -> None:
     with pytest.raises(MethodError, match=message):
         sacam.build_method(small_cnn(), method, **options)
+
+
+def test_gaussian_blur_cache_survives_meta_and_inference_mode_first_calls() -> None:
+    from sacam.filters import _blur_matrix, _cpu_matrix
+
+    _blur_matrix.cache_clear()
+    _cpu_matrix.cache_clear()
+    with torch.device("meta"):  # a shape check first must not leave a meta matrix behind
+        assert gaussian_blur(torch.empty(1, 1, 12, 13), 5, 1.0).device.type == "meta"
+    x = torch.rand(1, 1, 12, 13, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():  # nor an inference tensor that autograd cannot save
+        first = gaussian_blur(x, 5, 1.0)
+    y = x.clone().requires_grad_(True)
+    out = gaussian_blur(y, 5, 1.0)
+    torch.testing.assert_close(out.detach(), first)
+    out.sum().backward()  # d(sum)/d(pixel p) = p's total weight over the outputs
+    eye = torch.eye(12 * 13, dtype=torch.float64).view(-1, 1, 12, 13)
+    operator = gaussian_blur(eye, 5, 1.0).view(12 * 13, -1)  # row p: blur of pixel p
+    torch.testing.assert_close(y.grad.view(-1), operator.sum(1))

@@ -52,7 +52,7 @@ def _graph(src: Path = SRC) -> dict[str, set[str]]:
 
 def _layer(module: str) -> int:
     """0 engine, 1 methods, 2 evaluation (and the old evaluation modules), 3 CLI and web app."""
-    if module == "sacam.cli" or module.startswith("sacam.serve"):
+    if module == "sacam.cli" or module.startswith(("sacam.cli.", "sacam.serve")):
         return 3
     if module.startswith("sacam.evaluation") or module in SHIMS:
         return 2

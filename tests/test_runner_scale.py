@@ -278,3 +278,31 @@ def test_each_image_is_decoded_once_for_all_methods_and_resume_fills_only_gaps(
     # a failed pair is retried on resume and recorded once, not once per run
     assert failed == sorted(("bad.png", m) for m in three)
     assert summary["failures"] == 3
+
+
+def test_a_failed_grid_is_retried_and_recorded_once(tmp_path, monkeypatch) -> None:
+    from sacam.evaluation.runner import grid as grid_mod
+
+    data = _folder(tmp_path, n=4)
+    out = tmp_path / "out"
+    real = grid_mod.MetricBatch
+
+    def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("boom")
+
+    def run() -> dict:
+        cfg = _config(data, out, metrics=["grid_pointing"], grid_threshold=0.0)
+        return run_benchmark(cfg, progress=False)
+
+    monkeypatch.setattr(grid_mod, "MetricBatch", broken)
+    run()
+    summary = run()  # resumed: the grid pairs are retried, and fail again
+    with (out / "failures.csv").open() as f:
+        rows = [(r["image"], r["method"]) for r in csv.DictReader(f)]
+    assert rows and len(rows) == len(set(rows)) and all(i.startswith("grid-") for i, _ in rows)
+    assert summary["failures"] == len(rows)
+    monkeypatch.setattr(grid_mod, "MetricBatch", real)
+    summary = run()  # fixed: they succeed, and no failure is left
+    with (out / "failures.csv").open() as f:
+        assert list(csv.DictReader(f)) == []
+    assert summary["failures"] == 0

@@ -12,6 +12,7 @@ dropped first (so failures.csv holds each pair's latest failure once).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -273,15 +274,21 @@ def local_engine(run: Run) -> None:
         for m in cfg.methods
     }
     todo = [it for it in run.dataset.items if any(it.name in names for names in missing.values())]
+    stacked = sys.stderr.isatty()  # bars on their own lines; a log gets plain updates
     bars = {
         m: tqdm(
-            total=len(missing[m]), unit="img", desc=m, position=k, disable=_disabled(run.progress)
+            total=len(missing[m]),
+            unit="img",
+            desc=m,
+            position=k if stacked else None,
+            disable=_disabled(run.progress),
         )
         for k, m in enumerate(cfg.methods)
     }
     try:
         pin = cfg.device.startswith("cuda")
         for loaded in batches(todo, run.lm.preprocess, cfg.batch_size, cfg.workers, 2, pin):
+            loaded.pixels = loaded.pixels.to(cfg.device, non_blocking=True)  # once, not per method
             for method in cfg.methods:
                 part = _part(loaded, missing[method])
                 n = len(part.items) + len(part.failed)

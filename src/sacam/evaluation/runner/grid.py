@@ -31,6 +31,7 @@ def run_grids(run: Run) -> list[str]:
         names.append(name)
         todo = [m for m in cfg.methods if (name, m) not in run.done]
         if todo:
+            run.store.forget_failures({(name, m) for m in todo})  # retried now
             _score_grid(run, name, [items[i] for i in members], todo)
     return names
 

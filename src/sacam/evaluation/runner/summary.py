@@ -50,6 +50,30 @@ def _scoped_rows(
     return by, other, seen
 
 
+def _failed_pairs(
+    run: Run, grid_names: list[str], by: dict[tuple[str, str], list[tuple[str, float]]]
+) -> set[tuple[str, str]]:
+    """The failed pairs of the run: once each, of its images and grids, none with results.
+
+    (A folder written before resumes dropped retried pairs' rows can hold a pair twice,
+    or a pair that has since succeeded; images past a smaller ``--limit`` are not this
+    run's.)
+    """
+    images = {it.name for it in run.dataset.items} | set(grid_names)
+    finished = {
+        (image, method)
+        for (method, metric), pairs in by.items()
+        if metric == "time_s"
+        for image, _ in pairs
+    }
+    with run.store.failures.open(encoding="utf-8", newline="") as f:
+        return {
+            (r["image"], r["method"])
+            for r in csv.DictReader(f)
+            if r["method"] in run.config.methods and r["image"] in images
+        } - finished
+
+
 def _stats(
     metric: str, pairs: list[tuple[str, float]], predictions: dict[str, dict[str, str]]
 ) -> dict[str, Any]:
@@ -75,8 +99,7 @@ def summarize(run: Run, grid_names: list[str]) -> dict[str, Any]:
     table: dict[str, dict[str, Any]] = {m: {} for m in cfg.methods}
     for (method, metric), pairs in by.items():
         table[method][metric] = _stats(metric, pairs, run.predictions)
-    with run.store.failures.open(encoding="utf-8", newline="") as f:
-        failures = {(r["image"], r["method"]) for r in csv.DictReader(f) if r["method"] in table}
+    failures = _failed_pairs(run, grid_names, by)
     settings = cfg.settings() | {"metrics": [m.name for m in run.metrics]}
     summary = {
         "settings": settings
