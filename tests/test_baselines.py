@@ -292,6 +292,26 @@ def test_sscam_is_seeded(cnn, images) -> None:
     assert torch.allclose(run(5, bs=7), run(5), atol=1e-6)  # batching does not move the noise
 
 
+def test_sscam_draws_each_row_once_for_all_images_with_the_same_maps(
+    cnn, images, monkeypatch
+) -> None:
+    # every image's noise restarts from the seed, so the rows are drawn once per chunk and
+    # shared: a batch equals the images one at a time, at a third of the draws
+    from sacam.methods import scorecam
+
+    draws: list[int] = []
+    real = scorecam.seeded_noise
+    monkeypatch.setattr(scorecam, "seeded_noise", lambda *a, **k: draws.append(1) or real(*a, **k))
+    opts = {"method": "ss-cam", "n_samples": 3, "seed": 4, "batch_size": 5}
+    batch = sacam.explain(cnn, images, **opts)
+    rows = len(draws)
+    single = torch.cat([sacam.explain(cnn, images[i : i + 1], **opts) for i in range(len(images))])
+    torch.testing.assert_close(batch, single, atol=1e-6, rtol=0)  # batched-conv rounding only
+    assert rows * len(images) == len(draws) - rows  # one call's draws, each single call's too
+    channels = 16  # at the default layer (after the second convolution)
+    assert rows == channels * 3
+
+
 def test_iscam_by_hand() -> None:
     # GapNet is linear, so the class logits on x ⊙ (c M) are c times those on x ⊙ M:
     # x ⊙ M0 -> (13/6, 19/4), x ⊙ M1 -> (9/4, 13/4) (see tests/test_scorecam.py).

@@ -76,13 +76,13 @@ def test_measured_memory_is_cached_and_fits_the_budget(images, monkeypatch) -> N
     assert cap == int(0.8 * 8 * 2**20 // (2**20 + 3 * sample_bytes))
     cam = sacam.build_method(net, "score-cam", max_memory_mb=8.0, batch_size=64)
     plans = []
-    real = sacam.methods._perturb.perturbed_scores
+    real = sacam.methods._perturb.perturbed_scores_of
 
-    def spy(ctx, b, count, build, batch_size, *args, **kwargs):
+    def spy(ctx, count, builds, batch_size, *args, **kwargs):
         plans.append(batch_size)
-        return real(ctx, b, count, build, batch_size, *args, **kwargs)
+        return real(ctx, count, builds, batch_size, *args, **kwargs)
 
-    monkeypatch.setattr(sacam.methods._perturb, "perturbed_scores", spy)
+    monkeypatch.setattr(sacam.methods._perturb, "perturbed_scores_of", spy)
     cam(images[:1])
     assert plans == [cap]
 

@@ -10,7 +10,7 @@ comes from :mod:`sacam._tuning` (fastest measured size within the memory budget)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import torch
@@ -72,20 +72,43 @@ def perturbed_scores(
     passes the inputs in that memory format (same results); ``bf16`` runs the passes under
     bfloat16 autocast (faster on CPUs with bf16 units, not exact).
     """
-    out = torch.zeros(count, dtype=torch.float32, device=ctx.images.device)
+    options = {"channels_last": channels_last, "bf16": bf16}
+    return perturbed_scores_of(ctx, count, {b: build}, batch_size, kind, **options)[b]
+
+
+def perturbed_scores_of(
+    ctx: CallContext,
+    count: int,
+    builds: Mapping[int, Build],
+    batch_size: int,
+    kind: ScoreKind,
+    *,
+    channels_last: bool = False,
+    bf16: bool = False,
+) -> dict[int, torch.Tensor]:
+    """:func:`perturbed_scores` of several images ``{b: build}``, chunk by chunk.
+
+    Each chunk of rows ``start..stop-1`` is built and scored for every image in turn
+    before the next chunk, so work a chunk's builds share across images (SS-CAM's noise,
+    the same for every image) is done once per chunk. Every forward pass still holds one
+    image's rows, the same passes as one image at a time: the same scores.
+    """
+    device = ctx.images.device
+    out = {b: torch.zeros(count, dtype=torch.float32, device=device) for b in builds}
     with torch.inference_mode():
         for start in range(0, count, batch_size):
             stop = min(start + batch_size, count)
-            inputs, keep = build(start, stop)
-            if channels_last and inputs.ndim == 4:
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=bf16):
-                output = ctx.model(inputs)
-            scores = target_scores(output.float(), ctx, b, kind).float()
-            if keep is not None:
-                scores = torch.where(keep, scores, torch.zeros_like(scores))
-            out[start:stop] = scores
-            del inputs, output, scores
+            for b, build in builds.items():
+                inputs, keep = build(start, stop)
+                if channels_last and inputs.ndim == 4:
+                    inputs = inputs.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=bf16):
+                    output = ctx.model(inputs)
+                scores = target_scores(output.float(), ctx, b, kind).float()
+                if keep is not None:
+                    scores = torch.where(keep, scores, torch.zeros_like(scores))
+                out[b][start:stop] = scores
+                del inputs, output, scores
     return out
 
 
@@ -191,3 +214,15 @@ class PerturbationCAM(BaseCAM):
             channels_last=plan.channels_last,
             bf16=self.bf16,
         )
+
+    def perturbed_of(
+        self,
+        ctx: CallContext,
+        count: int,
+        builds: Mapping[int, Build],
+        kind: ScoreKind,
+        plan: Plan,
+    ) -> dict[int, torch.Tensor]:
+        """:func:`perturbed_scores_of` with this method's plan and ``bf16`` option."""
+        options = {"channels_last": plan.channels_last, "bf16": self.bf16}
+        return perturbed_scores_of(ctx, count, builds, plan.batch_size, kind, **options)

@@ -58,10 +58,17 @@ class MaskScoreCAM(PerturbationCAM):
         return 1
 
     def perturb(
-        self, masks: torch.Tensor, step: torch.Tensor, gen: torch.Generator | None
+        self, masks: torch.Tensor, step: torch.Tensor, noise: torch.Tensor | None
     ) -> torch.Tensor:
-        """Masks ``(m, H, W)`` at steps ``step`` ``(m,)`` -> the masks to apply (identity)."""
+        """Masks ``(m, H, W)`` at steps ``step`` ``(m,)`` -> the masks to apply (identity).
+
+        ``noise`` is :meth:`draw`'s ``(m, H, W)`` for these rows (``None`` if it draws none).
+        """
         return masks
+
+    def draw(self, rows: int, size: tuple[int, ...], gen: torch.Generator) -> torch.Tensor | None:
+        """The random numbers of the next ``rows`` rows, from ``gen`` (``None``: no randomness)."""
+        return None
 
     def generator(self) -> torch.Generator | None:
         """A fresh generator for one image's perturbations (``None``: no randomness)."""
@@ -69,23 +76,30 @@ class MaskScoreCAM(PerturbationCAM):
 
     # ----------------------------------------------------------------- shared
     def weights(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
-        """Mean score of each channel's perturbed masked inputs, ``(B, K)``."""
+        """Mean score of each channel's perturbed masked inputs, ``(B, K)``.
+
+        The images' passes run chunk by chunk (:meth:`perturbed_of`): every image draws
+        the same random rows (its generator starts afresh from the seed), so a chunk's
+        rows are drawn once for all images (:class:`SharedDraws`).
+        """
         acts = layer.activations
         library = self.variant == self.library_variant
         kind: ScoreKind = "logit" if library else "probability"
         n = self.steps()
-        plan = self.plan(ctx)
         size = tuple(ctx.images.shape[-2:])
+        chosen = [strongest_channels(acts[b], self.top_channels) for b in range(acts.shape[0])]
+        draws = SharedDraws(self, size, acts.device)
+        builds = {
+            b: functools.partial(self._build, acts[b, idx], ctx.images[b], size, draws)
+            for b, idx in enumerate(chosen)
+        }
+        count = len(chosen[0]) * n  # the same number of channels for every image
+        scores = self.perturbed_of(ctx, count, builds, kind, self.plan(ctx))
         out = torch.zeros(acts.shape[:2], dtype=torch.float32, device=acts.device)
         scored = torch.zeros_like(out, dtype=torch.bool)
-        for b in range(acts.shape[0]):
-            chosen = strongest_channels(acts[b], self.top_channels)
-            build = functools.partial(
-                self._build, acts[b, chosen], ctx.images[b], size, self.generator()
-            )
-            scores = self.perturbed(ctx, b, len(chosen) * n, build, kind, plan)
-            out[b, chosen] = scores.view(len(chosen), n).mean(dim=1)
-            scored[b, chosen] = True
+        for b, idx in enumerate(chosen):
+            out[b, idx] = scores[b].view(len(idx), n).mean(dim=1)
+            scored[b, idx] = True
         if library:  # channels never scored stay out of the softmax
             return torch.softmax(out.masked_fill(~scored, float("-inf")), dim=1)
         return out
@@ -95,7 +109,7 @@ class MaskScoreCAM(PerturbationCAM):
         acts: torch.Tensor,
         image: torch.Tensor,
         size: tuple[int, ...],
-        gen: torch.Generator | None,
+        draws: SharedDraws,
         start: int,
         stop: int,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -104,9 +118,41 @@ class MaskScoreCAM(PerturbationCAM):
         masks, constant = channel_masks(acts[first : (stop - 1) // n + 1], size)
         items = torch.arange(start, stop, device=masks.device)
         rows = items // n - first
-        applied = self.perturb(masks[rows], items % n, gen)
+        noise = draws.rows(start, stop)
+        if noise is not None:
+            noise = noise.to(masks.dtype)
+        applied = self.perturb(masks[rows], items % n, noise)
         keep = ~constant[rows] if self.variant == "paper" else None
         return image[None] * applied[:, None], keep
+
+
+class SharedDraws:
+    """A method's random rows, drawn once per chunk for every image of a call.
+
+    Each image's stream restarts from the method's seed, so every image would draw the
+    same rows: the chunk ``start..stop-1`` is drawn (on the CPU, in row order, as one
+    image alone would) when the first image asks for it, moved to the device once, and
+    handed to the other images. Only the last chunk is kept.
+    """
+
+    def __init__(self, method: MaskScoreCAM, size: tuple[int, ...], device: torch.device) -> None:
+        self.method, self.size, self.device = method, size, device
+        self.gen = method.generator()
+        self.key: tuple[int, int] | None = None
+        self.value: torch.Tensor | None = None
+        self.next = 0
+
+    def rows(self, start: int, stop: int) -> torch.Tensor | None:
+        """The random numbers of rows ``start..stop-1`` (``None`` for a method without)."""
+        if self.gen is None:
+            return None
+        if self.key != (start, stop):
+            if start != self.next:
+                raise RuntimeError(f"rows {start}..{stop} asked out of order (next {self.next})")
+            drawn = self.method.draw(stop - start, self.size, self.gen)
+            self.key, self.next = (start, stop), stop
+            self.value = None if drawn is None else drawn.to(self.device)
+        return self.value
 
 
 @register_method(
@@ -226,15 +272,15 @@ class SSCAM(MaskScoreCAM):
         """A CPU generator seeded with ``seed`` (afresh for each image)."""
         return cpu_generator(self.seed)
 
+    def draw(self, rows: int, size: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+        """One standard normal ``(H, W)`` draw per row, in row order, float32 on the CPU."""
+        return torch.stack([seeded_noise(size, gen) for _ in range(rows)])
+
     def perturb(
-        self, masks: torch.Tensor, step: torch.Tensor, gen: torch.Generator | None
+        self, masks: torch.Tensor, step: torch.Tensor, noise: torch.Tensor | None
     ) -> torch.Tensor:
-        """``M^k + σ ε``, one ``(H, W)`` draw per row, in row order."""
-        assert gen is not None
-        shape = masks.shape[-2:]
-        noise = torch.stack(
-            [seeded_noise(shape, gen, masks.device, masks.dtype) for _ in range(masks.shape[0])]
-        )
+        """``M^k + σ ε``, with ``ε`` the row's draw."""
+        assert noise is not None
         return masks + self.std * noise
 
 
@@ -295,7 +341,7 @@ class ISCAM(MaskScoreCAM):
         return steps / self.n_samples
 
     def perturb(
-        self, masks: torch.Tensor, step: torch.Tensor, gen: torch.Generator | None
+        self, masks: torch.Tensor, step: torch.Tensor, noise: torch.Tensor | None
     ) -> torch.Tensor:
         """The masks scaled by their step's coefficient."""
         coeffs = self.coefficients().to(device=masks.device, dtype=masks.dtype)
