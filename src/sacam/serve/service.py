@@ -32,6 +32,7 @@ from ..core import BaseCAM
 from ..errors import InputError, LayerError, MethodError, ModelError, TargetError
 from ..methods.attention import SALayerInspection
 from ..methods.fd import FDCAM
+from ..methods.opti import OptiCAM
 from ..methods.recipro import ReciproCAM
 from ..metrics import deletion, insertion
 from ..models import LoadedModel, load_image
@@ -261,8 +262,10 @@ def expected_images(cam: BaseCAM, shape: tuple[int, ...]) -> int:
     ``shape`` is the layer's output shape ``(1, C, H, W)``. The count is the probe and
     clean passes plus, for perturbation methods, one masked input or edited row per
     channel (per noise sample for SS-CAM and IS-CAM, per group for Group-CAM), two per
-    channel for FD-CAM (switched on and off), one per position for Recipro-CAM, and for
-    SmoothGrad-CAM++ one pass per noisy copy. SA-CAM costs what its base costs. The
+    channel for FD-CAM (switched on and off), one per position for Recipro-CAM, one per
+    optimisation step for Opti-CAM, and for SmoothGrad-CAM++ one pass per noisy copy.
+    SESS and Poly-CAM's passes depend on more than the layer and stay underestimated
+    (the bar waits at the stage's 99%). SA-CAM costs what its base costs. The
     worker counts rows at the model's output, so the tail methods' widened passes count
     what they compute.
     """
@@ -272,8 +275,10 @@ def expected_images(cam: BaseCAM, shape: tuple[int, ...]) -> int:
     n_samples = int(getattr(core, "n_samples", 1))
     if family != "perturbation":
         return 2 + (n_samples if n_samples > 1 else 0)
-    if hasattr(core, "groups"):
-        return 3 + int(core.groups)
+    if hasattr(core, "groups"):  # torch.chunk's groups: fewer when there are fewer channels
+        return 2 + len(torch.arange(shape[1]).chunk(int(core.groups)))
+    if isinstance(core, OptiCAM):
+        return 1 + int(core.steps)
     if isinstance(core, ReciproCAM):
         return 2 + math.prod(shape[2:])
     top = getattr(core, "top_channels", None)
