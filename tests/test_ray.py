@@ -110,6 +110,18 @@ def test_ray_and_local_engines_give_the_same_rows_on_a_tiny_model(cluster, tmp_p
         assert (a - b).abs().max() <= 2.0**-10  # one float16 step at 1
 
 
+def test_ray_resumes_a_folder_where_methods_miss_different_images(cluster, tmp_path) -> None:
+    # grad-cam done for the first 3 images only: the Ray batches hold each image with the
+    # methods it misses (decoded once per batch), and the folder ends as a fresh run's
+    data = _folder(tmp_path, n=5)
+    out = tmp_path / "ray"
+    run_benchmark(_config(data, out, methods=["grad-cam"], limit=3), progress=False)
+    both = {"methods": ["grad-cam", "random"], "batch_size": 2}
+    run_benchmark(_config(data, out, **both), progress=False, engine=_engine(workers=2))
+    run_benchmark(_config(data, tmp_path / "fresh", **both), progress=False)
+    _same(tmp_path / "fresh", out)
+
+
 def test_ray_and_local_engines_agree_on_the_default_model(cluster, tmp_path) -> None:
     data = tmp_path / "data"
     data.mkdir()

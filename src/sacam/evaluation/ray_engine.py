@@ -3,15 +3,17 @@
 A thin adapter around the local engine's per-batch step
 (:func:`~sacam.evaluation.runner.execution.score_batch`):
 
-- the driver (``sacam benchmark``) takes the lock, resumes, predicts, and cuts every
-  method's missing images into the same batches the local engine would make (``batch_size``
-  consecutive images), so both engines score identical batches and give the same numbers;
+- the driver (``sacam benchmark``) takes the lock, resumes, predicts, and cuts the images
+  that miss some method into the same batches the local engine makes (``batch_size``
+  consecutive images, each with the methods it misses), so both engines score identical
+  batches and give the same numbers;
 - those batches are a Ray dataset; ``map_batches`` hands them to ``workers`` actors of a
   callable class whose constructor loads the model once per actor from the run's settings
   (model name or ``pkg.mod:factory`` and weights path: the module itself, hooked or not,
   is never pickled), each with ``gpus_per_worker`` GPUs and ``cpus_per_worker`` CPUs;
-- each actor decodes its images, runs ``score_batch`` (autograd on: no inference mode) and
-  returns the pairs, the failures and, with ``--save-maps``, the maps as compressed bytes;
+- each actor decodes a batch once and runs ``score_batch`` (autograd on: no inference
+  mode) for each method on the images that miss it, returning per method the pairs, the
+  failures and, with ``--save-maps``, the maps as compressed bytes;
 - the driver appends each batch to the results store as it arrives, so a killed driver
   resumes like a local run, and an image that fails in a worker is a ``failures.csv`` row.
 
@@ -42,7 +44,7 @@ from .explain_folder import Explainer, ExplainJob, explain_batch
 from .localization import Annotation
 from .registry import metric_info
 from .runner.data import Dataset, Item, batches
-from .runner.execution import BatchOutcome, Engine, _load, record, score_batch
+from .runner.execution import BatchOutcome, Engine, _load, batch_part, record, score_batch
 from .runner.maps import MapReader, MapWriter
 from .runner.state import Run
 from .runner.store import PairResult, ResultsStore
@@ -129,7 +131,7 @@ def _to_bytes(saved: list[dict[str, np.ndarray]]) -> bytes:
 
 
 class BatchScorer:
-    """The Ray Data actor: one model per actor, one batch of one method per call."""
+    """The Ray Data actor: one model per actor, one decoded batch for every method per call."""
 
     def __init__(
         self,
@@ -157,18 +159,27 @@ class BatchScorer:
             self.run.reader = MapReader(config.from_maps)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Score each row's batch; returns one row per batch (JSON outcome, maps bytes)."""
+        """Score each row's images with every method they miss, decoded once.
+
+        Returns one row per (batch, method) with work: the JSON outcome and the maps' bytes.
+        """
         outcomes, maps = [], []
-        for method, text in zip(batch["method"], batch["items"], strict=True):
+        run = self.run
+        for text in batch["items"]:
             rows = json.loads(str(text))
             items = [Item(r[0], Path(r[1]), int(r[2]), r[3]) for r in rows]
-            self.run.predictions = {r[0]: {"top1": str(r[4])} for r in rows if r[4] is not None}
-            collector = _Collector() if self.run.config.save_maps else None
-            self.run.writer = collector
-            (loaded,) = list(batches(items, self.run.lm.preprocess, len(items), 1, depth=0))
-            outcome = score_batch(self.run, str(method), loaded)
-            outcomes.append(_outcome_json(str(method), outcome))
-            maps.append(_to_bytes(collector.saved) if collector else b"")
+            run.predictions = {r[0]: {"top1": str(r[4])} for r in rows if r[4] is not None}
+            (loaded,) = list(batches(items, run.lm.preprocess, len(items), 1, depth=0))
+            loaded.pixels = loaded.pixels.to(run.config.device)  # once for every method
+            for method in run.config.methods:
+                names = {r[0] for r in rows if method in r[5]}
+                if not names:
+                    continue
+                collector = _Collector() if run.config.save_maps else None
+                run.writer = collector
+                outcome = score_batch(run, method, batch_part(loaded, names))
+                outcomes.append(_outcome_json(method, outcome))
+                maps.append(_to_bytes(collector.saved) if collector else b"")
         return {"outcome": np.array(outcomes, dtype=object), "maps": np.array(maps, dtype=object)}
 
 
@@ -202,15 +213,24 @@ def _target(run: Run, item: Item) -> int | None:
 
 
 def _chunks(run: Run) -> list[dict[str, str]]:
-    """The missing (method, batch) rows, cut exactly as the local engine cuts them."""
-    rows = []
+    """The missing pairs in batches, cut exactly as the local engine cuts them.
+
+    A row is a batch of the images that miss some method, each with the methods it
+    misses: an actor decodes the batch once and scores it with each of them.
+    """
+    missing = {
+        it.name: [m for m in run.config.methods if (it.name, m) not in run.done]
+        for it in run.dataset.items
+    }
+    todo = [it for it in run.dataset.items if missing[it.name]]
     size = run.config.batch_size
-    for method in run.config.methods:
-        todo = [it for it in run.dataset.items if (it.name, method) not in run.done]
-        for start in range(0, len(todo), size):
-            chunk = todo[start : start + size]
-            items = [[it.name, str(it.path), it.label, it.where, _target(run, it)] for it in chunk]
-            rows.append({"method": method, "items": json.dumps(items)})
+    rows = []
+    for start in range(0, len(todo), size):
+        items = [
+            [it.name, str(it.path), it.label, it.where, _target(run, it), missing[it.name]]
+            for it in todo[start : start + size]
+        ]
+        rows.append({"items": json.dumps(items)})
     return rows
 
 
@@ -318,8 +338,8 @@ def _execute(ray: Any, run: Run, rows: list[dict[str, str]], options: RayOptions
         "device": options.device(),
     }
     scored, workers = _stream(ray, rows, BatchScorer, kwargs, options)
-    total = sum(len(json.loads(r["items"])) for r in rows)
-    bar = tqdm(total=total, unit="img", desc=f"ray ×{workers}", disable=_disabled(run.progress))
+    total = sum(len(item[5]) for r in rows for item in json.loads(r["items"]))  # pairs
+    bar = tqdm(total=total, unit="pair", desc=f"ray ×{workers}", disable=_disabled(run.progress))
     try:
         for row in scored:
             bar.update(_record_row(run, str(row["outcome"]), bytes(row["maps"])))

@@ -245,7 +245,7 @@ def record(run: Run, method: str, outcome: BatchOutcome) -> None:
         run.store.write(outcome.pairs)
 
 
-def _part(loaded: Loaded, names: set[str]) -> Loaded:
+def batch_part(loaded: Loaded, names: set[str]) -> Loaded:
     """The images of a decoded batch named in ``names``, as a batch of its own.
 
     Always a new object with its own lists, since :func:`score_batch` edits the batch it
@@ -290,7 +290,7 @@ def local_engine(run: Run) -> None:
         for loaded in batches(todo, run.lm.preprocess, cfg.batch_size, cfg.workers, 2, pin):
             loaded.pixels = loaded.pixels.to(cfg.device, non_blocking=True)  # once, not per method
             for method in cfg.methods:
-                part = _part(loaded, missing[method])
+                part = batch_part(loaded, missing[method])
                 n = len(part.items) + len(part.failed)
                 if n:
                     record(run, method, score_batch(run, method, part))
@@ -364,6 +364,7 @@ def run_benchmark(
 
 __all__ = [
     "BatchOutcome",
+    "batch_part",
     "BenchmarkConfig",
     "Engine",
     "local_engine",
