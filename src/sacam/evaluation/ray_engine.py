@@ -159,10 +159,7 @@ class BatchScorer:
             self.run.reader = MapReader(config.from_maps)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Score each row's images with every method they miss, decoded once.
-
-        Returns one row per (batch, method) with work: the JSON outcome and the maps' bytes.
-        """
+        """Each row's images decoded once, then outcome and maps of each method they miss."""
         outcomes, maps = [], []
         run = self.run
         for text in batch["items"]:
@@ -213,14 +210,10 @@ def _target(run: Run, item: Item) -> int | None:
 
 
 def _chunks(run: Run) -> list[dict[str, str]]:
-    """The missing pairs in batches, cut exactly as the local engine cuts them.
-
-    A row is a batch of the images that miss some method, each with the methods it
-    misses: an actor decodes the batch once and scores it with each of them.
-    """
+    """The missing pairs as the local engine's batches: images with the methods they miss."""
+    methods = run.config.methods
     missing = {
-        it.name: [m for m in run.config.methods if (it.name, m) not in run.done]
-        for it in run.dataset.items
+        it.name: [m for m in methods if (it.name, m) not in run.done] for it in run.dataset.items
     }
     todo = [it for it in run.dataset.items if missing[it.name]]
     size = run.config.batch_size

@@ -88,12 +88,14 @@ class MaskScoreCAM(PerturbationCAM):
         n = self.steps()
         size = tuple(ctx.images.shape[-2:])
         chosen = [strongest_channels(acts[b], self.top_channels) for b in range(acts.shape[0])]
+        if len({len(idx) for idx in chosen}) != 1:
+            raise RuntimeError("every image must score the same number of channels")
         draws = SharedDraws(self, size, acts.device)
         builds = {
-            b: functools.partial(self._build, acts[b, idx], ctx.images[b], size, draws)
+            b: functools.partial(self._build, acts[b], idx, ctx.images[b], size, draws)
             for b, idx in enumerate(chosen)
         }
-        count = len(chosen[0]) * n  # the same number of channels for every image
+        count = len(chosen[0]) * n
         scores = self.perturbed_of(ctx, count, builds, kind, self.plan(ctx))
         out = torch.zeros(acts.shape[:2], dtype=torch.float32, device=acts.device)
         scored = torch.zeros_like(out, dtype=torch.bool)
@@ -107,6 +109,7 @@ class MaskScoreCAM(PerturbationCAM):
     def _build(
         self,
         acts: torch.Tensor,
+        chosen: torch.Tensor,
         image: torch.Tensor,
         size: tuple[int, ...],
         draws: SharedDraws,
@@ -115,12 +118,10 @@ class MaskScoreCAM(PerturbationCAM):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         n = self.steps()
         first = start // n
-        masks, constant = channel_masks(acts[first : (stop - 1) // n + 1], size)
+        masks, constant = channel_masks(acts[chosen[first : (stop - 1) // n + 1]], size)
         items = torch.arange(start, stop, device=masks.device)
         rows = items // n - first
-        noise = draws.rows(start, stop)
-        if noise is not None:
-            noise = noise.to(masks.dtype)
+        noise = draws.rows(start, stop, masks.dtype)
         applied = self.perturb(masks[rows], items % n, noise)
         keep = ~constant[rows] if self.variant == "paper" else None
         return image[None] * applied[:, None], keep
@@ -131,27 +132,34 @@ class SharedDraws:
 
     Each image's stream restarts from the method's seed, so every image would draw the
     same rows: the chunk ``start..stop-1`` is drawn (on the CPU, in row order, as one
-    image alone would) when the first image asks for it, moved to the device once, and
-    handed to the other images. Only the last chunk is kept.
+    image alone would) when the first image asks for it, moved to the device and dtype
+    once, and handed to the other images: one tensor for all of them, so
+    :meth:`MaskScoreCAM.perturb` must not change it in place. Only the last chunk is kept
+    (a third of a chunk's 3-channel inputs, alive while the chunk's passes run).
     """
 
     def __init__(self, method: MaskScoreCAM, size: tuple[int, ...], device: torch.device) -> None:
         self.method, self.size, self.device = method, size, device
         self.gen = method.generator()
-        self.key: tuple[int, int] | None = None
-        self.value: torch.Tensor | None = None
+        self.key: tuple[int, int, torch.dtype | None] = (-1, -1, None)
+        self.drawn: torch.Tensor | None = None  # float32, on the CPU
+        self.value: torch.Tensor | None = None  # on the device, in the masks' dtype
         self.next = 0
 
-    def rows(self, start: int, stop: int) -> torch.Tensor | None:
-        """The random numbers of rows ``start..stop-1`` (``None`` for a method without)."""
+    def rows(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor | None:
+        """The random numbers of rows ``start..stop-1`` in ``dtype`` (``None``: no draws)."""
         if self.gen is None:
             return None
-        if self.key != (start, stop):
-            if start != self.next:
-                raise RuntimeError(f"rows {start}..{stop} asked out of order (next {self.next})")
-            drawn = self.method.draw(stop - start, self.size, self.gen)
-            self.key, self.next = (start, stop), stop
-            self.value = None if drawn is None else drawn.to(self.device)
+        if self.key != (start, stop, dtype):
+            if (start, stop) != self.key[:2]:
+                if start != self.next:
+                    raise RuntimeError(
+                        f"rows {start}..{stop} asked out of order (next {self.next})"
+                    )
+                self.drawn = self.method.draw(stop - start, self.size, self.gen)
+                self.next = stop
+            self.key = (start, stop, dtype)
+            self.value = None if self.drawn is None else self.drawn.to(self.device, dtype)
         return self.value
 
 
@@ -279,7 +287,7 @@ class SSCAM(MaskScoreCAM):
     def perturb(
         self, masks: torch.Tensor, step: torch.Tensor, noise: torch.Tensor | None
     ) -> torch.Tensor:
-        """``M^k + σ ε``, with ``ε`` the row's draw."""
+        """``M^k + σ ε``, with ``ε`` the row's draw (shared by every image: not changed)."""
         assert noise is not None
         return masks + self.std * noise
 
