@@ -219,7 +219,7 @@ def test_sess_default_scales_windows_and_blur() -> None:
 
     net = colour_net()
     cam = SESS(net, None)
-    window, patches = cam._windows(14, 14)
+    window, patches = cam.windows(14, 14)
     # 12 scales 14 + 4i (r = round(14 · 2/7) = 4); non-overlapping windows, last shifted back
     assert window == 14 and sorted({p.scaled for p in patches})[-1] == (58, 58)
     assert sum(p.scaled == (18, 18) for p in patches) == 4

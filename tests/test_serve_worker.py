@@ -169,7 +169,7 @@ def test_forget_drops_finished_jobs_only(worker) -> None:  # noqa: ANN001
 
 @pytest.mark.parametrize("layer", [None, "_blocks.15"])
 @pytest.mark.parametrize(
-    "method", ["ablation-cam", "fd-cam", "recipro-cam", "opti-cam", "group-cam"]
+    "method", ["ablation-cam", "fd-cam", "recipro-cam", "opti-cam", "group-cam", "sess"]
 )
 def test_progress_of_a_method_ends_near_its_stages_end(default_model, method, layer) -> None:  # noqa: ANN001
     # the tail methods feed the model one image and widen the batch at the layer, so
@@ -179,12 +179,19 @@ def test_progress_of_a_method_ends_near_its_stages_end(default_model, method, la
     from sacam.serve.service import expected_images
 
     model = default_model.model
-    options = {"opti-cam": {"steps": 5}, "group-cam": {"groups": 8}}.get(method, {})
+    options = {
+        "opti-cam": {"steps": 5},
+        "group-cam": {"groups": 8},
+        "sess": {"scales": [224, 288]},
+    }.get(method, {})
     cam = build_method(model, method, layer, **options)
     shape = (1, 320, 7, 7) if layer is not None else (1, 1280, 7, 7)
     # rows after the engine's pass: one per edited channel (two for FD-CAM), per position
-    # (Recipro-CAM), per Adam step (Opti-CAM), per group plus the blurred image (Group-CAM)
+    # (Recipro-CAM), per Adam step (Opti-CAM), per group plus the blurred image (Group-CAM),
+    # per window scored and explained (SESS: 224-px windows, 1 at scale 224 and 2 × 2 at
+    # 288, where the second window of a side is shifted back inside)
     rows = {
+        "sess": 2 * (1 + 4),
         "ablation-cam": shape[1],
         "fd-cam": 2 * shape[1],
         "recipro-cam": 49,

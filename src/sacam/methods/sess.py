@@ -155,7 +155,8 @@ class SESS(BaseCAM):
             raw = torch.stack([self._one_image(ctx, b) for b in range(images.shape[0])])
         return self._finish({"sess": raw}, ctx, images, upsample)
 
-    def _windows(self, h: int, w: int) -> tuple[int, list[_Patch]]:
+    def windows(self, h: int, w: int) -> tuple[int, list[_Patch]]:
+        """The window side and every window (scaled size, top, left) of an ``h × w`` image."""
         window = self.window_size if self.window_size is not None else min(h, w)
         step = self.step_size if self.step_size is not None else window
         scales = self.scales
@@ -171,6 +172,10 @@ class SESS(BaseCAM):
                 for left in window_starts(sw, step, window):
                     patches.append(_Patch((sh, sw), top, left))
         return window, patches
+
+    def dropped(self, n: int) -> int:
+        """How many of ``n`` windows the pre-filter drops (the lowest-scoring)."""
+        return int(n * self.pre_filter_ratio)
 
     def _crops(self, image: torch.Tensor, window: int, patches: list[_Patch]) -> torch.Tensor:
         """The windows of one ``(C, H, W)`` image, ``(n, C, window, window)``."""
@@ -206,7 +211,7 @@ class SESS(BaseCAM):
 
     def _one_image(self, ctx: CallContext, b: int) -> torch.Tensor:
         h, w = ctx.images.shape[-2:]
-        window, patches = self._windows(h, w)
+        window, patches = self.windows(h, w)
         crops = self._crops(ctx.images[b], window, patches)
         targets_for, score_of = self._target(ctx, b)
         with torch.inference_mode():
@@ -216,7 +221,7 @@ class SESS(BaseCAM):
                     for i in range(0, len(crops), self.batch_size)
                 ]
             ).clone()
-        order = torch.sort(s, stable=True).indices[int(len(s) * self.pre_filter_ratio) :]
+        order = torch.sort(s, stable=True).indices[self.dropped(len(s)) :]
         top = s[order[-1]]
         weights = s[order] / top if top > 0 else torch.ones_like(s[order])
         total = ctx.images.new_zeros(h, w)

@@ -34,6 +34,7 @@ from ..methods.attention import SALayerInspection
 from ..methods.fd import FDCAM
 from ..methods.opti import OptiCAM
 from ..methods.recipro import ReciproCAM
+from ..methods.sess import SESS
 from ..metrics import deletion, insertion
 from ..models import LoadedModel, load_image
 from ..registry import list_methods, method_info
@@ -256,19 +257,25 @@ def map_image(cam: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr, mode="L")
 
 
-def expected_images(cam: BaseCAM, shape: tuple[int, ...]) -> int:
+def expected_images(
+    cam: BaseCAM, shape: tuple[int, ...], image_size: tuple[int, int] = (224, 224)
+) -> int:
     """Estimated rows the method's forward passes produce for one image (for progress).
 
-    ``shape`` is the layer's output shape ``(1, C, H, W)``. The count is the probe and
+    ``shape`` is the layer's output shape ``(1, C, H, W)``, ``image_size`` the model's
+    input size (SESS's windows depend on it). The count is the probe and
     clean passes plus, for perturbation methods, one masked input or edited row per
     channel (per noise sample for SS-CAM and IS-CAM, per group for Group-CAM), two per
     channel for FD-CAM (switched on and off), one per position for Recipro-CAM, one per
-    optimisation step for Opti-CAM, and for SmoothGrad-CAM++ one pass per noisy copy.
-    SESS and Poly-CAM's passes depend on more than the layer and stay underestimated
-    (the bar waits at the stage's 99%). SA-CAM costs what its base costs. The
-    worker counts rows at the model's output, so the tail methods' widened passes count
-    what they compute.
+    optimisation step for Opti-CAM, one per window to score it and one per kept window
+    for SESS, and for SmoothGrad-CAM++ one pass per noisy copy. Poly-CAM's passes depend
+    on its stages, not the layer, and stay underestimated (the bar waits at 99%). SA-CAM
+    costs what its base costs. The worker counts rows at the model's output, so the tail
+    methods' widened passes count what they compute.
     """
+    if isinstance(cam, SESS):  # its base method runs once per kept window
+        n = len(cam.windows(*image_size)[1])
+        return 1 + n + n - cam.dropped(n)
     inner = getattr(cam, "base", None)  # SA-CAM's base method
     core: BaseCAM = inner if isinstance(inner, BaseCAM) else cam
     family = method_info(core.name).family if core.name in list_methods() else ""
@@ -341,7 +348,7 @@ def run_explain(
     entries = []
     for k, name in enumerate(methods, start=1):
         cam = build_method(loaded.model, name, layer)
-        progress.stage(k, name, expected_images(cam, shape))
+        progress.stage(k, name, expected_images(cam, shape, (x.shape[-2], x.shape[-1])))
         start = time.perf_counter()
         ex = cam.explain(x, cls)
         elapsed = time.perf_counter() - start
