@@ -167,9 +167,13 @@ def test_forget_drops_finished_jobs_only(worker) -> None:  # noqa: ANN001
         worker.get(running.id)
 
 
-@pytest.mark.parametrize("layer", [None, "_blocks.15"])
+TAIL_AND_COSTLY = ["ablation-cam", "fd-cam", "recipro-cam", "opti-cam", "group-cam", "sess"]
+
+
 @pytest.mark.parametrize(
-    "method", ["ablation-cam", "fd-cam", "recipro-cam", "opti-cam", "group-cam", "sess"]
+    ("method", "layer"),
+    [(m, layer) for m in TAIL_AND_COSTLY for layer in (None, "_blocks.15")]
+    + [("poly-cam", "_blocks.15")],  # the page always names a layer: one Poly-CAM stage
 )
 def test_progress_of_a_method_ends_near_its_stages_end(default_model, method, layer) -> None:  # noqa: ANN001
     # the tail methods feed the model one image and widen the batch at the layer, so
@@ -183,6 +187,7 @@ def test_progress_of_a_method_ends_near_its_stages_end(default_model, method, la
         "opti-cam": {"steps": 5},
         "group-cam": {"groups": 8},
         "sess": {"scales": [224, 288]},
+        "poly-cam": {"top_channels": 40},
     }.get(method, {})
     cam = build_method(model, method, layer, **options)
     shape = (1, 320, 7, 7) if layer is not None else (1, 1280, 7, 7)
@@ -192,6 +197,7 @@ def test_progress_of_a_method_ends_near_its_stages_end(default_model, method, la
     # 288, where the second window of a side is shifted back inside)
     rows = {
         "sess": 2 * (1 + 4),
+        "poly-cam": 2 * 40,  # plus-minus: each kept channel's mask and its complement
         "ablation-cam": shape[1],
         "fd-cam": 2 * shape[1],
         "recipro-cam": 49,

@@ -33,6 +33,7 @@ from ..errors import InputError, LayerError, MethodError, ModelError, TargetErro
 from ..methods.attention import SALayerInspection
 from ..methods.fd import FDCAM
 from ..methods.opti import OptiCAM
+from ..methods.poly import PolyCAM
 from ..methods.recipro import ReciproCAM
 from ..methods.sess import SESS
 from ..metrics import deletion, insertion
@@ -268,9 +269,9 @@ def expected_images(
     channel (per noise sample for SS-CAM and IS-CAM, per group for Group-CAM), two per
     channel for FD-CAM (switched on and off), one per position for Recipro-CAM, one per
     optimisation step for Opti-CAM, one per window to score it and one per kept window
-    for SESS, and for SmoothGrad-CAM++ one pass per noisy copy. Poly-CAM's passes depend
-    on its stages, not the layer, and stay underestimated (the bar waits at 99%). SA-CAM
-    costs what its base costs. The worker counts rows at the model's output, so the tail
+    for SESS, two per channel for Poly-CAM's plus-minus variant (the page gives it one
+    layer, so one stage), and for SmoothGrad-CAM++ one pass per noisy copy. SA-CAM costs
+    what its base costs. The worker counts rows at the model's output, so the tail
     methods' widened passes count what they compute.
     """
     if isinstance(cam, SESS):  # its base method runs once per kept window
@@ -289,7 +290,8 @@ def expected_images(
     if isinstance(core, ReciproCAM):
         return 2 + math.prod(shape[2:])
     top = getattr(core, "top_channels", None)
-    per_channel = 2 if isinstance(core, FDCAM) else max(1, n_samples)
+    plus_minus = isinstance(core, PolyCAM) and core.variant == "plus-minus"
+    per_channel = 2 if isinstance(core, FDCAM) or plus_minus else max(1, n_samples)
     return 2 + (int(top) if top else shape[1]) * per_channel
 
 
