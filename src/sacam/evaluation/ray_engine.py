@@ -5,8 +5,8 @@ A thin adapter around the local engine's per-batch step
 
 - the driver (``sacam benchmark``) takes the lock, resumes, predicts, and cuts the images
   that miss some method into the same batches the local engine makes (``batch_size``
-  consecutive images, each with the methods it misses), so both engines score identical
-  batches and give the same numbers;
+  consecutive images, with the names each method misses), so both engines score
+  identical batches and give the same numbers;
 - those batches are a Ray dataset; ``map_batches`` hands them to ``workers`` actors of a
   callable class whose constructor loads the model once per actor from the run's settings
   (model name or ``pkg.mod:factory`` and weights path: the module itself, hooked or not,
@@ -43,8 +43,9 @@ from .explain_folder import Engine as ExplainEngine
 from .explain_folder import Explainer, ExplainJob, explain_batch
 from .localization import Annotation
 from .registry import metric_info
+from .runner import execution
 from .runner.data import Dataset, Item, batches
-from .runner.execution import BatchOutcome, Engine, _load, batch_part, record, score_batch
+from .runner.execution import BatchOutcome, Engine, _load, record, score_batch
 from .runner.maps import MapReader, MapWriter
 from .runner.state import Run
 from .runner.store import PairResult, ResultsStore
@@ -162,19 +163,17 @@ class BatchScorer:
         """Each row's images decoded once, then outcome and maps of each method they miss."""
         outcomes, maps = [], []
         run = self.run
-        for text in batch["items"]:
+        for text, lacks in zip(batch["items"], batch["missing"], strict=True):
             rows = json.loads(str(text))
             items = [Item(r[0], Path(r[1]), int(r[2]), r[3]) for r in rows]
             run.predictions = {r[0]: {"top1": str(r[4])} for r in rows if r[4] is not None}
             (loaded,) = list(batches(items, run.lm.preprocess, len(items), 1, depth=0))
             loaded.pixels = loaded.pixels.to(run.config.device)  # once for every method
-            for method in run.config.methods:
-                names = {r[0] for r in rows if method in r[5]}
-                if not names:
-                    continue
+            missing = {m: set(names) for m, names in json.loads(str(lacks)).items()}
+            for method, part in execution.method_parts(loaded, missing):
                 collector = _Collector() if run.config.save_maps else None
                 run.writer = collector
-                outcome = score_batch(run, method, batch_part(loaded, names))
+                outcome = score_batch(run, method, part)
                 outcomes.append(_outcome_json(method, outcome))
                 maps.append(_to_bytes(collector.saved) if collector else b"")
         return {"outcome": np.array(outcomes, dtype=object), "maps": np.array(maps, dtype=object)}
@@ -210,20 +209,15 @@ def _target(run: Run, item: Item) -> int | None:
 
 
 def _chunks(run: Run) -> list[dict[str, str]]:
-    """The missing pairs as the local engine's batches: images with the methods they miss."""
-    methods = run.config.methods
-    missing = {
-        it.name: [m for m in methods if (it.name, m) not in run.done] for it in run.dataset.items
-    }
-    todo = [it for it in run.dataset.items if missing[it.name]]
+    """The missing pairs as the local engine's batches, with the names each method misses."""
+    todo, missing = execution.missing_by_method(run.dataset.items, run.config.methods, run.done)
     size = run.config.batch_size
     rows = []
     for start in range(0, len(todo), size):
-        items = [
-            [it.name, str(it.path), it.label, it.where, _target(run, it), missing[it.name]]
-            for it in todo[start : start + size]
-        ]
-        rows.append({"items": json.dumps(items)})
+        chunk = todo[start : start + size]
+        items = [[it.name, str(it.path), it.label, it.where, _target(run, it)] for it in chunk]
+        lacks = {m: [it.name for it in chunk if it.name in names] for m, names in missing.items()}
+        rows.append({"items": json.dumps(items), "missing": json.dumps(lacks)})
     return rows
 
 
@@ -331,7 +325,7 @@ def _execute(ray: Any, run: Run, rows: list[dict[str, str]], options: RayOptions
         "device": options.device(),
     }
     scored, workers = _stream(ray, rows, BatchScorer, kwargs, options)
-    total = sum(len(item[5]) for r in rows for item in json.loads(r["items"]))  # pairs
+    total = sum(len(names) for r in rows for names in json.loads(r["missing"]).values())
     bar = tqdm(total=total, unit="pair", desc=f"ray ×{workers}", disable=_disabled(run.progress))
     try:
         for row in scored:

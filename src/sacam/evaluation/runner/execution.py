@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -245,7 +245,24 @@ def record(run: Run, method: str, outcome: BatchOutcome) -> None:
         run.store.write(outcome.pairs)
 
 
-def batch_part(loaded: Loaded, names: set[str]) -> Loaded:
+def missing_by_method(
+    items: list[Item], methods: list[str], done: set[tuple[str, str]]
+) -> tuple[list[Item], dict[str, set[str]]]:
+    """The images some method still misses, in order, and each method's missing names."""
+    missing = {m: {it.name for it in items if (it.name, m) not in done} for m in methods}
+    todo = [it for it in items if any(it.name in names for names in missing.values())]
+    return todo, missing
+
+
+def method_parts(loaded: Loaded, missing: dict[str, set[str]]) -> Iterator[tuple[str, Loaded]]:
+    """Each method with the part of a decoded batch it misses (methods with none skipped)."""
+    for method, names in missing.items():
+        part = _batch_part(loaded, names)
+        if part.items or part.failed:
+            yield method, part
+
+
+def _batch_part(loaded: Loaded, names: set[str]) -> Loaded:
     """The images of a decoded batch named in ``names``, as a batch of its own.
 
     Always a new object with its own lists, since :func:`score_batch` edits the batch it
@@ -269,11 +286,7 @@ def local_engine(run: Run) -> None:
     progress bar per method.
     """
     cfg = run.config
-    missing = {
-        m: {it.name for it in run.dataset.items if (it.name, m) not in run.done}
-        for m in cfg.methods
-    }
-    todo = [it for it in run.dataset.items if any(it.name in names for names in missing.values())]
+    todo, missing = missing_by_method(run.dataset.items, cfg.methods, run.done)
     stacked = sys.stderr.isatty()  # bars on their own lines; a log gets plain updates
     bars = {
         m: tqdm(
@@ -289,12 +302,9 @@ def local_engine(run: Run) -> None:
         pin = cfg.device.startswith("cuda")
         for loaded in batches(todo, run.lm.preprocess, cfg.batch_size, cfg.workers, 2, pin):
             loaded.pixels = loaded.pixels.to(cfg.device, non_blocking=True)  # once, not per method
-            for method in cfg.methods:
-                part = batch_part(loaded, missing[method])
-                n = len(part.items) + len(part.failed)
-                if n:
-                    record(run, method, score_batch(run, method, part))
-                    bars[method].update(n)
+            for method, part in method_parts(loaded, missing):
+                record(run, method, score_batch(run, method, part))
+                bars[method].update(len(part.items) + len(part.failed))
     finally:
         for bar in bars.values():
             bar.close()
@@ -315,9 +325,8 @@ def _prepare(config: BenchmarkConfig, progress: bool | None) -> Run:
     _check_settings(config.out, settings, BenchmarkConfig(config.data_dir).settings())
     store = ResultsStore(config.out)
     done = store.done_pairs()
-    store.forget_failures(
-        {(it.name, m) for it in dataset.items for m in config.methods if (it.name, m) not in done}
-    )
+    _, missing = missing_by_method(dataset.items, config.methods, done)
+    store.forget_failures({(name, m) for m, names in missing.items() for name in names})
     predictions = predict_all(config.out, dataset.items, lm, config, progress)
     run = Run(config, lm, dataset, metrics, store, done, predictions, progress)
     if config.from_maps is not None:
@@ -364,10 +373,11 @@ def run_benchmark(
 
 __all__ = [
     "BatchOutcome",
-    "batch_part",
     "BenchmarkConfig",
     "Engine",
     "local_engine",
+    "method_parts",
+    "missing_by_method",
     "record",
     "run_benchmark",
     "score",
