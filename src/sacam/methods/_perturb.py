@@ -204,16 +204,7 @@ class PerturbationCAM(BaseCAM):
         plan: Plan,
     ) -> torch.Tensor:
         """:func:`perturbed_scores` with this method's plan and ``bf16`` option."""
-        return perturbed_scores(
-            ctx,
-            b,
-            count,
-            build,
-            plan.batch_size,
-            kind,
-            channels_last=plan.channels_last,
-            bf16=self.bf16,
-        )
+        return self.perturbed_of(ctx, count, {b: build}, kind, plan)[b]
 
     def perturbed_of(
         self,

@@ -90,7 +90,7 @@ class MaskScoreCAM(PerturbationCAM):
         chosen = [strongest_channels(acts[b], self.top_channels) for b in range(acts.shape[0])]
         if len({len(idx) for idx in chosen}) != 1:
             raise RuntimeError("every image must score the same number of channels")
-        draws = SharedDraws(self, size, acts.device)
+        draws = SharedDraws(self, size, acts.device, acts.dtype)  # the masks' dtype
         builds = {
             b: functools.partial(self._build, acts[b], idx, ctx.images[b], size, draws)
             for b, idx in enumerate(chosen)
@@ -121,7 +121,7 @@ class MaskScoreCAM(PerturbationCAM):
         masks, constant = channel_masks(acts[chosen[first : (stop - 1) // n + 1]], size)
         items = torch.arange(start, stop, device=masks.device)
         rows = items // n - first
-        noise = draws.rows(start, stop, masks.dtype)
+        noise = draws.rows(start, stop)
         applied = self.perturb(masks[rows], items % n, noise)
         keep = ~constant[rows] if self.variant == "paper" else None
         return image[None] * applied[:, None], keep
@@ -138,28 +138,29 @@ class SharedDraws:
     (a third of a chunk's 3-channel inputs, alive while the chunk's passes run).
     """
 
-    def __init__(self, method: MaskScoreCAM, size: tuple[int, ...], device: torch.device) -> None:
-        self.method, self.size, self.device = method, size, device
+    def __init__(
+        self,
+        method: MaskScoreCAM,
+        size: tuple[int, ...],
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.method, self.size, self.device, self.dtype = method, size, device, dtype
         self.gen = method.generator()
-        self.key: tuple[int, int, torch.dtype | None] = (-1, -1, None)
-        self.drawn: torch.Tensor | None = None  # float32, on the CPU
-        self.value: torch.Tensor | None = None  # on the device, in the masks' dtype
+        self.key = (-1, -1)
+        self.value: torch.Tensor | None = None
         self.next = 0
 
-    def rows(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor | None:
-        """The random numbers of rows ``start..stop-1`` in ``dtype`` (``None``: no draws)."""
+    def rows(self, start: int, stop: int) -> torch.Tensor | None:
+        """The random numbers of rows ``start..stop-1`` (``None``: the method draws none)."""
         if self.gen is None:
             return None
-        if self.key != (start, stop, dtype):
-            if (start, stop) != self.key[:2]:
-                if start != self.next:
-                    raise RuntimeError(
-                        f"rows {start}..{stop} asked out of order (next {self.next})"
-                    )
-                self.drawn = self.method.draw(stop - start, self.size, self.gen)
-                self.next = stop
-            self.key = (start, stop, dtype)
-            self.value = None if self.drawn is None else self.drawn.to(self.device, dtype)
+        if self.key != (start, stop):
+            if start != self.next:
+                raise RuntimeError(f"rows {start}..{stop} asked out of order (next {self.next})")
+            drawn = self.method.draw(stop - start, self.size, self.gen)
+            self.key, self.next = (start, stop), stop
+            self.value = None if drawn is None else drawn.to(self.device, self.dtype)
         return self.value
 
 
