@@ -29,7 +29,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..errors import SacamError
+from .._outputs import to_logits
+from ..errors import SacamError, TargetError
 
 JobStatus = Literal["queued", "running", "done", "error", "cancelled"]
 
@@ -135,17 +136,14 @@ JobFn = Callable[[Progress], Any]
 def _rows(output: Any, args: tuple[Any, ...]) -> int:
     """Rows a forward pass processed.
 
-    Its output's leading size (the first tensor of a tuple, list or dict output), else
-    its input's, else 1.
+    Its logits' leading size (:func:`to_logits`'s rules for tuple, dict and ``.logits``
+    outputs), else its input's, else 1.
     """
-    for value in (output, args):
-        if isinstance(value, dict):
-            value = list(value.values())
-        if isinstance(value, (tuple, list)):
-            value = next((v for v in value if isinstance(v, torch.Tensor)), None)
-        if isinstance(value, torch.Tensor) and value.dim() > 0:
-            return int(value.shape[0])
-    return 1
+    try:
+        return int(to_logits(output).shape[0])
+    except (TargetError, IndexError):
+        first = args[0] if args else None
+        return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() else 1
 
 
 class ModelWorker:
