@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import sacam
+from sacam.core import normalize_maps
 from sacam.errors import MethodError
 
 from .conftest import F64_ATOL, GapNet, in_double
@@ -198,12 +199,58 @@ def test_shapley_cam_hvp_by_hand() -> None:
 
     with model_guard(cam.model):
         refs = resolve_layers(cam.model, "feat", probe(cam.model, A))
-        ctx, layers = cam._forward(A, refs, 0)
-        g, hvp = cam.gradient_and_hvp(layers[0], ctx)
+        _, layers = cam._forward(A, refs, 0)
+        g, hvp = layers[0].gradients, layers[0].hvp
+    assert g is not None and hvp is not None
     assert torch.allclose(g, torch.full_like(g, 0.25))
     assert torch.allclose(hvp[0, 0], torch.zeros(2, 2)) and torch.allclose(
         hvp[0, 1], torch.full((2, 2), 0.25)
     )
+
+
+def _softplus_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3),
+        nn.Softplus(),
+        nn.Conv2d(6, 5, 3),
+        nn.Softplus(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(5, 4),
+    ).eval()
+
+
+def test_shapley_cam_takes_hvp_in_grad_cams_one_pass() -> None:
+    # H A comes from the engine's own backward (create_graph), not from another forward
+    net, x = _softplus_net(), torch.rand(2, 3, 20, 20)
+    calls = []
+    handle = net.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        counts = {}
+        sacam.explain(net, x, method="grad-cam", layer="1")  # the layer probe, once per model
+        for name in ("grad-cam", "shapley-cam"):
+            calls.clear()
+            sacam.explain(net, x, method=name, layer="1")
+            counts[name] = len(calls)
+    finally:
+        handle.remove()
+    assert counts["shapley-cam"] == counts["grad-cam"]
+    # and the map is the hand-computed second-order one, not Grad-CAM's
+    a = net[:2](x).detach().requires_grad_(True)
+    y = net[2:](a)
+    (g,) = torch.autograd.grad(y.gather(1, y.argmax(1)[:, None]).sum(), a, create_graph=True)
+    (h,) = torch.autograd.grad(g, a, grad_outputs=a.detach())
+    raw = torch.relu(((g - h / 2).mean((2, 3))[:, :, None, None] * a).sum(1)).detach()
+    got = sacam.explain(net, x, method="shapley-cam", layer="1", upsample=False)
+    torch.testing.assert_close(got, normalize_maps(raw)[0], rtol=0, atol=1e-5)
+
+
+def test_sa_cam_on_shapley_cam_with_gamma_0_is_shapley_cam() -> None:
+    # the base's H A reaches SA-CAM's layer data (second_order follows the base)
+    net, x = _softplus_net(), torch.rand(2, 3, 20, 20)
+    sa = sacam.explain(net, x, method="sa-cam", layer="1", base="shapley-cam", gamma=0.0)
+    torch.testing.assert_close(sa, sacam.explain(net, x, method="shapley-cam", layer="1"))
 
 
 def test_shapley_cam_is_grad_cam_on_a_piecewise_linear_tail(cnn, images) -> None:

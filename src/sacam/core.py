@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, cast
@@ -79,11 +79,14 @@ class LayerData:
         activations: ``A``, shape ``(B, K, h, w)`` (``(B, K, t, h, w)`` for 5-D inputs).
         gradients: ``dy/dA`` of the summed target scores, same shape, or ``None`` for
             gradient-free methods.
+        hvp: ``H A``, the Hessian of the summed target scores w.r.t. ``A`` times ``A``
+            (same shape), for methods with ``second_order = True``; else ``None``.
     """
 
     ref: LayerRef
     activations: torch.Tensor
     gradients: torch.Tensor | None
+    hvp: torch.Tensor | None = None
 
 
 @dataclass
@@ -201,6 +204,33 @@ def volume_methods() -> list[str]:
     return found
 
 
+def _hvps(
+    stored: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None], keep: bool
+) -> list[torch.Tensor | None]:
+    """``H A`` per layer: a double backward of each layer's gradient with ``A`` as its vector.
+
+    ``H`` is the Hessian of the summed scores w.r.t. that layer alone. A gradient without a
+    graph (a piecewise-linear network after the layer) gives zeros.
+    """
+    out: list[torch.Tensor | None] = []
+    for a, g in zip(stored, grads, strict=True):
+        h = None
+        if g is not None and g.requires_grad:
+            (h,) = torch.autograd.grad(
+                g,
+                a,
+                grad_outputs=a.detach(),
+                allow_unused=True,
+                retain_graph=True,
+                create_graph=keep,
+            )
+        if h is None:
+            out.append(torch.zeros_like(a.detach()))
+        else:
+            out.append(h if keep else h.detach())
+    return out
+
+
 class BaseCAM:
     """Private base of every CAM method; subclasses override :meth:`weights` or :meth:`layer_map`.
 
@@ -244,6 +274,9 @@ class BaseCAM:
     #: only, so :meth:`explain_graph` can differentiate it w.r.t. the input
     graph_safe: ClassVar[bool] = False
     volumes: ClassVar[bool] = False
+    #: the engine's backward keeps its graph and fills :attr:`LayerData.hvp` by a double
+    #: backward, in the same pass as the gradients
+    second_order: ClassVar[bool] = False
     #: many forward passes per image outside the perturbation family (the web app runs it as a job)
     many_passes: ClassVar[bool] = False
 
@@ -403,14 +436,20 @@ class BaseCAM:
                             f"{[r.label for r in refs]}: pick a layer on the path to the output"
                         )
                     grads = torch.autograd.grad(
-                        scores.sum(), stored, allow_unused=True, create_graph=keep
+                        scores.sum(),
+                        stored,
+                        allow_unused=True,
+                        create_graph=keep or self.second_order,
                     )
-                for ref, g in zip(refs, grads, strict=True):
-                    if g is None:
-                        raise LayerError(
-                            f"the target score does not depend on layer {ref.label!r}: pick a "
-                            "layer on the path to the output"
-                        )
+                    for ref, g in zip(refs, grads, strict=True):
+                        if g is None:
+                            raise LayerError(
+                                f"the target score does not depend on layer {ref.label!r}: "
+                                "pick a layer on the path to the output"
+                            )
+                    hvps: list[torch.Tensor | None] = [None] * len(refs)
+                    if self.second_order:
+                        hvps = _hvps(stored, grads, keep)
                 acts = list(stored) if keep else [a.detach() for a in stored]
                 grad_list: list[torch.Tensor | None] = [g if keep else g.detach() for g in grads]
             else:
@@ -420,11 +459,12 @@ class BaseCAM:
                     scores = evaluate_scores(score_fn, output)
                 acts = [a.clone() for a in self._stored(cap, refs)]  # leave inference mode
                 grad_list = [None] * len(refs)
+                hvps = [None] * len(refs)
                 output, scores = output.clone(), scores.clone()
                 class_idx = class_idx.clone() if class_idx is not None else None
         layers = [
-            LayerData(ref, *self._to_maps(ref, a, g, images.ndim))
-            for ref, a, g in zip(refs, acts, grad_list, strict=True)
+            LayerData(ref, *self._to_maps(ref, a, g, images.ndim), self._reshaped(h))
+            for ref, a, g, h in zip(refs, acts, grad_list, hvps, strict=True)
         ]
         ctx = self.context(images, output, score_fn, class_idx, scores)
         return ctx, layers
@@ -474,13 +514,16 @@ class BaseCAM:
         a, g = self._to_maps(ref, stored.detach(), grad.detach(), images.ndim)
         return a, cast(torch.Tensor, g)
 
+    def _reshaped(self, t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None or self.reshape_transform is None:
+            return t
+        return self.reshape_transform(t)
+
     def _to_maps(
         self, ref: LayerRef, a: torch.Tensor, g: torch.Tensor | None, ndim: int = 4
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``ndim``: that of the input; a layer's output must have the same (4 or 5)."""
-        if self.reshape_transform is not None:
-            a = self.reshape_transform(a)
-            g = self.reshape_transform(g) if g is not None else None
+        a, g = cast(torch.Tensor, self._reshaped(a)), self._reshaped(g)
         if a.ndim != ndim:
             if ndim == 5:
                 raise LayerError(

@@ -197,6 +197,7 @@ class SACAM(BaseCAM):
         )
         self.base_name = base_name
         self.uses_gradients = base_cls.uses_gradients  # type: ignore[misc]
+        self.second_order = base_cls.second_order  # type: ignore[misc]
         self.operator: Operator = operator
         self.temperature = float(temperature)
         self.gamma = float(gamma)
@@ -225,7 +226,7 @@ class SACAM(BaseCAM):
         base_w = self.base.weights(layer, ctx) if self.operator == "class" else None
         attention = self_attention(feats, self.operator, self.temperature, base_w)
         refined = (feats + self.gamma * attend(feats, attention, self.hops)).view(acts.shape)
-        refined_layer = LayerData(layer.ref, refined, layer.gradients)
+        refined_layer = LayerData(layer.ref, refined, layer.gradients, layer.hvp)
         if base_w is not None and self.gamma == 0:
             weights = base_w
         else:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
-from .._hooks import Capture
 from ..core import BaseCAM, CallContext, LayerData, spatial_dims
-from ..errors import LayerError
 from ..registry import register_method
-from ..targets import evaluate_scores
 
 
 @register_method(
@@ -38,8 +37,9 @@ class ShapleyCAM(BaseCAM):
     ``targets=lambda out: out[:, c] + out.log_softmax(1)[:, c]`` (the default explains
     the logit, as pytorch-grad-cam does).
 
-    Cost: the engine's forward and backward pass, then one more forward pass with a
-    double backward to the layer (the engine keeps no graph for a second derivative).
+    Cost: one forward pass and a backward pass that keeps its graph
+    (``create_graph=True``), then a double backward to the layer for ``H A``
+    (``second_order = True``: the engine fills :attr:`~sacam.core.LayerData.hvp`).
     Multiplying ``A`` by the rows of ``H`` uses the whole layer (every channel and
     position), as the paper does. Works with ``eigen_smooth=True``.
 
@@ -53,38 +53,9 @@ class ShapleyCAM(BaseCAM):
     """
 
     volumes = True
+    second_order = True
 
     def weights(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """Spatial mean of ``g - H A / 2``, ``(B, K)``."""
-        g, hvp = self.gradient_and_hvp(layer, ctx)
+        g, hvp = cast(torch.Tensor, layer.gradients), cast(torch.Tensor, layer.hvp)
         return (g - 0.5 * hvp).mean(dim=spatial_dims(g))
-
-    def gradient_and_hvp(
-        self, layer: LayerData, ctx: CallContext
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(∂y/∂A, H A)`` of the target scores at ``layer``, both ``(B, K, h, w)``, detached.
-
-        One forward pass with the engine's capture hook, a backward pass that keeps its
-        graph (``create_graph=True``) and a second backward through it.
-        """
-        ref = layer.ref
-        with Capture([ref], with_grad=True) as cap, torch.enable_grad():
-            output = ctx.model(ctx.images)
-            scores = evaluate_scores(ctx.score_fn, output)
-            stored = self._stored(cap, [ref])[0]
-            if not scores.requires_grad:
-                raise LayerError(
-                    f"the target score does not depend on layer {ref.label!r}: pick a layer "
-                    "on the path to the output"
-                )
-            (g,) = torch.autograd.grad(scores.sum(), stored, create_graph=True)
-            hvp = None
-            if g.requires_grad:  # else g does not depend on A: a piecewise-linear tail
-                (hvp,) = torch.autograd.grad(
-                    g, stored, grad_outputs=stored.detach(), allow_unused=True
-                )
-        g = g.detach()
-        hvp = torch.zeros_like(g) if hvp is None else hvp.detach()
-        if self.reshape_transform is not None:
-            g, hvp = self.reshape_transform(g), self.reshape_transform(hvp)
-        return g, hvp
