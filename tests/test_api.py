@@ -54,6 +54,30 @@ def test_bad_targets(cnn, images) -> None:
         sacam.explain(cnn, images, targets=True)
 
 
+@pytest.mark.parametrize(
+    ("text", "names", "n", "expected"),
+    [
+        ("TABBY ", ["dog", "tabby"], None, 1),
+        ("1", ["dog", "tabby"], None, 1),
+        ("7", [], None, 7),  # no names, no count: the engine checks the range later
+        ("7", [], 8, 7),
+        ("8", [], 8, "--target 8 is out of range: the model has 8 classes"),
+        ("2", ["dog", "tabby"], None, "out of range: the model has 2 classes"),
+        ("-1", ["dog", "tabby"], None, "out of range"),
+        ("cat", ["dog", "tabby"], None, "--target 'cat' is neither a class index nor"),
+        ("", ["dog"], None, "neither"),
+    ],
+)
+def test_parse_class(text, names, n, expected) -> None:
+    from sacam.targets import parse_class
+
+    if isinstance(expected, int):
+        assert parse_class(text, names, n, what="--target") == expected
+    else:
+        with pytest.raises(TargetError, match=expected):
+            parse_class(text, names, n, what="--target")
+
+
 def test_callable_targets_match_class_targets(cnn, images) -> None:
     a = sacam.explain(cnn, images, targets=2)
     b = sacam.explain(cnn, images, targets=sacam.ClassifierOutputTarget(2))

@@ -81,6 +81,41 @@ class SemanticSegmentationTarget:
         return (output[:, self.category] * mask).flatten(1).sum(1)
 
 
+def parse_class(
+    text: str, class_names: Sequence[str], n_classes: int | None = None, *, what: str = "target"
+) -> int:
+    """A class index from what a user typed: an index, or a class name (any case).
+
+    Args:
+        text: the index or the name; surrounding spaces are ignored.
+        class_names: the model's class names (empty when it has none: indices only).
+        n_classes: the number of classes, for the range check (default: the number of
+            names; no check when both are unknown).
+        what: how the user gave it, to start the messages (``"--target"``, ``"target"``).
+
+    Raises:
+        TargetError: neither an index nor a known name, or an index out of range.
+
+    Example:
+        >>> parse_class(" Tabby ", ["dog", "tabby"]), parse_class("0", ["dog", "tabby"])
+        (1, 0)
+    """
+    text = text.strip()
+    try:
+        index = int(text)
+    except ValueError:
+        matches = [i for i, name in enumerate(class_names) if name.lower() == text.lower()]
+        if not matches:
+            raise TargetError(
+                f"{what} {text!r} is neither a class index nor a class name"
+            ) from None
+        return matches[0]
+    n = n_classes or len(class_names)
+    if n and not 0 <= index < n:
+        raise TargetError(f"{what} {index} is out of range: the model has {n} classes (0..{n - 1})")
+    return index
+
+
 def class_indices(targets: TargetsLike, output: torch.Tensor) -> torch.Tensor | None:
     """Return the class index of each sample, or ``None`` when targets are callables.
 

@@ -13,7 +13,8 @@ from tqdm import tqdm
 from .._outputs import to_logits
 from ..api import build_method
 from ..errors import InputError, SacamError
-from ..models import SAMPLE_IMAGES, LoadedModel, load_image, load_model
+from ..models import SAMPLE_IMAGES, load_image, load_model
+from ..targets import parse_class
 from ..viz import overlay, save_grid
 from ._args import (
     EXIT_IMAGE,
@@ -37,7 +38,7 @@ def _explain_folder(args: argparse.Namespace) -> int:
         loaded = load_model(
             args.model, weights=args.weights, trust_model_file=args.trust_model_file
         )
-        target = _parse_target(args.target, loaded)
+        target = parse_class(args.target, loaded.class_names, what="--target")
     job = ExplainJob(
         data_dir=Path(args.images[0]),
         out=Path(args.out),
@@ -65,27 +66,6 @@ def _explain_folder(args: argparse.Namespace) -> int:
     if failed:
         print(f"{failed} failed (image, method) pair(s): see {job.out / 'failures.csv'}")
     return EXIT_IMAGE if failed else 0
-
-
-def _parse_target(text: str | None, loaded: LoadedModel) -> int | None:
-    """``--target``: a class index or an exact class name (None: the top-1 class)."""
-    if text is None:
-        return None
-    n = len(loaded.class_names)
-    try:
-        index = int(text)
-    except ValueError:
-        matches = [i for i, name in enumerate(loaded.class_names) if name.lower() == text.lower()]
-        if not matches:
-            raise SacamError(
-                f"--target {text!r} is neither a class index nor a class name"
-            ) from None
-        return matches[0]
-    if n and not 0 <= index < n:
-        raise SacamError(
-            f"--target {index} is out of range: the model has {n} classes (0..{n - 1})"
-        )
-    return index
 
 
 def _image_names(sources: Sequence[str]) -> list[str]:
@@ -157,7 +137,11 @@ def explain_command(args: argparse.Namespace) -> int:
         from ..models import with_preprocess
 
         loaded = with_preprocess(loaded, resize=args.resize)
-    target = _parse_target(args.target, loaded)
+    target = (
+        None
+        if args.target is None
+        else parse_class(args.target, loaded.class_names, what="--target")
+    )
     layer = args.layer if args.layer is None or len(args.layer) > 1 else args.layer[0]
     cams = {m: build_method(loaded.model, m, layer) for m in methods}
     pre = loaded.preprocess

@@ -39,6 +39,7 @@ from ..methods.sess import SESS
 from ..metrics import deletion, insertion
 from ..models import LoadedModel, load_image
 from ..registry import list_methods, method_info
+from ..targets import parse_class
 from ..viz import overlay
 from .worker import JobError, Progress
 
@@ -173,25 +174,10 @@ def check_layer(layer: str | None, facts: ModelFacts) -> str:
 
 
 def parse_target(text: str | None, loaded: LoadedModel, n_classes: int) -> int | None:
-    """A class index from an index or an exact class name (``None``: the top-1 class)."""
+    """The form's target: :func:`sacam.targets.parse_class` (``None`` or blank: the top-1 class)."""
     if text is None or not text.strip():
         return None
-    text = text.strip()
-    try:
-        index = int(text)
-    except ValueError:
-        matches = [i for i, n in enumerate(loaded.class_names) if n.lower() == text.lower()]
-        if not matches:
-            raise TargetError(
-                f"target {text!r} is neither a class index nor a class name"
-            ) from None
-        return matches[0]
-    if not 0 <= index < n_classes:
-        raise TargetError(
-            f"target {index} is out of range: the model has {n_classes} classes "
-            f"(0..{n_classes - 1})"
-        )
-    return index
+    return parse_class(text, loaded.class_names, n_classes)
 
 
 # ---------------------------------------------------------------------- results
