@@ -17,8 +17,8 @@ Two measurements, in one process, on the same machine:
    prediction forward, the method's map, the two confidence forwards and the
    2 × (steps + 1) perturbed forwards per image, at the same batch sizes). Goal: runner
    overhead ≤ 10%. A table shows where the last warm runner run spent its wall time
-   (preparation and its predictions pass, waiting for decoded batches, maps and metrics,
-   writing results, summary).
+   (preparation, waiting for decoded batches, predictions, maps and metrics, writing
+   results, summary).
 
 The curves' tuned batch plan is kept on disk (``SACAM_CACHE_DIR``; this script points it
 at a fresh temporary folder, never the user's cache): the curve measurement above tunes
@@ -150,8 +150,8 @@ def bare_loop(
 
 
 PHASES = {
-    "_prepare": "prepare (data, model, settings, predictions)",
-    "predict_all": "of which the predictions pass",
+    "_prepare": "prepare (data, model, settings)",
+    "predict_batch": "predictions (each batch's new images)",
     "batches": "methods: waiting for decoded batches",
     "score_batch": "methods: maps and metrics",
     "record": "methods: writing results",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,6 +230,54 @@ def test_auto_curve_batch_spends_no_forward_on_measuring() -> None:
     assert plan.batch_size in (8, 16, 32, 64)
 
 
+def _counting(fn, flag: threading.Event):  # noqa: ANN001, ANN202
+    def wrapped(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        flag.set()
+        return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def _rows(text: str) -> dict[tuple[str, str], float]:
+    fields = ("label", "top1", "prob", "label_prob")
+    return {(r["file"], k): float(r[k]) for r in csv.DictReader(text.splitlines()) for k in fields}
+
+
+def _predicted(out: Path) -> list[str]:
+    with (out / "predictions.csv").open() as f:
+        return [r["file"] for r in csv.DictReader(f)]
+
+
+def test_lost_or_cut_predictions_are_made_again_once(tmp_path, monkeypatch) -> None:
+    data = _folder(tmp_path, n=5)
+    out = tmp_path / "out"
+    cfg = _config(data, out, metrics=["confidence"], batch_size=2)
+    first = run_benchmark(cfg, progress=False)
+    path = out / "predictions.csv"
+    whole = path.read_text()
+    decoded: list[str] = []
+    real = data_mod._decode
+
+    def spy(item, pre):  # noqa: ANN001, ANN202
+        decoded.append(item.name)
+        return real(item, pre)
+
+    monkeypatch.setattr(data_mod, "_decode", spy)
+    monkeypatch.setattr(execution, "write_report", lambda *a: None)
+    # every pair is done; a kill cut the last prediction, and one row was lost
+    lines = whole.splitlines(keepends=True)
+    path.write_text("".join(lines[:2] + lines[3:-1]) + lines[-1][:9])
+    again = run_benchmark(cfg, progress=False)
+    assert sorted(decoded) == sorted([lines[2].split(",")[0], lines[-1].split(",")[0]])
+    assert _rows(path.read_text()) == pytest.approx(_rows(whole), abs=2e-6)
+    assert again["table"] == first["table"]
+    path.unlink()
+    decoded.clear()
+    run_benchmark(cfg, progress=False)
+    assert sorted(decoded) == sorted(_predicted(out)) == [f"img{i}.png" for i in range(5)]
+    assert path.read_text() == whole  # same batches, same rows
+
+
 def test_each_image_is_decoded_once_for_all_methods_and_resume_fills_only_gaps(
     tmp_path, monkeypatch
 ) -> None:
@@ -238,8 +287,8 @@ def test_each_image_is_decoded_once_for_all_methods_and_resume_fills_only_gaps(
         f.write("bad.png,1,broken\n")
     names = [f"img{i}.png" for i in range(5)] + ["bad.png"]
     decoded: list[str] = []
-    counting = threading.Event()  # on while the engine runs (not predictions, not figures)
-    real = data_mod._decode
+    counting = threading.Event()  # on from the start of a run to its report (figures)
+    real, report = data_mod._decode, execution.write_report
 
     def spy(item, pre):  # noqa: ANN001, ANN202
         if counting.is_set():
@@ -248,17 +297,22 @@ def test_each_image_is_decoded_once_for_all_methods_and_resume_fills_only_gaps(
 
     def engine(run) -> None:  # noqa: ANN001
         counting.set()
-        try:
-            execution.local_engine(run)
-        finally:
-            counting.clear()
+        execution.local_engine(run)
+
+    def spied_report(*args) -> None:  # noqa: ANN002
+        counting.clear()
+        report(*args)
 
     monkeypatch.setattr(data_mod, "_decode", spy)
+    monkeypatch.setattr(execution, "write_report", spied_report)
+    monkeypatch.setattr(execution, "_prepare", _counting(execution._prepare, counting))
     three = ["grad-cam", "random", "grad-cam++"]
     fresh = _config(data, tmp_path / "fresh", metrics=["confidence", "complexity"], batch_size=4)
     fresh.methods = three
     run_benchmark(fresh, progress=False, engine=engine)
-    assert sorted(decoded) == sorted(names)  # once for the three methods, not once per method
+    # once for the prediction and the three methods: not once per method, no predictions pass
+    assert sorted(decoded) == sorted(names)
+    assert _predicted(tmp_path / "fresh") == [f"img{i}.png" for i in range(5)]
 
     out = tmp_path / "resumed"
     first = _config(data, out, metrics=["confidence", "complexity"], batch_size=4)

@@ -1,10 +1,11 @@
 """The run itself: images × methods × metrics, batch by batch, resumable.
 
 ``run_benchmark(config)`` takes the folder lock, checks the settings against an earlier
-run in the same folder, loads the model on ``config.device``, predicts every image once,
-then explains and scores the images ``config.batch_size`` at a time (decoded ahead by
-threads, once for all methods: each decoded batch goes to every method that misses some
-of it), appending whole lines to the results store. The metrics are the registry's; the
+run in the same folder, loads the model on ``config.device``, then predicts, explains and
+scores the images ``config.batch_size`` at a time (decoded ahead by threads, once for the
+prediction and all methods: each decoded batch is predicted where it lacks a prediction,
+then goes to every method that misses some of it), appending whole lines to the results
+store. The metrics are the registry's; the
 loop knows none of them by name. A failed pair is retried on resume, its old failure row
 dropped first (so failures.csv holds each pair's latest failure once).
 """
@@ -39,7 +40,7 @@ from ..registry import (
 from .data import Item, Loaded, batches, check_labels, discover
 from .grid import run_grids
 from .maps import MapReader, MapWriter
-from .predictions import predict_all
+from .predictions import load_predictions, predict_batch, predict_missing, with_unpredicted
 from .report import write_report
 from .state import Run, check_methods
 from .store import PairResult, ResultsStore, RunLock, pair_results
@@ -287,6 +288,7 @@ def local_engine(run: Run) -> None:
     """
     cfg = run.config
     todo, missing = missing_by_method(run.dataset.items, cfg.methods, run.done)
+    todo = with_unpredicted(run, todo)
     stacked = sys.stderr.isatty()  # bars on their own lines; a log gets plain updates
     bars = {
         m: tqdm(
@@ -302,6 +304,7 @@ def local_engine(run: Run) -> None:
         pin = cfg.device.startswith("cuda")
         for loaded in batches(todo, run.lm.preprocess, cfg.batch_size, cfg.workers, 2, pin):
             loaded.pixels = loaded.pixels.to(cfg.device, non_blocking=True)  # once, not per method
+            predict_batch(cfg.out, loaded, run.lm, cfg.device, run.predictions)
             for method, part in method_parts(loaded, missing):
                 record(run, method, score_batch(run, method, part))
                 bars[method].update(len(part.items) + len(part.failed))
@@ -327,7 +330,7 @@ def _prepare(config: BenchmarkConfig, progress: bool | None) -> Run:
     done = store.done_pairs()
     _, missing = missing_by_method(dataset.items, config.methods, done)
     store.forget_failures({(name, m) for m, names in missing.items() for name in names})
-    predictions = predict_all(config.out, dataset.items, lm, config, progress)
+    predictions = load_predictions(config.out)  # the engine predicts the others
     run = Run(config, lm, dataset, metrics, store, done, predictions, progress)
     if config.from_maps is not None:
         run.reader = MapReader(config.from_maps)
@@ -378,6 +381,7 @@ __all__ = [
     "local_engine",
     "method_parts",
     "missing_by_method",
+    "predict_missing",
     "record",
     "run_benchmark",
     "score",

@@ -35,7 +35,7 @@ class OutputLockedError(InputError):
     """Another process is writing to the output folder."""
 
 
-def _drop_cut_line(path: Path) -> bool:
+def drop_cut_line(path: Path) -> bool:
     """Truncate ``path`` after its last newline; True if a cut line was dropped."""
     size = path.stat().st_size
     if size == 0:
@@ -50,7 +50,8 @@ def _drop_cut_line(path: Path) -> bool:
     return True
 
 
-def _append(path: Path, text: str) -> None:
+def append_lines(path: Path, text: str) -> None:
+    """Append whole lines to ``path`` in one write, flushed and synced."""
     if not text:
         return
     with path.open("a", encoding="utf-8", newline="") as f:
@@ -86,7 +87,7 @@ class ResultsStore:
         ):
             if not path.exists():
                 path.write_text("" if header is None else header + "\n", encoding="utf-8")
-            elif _drop_cut_line(path):
+            elif drop_cut_line(path):
                 self.repaired.append(path.name)
 
     def rows(self) -> list[dict[str, str]]:
@@ -126,8 +127,8 @@ class ResultsStore:
             for name, val in p.values.items():
                 w.writerow([p.image, p.method, name, repr(float(val))])
             w.writerow([p.image, p.method, "time_s", repr(float(p.time_s))])
-        _append(self.curves, curves.getvalue())
-        _append(self.results, results.getvalue())
+        append_lines(self.curves, curves.getvalue())
+        append_lines(self.results, results.getvalue())
 
     def forget_failures(self, pairs: set[tuple[str, str]]) -> None:
         """Drop the failure rows of ``pairs`` (a run retries them and records them anew).
@@ -152,7 +153,7 @@ class ResultsStore:
         """Record a failed pair (whole line)."""
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerow([image, method, error.replace("\n", " ")])
-        _append(self.failures, buf.getvalue())
+        append_lines(self.failures, buf.getvalue())
 
 
 def pair_results(
