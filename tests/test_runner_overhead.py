@@ -276,7 +276,7 @@ def test_perturbation_timings_and_memory_cost_are_kept_on_disk(tmp_path, monkeyp
 def test_perturbed_chunks_equal_the_gathered_reference(fmt) -> None:
     g = torch.Generator().manual_seed(3)
     start, finish = torch.rand(3, 2, 4, 5, generator=g), torch.rand(3, 2, 4, 5, generator=g)
-    rank = curves._rank(torch.rand(3, 4, 5, generator=g), 0).to(torch.int32)
+    rank = curves.pixel_rank(torch.rand(3, 4, 5, generator=g), 0).to(torch.int32)
     thresholds = (torch.arange(6) * 4).to(torch.int32)  # 6 points per image
     for lo, hi in [(0, 18), (4, 13), (5, 6), (11, 12), (12, 18)]:
         got = curves._perturbed(start, finish, rank, thresholds, lo, hi, fmt)

@@ -35,7 +35,7 @@ class CurveResult:
     step: int
 
 
-def _rank(maps: torch.Tensor, seed: int) -> torch.Tensor:
+def pixel_rank(maps: torch.Tensor, seed: int) -> torch.Tensor:
     """Rank of each pixel by decreasing saliency (0 = most salient); seeded tiny jitter.
 
     Ties (a clipped map's zeros: often half its pixels) are broken by a jitter of at most
@@ -78,11 +78,11 @@ def curve(
         batch_size: perturbed images per forward pass, or ``"auto"`` (tuned on the curves'
             own first chunks, then cached; see :class:`_Tuner`).
         seed: seed of the tie-breaking jitter.
-        rank: ``_rank(maps, seed)`` when already computed (deletion and insertion share it).
+        rank: ``pixel_rank(maps, seed)`` when already computed (deletion and insertion share it).
     """
     b_count, _, h, w = start.shape
     points = math.ceil(h * w / step) + 1
-    rank = (_rank(maps, seed) if rank is None else rank).to(torch.int32)
+    rank = (pixel_rank(maps, seed) if rank is None else rank).to(torch.int32)
     device = start.device
     thresholds = (torch.arange(points, device=device) * step).to(torch.int32)  # switched at t
     classes = classes.to(device)

@@ -31,7 +31,7 @@ from ..errors import InputError
 from ..filters import gaussian_blur
 from ..models import Preprocess
 from ..targets import class_indices
-from .curves import CurveResult, _rank, curve, tuned_plan
+from .curves import CurveResult, curve, pixel_rank, tuned_plan
 from .registry import MetricBatch, MetricOutput, register_metric
 
 __all__ = [
@@ -247,7 +247,7 @@ def _curve_metric(batch: MetricBatch, kind: str) -> MetricOutput:
     else:
         start, finish = gaussian_blur(b.images, 11, 5.0), b.images
     seed = b.config.seed
-    rank = b.memo("curve_rank", lambda: _rank(b.maps, seed))
+    rank = b.memo("curve_rank", lambda: pixel_rank(b.maps, seed))
     res = curve(
         b.model, start, finish, b.maps, b.classes, step, b.config.curve_batch_size, seed, rank
     )

@@ -45,7 +45,7 @@ from .localization import Annotation
 from .registry import metric_info
 from .runner import execution
 from .runner.data import Dataset, Item, batches
-from .runner.execution import BatchOutcome, Engine, _load, record, score_batch
+from .runner.execution import BatchOutcome, Engine, load_run_model, record, score_batch
 from .runner.maps import MapReader, MapWriter
 from .runner.state import Run
 from .runner.store import PairResult, ResultsStore
@@ -145,7 +145,7 @@ class BatchScorer:
         torch.set_num_threads(threads)
         config = replace(config, device=device, workers=1)
         torch.manual_seed(config.seed)
-        lm = _load(config)
+        lm = load_run_model(config)
         self.run = Run(
             config=config,
             lm=lm,

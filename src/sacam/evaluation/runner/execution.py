@@ -117,7 +117,8 @@ def _check_settings(out: Path, settings: dict[str, Any], defaults: dict[str, Any
     run_file.write_text(json.dumps(current, indent=1))
 
 
-def _load(config: BenchmarkConfig) -> LoadedModel:
+def load_run_model(config: BenchmarkConfig) -> LoadedModel:
+    """The run's model on its device, at ``config.image_size`` when given."""
     lm = load_model(
         config.model,
         weights=config.weights,
@@ -321,7 +322,7 @@ def _prepare(config: BenchmarkConfig, progress: bool | None) -> Run:
     for m in config.methods:
         method_info(m)  # unknown names fail before any work, listing the valid ones
     torch.manual_seed(config.seed)
-    lm = _load(config)
+    lm = load_run_model(config)
     check_labels(dataset.items, len(lm.class_names) or _n_classes(lm, config.device))
     check_methods(config, lm.model)  # a bad layer or option fails before any file is written
     settings = config.settings() | {"metrics": [m.name for m in metrics]}
