@@ -246,6 +246,43 @@ def test_shapley_cam_takes_hvp_in_grad_cams_one_pass() -> None:
     torch.testing.assert_close(got, normalize_maps(raw)[0], rtol=0, atol=1e-5)
 
 
+def _to_18(m: torch.Tensor) -> torch.Tensor:
+    # the engine's layer maps, upsample=False: resized to the largest layer's grid (18 x 18)
+    m = m.detach()[:, None]
+    return torch.nn.functional.interpolate(m, size=(18, 18), mode="bilinear")[:, 0]
+
+
+def test_shapley_cam_on_two_layers_has_each_layers_own_second_order_map() -> None:
+    # both layers have a smooth network after them; each gets its own H A
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 3),
+        nn.Softplus(),
+        nn.Conv2d(6, 5, 3),
+        nn.Softplus(),
+        nn.Conv2d(5, 4, 1),
+        nn.Softplus(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()
+    x = torch.rand(2, 3, 20, 20)
+    ex = sacam.get_method("shapley-cam")(net, ["1", "3"]).explain(x, upsample=False)
+    for name in ("1", "3"):
+        k = int(name) + 1
+        a = net[:k](x).detach().requires_grad_(True)
+        y = net[k:](a)
+        s = y.gather(1, y.argmax(1)[:, None]).sum()
+        (g,) = torch.autograd.grad(s, a, create_graph=True)
+        (h,) = torch.autograd.grad(g, a, grad_outputs=a.detach())
+        raw, first = (
+            normalize_maps(_to_18(torch.relu((w.mean((2, 3))[:, :, None, None] * a).sum(1))))[0]
+            for w in (g - h / 2, g)
+        )
+        assert (raw - first).abs().max() > 1e-3  # the second-order term changes the map
+        torch.testing.assert_close(ex.layer_maps[name], raw, rtol=0, atol=1e-5)
+
+
 def test_sa_cam_on_shapley_cam_with_gamma_0_is_shapley_cam() -> None:
     # the base's H A reaches SA-CAM's layer data (second_order follows the base)
     net, x = _softplus_net(), torch.rand(2, 3, 20, 20)

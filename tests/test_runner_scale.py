@@ -248,6 +248,23 @@ def _predicted(out: Path) -> list[str]:
         return [r["file"] for r in csv.DictReader(f)]
 
 
+def test_a_custom_engine_finds_every_image_predicted(tmp_path) -> None:
+    data = _folder(tmp_path, n=5)
+
+    def engine(run) -> None:  # noqa: ANN001
+        todo, missing = execution.missing_by_method(run.dataset.items, run.config.methods, run.done)
+        for loaded in data_mod.batches(todo, run.lm.preprocess, 2, 1):
+            for method, part in execution.method_parts(loaded, missing):
+                execution.record(run, method, execution.score_batch(run, method, part))
+
+    cfg = _config(data, tmp_path / "custom", metrics=["confidence"], batch_size=2)
+    summary = run_benchmark(cfg, progress=False, engine=engine)
+    assert summary["failures"] == 0
+    assert _predicted(tmp_path / "custom") == [f"img{i}.png" for i in range(5)]
+    run_benchmark(_config(data, tmp_path / "local", metrics=["confidence"], batch_size=2))
+    assert _values(tmp_path / "custom") == pytest.approx(_values(tmp_path / "local"))
+
+
 def test_lost_or_cut_predictions_are_made_again_once(tmp_path, monkeypatch) -> None:
     data = _folder(tmp_path, n=5)
     out = tmp_path / "out"
@@ -266,7 +283,8 @@ def test_lost_or_cut_predictions_are_made_again_once(tmp_path, monkeypatch) -> N
     monkeypatch.setattr(execution, "write_report", lambda *a: None)
     # every pair is done; a kill cut the last prediction, and one row was lost
     lines = whole.splitlines(keepends=True)
-    path.write_text("".join(lines[:2] + lines[3:-1]) + lines[-1][:9])
+    # the cut line has a prob, so only dropping it makes the image be predicted again
+    path.write_text("".join(lines[:2] + lines[3:-1]) + lines[-1].rsplit(",", 1)[0])
     again = run_benchmark(cfg, progress=False)
     assert sorted(decoded) == sorted([lines[2].split(",")[0], lines[-1].split(",")[0]])
     assert _rows(path.read_text()) == pytest.approx(_rows(whole), abs=2e-6)
@@ -295,10 +313,6 @@ def test_each_image_is_decoded_once_for_all_methods_and_resume_fills_only_gaps(
             decoded.append(item.name)
         return real(item, pre)
 
-    def engine(run) -> None:  # noqa: ANN001
-        counting.set()
-        execution.local_engine(run)
-
     def spied_report(*args) -> None:  # noqa: ANN002
         counting.clear()
         report(*args)
@@ -309,7 +323,7 @@ def test_each_image_is_decoded_once_for_all_methods_and_resume_fills_only_gaps(
     three = ["grad-cam", "random", "grad-cam++"]
     fresh = _config(data, tmp_path / "fresh", metrics=["confidence", "complexity"], batch_size=4)
     fresh.methods = three
-    run_benchmark(fresh, progress=False, engine=engine)
+    run_benchmark(fresh, progress=False)
     # once for the prediction and the three methods: not once per method, no predictions pass
     assert sorted(decoded) == sorted(names)
     assert _predicted(tmp_path / "fresh") == [f"img{i}.png" for i in range(5)]
@@ -321,7 +335,7 @@ def test_each_image_is_decoded_once_for_all_methods_and_resume_fills_only_gaps(
     decoded.clear()
     more = _config(data, out, metrics=["confidence", "complexity"], batch_size=4)
     more.methods = three
-    summary = run_benchmark(more, progress=False, engine=engine)
+    summary = run_benchmark(more, progress=False)
     assert sorted(decoded) == sorted(names)  # the two new methods share one decode
     with (out / "results.csv").open() as f:
         keys = [(r["image"], r["method"], r["metric"]) for r in csv.DictReader(f)]

@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
         "--layer", action="append", help="target layer (dotted name; repeat for several)"
     )
     ex.add_argument(
-        "--target", default=None, help="class index or exact class name (default: top-1)"
+        "--target", default=None, help="class index or class name, in any case (default: top-1)"
     )
     ex.add_argument(
         "--out", type=out_dir, default="sacam-out", help="output folder (default: sacam-out)"

@@ -283,7 +283,6 @@ def ray_engine(options: RayOptions) -> Engine:
     ray = require_ray()
 
     def engine(run: Run) -> None:
-        execution.predict_missing(run)  # the rows carry each image's top-1 class
         rows = _chunks(run)
         if not rows:
             return

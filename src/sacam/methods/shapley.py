@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import cast
-
 import torch
 
 from ..core import BaseCAM, CallContext, LayerData, spatial_dims
+from ..errors import MethodError
 from ..registry import register_method
 
 
@@ -57,5 +56,10 @@ class ShapleyCAM(BaseCAM):
 
     def weights(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """Spatial mean of ``g - H A / 2``, ``(B, K)``."""
-        g, hvp = cast(torch.Tensor, layer.gradients), cast(torch.Tensor, layer.hvp)
+        g, hvp = layer.gradients, layer.hvp
+        if g is None or hvp is None:
+            raise MethodError(
+                "shapley-cam needs the layer's gradients and H A from the engine's pass "
+                "(second_order = True on the method that runs it)"
+            )
         return (g - 0.5 * hvp).mean(dim=spatial_dims(g))

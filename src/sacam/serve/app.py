@@ -50,7 +50,7 @@ MethodsField = Annotated[
     list[str] | None, Form(description="method name; repeat the field for several")
 ]
 TargetField = Annotated[
-    str | None, Form(description="class index or exact class name; default: top-1")
+    str | None, Form(description="class index or class name, in any case; default: top-1")
 ]
 LayerField = Annotated[
     str | None, Form(description="layer name from /api/layers; default: automatic")

@@ -40,7 +40,7 @@ from ..registry import (
 from .data import Item, Loaded, batches, check_labels, discover
 from .grid import run_grids
 from .maps import MapReader, MapWriter
-from .predictions import load_predictions, predict_batch, predict_missing, with_unpredicted
+from .predictions import load_predictions, predict_batch, predict_missing
 from .report import write_report
 from .state import Run, check_methods
 from .store import PairResult, ResultsStore, RunLock, pair_results
@@ -135,7 +135,7 @@ def _targets(run: Run, items: list[Item]) -> torch.Tensor:
         return torch.tensor([it.label for it in items])
     missing = [it.name for it in items if it.name not in run.predictions]
     if missing:
-        raise InputError(f"no prediction for {missing[0]} (it could not be read earlier)")
+        raise InputError(f"no prediction for {missing[0]}: it was not predicted before its maps")
     return torch.tensor([int(run.predictions[it.name]["top1"]) for it in items])
 
 
@@ -289,7 +289,7 @@ def local_engine(run: Run) -> None:
     """
     cfg = run.config
     todo, missing = missing_by_method(run.dataset.items, cfg.methods, run.done)
-    todo = with_unpredicted(run, todo)
+    predict_missing(run, skip=todo)  # finished images without one: a pass of their own
     stacked = sys.stderr.isatty()  # bars on their own lines; a log gets plain updates
     bars = {
         m: tqdm(
@@ -356,8 +356,10 @@ def run_benchmark(
         progress: progress bars (one per method, with images/s and ETA): None shows them on
             a terminal only, True always (on stderr), False never.
         engine: what computes the missing pairs into ``run.store``
-            (:func:`local_engine` by default; :func:`sacam.evaluation.ray_engine.ray_engine`
-            runs them on Ray). The lock, resume, summary and report are the same for both.
+            (:func:`local_engine` by default, which predicts each image in the batch of its
+            maps; :func:`sacam.evaluation.ray_engine.ray_engine` runs them on Ray). Any
+            other engine finds every image predicted first, in a pass of its own. The
+            lock, resume, summary and report are the same for all.
 
     Example:
         >>> from pathlib import Path
@@ -368,7 +370,11 @@ def run_benchmark(
     config.out.mkdir(parents=True, exist_ok=True)
     with RunLock(config.out):
         run = _prepare(config, progress)
-        (engine or local_engine)(run)
+        if engine is None or engine is local_engine:
+            local_engine(run)
+        else:
+            predict_missing(run)  # the rows it scores need their top-1 classes
+            engine(run)
         grid_names = run_grids(run) if any(m.unit == "grid" for m in run.metrics) else []
         summary = summarize(run, grid_names)
         write_report(run, summary)

@@ -3,8 +3,9 @@
 ``predictions.csv`` is appended a batch at a time (whole lines, as the results store
 does), so a killed run keeps the predictions it made. The local engine predicts the
 images of each decoded batch that lack one before their maps (one decode per image for
-the prediction and every method); :func:`predict_all` is the separate pass for engines
-that need every prediction up front (Ray's driver).
+the prediction and every method); :func:`predict_missing` is the separate pass for other
+engines (Ray's driver), which need every prediction up front, and for finished images
+whose prediction was lost.
 """
 
 from __future__ import annotations
@@ -96,13 +97,9 @@ def predict_all(
         bar.close()
 
 
-def with_unpredicted(run: Run, todo: list[Item]) -> list[Item]:
-    """``todo`` and the images without a prediction (all methods done), in dataset order."""
-    names = {it.name for it in todo}
-    return [it for it in run.dataset.items if it.name in names or it.name not in run.predictions]
-
-
-def predict_missing(run: Run) -> None:
-    """Predict every image that lacks a prediction, in a pass of its own (Ray's driver)."""
+def predict_missing(run: Run, skip: list[Item] | None = None) -> None:
+    """Predict, in a pass of their own, the images of the run (but ``skip``) that lack one."""
     cfg = run.config
-    predict_all(cfg.out, run.dataset.items, run.lm, cfg, run.progress, run.predictions)
+    names = {it.name for it in skip or []}
+    items = [it for it in run.dataset.items if it.name not in names]
+    predict_all(cfg.out, items, run.lm, cfg, run.progress, run.predictions)
