@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import sacam
@@ -208,17 +209,25 @@ def test_shapley_cam_hvp_by_hand() -> None:
     )
 
 
-def _softplus_net() -> nn.Module:
+def _softplus_net(depth: int = 2) -> nn.Module:
+    """Convolutions with softplus (a smooth tail: H A is not 0), pooling, a linear layer."""
     torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3),
-        nn.Softplus(),
-        nn.Conv2d(6, 5, 3),
-        nn.Softplus(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(5, 4),
-    ).eval()
+    widths, layers = (3, 6, 5, 4), []
+    for i in range(depth):
+        layers += [nn.Conv2d(widths[i], widths[i + 1], 3 if i < 2 else 1), nn.Softplus()]
+    head = nn.Linear(widths[depth], 4 if depth == 2 else 3)
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), head).eval()
+
+
+def _shapley_by_hand(net: nn.Module, x: torch.Tensor, k: int) -> list[torch.Tensor]:
+    """Raw maps at ``net[:k]``'s output: Shapley-CAM's (weights g - H A / 2), Grad-CAM's (g)."""
+    a = net[:k](x).detach().requires_grad_(True)
+    y = net[k:](a)
+    (g,) = torch.autograd.grad(y.gather(1, y.argmax(1)[:, None]).sum(), a, create_graph=True)
+    (h,) = torch.autograd.grad(g, a, grad_outputs=a.detach())
+    return [
+        torch.relu((w.mean((2, 3))[:, :, None, None] * a).sum(1)).detach() for w in (g - h / 2, g)
+    ]
 
 
 def test_shapley_cam_takes_hvp_in_grad_cams_one_pass() -> None:
@@ -236,48 +245,22 @@ def test_shapley_cam_takes_hvp_in_grad_cams_one_pass() -> None:
     finally:
         handle.remove()
     assert counts["shapley-cam"] == counts["grad-cam"]
-    # and the map is the hand-computed second-order one, not Grad-CAM's
-    a = net[:2](x).detach().requires_grad_(True)
-    y = net[2:](a)
-    (g,) = torch.autograd.grad(y.gather(1, y.argmax(1)[:, None]).sum(), a, create_graph=True)
-    (h,) = torch.autograd.grad(g, a, grad_outputs=a.detach())
-    raw = torch.relu(((g - h / 2).mean((2, 3))[:, :, None, None] * a).sum(1)).detach()
+    # and the map is the hand-computed second-order one
+    raw = _shapley_by_hand(net, x, 2)[0]
     got = sacam.explain(net, x, method="shapley-cam", layer="1", upsample=False)
     torch.testing.assert_close(got, normalize_maps(raw)[0], rtol=0, atol=1e-5)
 
 
-def _to_18(m: torch.Tensor) -> torch.Tensor:
-    # the engine's layer maps, upsample=False: resized to the largest layer's grid (18 x 18)
-    m = m.detach()[:, None]
-    return torch.nn.functional.interpolate(m, size=(18, 18), mode="bilinear")[:, 0]
-
-
 def test_shapley_cam_on_two_layers_has_each_layers_own_second_order_map() -> None:
     # both layers have a smooth network after them; each gets its own H A
-    torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Conv2d(3, 6, 3),
-        nn.Softplus(),
-        nn.Conv2d(6, 5, 3),
-        nn.Softplus(),
-        nn.Conv2d(5, 4, 1),
-        nn.Softplus(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(4, 3),
-    ).eval()
+    net = _softplus_net(depth=3)
     x = torch.rand(2, 3, 20, 20)
     ex = sacam.get_method("shapley-cam")(net, ["1", "3"]).explain(x, upsample=False)
-    for name in ("1", "3"):
-        k = int(name) + 1
-        a = net[:k](x).detach().requires_grad_(True)
-        y = net[k:](a)
-        s = y.gather(1, y.argmax(1)[:, None]).sum()
-        (g,) = torch.autograd.grad(s, a, create_graph=True)
-        (h,) = torch.autograd.grad(g, a, grad_outputs=a.detach())
+    for k, name in ((2, "1"), (4, "3")):
+        # upsample=False: the layer maps are resized to the largest layer's grid, 18 x 18
         raw, first = (
-            normalize_maps(_to_18(torch.relu((w.mean((2, 3))[:, :, None, None] * a).sum(1))))[0]
-            for w in (g - h / 2, g)
+            normalize_maps(F.interpolate(m[:, None], size=(18, 18), mode="bilinear")[:, 0])[0]
+            for m in _shapley_by_hand(net, x, k)
         )
         assert (raw - first).abs().max() > 1e-3  # the second-order term changes the map
         torch.testing.assert_close(ex.layer_maps[name], raw, rtol=0, atol=1e-5)
