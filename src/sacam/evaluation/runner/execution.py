@@ -5,9 +5,9 @@ run in the same folder, loads the model on ``config.device``, then predicts, exp
 scores the images ``config.batch_size`` at a time (decoded ahead by threads, once for the
 prediction and all methods: each decoded batch is predicted where it lacks a prediction,
 then goes to every method that misses some of it), appending whole lines to the results
-store. The metrics are the registry's; the
-loop knows none of them by name. A failed pair is retried on resume, its old failure row
-dropped first (so failures.csv holds each pair's latest failure once).
+store. The metrics are the registry's; the loop knows none of them by name. A failed pair
+is retried on resume, its old failure row dropped first (so failures.csv holds each
+pair's latest failure once).
 """
 
 from __future__ import annotations
