@@ -180,7 +180,6 @@ def test_progress_of_a_method_ends_near_its_stages_end(default_model, method, la
     # counting the model's inputs saw 2-4 images of an expected 50-2,562; the worker
     # counts output rows, and the estimate follows each method's own row count
     from sacam.api import build_method
-    from sacam.serve.service import expected_images
 
     model = default_model.model
     options = {
@@ -214,7 +213,7 @@ def test_progress_of_a_method_ends_near_its_stages_end(default_model, method, la
 
     def fn(p: Progress) -> None:
         p.stages(1)
-        p.stage(0, method, expected_images(cam, shape))
+        p.stage(0, method, cam.expected_rows(shape, (224, 224)))
         cam.explain(x, torch.tensor([1]))
         ratios.append(p._job._seen / p._job._expected)  # this job's own counts
 

@@ -345,6 +345,15 @@ class BaseCAM:
             return torch.einsum(spec, w.to(a.dtype), a)
         return self.channel_maps(layer, ctx).sum(1)
 
+    def expected_rows(self, shape: tuple[int, ...], image_size: tuple[int, int]) -> int:
+        """Rows the model's forward passes produce to explain one image (an estimate).
+
+        For progress reports (the web app's jobs count the rows of each pass's output).
+        ``shape`` is the target layer's output shape ``(1, K, h, w)``, ``image_size`` the
+        model's input size. The default is the layer probe and the engine's clean pass.
+        """
+        return 2
+
     # ----------------------------------------------------------------- public API
     def __call__(
         self, images: torch.Tensor, targets: TargetsLike = None, *, upsample: bool = True

@@ -149,6 +149,8 @@ class PerturbationCAM(BaseCAM):
     """
 
     uses_gradients = False
+    #: only this many channels are scored (set by the methods that take the option)
+    top_channels: int | None = None
 
     def __init__(
         self,
@@ -170,6 +172,15 @@ class PerturbationCAM(BaseCAM):
         self.batch_size = batch_size
         self.max_memory_mb = float(max_memory_mb)
         self.bf16 = bool(bf16)
+
+    def expected_rows(self, shape: tuple[int, ...], image_size: tuple[int, int]) -> int:
+        """The probe and clean passes, and :meth:`rows_per_channel` per scored channel."""
+        top = self.top_channels
+        return 2 + (top if top else shape[1]) * self.rows_per_channel()
+
+    def rows_per_channel(self) -> int:
+        """Masked inputs or edited rows per scored channel (one)."""
+        return 1
 
     def plan(self, ctx: CallContext) -> Plan:
         """Batch size and memory format for this call's perturbed passes."""

@@ -203,6 +203,10 @@ class SACAM(BaseCAM):
         self.gamma = float(gamma)
         self.hops = hops
 
+    def expected_rows(self, shape: tuple[int, ...], image_size: tuple[int, int]) -> int:
+        """Its base method's rows."""
+        return self.base.expected_rows(shape, image_size)
+
     def supports_graph(self) -> bool:
         """Differentiable when its base is (attention and skip connection are torch ops)."""
         return self.base.supports_graph()

@@ -118,6 +118,10 @@ class FDCAM(PerturbationCAM):
                 "pick a layer with a (B, K, h, w) output"
             )
 
+    def rows_per_channel(self) -> int:
+        """Two: the channel switched on and switched off."""
+        return 2
+
     def weights(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """``exp(minmax(s)) · minmax(g) − ½``, ``(B, K)``."""
         if layer.gradients is None:  # pragma: no cover - the engine always provides them

@@ -114,6 +114,10 @@ class FinerCAM(BaseCAM):
         self.alpha = float(alpha)
         self.n_similar = n_similar
 
+    def expected_rows(self, shape: tuple[int, ...], image_size: tuple[int, int]) -> int:
+        """Its base method's rows."""
+        return self.base.expected_rows(shape, image_size)
+
     def similar_classes(self, output: torch.Tensor, class_idx: torch.Tensor) -> torch.Tensor:
         """The ``n_similar`` classes with logits closest to each sample's class, ``(B, n)``."""
         if output.ndim != 2:

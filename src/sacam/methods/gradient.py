@@ -363,6 +363,10 @@ class SmoothGradCAMPlusPlus(BaseCAM):
         self.seed = check_seed(seed)
         self.variant = variant
 
+    def expected_rows(self, shape: tuple[int, ...], image_size: tuple[int, int]) -> int:
+        """The probe and clean passes, and one pass per noisy copy (``n_samples > 1``)."""
+        return 2 + (self.n_samples if self.n_samples > 1 else 0)
+
     def noise_sigma(self, images: torch.Tensor) -> torch.Tensor:
         """Noise standard deviation of each image, ``(B,)``."""
         if self.std is not None:

@@ -116,6 +116,10 @@ class GroupCAM(PerturbationCAM):
         self.blur_sigma = float(blur_sigma)
         self.baseline = baseline
 
+    def expected_rows(self, shape: tuple[int, ...], image_size: tuple[int, int]) -> int:
+        """The probe and clean passes, and one per group (fewer when ``K < groups``)."""
+        return 2 + len(torch.arange(shape[1]).chunk(self.groups))
+
     def group_masks(self, layer: LayerData) -> torch.Tensor:
         """The de-noised initial masks ``M_g``, ``(B, G, h, w)``."""
         if layer.gradients is None:  # pragma: no cover - the engine always provides them

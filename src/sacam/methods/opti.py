@@ -89,6 +89,10 @@ class OptiCAM(BaseCAM):
         self.init = check_number("init", init)
         self.objective = check_variant("opti-cam objective", objective, ("max", "match"))
 
+    def expected_rows(self, shape: tuple[int, ...], image_size: tuple[int, int]) -> int:
+        """The probe pass and one pass per optimisation step."""
+        return 1 + self.steps
+
     def channel_maps(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """``softmax(u*)_k ReLU(A^k)``, ``(B, K, h, w)``."""
         feats = layer.activations.clamp_min(0)

@@ -133,6 +133,10 @@ class PolyCAM(PerturbationCAM):
         self.lnorm = check_bool("lnorm", lnorm)
         self.outlier = check_number("outlier", outlier, minimum=0, maximum=50)
 
+    def rows_per_channel(self) -> int:
+        """Two for ``"plus-minus"`` (a mask and its complement), else one."""
+        return 2 if self.variant == "plus-minus" else 1
+
     def explain(
         self, images: torch.Tensor, targets: TargetsLike = None, *, upsample: bool = True
     ) -> Explanation:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Literal
 
 import torch
@@ -117,6 +118,10 @@ class ReciproCAM(PerturbationCAM):
             )
         self.kernel: Literal["point", "gaussian"] = kernel
         self.strategy = check_strategy("recipro-cam", strategy)
+
+    def expected_rows(self, shape: tuple[int, ...], image_size: tuple[int, int]) -> int:
+        """The probe and clean passes, and one edited row per position of the layer."""
+        return 2 + math.prod(shape[2:])
 
     def layer_map(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """Class score of each position's masked map, ``(B, h, w)``."""

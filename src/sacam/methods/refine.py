@@ -86,6 +86,10 @@ class RefineCAM(BaseCAM):
         self.base = base_method(self, "refine-cam", base, base_options)
         self.uses_gradients = self.base.uses_gradients  # type: ignore[misc]
 
+    def expected_rows(self, shape: tuple[int, ...], image_size: tuple[int, int]) -> int:
+        """Its base method's rows."""
+        return self.base.expected_rows(shape, image_size)
+
     def explain(
         self, images: torch.Tensor, targets: TargetsLike = None, *, upsample: bool = True
     ) -> Explanation:

@@ -57,6 +57,10 @@ class MaskScoreCAM(PerturbationCAM):
         """Perturbed masks per channel."""
         return 1
 
+    def rows_per_channel(self) -> int:
+        """:meth:`steps`: one masked input per perturbed mask."""
+        return self.steps()
+
     def perturb(
         self, masks: torch.Tensor, step: torch.Tensor, noise: torch.Tensor | None
     ) -> torch.Tensor:

@@ -155,6 +155,11 @@ class SESS(BaseCAM):
             raw = torch.stack([self._one_image(ctx, b) for b in range(images.shape[0])])
         return self._finish({"sess": raw}, ctx, images, upsample)
 
+    def expected_rows(self, shape: tuple[int, ...], image_size: tuple[int, int]) -> int:
+        """The probe pass, one row per window to score it and one per kept window."""
+        n = len(self.windows(*image_size)[1])
+        return 1 + n + n - self.dropped(n)
+
     def windows(self, h: int, w: int) -> tuple[int, list[_Patch]]:
         """The window side and every window (scaled size, top, left) of an ``h × w`` image."""
         window = self.window_size if self.window_size is not None else min(h, w)

@@ -28,14 +28,8 @@ from PIL import Image, UnidentifiedImageError
 from .. import list_layers
 from .._outputs import to_logits
 from ..api import build_method
-from ..core import BaseCAM
 from ..errors import InputError, LayerError, MethodError, ModelError, TargetError
 from ..methods.attention import SALayerInspection
-from ..methods.fd import FDCAM
-from ..methods.opti import OptiCAM
-from ..methods.poly import PolyCAM
-from ..methods.recipro import ReciproCAM
-from ..methods.sess import SESS
 from ..metrics import deletion, insertion
 from ..models import LoadedModel, load_image
 from ..registry import list_methods, method_info
@@ -244,43 +238,6 @@ def map_image(cam: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr, mode="L")
 
 
-def expected_images(
-    cam: BaseCAM, shape: tuple[int, ...], image_size: tuple[int, int] = (224, 224)
-) -> int:
-    """Estimated rows the method's forward passes produce for one image (for progress).
-
-    ``shape`` is the layer's output shape ``(1, C, H, W)``, ``image_size`` the model's
-    input size (SESS's windows depend on it). The count is the probe and
-    clean passes plus, for perturbation methods, one masked input or edited row per
-    channel (per noise sample for SS-CAM and IS-CAM, per group for Group-CAM), two per
-    channel for FD-CAM (switched on and off), one per position for Recipro-CAM, one per
-    optimisation step for Opti-CAM, one per window to score it and one per kept window
-    for SESS, two per channel for Poly-CAM's plus-minus variant (the page gives it one
-    layer, so one stage), and for SmoothGrad-CAM++ one pass per noisy copy. SA-CAM costs
-    what its base costs. The worker counts rows at the model's output, so the tail
-    methods' widened passes count what they compute.
-    """
-    if isinstance(cam, SESS):  # its base method runs once per kept window
-        n = len(cam.windows(*image_size)[1])
-        return 1 + n + n - cam.dropped(n)
-    inner = getattr(cam, "base", None)  # SA-CAM's base method
-    core: BaseCAM = inner if isinstance(inner, BaseCAM) else cam
-    family = method_info(core.name).family if core.name in list_methods() else ""
-    n_samples = int(getattr(core, "n_samples", 1))
-    if family != "perturbation":
-        return 2 + (n_samples if n_samples > 1 else 0)
-    if hasattr(core, "groups"):  # torch.chunk's groups: fewer when there are fewer channels
-        return 2 + len(torch.arange(shape[1]).chunk(int(core.groups)))
-    if isinstance(core, OptiCAM):
-        return 1 + int(core.steps)
-    if isinstance(core, ReciproCAM):
-        return 2 + math.prod(shape[2:])
-    top = getattr(core, "top_channels", None)
-    plus_minus = isinstance(core, PolyCAM) and core.variant == "plus-minus"
-    per_channel = 2 if isinstance(core, FDCAM) or plus_minus else max(1, n_samples)
-    return 2 + (int(top) if top else shape[1]) * per_channel
-
-
 def _prediction(loaded: LoadedModel, index: int, prob: float) -> dict[str, Any]:
     return {"class_index": index, "name": loaded.class_name(index), "probability": prob}
 
@@ -336,7 +293,7 @@ def run_explain(
     entries = []
     for k, name in enumerate(methods, start=1):
         cam = build_method(loaded.model, name, layer)
-        progress.stage(k, name, expected_images(cam, shape, (x.shape[-2], x.shape[-1])))
+        progress.stage(k, name, cam.expected_rows(shape, (x.shape[-2], x.shape[-1])))
         start = time.perf_counter()
         ex = cam.explain(x, cls)
         elapsed = time.perf_counter() - start
