@@ -151,19 +151,18 @@ class SharedDraws:
     ) -> None:
         self.method, self.size, self.device, self.dtype = method, size, device, dtype
         self.gen = method.generator()
-        self.key = (-1, -1)
+        self.key = (0, 0)  # the rows held (none yet); the next chunk starts at key[1]
         self.value: torch.Tensor | None = None
-        self.next = 0
 
     def rows(self, start: int, stop: int) -> torch.Tensor | None:
         """The random numbers of rows ``start..stop-1`` (``None``: the method draws none)."""
         if self.gen is None:
             return None
         if self.key != (start, stop):
-            if start != self.next:
-                raise RuntimeError(f"rows {start}..{stop} asked out of order (next {self.next})")
+            if start != self.key[1]:
+                raise RuntimeError(f"rows {start}..{stop} asked out of order (next {self.key[1]})")
             drawn = self.method.draw(stop - start, self.size, self.gen)
-            self.key, self.next = (start, stop), stop
+            self.key = (start, stop)
             self.value = None if drawn is None else drawn.to(self.device, self.dtype)
         return self.value
 
