@@ -19,7 +19,6 @@ from tqdm import tqdm
 
 from ..._outputs import to_logits
 from ...models import LoadedModel
-from ..config import BenchmarkConfig
 from .data import Item, Loaded, batches
 from .state import Run
 from .store import append_lines, drop_cut_line
@@ -71,35 +70,27 @@ def predict_batch(
     append_lines(path, buf.getvalue())
 
 
-def predict_all(
-    out: Path,
-    items: list[Item],
-    lm: LoadedModel,
-    config: BenchmarkConfig,
-    progress: bool | None,
-    known: Predictions,
-) -> None:
-    """Predict every image of ``items`` missing from ``known`` (unreadable ones stay missing)."""
-    missing = [it for it in items if it.name not in known]
+def predict_missing(run: Run, skip: list[Item] | None = None) -> None:
+    """Predict, in a pass of their own, the images of the run (but ``skip``) that lack one.
+
+    Unreadable images stay without a prediction.
+    """
+    cfg = run.config
+    names = {it.name for it in skip or []}
+    missing = [
+        it for it in run.dataset.items if it.name not in names and it.name not in run.predictions
+    ]
     if not missing:
         return
     bar = tqdm(
         total=len(missing),
         unit="img",
         desc="predicting",
-        disable=None if progress is None else not progress,
+        disable=None if run.progress is None else not run.progress,
     )
     try:
-        for loaded in batches(missing, lm.preprocess, config.batch_size, config.workers):
-            predict_batch(out, loaded, lm, config.device, known)
+        for loaded in batches(missing, run.lm.preprocess, cfg.batch_size, cfg.workers):
+            predict_batch(cfg.out, loaded, run.lm, cfg.device, run.predictions)
             bar.update(len(loaded.items) + len(loaded.failed))
     finally:
         bar.close()
-
-
-def predict_missing(run: Run, skip: list[Item] | None = None) -> None:
-    """Predict, in a pass of their own, the images of the run (but ``skip``) that lack one."""
-    cfg = run.config
-    names = {it.name for it in skip or []}
-    items = [it for it in run.dataset.items if it.name not in names]
-    predict_all(cfg.out, items, run.lm, cfg, run.progress, run.predictions)

@@ -19,7 +19,7 @@ import math
 import os
 import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -29,6 +29,7 @@ import torch
 from ...errors import InputError
 
 RESULT_FIELDS = ["image", "method", "metric", "value"]
+FAILURE_FIELDS = ["image", "method", "error"]
 
 
 class OutputLockedError(InputError):
@@ -48,6 +49,19 @@ def drop_cut_line(path: Path) -> bool:
         data = f.read()
         f.truncate(data.rfind(b"\n") + 1)
     return True
+
+
+def _replace_rows(path: Path, header: list[str], rows: Iterable[Sequence[str]]) -> None:
+    """Rewrite the CSV ``path`` as ``header`` and ``rows``, through a temporary file.
+
+    A kill leaves the old file or the new one; lines end as appended lines do (LF).
+    """
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+    os.replace(tmp, path)
 
 
 def append_lines(path: Path, text: str) -> None:
@@ -82,7 +96,7 @@ class ResultsStore:
         self.repaired: list[str] = []
         for path, header in (
             (self.results, ",".join(RESULT_FIELDS)),
-            (self.failures, "image,method,error"),
+            (self.failures, ",".join(FAILURE_FIELDS)),
             (self.curves, None),
         ):
             if not path.exists():
@@ -108,12 +122,9 @@ class ResultsStore:
         done = {(r["image"], r["method"]) for r in rows if r["metric"] == "time_s"}
         kept = [r for r in rows if (r["image"], r["method"]) in done]
         if len(kept) != len(rows):
-            tmp = self.results.with_suffix(".csv.tmp")
-            with tmp.open("w", encoding="utf-8", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
-                w.writeheader()
-                w.writerows(kept)
-            os.replace(tmp, self.results)
+            _replace_rows(
+                self.results, RESULT_FIELDS, ([r[k] for k in RESULT_FIELDS] for r in kept)
+            )
         return done
 
     def write(self, pairs: Iterable[PairResult]) -> None:
@@ -140,14 +151,8 @@ class ResultsStore:
         with self.failures.open(encoding="utf-8", newline="") as f:
             rows = list(csv.reader(f))
         kept = [r for r in rows[1:] if len(r) < 2 or (r[0], r[1]) not in pairs]
-        if len(kept) == len(rows) - 1:
-            return
-        tmp = self.failures.with_suffix(".csv.tmp")
-        with tmp.open("w", encoding="utf-8", newline="") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(["image", "method", "error"])
-            w.writerows(kept)
-        os.replace(tmp, self.failures)
+        if len(kept) != len(rows) - 1:
+            _replace_rows(self.failures, FAILURE_FIELDS, kept)
 
     def failure(self, image: str, method: str, error: str) -> None:
         """Record a failed pair (whole line)."""
