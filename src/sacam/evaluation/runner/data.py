@@ -246,6 +246,21 @@ class Loaded:
     sizes: list[tuple[int, int]]
     failed: list[tuple[Item, str]]
 
+    def part(self, names: set[str]) -> Loaded:
+        """The images named in ``names``, as a batch of its own.
+
+        Always a new object with its own lists (a method's step may edit the batch it
+        scores, and the next method scores the same decoded images); the pixels are this
+        batch's own tensor when every readable image is kept.
+        """
+        keep = [i for i, it in enumerate(self.items) if it.name in names]
+        return Loaded(
+            [self.items[i] for i in keep],
+            self.pixels if len(keep) == len(self.items) else self.pixels[keep],
+            [self.sizes[i] for i in keep],
+            [(it, error) for it, error in self.failed if it.name in names],
+        )
+
 
 def _decode(item: Item, pre: Preprocess) -> tuple[torch.Tensor, tuple[int, int]]:
     image = load_image(item.path)

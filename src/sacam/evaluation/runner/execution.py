@@ -259,25 +259,9 @@ def missing_by_method(
 def method_parts(loaded: Loaded, missing: dict[str, set[str]]) -> Iterator[tuple[str, Loaded]]:
     """Each method with the part of a decoded batch it misses (methods with none skipped)."""
     for method, names in missing.items():
-        part = _batch_part(loaded, names)
+        part = loaded.part(names)
         if part.items or part.failed:
             yield method, part
-
-
-def _batch_part(loaded: Loaded, names: set[str]) -> Loaded:
-    """The images of a decoded batch named in ``names``, as a batch of its own.
-
-    Always a new object with its own lists, since :func:`score_batch` edits the batch it
-    scores (saved maps missing), and the next method scores the same decoded images.
-    """
-    keep = [i for i, it in enumerate(loaded.items) if it.name in names]
-    pixels = loaded.pixels if len(keep) == len(loaded.items) else loaded.pixels[keep]
-    return Loaded(
-        [loaded.items[i] for i in keep],
-        pixels,
-        [loaded.sizes[i] for i in keep],
-        [(it, error) for it, error in loaded.failed if it.name in names],
-    )
 
 
 def local_engine(run: Run) -> None:

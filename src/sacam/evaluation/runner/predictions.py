@@ -45,11 +45,10 @@ def predict_batch(
     ``loaded.pixels`` may already be on ``device``. Each image is predicted in the batch
     it came in, so the rows match a separate pass over the same batches.
     """
-    keep = [i for i, it in enumerate(loaded.items) if it.name not in known]
-    if not keep:
+    new = loaded.part({it.name for it in loaded.items if it.name not in known})
+    if not new.items:
         return
-    pixels = loaded.pixels if len(keep) == len(loaded.items) else loaded.pixels[keep]
-    x = lm.preprocess.normalize(pixels.to(device))
+    x = lm.preprocess.normalize(new.pixels.to(device))
     with torch.inference_mode():
         p = torch.softmax(to_logits(lm.model(x)).float(), 1).cpu()
     buf = io.StringIO()
@@ -57,8 +56,7 @@ def predict_batch(
     path = out / "predictions.csv"
     if not path.exists() or path.stat().st_size == 0:
         w.writeheader()
-    for i, row in zip(keep, p, strict=True):
-        item = loaded.items[i]
+    for item, row in zip(new.items, p, strict=True):
         known[item.name] = rec = {
             "file": item.name,
             "label": str(item.label),
