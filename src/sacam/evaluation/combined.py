@@ -32,7 +32,7 @@ from collections.abc import Callable
 import torch
 
 from ..models import Preprocess
-from .faithfulness import batch_confidence
+from .faithfulness import batch_confidence, explanation_images
 from .registry import MetricBatch, MetricOutput, register_metric
 from .road import road_curves
 
@@ -64,16 +64,6 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     den = (x.square().sum(1) * y.square().sum(1)).sqrt()
     rho = (x * y).sum(1) / torch.where(den > 0, den, torch.ones_like(den))
     return torch.where(den > 0, rho, torch.full_like(rho, float("nan"))).float()
-
-
-def explanation_images(
-    images: torch.Tensor, maps: torch.Tensor, preprocess: Preprocess | None
-) -> torch.Tensor:
-    """``x ⊙ L``: in pixel space when a ``preprocess`` is given (as the Average Drop masks)."""
-    m = maps[:, None].to(images.dtype)
-    if preprocess is None:
-        return images * m
-    return preprocess.normalize(preprocess.denormalize(images) * m)
 
 
 ExplainFn = Callable[[torch.Tensor], torch.Tensor]

@@ -132,6 +132,20 @@ def confidence_change(
         return confidence_values(model, images, maps, classes, preprocess, batch_size)
 
 
+def explanation_images(
+    images: torch.Tensor, maps: torch.Tensor, preprocess: Preprocess | None
+) -> torch.Tensor:
+    """``E = x ⊙ L``: in pixel space when a ``preprocess`` is given (the Average Drop masks).
+
+    A map of ones gives the images themselves, bit for bit
+    (:meth:`~sacam.models.Preprocess.multiply_pixels`).
+    """
+    m = maps[:, None].to(images.dtype)
+    if preprocess is None:
+        return images * m
+    return preprocess.multiply_pixels(images, m)
+
+
 def confidence_values(
     model: nn.Module,
     images: torch.Tensor,
@@ -143,12 +157,7 @@ def confidence_values(
     """:func:`confidence_change` for checked inputs and resolved ``(B,)`` classes."""
     with model_guard(model):
         y = _probs(model, images, classes, batch_size)
-        m = maps[:, None].to(images.dtype)
-        if preprocess is not None:
-            explained = preprocess.normalize(preprocess.denormalize(images) * m)
-        else:
-            explained = images * m
-        o = _probs(model, explained, classes, batch_size)
+        o = _probs(model, explanation_images(images, maps, preprocess), classes, batch_size)
     drop = 100.0 * (y - o).clamp_min(0) / y.clamp_min(1e-12)
     increase = 100.0 * (o > y).float()
     gain = 100.0 * (o - y).clamp_min(0) / (1 - y).clamp_min(1e-12)
