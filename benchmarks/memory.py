@@ -25,13 +25,13 @@ On CUDA the peak is the allocator's (``torch.cuda.max_memory_allocated`` above
 ``memory_allocated`` before the call).
 
 ``--estimate`` replaces the measured cost by the shape estimate (sacam before the
-measurement, for comparison in the same run).
+measurement, for comparison in the same run). ``--keep-freed-memory`` makes the child
+call :func:`sacam.allocator.keep_freed_memory` first, as the ``sacam`` command does.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import inspect
 import json
 import platform
@@ -55,9 +55,12 @@ def child(spec: dict) -> dict:
     """One call of the method in this (fresh) process; its peak memory above the start."""
     import sacam
     from sacam import _tuning
+    from sacam.allocator import keep_freed_memory, release_free_memory
     from sacam.models import load_model, sample_image
 
     torch.set_num_threads(spec["threads"])
+    if spec["keep_freed"]:
+        keep_freed_memory()
     device = torch.device(spec["device"])
     lm = load_model(device=device)
     x = lm.preprocess.batch([sample_image("chelsea")]).to(device)
@@ -70,14 +73,14 @@ def child(spec: dict) -> dict:
 
         _tuning.measure_memory = estimate  # type: ignore[assignment]
     chosen: list[int] = []
-    real = sacam.methods._perturb.perturbed_scores
+    real = sacam.methods._perturb.perturbed_scores_of
     signature = inspect.signature(real)
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         chosen.append(signature.bind(*args, **kwargs).arguments["batch_size"])
         return real(*args, **kwargs)
 
-    sacam.methods._perturb.perturbed_scores = spy  # type: ignore[assignment]
+    sacam.methods._perturb.perturbed_scores_of = spy  # type: ignore[assignment]
     method = spec.get("method", "score-cam")
     if method == "score-cam":
         options: dict[str, Any] = {"top_channels": spec["channels"]}
@@ -109,7 +112,7 @@ def child(spec: dict) -> dict:
             return reset()
 
         _tuning._reset_rss_peak = keep_peak  # type: ignore[assignment]
-        ctypes.CDLL(None).malloc_trim(0)  # glibc: free blocks back, a baseline of live memory
+        release_free_memory()  # glibc: free blocks back, a baseline of live memory
         base = status_mb("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")
         cam(x)
@@ -134,6 +137,11 @@ def main() -> None:
     ap.add_argument("--channels", type=int, default=256, help="top_channels (forward passes)")
     ap.add_argument("--estimate", action="store_true", help="shape estimate, not measured")
     ap.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="the child calls sacam.allocator.keep_freed_memory() first, as the CLI does",
+    )
+    ap.add_argument(
         "--method",
         default="score-cam",
         choices=["score-cam", "ablation-cam", "fd-cam", "recipro-cam"],
@@ -147,6 +155,7 @@ def main() -> None:
         f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
         f"{args.threads} threads, device {args.device}, "
         f"{'shape estimate' if args.estimate else 'measured cost'}, {args.method}"
+        f"{', freed memory kept' if args.keep_freed_memory else ''}"
     )
     print("| budget MB | peak above start MB | peak / budget | batch | fixed MB | per sample MB |")
     print("|---|---|---|---|---|---|")
@@ -157,6 +166,7 @@ def main() -> None:
             "device": args.device,
             "channels": args.channels,
             "estimate": args.estimate,
+            "keep_freed": args.keep_freed_memory,
             "method": args.method,
         }
         out = subprocess.run(

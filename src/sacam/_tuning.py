@@ -34,7 +34,6 @@ the CPU allocator holds freed blocks), which is why the plan measures.
 
 from __future__ import annotations
 
-import ctypes
 import math
 import sys
 import time
@@ -48,6 +47,7 @@ from torch import nn
 from ._layers import ProbeRecord, probe
 from ._outputs import unwrap
 from ._plancache import load_plan, plan_key, save_plan
+from .allocator import release_free_memory
 
 CANDIDATE_BATCHES = (8, 16, 32, 64)
 # on a GPU a small model's pass costs about the same at batch 8 and 64 (kernel launches,
@@ -152,21 +152,6 @@ def _status_kb(field: str) -> int | None:
     return None
 
 
-def _release_free_memory() -> None:
-    """Return the C allocator's free blocks to the system (glibc ``malloc_trim``).
-
-    Without it a measured pass can reuse blocks an earlier pass freed and show no growth
-    of the resident set; with it every page the pass touches is counted.
-    """
-    try:
-        libc = ctypes.CDLL(None)
-        trim = getattr(libc, "malloc_trim", None)
-    except OSError:  # pragma: no cover - no C library to ask
-        return
-    if trim is not None:
-        trim(0)
-
-
 def _reset_rss_peak() -> bool:
     try:
         Path("/proc/self/clear_refs").write_text("5")  # "5": reset the peak RSS (VmHWM)
@@ -191,7 +176,7 @@ def _peak_above_start(model: nn.Module, x: torch.Tensor, source: str, passes: in
                 model(x)
             torch.cuda.synchronize(x.device)
             return float(torch.cuda.max_memory_allocated(x.device) - start)
-        _release_free_memory()
+        release_free_memory()
         start_kb = _status_kb("VmRSS")
         _reset_rss_peak()
         for _ in range(passes):
@@ -262,7 +247,7 @@ def measure_memory(model: nn.Module, sample: torch.Tensor) -> MemoryCost:
         fixed, per = cost_from_peaks(points)
         cost = MemoryCost(fixed, per, source)
         if source == "rss":
-            _release_free_memory()
+            release_free_memory()
     per_model[key] = cost
     save_plan(disk, {"fixed": cost.fixed, "per_sample": cost.per_sample, "source": cost.source})
     return cost
@@ -413,7 +398,7 @@ def measure_plan(
                     # passes of other sizes and formats leave freed blocks the next one
                     # cannot reuse; resident beside it, they would add up to twice the
                     # budget (measured on EfficientNet-Lite0)
-                    _release_free_memory()
+                    release_free_memory()
             del x
     if measured:
         save_plan(disk, {"timings": [[size, cl, ms] for (size, cl), ms in timings.items()]})

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
+from ..allocator import keep_freed_memory
 from ..errors import InputError, SacamError
 from ..models import SAMPLE_IMAGES
 from ..registry import list_methods, method_info, methods_table
@@ -141,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             info = method_info(name)
             print(f"{name:{width}s}  {info.paper:{papers}s}  {info.description}")
         return 0
+    keep_freed_memory()  # this process runs many forward passes; see sacam.allocator
     try:
         if args.command == "benchmark":
             return benchmark_command(args)

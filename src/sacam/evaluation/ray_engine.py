@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..allocator import keep_freed_memory
 from ..errors import SacamError
 from .config import BenchmarkConfig
 from .explain_folder import Engine as ExplainEngine
@@ -143,6 +144,7 @@ class BatchScorer:
         device: str,
     ) -> None:
         torch.set_num_threads(threads)
+        keep_freed_memory()  # the actor's process is sacam's, as for the CLI
         config = replace(config, device=device, workers=1)
         torch.manual_seed(config.seed)
         lm = load_run_model(config)
@@ -339,6 +341,7 @@ class FolderExplainer:
 
     def __init__(self, job: ExplainJob, threads: int, device: str) -> None:
         torch.set_num_threads(threads)
+        keep_freed_memory()
         self.explainer = Explainer(replace(job, device=device))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
