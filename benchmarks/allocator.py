@@ -7,16 +7,17 @@ Usage:
     python benchmarks/allocator.py --data ../shared/data/imagenet-dev --limit 8
 
 Each row runs in a fresh child process, alternating the two settings ``--repeat`` times:
-"glibc defaults" sets ``MALLOC_MMAP_MAX_=65536`` (glibc's default, which makes sacam leave
-the allocator alone), "freed memory kept" calls ``keep_freed_memory()`` (the ``sacam``
-command does so itself). Workloads:
+"glibc defaults" sets ``SACAM_KEEP_FREED_MEMORY=0`` (sacam leaves glibc as it starts; a
+``MALLOC_*`` variable would not do: setting ``MALLOC_MMAP_MAX_`` also switches off glibc's
+sliding mmap threshold, which makes the defaults slower than they are), "freed memory
+kept" calls ``keep_freed_memory()`` (the ``sacam`` command does so itself). Workloads:
 
 - ``ss-cam``: one SS-CAM call (``n_samples=1``, 320 masked forward passes) at
   ``_blocks.15`` of EfficientNet-Lite0 on the sample photo "chelsea", timed after a
   warm-up call (which measures the batch plan); the maps of the two settings are compared.
 - with ``--data DIR``: the command ``sacam benchmark DIR --methods grad-cam sa-cam
   score-cam --layer _blocks.15 --metrics confidence deletion insertion --limit N
-  --batch-size 8``, timed whole (model loading included), into a temporary folder.
+  --batch-size 8 --steps 16``, timed whole (model loading included), into a temporary folder.
 
 It prints wall, user and system seconds, the child's minor page faults over the timed
 part and its peak resident set, then the ratio of the medians (defaults / kept; above 1
@@ -86,7 +87,7 @@ def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     env.pop("GLIBC_TUNABLES", None)
     if spec["setting"] == SETTINGS[0]:
-        env["MALLOC_MMAP_MAX_"] = "65536"
+        env["SACAM_KEEP_FREED_MEMORY"] = "0"  # glibc as it starts (no MALLOC_* setting)
     env["OMP_NUM_THREADS"] = str(spec["threads"])
     done = subprocess.run(
         [sys.executable, __file__, "--child", json.dumps(spec)],

@@ -37,9 +37,9 @@ CHILD = textwrap.dedent(
     setup = sys.argv[1]
     if setup == "keep":
         applied = keep_freed_memory()
-    elif setup == "cli":
-        from sacam.cli import main
-        applied = main(sys.argv[2:])  # the command's exit code
+    elif setup in ("entry", "main"):
+        import sacam.cli
+        applied = getattr(sacam.cli, setup)(sys.argv[2:])  # the command's exit code
     else:
         applied = None
 
@@ -67,9 +67,8 @@ def _page_bytes() -> int:
 
 
 def _child(*args: str, env: dict[str, str] | None = None) -> tuple[object, int]:
-    clean = {
-        k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"
-    }
+    drop = {"GLIBC_TUNABLES", "THP_MEM_ALLOC_ENABLE", "SACAM_KEEP_FREED_MEMORY"}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in drop}
     out = subprocess.run(
         [sys.executable, "-c", CHILD, *args],
         env={**clean, "OMP_NUM_THREADS": "1", **(env or {})},
@@ -99,9 +98,20 @@ def test_keep_freed_memory_reuses_the_pages_of_freed_tensors() -> None:
 @needs_glibc
 def test_the_sacam_command_keeps_freed_memory(tmp_path: Path) -> None:
     bad = tmp_path / "missing.png"  # the command gets past its arguments, then cannot read it
-    code, faults = _child("cli", "explain", str(bad), "--method", "cam", "--out", str(tmp_path))
+    args = ["explain", str(bad), "--method", "cam", "--out", str(tmp_path)]
+    code, faults = _child("entry", *args)  # the console script and python -m sacam.cli
     assert code == 3
     assert faults < TENSOR_BYTES // resource.getpagesize(), faults
+    code, faults = _child("main", *args)  # in a process of its caller's: left as it is
+    assert code == 3
+    assert faults >= REPEATS * TENSOR_BYTES // _page_bytes() // 2, faults
+
+
+@needs_glibc
+def test_the_opt_out_leaves_glibc_as_it_starts() -> None:
+    applied, faults = _child("keep", env={"SACAM_KEEP_FREED_MEMORY": "0"})
+    assert applied is False
+    assert faults >= REPEATS * TENSOR_BYTES // _page_bytes() // 2, faults
 
 
 @needs_glibc

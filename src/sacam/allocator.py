@@ -6,27 +6,28 @@ EfficientNet-Lite0 at 224×224 has activations of 50–150 MB, so every forward 
 its large tensors, faults their pages in one 4 KiB page at a time (the kernel zeroes each
 one) and unmaps them again. Perturbation methods and the deletion/insertion curves run
 thousands of such passes: one SS-CAM call at ``_blocks.15`` (320 passes, two threads)
-took 11.5 s, with 13 s of kernel time on 8.0 million page faults, and 3.2 s without
-them; a ``sacam benchmark`` of 8 images × 3 methods took 163 s against 57 s
+took 6.2 s, 4.8 s of it kernel time on 3.0 million page faults, and 3.5–3.8 s without
+them; a ``sacam benchmark`` of 8 images × 3 methods took 67–78 s against 59–63 s
 (``python benchmarks/allocator.py``; docs/performance.md, "The C allocator").
 
-:func:`keep_freed_memory` tells glibc to serve large blocks from its heap and to keep up
-to ``keep_mb`` of freed memory at the heap's top instead of returning it, so that a pass
-reuses the pages the previous pass freed. The process then keeps memory that
-fragmentation makes it hard to reuse, so its peak resident set grows (516 → 695 MB for
-that SS-CAM call, 591 → 990 MB for that benchmark; a perturbation method's batch still
+:func:`keep_freed_memory` tells glibc to serve large blocks from its heap and to keep
+freed memory at the heap's top instead of returning it, so that a pass reuses the pages
+the previous pass freed. The process then also keeps memory that fragmentation makes
+hard to reuse, so its peak resident set grows (614–674 → 722–744 MB for that SS-CAM
+call, 766–843 → 926–964 MB for that benchmark; a perturbation method's batch still
 stays within its ``max_memory_mb``). The numbers are the same: only where the memory
-comes from changes. sacam's own processes (the ``sacam`` command, including ``sacam
-serve``, and the Ray actors of ``--engine ray``) call it at start; a script of yours
-calls it once at its top.
+comes from changes. The ``sacam`` command (except ``sacam serve``, whose model thread
+gained nothing) and the Ray actors of ``--engine ray`` call it at start; a script of
+yours calls it once at its top.
 
 It leaves glibc alone when you configured its allocator yourself (any ``MALLOC_*``
-variable or a ``glibc.malloc`` tunable in ``GLIBC_TUNABLES``; to keep glibc's defaults,
-set ``MALLOC_MMAP_MAX_=65536``, its default), and it is a no-op where the C library is
-not glibc. Under another allocator preloaded with ``LD_PRELOAD`` the call changes nothing
-that allocator does: tcmalloc keeps freed memory on its own (an SS-CAM call of 640
-passes on one thread: 14.3 s, glibc's defaults 24.9 s, glibc with this setting 15.6 s),
-jemalloc at its defaults returns it too (34.4 s).
+variable or a ``glibc.malloc`` tunable in ``GLIBC_TUNABLES``) or set
+``SACAM_KEEP_FREED_MEMORY=0`` (glibc as it starts; note that ``MALLOC_MMAP_MAX_=65536``
+is not that: setting it also switches off glibc's sliding mmap threshold), and it is a
+no-op where the C library is not glibc. Under another allocator preloaded with
+``LD_PRELOAD`` the call changes nothing that allocator does: tcmalloc keeps freed memory
+on its own (an SS-CAM call of 640 passes on one thread: 14.3 s, glibc's defaults 24.9 s,
+glibc with this setting 15.6 s), jemalloc at its defaults returns it too (34.4 s).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import platform
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
 M_MMAP_MAX = -4
 KEEP_MB = 1024
+OPT_OUT = "SACAM_KEEP_FREED_MEMORY"  # "0": leave glibc as it is
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -68,25 +70,30 @@ def keep_freed_memory(keep_mb: int = KEEP_MB) -> bool:
     """Make glibc reuse freed memory for large tensors instead of mapping it afresh.
 
     Sets glibc's ``M_MMAP_MAX`` to 0 (large blocks come from the heap) and
-    ``M_TRIM_THRESHOLD`` to ``keep_mb`` MiB (freed memory at the heap's top up to that
-    much stays in the process). Process-wide and lasting; call it once at the start.
+    ``M_TRIM_THRESHOLD`` to ``keep_mb`` MiB (freed memory at the heap's top stays in the
+    process until it exceeds that much; then glibc hands almost all of it back, as it
+    does at its default threshold). Process-wide and lasting; call it once at the start.
+    Threads other than the main one allocate from arenas of their own, whose heaps hold
+    at most 64 MiB: there a larger block is still mapped afresh (``sacam serve`` runs
+    the model in such a thread; it gained nothing measurable and does not call this).
 
     Args:
-        keep_mb: freed memory kept at the heap's top, in MiB (1 to 2047); more than this
-            is handed back to the system as before.
+        keep_mb: freed memory kept at the heap's top, in MiB (1 to 2047).
 
     Returns:
-        True when glibc took the settings; False where the C library is not glibc or the
-        environment configures glibc's allocator already (then nothing is changed).
+        True when glibc took the settings; False (nothing changed) where the C library is
+        not glibc, the environment configures glibc's allocator already (``MALLOC_*``,
+        ``GLIBC_TUNABLES``), or ``SACAM_KEEP_FREED_MEMORY=0`` opts out.
 
     Example:
-        >>> keep_freed_memory() in (True, False)
+        >>> from sacam.allocator import keep_freed_memory
+        >>> keep_freed_memory()  # doctest: +SKIP
         True
     """
     if not 1 <= keep_mb <= 2047:
         raise ValueError(f"keep_mb must be 1 to 2047 (MiB), got {keep_mb}")
     libc = _glibc()
-    if libc is None or user_configured_malloc():
+    if libc is None or user_configured_malloc() or os.environ.get(OPT_OUT) == "0":
         return False
     mallopt = libc.mallopt
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]

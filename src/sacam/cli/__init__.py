@@ -128,6 +128,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def entry(argv: Sequence[str] | None = None) -> int:
+    """The ``sacam`` command's process: glibc keeps freed memory (not for ``serve``), then main.
+
+    A process of many forward passes reuses freed pages instead of faulting fresh ones
+    in (:func:`sacam.allocator.keep_freed_memory`). :func:`main` itself changes nothing
+    process-wide, so a script or a test may call it in its own process.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] != ["serve"]:  # the web app's model thread gained nothing (performance.md)
+        keep_freed_memory()
+    return main(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -142,7 +155,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             info = method_info(name)
             print(f"{name:{width}s}  {info.paper:{papers}s}  {info.description}")
         return 0
-    keep_freed_memory()  # this process runs many forward passes; see sacam.allocator
     try:
         if args.command == "benchmark":
             return benchmark_command(args)

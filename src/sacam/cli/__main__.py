@@ -1,5 +1,5 @@
 """``python -m sacam.cli``: the ``sacam`` command."""
 
-from . import main
+from . import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())
