@@ -40,6 +40,8 @@ from typing import Any
 
 import torch
 
+from sacam.allocator import on_glibc
+
 SETTINGS = ("glibc defaults", "freed memory kept")
 
 
@@ -112,7 +114,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not on_glibc():
         raise SystemExit("this benchmark compares glibc settings: Linux with glibc only")
     workloads: dict[str, list[str] | None] = {"ss-cam": None}
     if args.data:

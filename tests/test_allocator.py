@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -21,10 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from sacam.allocator import keep_freed_memory, user_configured_malloc
+from sacam.allocator import keep_freed_memory, on_glibc, user_configured_malloc
 
-GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-needs_glibc = pytest.mark.skipif(not GLIBC, reason="glibc's mallopt is Linux/glibc only")
+needs_glibc = pytest.mark.skipif(not on_glibc(), reason="glibc's mallopt is Linux/glibc only")
 
 TENSOR_BYTES = 64 << 20
 REPEATS = 10
@@ -116,7 +114,7 @@ def test_the_opt_out_leaves_glibc_as_it_starts() -> None:
 
 @needs_glibc
 def test_a_users_own_malloc_settings_are_left_alone() -> None:
-    applied, faults = _child("keep", env={"MALLOC_MMAP_MAX_": "65536"})  # glibc's default
+    applied, faults = _child("keep", env={"MALLOC_MMAP_MAX_": "65536"})  # a user's own setting
     assert applied is False
     assert faults >= REPEATS * TENSOR_BYTES // _page_bytes() // 2, faults
 

@@ -42,8 +42,18 @@ KEEP_MB = 1024
 OPT_OUT = "SACAM_KEEP_FREED_MEMORY"  # "0": leave glibc as it is
 
 
+def on_glibc() -> bool:
+    """Whether this process runs on Linux with glibc, whose allocator this module sets.
+
+    Example:
+        >>> on_glibc() in (True, False)
+        True
+    """
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def _glibc() -> ctypes.CDLL | None:
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not on_glibc():
         return None
     try:
         return ctypes.CDLL(None)
