@@ -105,16 +105,20 @@ class Preprocess:
         arr = np.array(img, dtype=np.float32) / 255.0
         return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
+    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mean`` and ``std`` as ``(3, 1, 1)`` tensors of ``like``'s dtype and device."""
+        mean = torch.tensor(self.mean, dtype=like.dtype, device=like.device)[:, None, None]
+        std = torch.tensor(self.std, dtype=like.dtype, device=like.device)[:, None, None]
+        return mean, std
+
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalise [0, 1] pixels ``(..., 3, H, W)`` with ``mean`` and ``std``."""
-        mean = torch.tensor(self.mean, dtype=pixels.dtype, device=pixels.device)[:, None, None]
-        std = torch.tensor(self.std, dtype=pixels.dtype, device=pixels.device)[:, None, None]
+        mean, std = self._stats(pixels)
         return (pixels - mean) / std
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Invert :meth:`normalize`: model inputs back to [0, 1] pixels."""
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device)[:, None, None]
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device)[:, None, None]
+        mean, std = self._stats(x)
         return x * std + mean
 
     def multiply_pixels(self, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -131,8 +135,7 @@ class Preprocess:
             >>> bool(torch.equal(p.multiply_pixels(x, torch.ones(1, 1, 4, 4)), x))
             True
         """
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device)[:, None, None]
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device)[:, None, None]
+        mean, std = self._stats(x)
         return x * factor + (mean / std) * (factor - 1)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
