@@ -1,0 +1,171 @@
+"""The GPU work docs/results.md and docs/performance.md still owe, as one budgeted queue.
+
+Some sessions are lent a GPU for a few minutes; this script is what such a session runs,
+so that none of it has to be rebuilt from the docs first. It runs the jobs below in
+order until its time budget is spent, on a machine that holds the repository, the
+carried kit of ``benchmarks/gpu_kit.sh`` (wheels, the development images, the run
+folders to resume) and nothing else:
+
+    python3 benchmarks/gpu_queue.py --data .gpu/data --runs .gpu/runs --budget 540 --out $OUT
+
+- A ``sacam benchmark`` job writes into ``RUNS/NAME``. Its folder keeps every finished
+  (image, method) pair, so a job cut off by the budget (SIGINT, then SIGKILL) resumes in
+  the next session from where it stopped; a finished job resumes as a no-op.
+- A script job (``benchmarks/*.py``) writes its table to ``OUT/NAME.txt`` and starts
+  only when its estimated time is left.
+- Everything comes back as ``OUT/results.tar.gz`` (``paper/NAME/...`` and the tables)
+  and ``OUT/queue.log`` (per job: the command, how it ended, seconds). Unpack it with
+  ``tar xzf results.tar.gz -C docs/results``, then update the tables in the docs.
+
+Edit ``JOBS`` when work is done or added: the order is the priority.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+FAITHFULNESS = ("--steps", "16", "--metrics", "confidence", "deletion", "insertion")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of the queue: a resumable ``sacam benchmark`` run or a benchmark script."""
+
+    name: str
+    argv: tuple[str, ...]
+    """Arguments after ``sacam benchmark DATA`` (run) or the script's path (script)."""
+    script: bool = False
+    estimate_s: float = 60.0
+    """Seconds a script job needs on an H200 (a run job starts whenever 60 s are left)."""
+
+
+JOBS: tuple[Job, ...] = (
+    # The performance goals (docs/performance.md, "GPU"): Grad-CAM against its floor,
+    # the runner's per-image overhead at two sizes, the tail methods' row cap.
+    Job("speed-gpu", ("benchmarks/speed.py", "--methods", "grad-cam", "sa-cam",
+                      "--skip-torchcam", "--skip-tradeoffs"), script=True, estimate_s=90),
+    Job("throughput-gpu-512", ("benchmarks/throughput.py", "--synthetic", "512", "--limit",
+                               "512", "--batch-size", "256", "--repeat", "1", "--workers",
+                               "12"), script=True, estimate_s=60),
+    Job("throughput-gpu-2048", ("benchmarks/throughput.py", "--synthetic", "2048", "--limit",
+                                "2048", "--batch-size", "256", "--repeat", "1", "--workers",
+                                "12", "--no-cold"), script=True, estimate_s=120),
+    Job("tail-strategies-gpu", ("benchmarks/tail_strategies.py", "--batches", "1", "8",
+                                "--repeat", "3"), script=True, estimate_s=60),
+    # #14: the Score family on all 100 images (docs/results.md).
+    Job("gpu-lite0-blocks15-sscam", ("--layer", "_blocks.15", *FAITHFULNESS, "--methods",
+                                     "ss-cam")),
+    Job("gpu-lite2-head-costly", ("--model", "efficientnet-lite2", *FAITHFULNESS, "--methods",
+                                  "grad-cam", "sa-cam", "is-cam", "poly-cam")),
+    Job("gpu-lite0-blocks10-sscam", ("--layer", "_blocks.10", *FAITHFULNESS, "--methods",
+                                     "grad-cam", "sa-cam", "ss-cam")),
+    Job("gpu-lite0-head-sscam", (*FAITHFULNESS, "--methods", "grad-cam", "sa-cam", "ss-cam")),
+    Job("gpu-lite2-head-sscam", ("--model", "efficientnet-lite2", *FAITHFULNESS, "--methods",
+                                 "grad-cam", "sa-cam", "ss-cam")),
+    # #14: the full stability protocol (100 attack steps) beyond its first 40 images.
+    Job("gpu-stability-blocks15", ("--layer", "_blocks.15", "--methods", "grad-cam", "sa-cam",
+                                   "--metrics", "adversarial", "explanation_attack")),
+)
+
+
+def command(job: Job, data: Path, runs: Path, device: str) -> list[str]:
+    """The process ``job`` runs, with this queue's interpreter, data, run folder and device."""
+    if job.script:
+        return [sys.executable, *job.argv, "--device", device]
+    return [sys.executable, "-m", "sacam.cli", "benchmark", str(data), "--device", device,
+            *job.argv, "--out", str(runs / job.name)]
+
+
+def run_job(cmd: list[str], log_path: Path | None, deadline: float) -> str:
+    """Run ``cmd`` until it ends or ``deadline``; how it ended: ``rc=N`` or ``cut``.
+
+    At the deadline the process group gets SIGINT (a run stops between pairs), then
+    SIGKILL after 20 s; a run's folder keeps what it finished either way.
+    """
+    out = log_path.open("w") if log_path else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            return f"rc={proc.wait(timeout=max(deadline - time.monotonic(), 1.0))}"
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            return "cut"
+    finally:
+        if log_path:
+            out.close()  # type: ignore[union-attr]
+
+
+def run_queue(jobs: tuple[Job, ...], data: Path, runs: Path, out: Path, device: str,
+              budget_s: float, reserve_s: float = 30.0) -> list[str]:
+    """Run ``jobs`` in order within ``budget_s`` seconds and pack what they made into ``out``.
+
+    ``reserve_s`` of the budget is kept for packing. Returns the log's lines.
+    """
+    start = time.monotonic()
+    deadline = start + budget_s - reserve_s
+    out.mkdir(parents=True, exist_ok=True)
+    runs.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+    for job in jobs:
+        left = deadline - time.monotonic()
+        if left < (job.estimate_s if job.script else 60.0):
+            lines.append(f"{job.name}: skipped, {left:.0f} s left")
+            continue
+        cmd = command(job, data, runs, device)
+        began = time.monotonic()
+        text = out / f"{job.name}.txt" if job.script else None
+        how = run_job(cmd, text, deadline)
+        lines.append(f"{job.name}: {how} after {time.monotonic() - began:.0f} s: {' '.join(cmd)}")
+        (out / "queue.log").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    pack(jobs, runs, out)
+    return lines
+
+
+def pack(jobs: tuple[Job, ...], runs: Path, out: Path) -> Path:
+    """``out/results.tar.gz``: every run folder as ``paper/NAME`` and every script's table."""
+    path = out / "results.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for job in jobs:
+            if job.script and (out / f"{job.name}.txt").exists():
+                tar.add(out / f"{job.name}.txt", arcname=f"{job.name}.txt")
+            elif not job.script and (runs / job.name).is_dir():
+                tar.add(runs / job.name, arcname=f"paper/{job.name}")
+    for job in jobs:  # the tables travel inside the archive only (8 files come back)
+        if job.script:
+            (out / f"{job.name}.txt").unlink(missing_ok=True)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="the development images")
+    parser.add_argument("--runs", type=Path, required=True, help="run folders (resumed)")
+    parser.add_argument("--out", type=Path, required=True, help="where results.tar.gz goes")
+    parser.add_argument("--budget", type=float, default=540.0, help="seconds in all")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--only", nargs="+", help="these jobs only, in the queue's order")
+    args = parser.parse_args()
+    jobs = tuple(j for j in JOBS if not args.only or j.name in args.only)
+    unknown = set(args.only or ()) - {j.name for j in JOBS}
+    if unknown:
+        parser.error(f"unknown jobs {sorted(unknown)}; the queue has {[j.name for j in JOBS]}")
+    for line in run_queue(jobs, args.data, args.runs, args.out, args.device, args.budget):
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
