@@ -172,3 +172,34 @@ def test_explain_refuses_a_model_file_that_runs_code(tmp_path, capsys) -> None:
     assert code == 2
     assert "--trust-model-file" in _one_error_line(capsys.readouterr().err)
     assert not marker.exists()
+
+
+def test_resize_squash_reaches_the_model_in_both_explain_modes(tmp_path, capsys) -> None:
+    """``--resize squash`` feeds the whole image, squashed, not the centre crop."""
+    import torch
+
+    from sacam.api import build_method
+    from sacam.models import TF_LITE_MEAN, TF_LITE_STD, Preprocess, load_model, sample_image
+
+    img = sample_image("chelsea")  # 451 x 300: crop and squash differ
+    lm = load_model()
+    probs = {}
+    for mode in ("crop", "squash"):
+        pre = Preprocess(224, mode, TF_LITE_MEAN, TF_LITE_STD)  # built here, independently
+        x = pre.normalize(pre.pixels(img))[None]
+        with torch.no_grad():
+            probs[mode] = torch.softmax(lm.model(x), 1)[0].max().item()
+        if mode == "squash":
+            want = build_method(lm.model, "grad-cam")(x, None)[0].detach().numpy()
+    assert f"{probs['crop']:.3f}" != f"{probs['squash']:.3f}"
+    for mode, extra in (("crop", []), ("squash", ["--resize", "squash"])):
+        assert main(["explain", "sample:chelsea", "--method", "grad-cam", "--out",
+                     str(tmp_path / mode), *extra]) == 0
+        assert f"Egyptian cat ({probs[mode]:.3f})" in capsys.readouterr().out
+    folder = tmp_path / "in"
+    folder.mkdir()
+    img.save(folder / "cat.png")
+    args = ["explain", str(folder), "--method", "grad-cam", "--save-maps", "--resize", "squash"]
+    assert main([*args, "--out", str(tmp_path / "folder")]) == 0
+    got = np.load(tmp_path / "folder" / "cat_grad-cam.npy").astype(np.float32)
+    assert got.shape == want.shape and np.abs(got - want).max() < 2e-3  # float16 on disk

@@ -88,6 +88,22 @@ def test_class_names() -> None:
     assert len(names) == 1000 and names[0] == "tench" and names[285] == "Egyptian cat"
 
 
+def test_load_model_changes_only_the_size_and_resize_it_is_given() -> None:
+    lm = load_model("efficientnet-lite0", size=160, resize="squash")
+    pre = lm.preprocess
+    assert (pre.size, pre.resize) == (160, "squash")
+    assert (pre.mean, pre.std) == (TF_LITE_MEAN, TF_LITE_STD)  # the model's own kept
+    assert lm.class_names[:1] == imagenet_class_names()[:1]
+    own = Preprocess(size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    lm = load_model(small_cnn(), preprocess=own, resize="squash")
+    assert lm.preprocess == Preprocess(32, "squash", (0.5,) * 3, (0.25,) * 3)
+    assert load_model(small_cnn(), preprocess=own).preprocess is own
+    for bad, what in [({"size": 0}, "size"), ({"size": 2.5}, "size"),
+                      ({"resize": "stretch"}, "resize")]:
+        with pytest.raises(ModelError, match=f"{what} must be"):
+            load_model(small_cnn(), **bad)  # type: ignore[arg-type]
+
+
 def test_preprocess_modes() -> None:
     img = sample_image("chelsea")  # 451 x 300
     crop = Preprocess(size=64).pixels(img)

@@ -304,6 +304,8 @@ def load_model(
     preprocess: Preprocess | None = None,
     class_names: Sequence[str] | None = None,
     trust_model_file: bool = False,
+    size: int | None = None,
+    resize: str | None = None,
 ) -> LoadedModel:
     """Load a model to explain.
 
@@ -331,6 +333,9 @@ def load_model(
         trust_model_file: allow a model file to run code while it loads (a TorchScript
             file, or a ``.pt2`` archive with pickled payloads or Python in it). Only for
             files from a source you trust.
+        size: change only the preprocessing's output side (the model's own preprocessing
+            or ``preprocess``): ``size=260`` keeps EfficientNet-Lite's mean and std.
+        resize: likewise change only how images are resized, ``"crop"`` or ``"squash"``.
 
     Returns:
         a :class:`LoadedModel`, in eval mode.
@@ -396,14 +401,21 @@ def load_model(
             "'package.module:factory', 'torchvision:NAME' or 'timm:NAME'"
         )
     model = model.to(device).eval()
+    pre = _changed(preprocess or default_pre, size, resize)
     names = list(class_names) if class_names is not None else None
     if names is None:
-        names = (
-            imagenet_class_names()
-            if _n_outputs(model, preprocess or default_pre, device) == 1000
-            else []
-        )
-    return LoadedModel(model, preprocess or default_pre, names, name, info)
+        names = imagenet_class_names() if _n_outputs(model, pre, device) == 1000 else []
+    return LoadedModel(model, pre, names, name, info)
+
+
+def _changed(pre: Preprocess, size: int | None, resize: str | None) -> Preprocess:
+    """``pre`` with ``size`` and ``resize`` replaced where given (checked first)."""
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ModelError(f"size must be a positive number of pixels, not {size!r}")
+    if resize is not None and resize not in ("crop", "squash"):
+        raise ModelError(f"resize must be 'crop' or 'squash', not {resize!r}")
+    changes = {k: v for k, v in (("size", size), ("resize", resize)) if v is not None}
+    return replace(pre, **changes) if changes else pre  # type: ignore[arg-type]
 
 
 def _n_outputs(model: nn.Module, pre: Preprocess, device: str | torch.device) -> int:

@@ -132,11 +132,8 @@ def explain_command(args: argparse.Namespace) -> int:
         weights=args.weights,
         device=args.device,
         trust_model_file=args.trust_model_file,
+        resize=args.resize or None,
     )
-    if args.resize:
-        from ..models import with_preprocess
-
-        loaded = with_preprocess(loaded, resize=args.resize)
     target = (
         None
         if args.target is None

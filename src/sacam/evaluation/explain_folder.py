@@ -27,7 +27,7 @@ from tqdm import tqdm
 from .._outputs import to_logits
 from ..api import build_method
 from ..errors import InputError, SacamError
-from ..models import LoadedModel, load_model, with_preprocess
+from ..models import load_model
 from ..viz import overlay
 from .runner.data import IMAGE_SUFFIXES, Item, batches
 from .runner.store import RunLock
@@ -74,15 +74,13 @@ class Explainer:
 
     def __init__(self, job: ExplainJob) -> None:
         self.job = job
-        lm: LoadedModel = load_model(
+        self.lm = lm = load_model(
             job.model,
             weights=job.weights,
             device=job.device,
             trust_model_file=job.trust_model_file,
+            resize=job.resize or None,
         )
-        if job.resize:
-            lm = with_preprocess(lm, resize=job.resize)
-        self.lm = lm
         self.cams: dict[str, Callable[..., torch.Tensor]] = {
             m: build_method(lm.model, m, job.layer) for m in job.methods
         }

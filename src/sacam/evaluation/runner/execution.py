@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ..._outputs import to_logits
 from ...errors import InputError, SacamError
-from ...models import LoadedModel, load_model, with_preprocess
+from ...models import LoadedModel, load_model
 from ...registry import method_info
 from ..config import BenchmarkConfig
 from ..localization import annotation_mask, load_annotations
@@ -119,15 +119,13 @@ def _check_settings(out: Path, settings: dict[str, Any], defaults: dict[str, Any
 
 def load_run_model(config: BenchmarkConfig) -> LoadedModel:
     """The run's model on its device, at ``config.image_size`` when given."""
-    lm = load_model(
+    return load_model(
         config.model,
         weights=config.weights,
         device=config.device,
         trust_model_file=config.trust_model_file,
+        size=config.image_size,
     )
-    if config.image_size is not None:
-        lm = with_preprocess(lm, size=config.image_size)
-    return lm
 
 
 def _targets(run: Run, items: list[Item]) -> torch.Tensor:
