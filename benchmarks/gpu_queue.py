@@ -8,14 +8,21 @@ folders to resume) and nothing else:
 
     python3 benchmarks/gpu_queue.py --data .gpu/data --runs .gpu/runs --budget 540 --out $OUT
 
+``--budget`` is the call's whole time for the queue: keep it a minute under the call's
+``timeout_s`` (600 s at most), which itself must fit the session's device time left
+(the device tool's ``status``) less the machine's start.
+
 - A ``sacam benchmark`` job writes into ``RUNS/NAME``. Its folder keeps every finished
   (image, method) pair, so a job cut off by the budget (SIGINT, then SIGKILL) resumes in
   the next session from where it stopped; a finished job resumes as a no-op.
-- A script job (``benchmarks/*.py``) writes its table to ``OUT/NAME.txt`` and starts
-  only when its estimated time is left.
-- Everything comes back as ``OUT/results.tar.gz`` (``paper/NAME/...`` and the tables)
-  and ``OUT/queue.log`` (per job: the command, how it ended, seconds). Unpack it with
-  ``tar xzf results.tar.gz -C docs/results``, then update the tables in the docs.
+- A script job (``benchmarks/*.py``) prints its table; it starts only when its
+  estimated time is left.
+- Each job's output (a script's table, a run's progress and errors) goes to
+  ``NAME.log``. Everything comes back as ``OUT/results.tar.gz`` (``paper/NAME/...`` and
+  ``logs/NAME.log``), packed again after every job and on SIGTERM, so a call killed early
+  still returns what finished, and ``OUT/queue.log`` (per job: the command, how it ended,
+  seconds; skipped jobs too). Unpack it with ``tar xzf results.tar.gz -C docs/results``
+  (then move ``docs/results/logs`` away) and update the tables in the docs.
 
 Edit ``JOBS`` when work is done or added: the order is the priority.
 """
@@ -23,6 +30,7 @@ Edit ``JOBS`` when work is done or added: the order is the priority.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -32,6 +40,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+GRACE_S = 20.0
+"""Seconds a cut job gets between SIGINT and SIGKILL."""
 FAITHFULNESS = ("--steps", "16", "--metrics", "confidence", "deletion", "insertion")
 
 
@@ -50,29 +60,111 @@ class Job:
 JOBS: tuple[Job, ...] = (
     # The performance goals (docs/performance.md, "GPU"): Grad-CAM against its floor,
     # the runner's per-image overhead at two sizes, the tail methods' row cap.
-    Job("speed-gpu", ("benchmarks/speed.py", "--methods", "grad-cam", "sa-cam",
-                      "--skip-torchcam", "--skip-tradeoffs"), script=True, estimate_s=90),
-    Job("throughput-gpu-512", ("benchmarks/throughput.py", "--synthetic", "512", "--limit",
-                               "512", "--batch-size", "256", "--repeat", "1", "--workers",
-                               "12"), script=True, estimate_s=60),
-    Job("throughput-gpu-2048", ("benchmarks/throughput.py", "--synthetic", "2048", "--limit",
-                                "2048", "--batch-size", "256", "--repeat", "1", "--workers",
-                                "12", "--no-cold"), script=True, estimate_s=120),
-    Job("tail-strategies-gpu", ("benchmarks/tail_strategies.py", "--batches", "1", "8",
-                                "--repeat", "3"), script=True, estimate_s=60),
-    # #14: the Score family on all 100 images (docs/results.md).
-    Job("gpu-lite0-blocks15-sscam", ("--layer", "_blocks.15", *FAITHFULNESS, "--methods",
-                                     "ss-cam")),
-    Job("gpu-lite2-head-costly", ("--model", "efficientnet-lite2", *FAITHFULNESS, "--methods",
-                                  "grad-cam", "sa-cam", "is-cam", "poly-cam")),
-    Job("gpu-lite0-blocks10-sscam", ("--layer", "_blocks.10", *FAITHFULNESS, "--methods",
-                                     "grad-cam", "sa-cam", "ss-cam")),
+    Job(
+        "speed-gpu",
+        (
+            "benchmarks/speed.py",
+            "--methods",
+            "grad-cam",
+            "sa-cam",
+            "--skip-torchcam",
+            "--skip-tradeoffs",
+        ),
+        script=True,
+        estimate_s=90,
+    ),
+    Job(
+        "throughput-gpu-512",
+        (
+            "benchmarks/throughput.py",
+            "--synthetic",
+            "512",
+            "--limit",
+            "512",
+            "--batch-size",
+            "256",
+            "--repeat",
+            "1",
+            "--workers",
+            "12",
+        ),
+        script=True,
+        estimate_s=60,
+    ),
+    Job(
+        "throughput-gpu-2048",
+        (
+            "benchmarks/throughput.py",
+            "--synthetic",
+            "2048",
+            "--limit",
+            "2048",
+            "--batch-size",
+            "256",
+            "--repeat",
+            "1",
+            "--workers",
+            "12",
+            "--no-cold",
+        ),
+        script=True,
+        estimate_s=120,
+    ),
+    Job(
+        "tail-strategies-gpu",
+        ("benchmarks/tail_strategies.py", "--batches", "1", "8", "--repeat", "3"),
+        script=True,
+        estimate_s=60,
+    ),
+    # #14: the Score family on all 100 images (docs/results.md). A folder begun on the CPU
+    # resumes here (its run.json holds no device); docs/results.md says which images ran where.
+    Job(
+        "gpu-lite0-blocks15-sscam", ("--layer", "_blocks.15", *FAITHFULNESS, "--methods", "ss-cam")
+    ),
+    Job(
+        "gpu-lite2-head-costly",
+        (
+            "--model",
+            "efficientnet-lite2",
+            *FAITHFULNESS,
+            "--methods",
+            "grad-cam",
+            "sa-cam",
+            "is-cam",
+            "poly-cam",
+        ),
+    ),
+    Job(
+        "lite0-blocks10-sscam",
+        ("--layer", "_blocks.10", *FAITHFULNESS, "--methods", "grad-cam", "sa-cam", "ss-cam"),
+    ),
     Job("gpu-lite0-head-sscam", (*FAITHFULNESS, "--methods", "grad-cam", "sa-cam", "ss-cam")),
-    Job("gpu-lite2-head-sscam", ("--model", "efficientnet-lite2", *FAITHFULNESS, "--methods",
-                                 "grad-cam", "sa-cam", "ss-cam")),
+    Job(
+        "gpu-lite2-head-sscam",
+        (
+            "--model",
+            "efficientnet-lite2",
+            *FAITHFULNESS,
+            "--methods",
+            "grad-cam",
+            "sa-cam",
+            "ss-cam",
+        ),
+    ),
     # #14: the full stability protocol (100 attack steps) beyond its first 40 images.
-    Job("gpu-stability-blocks15", ("--layer", "_blocks.15", "--methods", "grad-cam", "sa-cam",
-                                   "--metrics", "adversarial", "explanation_attack")),
+    Job(
+        "gpu-stability-blocks15",
+        (
+            "--layer",
+            "_blocks.15",
+            "--methods",
+            "grad-cam",
+            "sa-cam",
+            "--metrics",
+            "adversarial",
+            "explanation_attack",
+        ),
+    ),
 )
 
 
@@ -80,74 +172,105 @@ def command(job: Job, data: Path, runs: Path, device: str) -> list[str]:
     """The process ``job`` runs, with this queue's interpreter, data, run folder and device."""
     if job.script:
         return [sys.executable, *job.argv, "--device", device]
-    return [sys.executable, "-m", "sacam.cli", "benchmark", str(data), "--device", device,
-            *job.argv, "--out", str(runs / job.name)]
+    return [
+        sys.executable,
+        "-m",
+        "sacam.cli",
+        "benchmark",
+        str(data),
+        "--device",
+        device,
+        *job.argv,
+        "--out",
+        str(runs / job.name),
+    ]
 
 
-def run_job(cmd: list[str], log_path: Path | None, deadline: float) -> str:
+def run_job(cmd: list[str], log_path: Path, deadline: float) -> str:
     """Run ``cmd`` until it ends or ``deadline``; how it ended: ``rc=N`` or ``cut``.
 
-    At the deadline the process group gets SIGINT (a run stops between pairs), then
-    SIGKILL after 20 s; a run's folder keeps what it finished either way.
+    Its output goes to ``log_path``. At the deadline the process group gets SIGINT (a
+    run stops between pairs), then SIGKILL after up to ``GRACE_S``, also for children that
+    outlived their parent; a run's folder keeps what it finished either way.
     """
-    out = log_path.open("w") if log_path else subprocess.DEVNULL
-    try:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             return f"rc={proc.wait(timeout=max(deadline - time.monotonic(), 1.0))}"
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGINT)
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=GRACE_S)
             except subprocess.TimeoutExpired:
+                pass
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            proc.wait()
             return "cut"
-    finally:
-        if log_path:
-            out.close()  # type: ignore[union-attr]
 
 
-def run_queue(jobs: tuple[Job, ...], data: Path, runs: Path, out: Path, device: str,
-              budget_s: float, reserve_s: float = 30.0) -> list[str]:
+def run_queue(
+    jobs: tuple[Job, ...],
+    data: Path,
+    runs: Path,
+    out: Path,
+    device: str,
+    budget_s: float,
+    reserve_s: float = 30.0,
+) -> list[str]:
     """Run ``jobs`` in order within ``budget_s`` seconds and pack what they made into ``out``.
 
-    ``reserve_s`` of the budget is kept for packing. Returns the log's lines.
+    ``reserve_s`` of the budget is kept for packing; ``out/queue.log`` and the archive
+    are rewritten after every job. Returns the log's lines.
     """
     start = time.monotonic()
     deadline = start + budget_s - reserve_s
-    out.mkdir(parents=True, exist_ok=True)
-    runs.mkdir(parents=True, exist_ok=True)
+    logs = runs.parent / f"{runs.name}-logs"
+    for folder in (out, runs, logs):
+        folder.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
     for job in jobs:
         left = deadline - time.monotonic()
         if left < (job.estimate_s if job.script else 60.0):
             lines.append(f"{job.name}: skipped, {left:.0f} s left")
-            continue
-        cmd = command(job, data, runs, device)
-        began = time.monotonic()
-        text = out / f"{job.name}.txt" if job.script else None
-        how = run_job(cmd, text, deadline)
-        lines.append(f"{job.name}: {how} after {time.monotonic() - began:.0f} s: {' '.join(cmd)}")
+        else:
+            cmd = command(job, data, runs, device)
+            began = time.monotonic()
+            how = run_job(cmd, logs / f"{job.name}.log", deadline)
+            took = time.monotonic() - began
+            lines.append(f"{job.name}: {how} after {took:.0f} s: {' '.join(cmd)}")
+            pack(jobs, runs, logs, out)
         (out / "queue.log").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    pack(jobs, runs, out)
+    pack(jobs, runs, logs, out)
     return lines
 
 
-def pack(jobs: tuple[Job, ...], runs: Path, out: Path) -> Path:
-    """``out/results.tar.gz``: every run folder as ``paper/NAME`` and every script's table."""
+def pack(jobs: tuple[Job, ...], runs: Path, logs: Path, out: Path) -> Path:
+    """``out/results.tar.gz``: every run folder as ``paper/NAME`` and every job's log.
+
+    Written to a temporary name and renamed, so a kill while packing leaves the last
+    whole archive. The device tool brings back at most 8 files: one archive and one log.
+    """
     path = out / "results.tar.gz"
-    with tarfile.open(path, "w:gz") as tar:
+    tmp = out / ".results.tar.gz.tmp"
+    with tarfile.open(tmp, "w:gz") as tar:
         for job in jobs:
-            if job.script and (out / f"{job.name}.txt").exists():
-                tar.add(out / f"{job.name}.txt", arcname=f"{job.name}.txt")
-            elif not job.script and (runs / job.name).is_dir():
+            if not job.script and (runs / job.name).is_dir():
                 tar.add(runs / job.name, arcname=f"paper/{job.name}")
-    for job in jobs:  # the tables travel inside the archive only (8 files come back)
-        if job.script:
-            (out / f"{job.name}.txt").unlink(missing_ok=True)
+            if (logs / f"{job.name}.log").exists():
+                tar.add(logs / f"{job.name}.log", arcname=f"logs/{job.name}.log")
+    os.replace(tmp, path)
     return path
+
+
+def _pack_on_sigterm(jobs: tuple[Job, ...], runs: Path, out: Path) -> None:
+    """On SIGTERM (the device call ending), pack what is there, then exit."""
+
+    def handler(signum: int, frame: object) -> None:
+        pack(jobs, runs, runs.parent / f"{runs.name}-logs", out)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def main() -> None:
@@ -163,6 +286,7 @@ def main() -> None:
     unknown = set(args.only or ()) - {j.name for j in JOBS}
     if unknown:
         parser.error(f"unknown jobs {sorted(unknown)}; the queue has {[j.name for j in JOBS]}")
+    _pack_on_sigterm(jobs, args.runs, args.out)
     for line in run_queue(jobs, args.data, args.runs, args.out, args.device, args.budget):
         print(line)
 

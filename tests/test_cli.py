@@ -193,8 +193,20 @@ def test_resize_squash_reaches_the_model_in_both_explain_modes(tmp_path, capsys)
             want = build_method(lm.model, "grad-cam")(x, None)[0].detach().numpy()
     assert f"{probs['crop']:.3f}" != f"{probs['squash']:.3f}"
     for mode, extra in (("crop", []), ("squash", ["--resize", "squash"])):
-        assert main(["explain", "sample:chelsea", "--method", "grad-cam", "--out",
-                     str(tmp_path / mode), *extra]) == 0
+        assert (
+            main(
+                [
+                    "explain",
+                    "sample:chelsea",
+                    "--method",
+                    "grad-cam",
+                    "--out",
+                    str(tmp_path / mode),
+                    *extra,
+                ]
+            )
+            == 0
+        )
         assert f"Egyptian cat ({probs[mode]:.3f})" in capsys.readouterr().out
     folder = tmp_path / "in"
     folder.mkdir()

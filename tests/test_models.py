@@ -8,6 +8,7 @@ import pickle
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -98,8 +99,13 @@ def test_load_model_changes_only_the_size_and_resize_it_is_given() -> None:
     lm = load_model(small_cnn(), preprocess=own, resize="squash")
     assert lm.preprocess == Preprocess(32, "squash", (0.5,) * 3, (0.25,) * 3)
     assert load_model(small_cnn(), preprocess=own).preprocess is own
-    for bad, what in [({"size": 0}, "size"), ({"size": 2.5}, "size"),
-                      ({"resize": "stretch"}, "resize")]:
+    assert load_model(small_cnn(), size=np.int64(40)).preprocess.size == 40
+    for bad, what in [
+        ({"size": 0}, "size"),
+        ({"size": 2.5}, "size"),
+        ({"size": True}, "size"),
+        ({"resize": "stretch"}, "resize"),
+    ]:
         with pytest.raises(ModelError, match=f"{what} must be"):
             load_model(small_cnn(), **bad)  # type: ignore[arg-type]
 

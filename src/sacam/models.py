@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
@@ -410,8 +411,14 @@ def load_model(
 
 def _changed(pre: Preprocess, size: int | None, resize: str | None) -> Preprocess:
     """``pre`` with ``size`` and ``resize`` replaced where given (checked first)."""
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise ModelError(f"size must be a positive number of pixels, not {size!r}")
+    if size is not None:
+        try:  # ints and NumPy ints; not floats, strings or bools
+            ok = not isinstance(size, bool) and operator.index(size) >= 1
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ModelError(f"size must be a positive whole number of pixels, not {size!r}")
+        size = operator.index(size)
     if resize is not None and resize not in ("crop", "squash"):
         raise ModelError(f"resize must be 'crop' or 'squash', not {resize!r}")
     changes = {k: v for k, v in (("size", size), ("resize", resize)) if v is not None}
