@@ -42,7 +42,6 @@ from pathlib import Path
 
 GRACE_S = 20.0
 """Seconds a cut job gets between SIGINT and SIGKILL."""
-FAITHFULNESS = ("--steps", "16", "--metrics", "confidence", "deletion", "insertion")
 
 
 @dataclass(frozen=True)
@@ -57,113 +56,67 @@ class Job:
     """Seconds a script job needs on an H200 (a run job starts whenever 60 s are left)."""
 
 
+def _a(text: str) -> tuple[str, ...]:
+    """A job's arguments written as one line."""
+    return tuple(text.split())
+
+
+FAITH = "--steps 16 --metrics confidence deletion insertion"
 JOBS: tuple[Job, ...] = (
+    # #14: the Score family on all 100 images (docs/results.md). A folder begun on the CPU
+    # resumes here (its run.json holds no device); docs/results.md says which images ran
+    # where.
+    Job("gpu-lite0-blocks15-sscam", _a(f"--layer _blocks.15 {FAITH} --methods ss-cam")),
+    Job(
+        "gpu-lite2-head-costly",
+        _a(f"--model efficientnet-lite2 {FAITH} --methods grad-cam sa-cam is-cam poly-cam"),
+    ),
     # The performance goals (docs/performance.md, "GPU"): Grad-CAM against its floor,
     # the runner's per-image overhead at two sizes, the tail methods' row cap.
     Job(
         "speed-gpu",
-        (
-            "benchmarks/speed.py",
-            "--methods",
-            "grad-cam",
-            "sa-cam",
-            "--skip-torchcam",
-            "--skip-tradeoffs",
-        ),
+        _a("benchmarks/speed.py --methods grad-cam sa-cam --skip-torchcam --skip-tradeoffs"),
         script=True,
         estimate_s=90,
     ),
     Job(
         "throughput-gpu-512",
-        (
-            "benchmarks/throughput.py",
-            "--synthetic",
-            "512",
-            "--limit",
-            "512",
-            "--batch-size",
-            "256",
-            "--repeat",
-            "1",
-            "--workers",
-            "12",
+        _a(
+            "benchmarks/throughput.py --synthetic 512 --limit 512 --batch-size 256 --repeat 1 "
+            "--workers 12"
         ),
         script=True,
         estimate_s=60,
     ),
     Job(
         "throughput-gpu-2048",
-        (
-            "benchmarks/throughput.py",
-            "--synthetic",
-            "2048",
-            "--limit",
-            "2048",
-            "--batch-size",
-            "256",
-            "--repeat",
-            "1",
-            "--workers",
-            "12",
-            "--no-cold",
+        _a(
+            "benchmarks/throughput.py --synthetic 2048 --limit 2048 --batch-size 256 "
+            "--repeat 1 --workers 12 --no-cold"
         ),
         script=True,
         estimate_s=120,
     ),
     Job(
         "tail-strategies-gpu",
-        ("benchmarks/tail_strategies.py", "--batches", "1", "8", "--repeat", "3"),
+        _a("benchmarks/tail_strategies.py --batches 1 8 --repeat 3"),
         script=True,
         estimate_s=60,
     ),
-    # #14: the Score family on all 100 images (docs/results.md). A folder begun on the CPU
-    # resumes here (its run.json holds no device); docs/results.md says which images ran where.
-    Job(
-        "gpu-lite0-blocks15-sscam", ("--layer", "_blocks.15", *FAITHFULNESS, "--methods", "ss-cam")
-    ),
-    Job(
-        "gpu-lite2-head-costly",
-        (
-            "--model",
-            "efficientnet-lite2",
-            *FAITHFULNESS,
-            "--methods",
-            "grad-cam",
-            "sa-cam",
-            "is-cam",
-            "poly-cam",
-        ),
-    ),
+    # #14, continued: SS-CAM at the other settings, the full stability protocol beyond its
+    # first 40 images.
     Job(
         "lite0-blocks10-sscam",
-        ("--layer", "_blocks.10", *FAITHFULNESS, "--methods", "grad-cam", "sa-cam", "ss-cam"),
+        _a(f"--layer _blocks.10 {FAITH} --methods grad-cam sa-cam ss-cam"),
     ),
-    Job("gpu-lite0-head-sscam", (*FAITHFULNESS, "--methods", "grad-cam", "sa-cam", "ss-cam")),
+    Job("gpu-lite0-head-sscam", _a(f"{FAITH} --methods grad-cam sa-cam ss-cam")),
     Job(
         "gpu-lite2-head-sscam",
-        (
-            "--model",
-            "efficientnet-lite2",
-            *FAITHFULNESS,
-            "--methods",
-            "grad-cam",
-            "sa-cam",
-            "ss-cam",
-        ),
+        _a(f"--model efficientnet-lite2 {FAITH} --methods grad-cam sa-cam ss-cam"),
     ),
-    # #14: the full stability protocol (100 attack steps) beyond its first 40 images.
     Job(
         "gpu-stability-blocks15",
-        (
-            "--layer",
-            "_blocks.15",
-            "--methods",
-            "grad-cam",
-            "sa-cam",
-            "--metrics",
-            "adversarial",
-            "explanation_attack",
-        ),
+        _a("--layer _blocks.15 --methods grad-cam sa-cam --metrics adversarial explanation_attack"),
     ),
 )
 
