@@ -53,7 +53,8 @@ class Job:
     """Arguments after ``sacam benchmark DATA`` (run) or the script's path (script)."""
     script: bool = False
     estimate_s: float = 60.0
-    """Seconds a script job needs on an H200 (a run job starts whenever 60 s are left)."""
+    """Seconds left that the job needs to start: a script's time on an H200; a run job
+    resumes, so it starts whenever a minute is left."""
 
 
 def _a(text: str) -> tuple[str, ...]:
@@ -176,29 +177,35 @@ def run_queue(
     ``reserve_s`` of the budget is kept for packing; ``out/queue.log`` and the archive
     are rewritten after every job. Returns the log's lines.
     """
-    start = time.monotonic()
-    deadline = start + budget_s - reserve_s
-    logs = runs.parent / f"{runs.name}-logs"
-    for folder in (out, runs, logs):
+    deadline = time.monotonic() + budget_s - reserve_s
+    for folder in (out, runs, logs_of(runs)):
         folder.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
+    packed = False
     for job in jobs:
         left = deadline - time.monotonic()
-        if left < (job.estimate_s if job.script else 60.0):
+        if left < job.estimate_s:
             lines.append(f"{job.name}: skipped, {left:.0f} s left")
         else:
             cmd = command(job, data, runs, device)
             began = time.monotonic()
-            how = run_job(cmd, logs / f"{job.name}.log", deadline)
+            how = run_job(cmd, logs_of(runs) / f"{job.name}.log", deadline)
             took = time.monotonic() - began
             lines.append(f"{job.name}: {how} after {took:.0f} s: {' '.join(cmd)}")
-            pack(jobs, runs, logs, out)
+            pack(jobs, runs, out)
+            packed = True
         (out / "queue.log").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    pack(jobs, runs, logs, out)
+    if not packed:  # no job ran: the archive still holds the folders it was given
+        pack(jobs, runs, out)
     return lines
 
 
-def pack(jobs: tuple[Job, ...], runs: Path, logs: Path, out: Path) -> Path:
+def logs_of(runs: Path) -> Path:
+    """The folder of the jobs' output, beside ``runs``."""
+    return runs.parent / f"{runs.name}-logs"
+
+
+def pack(jobs: tuple[Job, ...], runs: Path, out: Path) -> Path:
     """``out/results.tar.gz``: every run folder as ``paper/NAME`` and every job's log.
 
     Written to a temporary name and renamed, so a kill while packing leaves the last
@@ -206,6 +213,7 @@ def pack(jobs: tuple[Job, ...], runs: Path, logs: Path, out: Path) -> Path:
     """
     path = out / "results.tar.gz"
     tmp = out / ".results.tar.gz.tmp"
+    logs = logs_of(runs)
     with tarfile.open(tmp, "w:gz") as tar:
         for job in jobs:
             if not job.script and (runs / job.name).is_dir():
@@ -220,7 +228,7 @@ def _pack_on_sigterm(jobs: tuple[Job, ...], runs: Path, out: Path) -> None:
     """On SIGTERM (the device call ending), pack what is there, then exit."""
 
     def handler(signum: int, frame: object) -> None:
-        pack(jobs, runs, runs.parent / f"{runs.name}-logs", out)
+        pack(jobs, runs, out)
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, handler)

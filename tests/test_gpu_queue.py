@@ -38,9 +38,7 @@ def _methods(argv: tuple[str, ...]) -> list[str]:
     if "--methods" not in argv:
         return []
     rest = argv[argv.index("--methods") + 1 :]
-    return [
-        a for a in rest[: next((i for i, a in enumerate(rest) if a.startswith("--")), len(rest))]
-    ]
+    return list(rest[: next((i for i, a in enumerate(rest) if a.startswith("--")), len(rest))])
 
 
 @pytest.mark.parametrize("job", [j for j in JOBS if not j.script], ids=lambda j: j.name)

@@ -411,12 +411,8 @@ def load_model(
 
 def _changed(pre: Preprocess, size: int | None, resize: str | None) -> Preprocess:
     """``pre`` with ``size`` and ``resize`` replaced where given (checked first)."""
-    if size is not None:
-        try:  # ints and NumPy ints; not floats, strings or bools
-            ok = not isinstance(size, bool) and operator.index(size) >= 1
-        except TypeError:
-            ok = False
-        if not ok:
+    if size is not None:  # ints and NumPy ints; not floats, strings or bools
+        if isinstance(size, bool) or not hasattr(size, "__index__") or operator.index(size) < 1:
             raise ModelError(f"size must be a positive whole number of pixels, not {size!r}")
         size = operator.index(size)
     if resize is not None and resize not in ("crop", "squash"):

@@ -132,7 +132,7 @@ def explain_command(args: argparse.Namespace) -> int:
         weights=args.weights,
         device=args.device,
         trust_model_file=args.trust_model_file,
-        resize=args.resize or None,
+        resize=args.resize,
     )
     target = (
         None
