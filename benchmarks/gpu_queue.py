@@ -104,20 +104,21 @@ JOBS: tuple[Job, ...] = (
         script=True,
         estimate_s=60,
     ),
-    # #14, continued: SS-CAM at the other settings, the full stability protocol beyond its
-    # first 40 images.
+    # #14, continued: SS-CAM at _blocks.10, the full stability protocol beyond its first
+    # 40 images, then SS-CAM at the two heads (about 30 and 60 minutes on an H200: last,
+    # so that the short jobs are not queued behind them; docs/performance.md).
     Job(
         "lite0-blocks10-sscam",
         _a(f"--layer _blocks.10 {FAITH} --methods grad-cam sa-cam ss-cam"),
+    ),
+    Job(
+        "gpu-stability-blocks15",
+        _a("--layer _blocks.15 --methods grad-cam sa-cam --metrics adversarial explanation_attack"),
     ),
     Job("gpu-lite0-head-sscam", _a(f"{FAITH} --methods grad-cam sa-cam ss-cam")),
     Job(
         "gpu-lite2-head-sscam",
         _a(f"--model efficientnet-lite2 {FAITH} --methods grad-cam sa-cam ss-cam"),
-    ),
-    Job(
-        "gpu-stability-blocks15",
-        _a("--layer _blocks.15 --methods grad-cam sa-cam --metrics adversarial explanation_attack"),
     ),
 )
 
