@@ -63,15 +63,11 @@ def _a(text: str) -> tuple[str, ...]:
 
 
 FAITH = "--steps 16 --metrics confidence deletion insertion"
-SS = "--batch-size 16"
-"""SS-CAM's jobs: its noise is drawn on the CPU once per call for all of the call's images
-(``SharedDraws``), so 16 images per call halve the draws of the default 8; the maps and
-the curves do not depend on the batch (beyond rounding)."""
 JOBS: tuple[Job, ...] = (
     # #14: the Score family on all 100 images (docs/results.md). A folder begun on the CPU
     # resumes here (its run.json holds no device); docs/results.md says which images ran
     # where.
-    Job("gpu-lite0-blocks15-sscam", _a(f"--layer _blocks.15 {FAITH} {SS} --methods ss-cam")),
+    Job("gpu-lite0-blocks15-sscam", _a(f"--layer _blocks.15 {FAITH} --methods ss-cam")),
     Job(
         "gpu-lite2-head-costly",
         _a(f"--model efficientnet-lite2 {FAITH} --methods grad-cam sa-cam is-cam poly-cam"),
@@ -113,16 +109,16 @@ JOBS: tuple[Job, ...] = (
     # ones are not queued behind them; docs/performance.md).
     Job(
         "lite0-blocks10-sscam",
-        _a(f"--layer _blocks.10 {FAITH} {SS} --methods grad-cam sa-cam ss-cam"),
+        _a(f"--layer _blocks.10 {FAITH} --methods grad-cam sa-cam ss-cam"),
     ),
     Job(
         "gpu-stability-blocks15",
         _a("--layer _blocks.15 --methods grad-cam sa-cam --metrics adversarial explanation_attack"),
     ),
-    Job("gpu-lite0-head-sscam", _a(f"{FAITH} {SS} --methods grad-cam sa-cam ss-cam")),
+    Job("gpu-lite0-head-sscam", _a(f"{FAITH} --methods grad-cam sa-cam ss-cam")),
     Job(
         "gpu-lite2-head-sscam",
-        _a(f"--model efficientnet-lite2 {FAITH} {SS} --methods grad-cam sa-cam ss-cam"),
+        _a(f"--model efficientnet-lite2 {FAITH} --methods grad-cam sa-cam ss-cam"),
     ),
 )
 

@@ -78,7 +78,7 @@ class GradCAMPlusPlus(BaseCAM):
     that turns ``α`` into about ``g²/ε`` and changes the map (refine-cam's parity rows in
     docs/parity.md). ``variant="torchcam"`` reproduces torchcam 0.5.0, whose denominator
     is ``2 g_{ij}^2 + Σ_ab g_{ab}^3 A^k_{ab}`` (a sum of products). Where ``g_{ij} = 0``
-    or the denominator is 0, ``α`` is 0. Near ``g_{ij} \sum_{ab} A^k_{ab} = -2`` the
+    or the denominator is 0, ``α`` is 0. Near ``g_{ij} Σ_ab A^k_{ab} = -2`` the
     paper's denominator nears 0 and ``α`` grows without bound: one position can then carry
     most of a channel's weight, and the map follows the rounding of that cancellation,
     which differs between CPUs (on one development image at EfficientNet-Lite0's
