@@ -25,7 +25,9 @@ from pathlib import Path
 import torch
 
 import sacam
-from sacam.metrics import METRICS, MeanAccumulator, confidence_change, deletion, insertion
+from sacam.evaluation.faithfulness import confidence_change, deletion, insertion
+from sacam.evaluation.registry import value_directions
+from sacam.evaluation.stats import MeanAccumulator
 from sacam.models import load_image, load_model
 
 SA = "sa-cam"
@@ -149,7 +151,7 @@ def main() -> int:
 
 def render(table: dict[str, dict], settings: dict) -> str:
     """Markdown table: mean ± 95% interval, arrows for each metric's direction."""
-    arrows = {m: "↑" if METRICS[m].higher_is_better else "↓" for m in COLUMNS}
+    arrows = {m: "↑" if value_directions()[m].higher_is_better else "↓" for m in COLUMNS}
     head = "| method | " + " | ".join(f"{SHORT[m]} {arrows[m]}" for m in COLUMNS) + " | s / image |"
     lines = [head, "|---" * (len(COLUMNS) + 2) + "|"]
     for label, res in table.items():

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 import sacam
-from sacam.metrics import deletion, insertion
+from sacam.evaluation.faithfulness import deletion, insertion
 from sacam.models import SAMPLE_IMAGES, LoadedModel, load_model, sample_image
 
 # one forward (or more) per channel or per mask: one photo at a 320-channel layer

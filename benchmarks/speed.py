@@ -150,7 +150,7 @@ def child(spec: dict) -> dict:
             with torch.inference_mode():
                 return model(xb)
     elif kind == "delins":
-        from sacam.metrics import deletion, insertion
+        from sacam.evaluation.faithfulness import deletion, insertion
 
         maps = sacam.explain(model, x, "grad-cam")
 

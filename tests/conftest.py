@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny seeded models with hand-set weights, and the default model."""
+"""Shared fixtures: a tiny seeded CNN, images for it, and the default model."""
 
 from __future__ import annotations
 
@@ -6,49 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-
-class GapNet(nn.Module):
-    """feat (identity on the input, K=2 channels) -> global average pool -> fc."""
-
-    def __init__(self, weight: list[list[float]]) -> None:
-        super().__init__()
-        self.feat = nn.Identity()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(len(weight[0]), len(weight), bias=False)
-        with torch.no_grad():
-            self.fc.weight.copy_(torch.tensor(weight))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.feat(x)).flatten(1))
-
-
-class FlatNet(nn.Module):
-    """feat (identity) -> flatten -> fc: the gradient varies with position."""
-
-    def __init__(self, weight: torch.Tensor) -> None:
-        super().__init__()
-        self.feat = nn.Identity()
-        self.fc = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
-        with torch.no_grad():
-            self.fc.weight.copy_(weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.feat(x).flatten(1))
-
-
-def small_cnn(inplace: bool = False, seed: int = 0, classes: int = 5) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.ReLU(inplace=inplace),
-        nn.Conv2d(8, 16, 3, padding=1, stride=2),
-        nn.BatchNorm2d(16),
-        nn.ReLU(inplace=inplace),
-        nn.Dropout(0.5),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(16, classes),
-    )
+from tests.support.nets import small_cnn
 
 
 @pytest.fixture
@@ -67,65 +25,3 @@ def default_model():  # noqa: ANN201
     from sacam.models import load_model
 
     return load_model()
-
-
-def colour_net() -> nn.Sequential:
-    """A hand-weighted classifier of the dominant colour: red, green, blue, dark, bright."""
-    net = nn.Sequential(
-        nn.Conv2d(3, 6, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 5)
-    )
-    with torch.no_grad():
-        eye = torch.eye(3)
-        net[0].weight.copy_(torch.cat([eye, -eye])[:, :, None, None])
-        net[0].bias.zero_()
-        net[4].weight.copy_(
-            torch.tensor(
-                [
-                    [3.0, -1, -1, 0, 0, 0],
-                    [-1, 3.0, -1, 0, 0, 0],
-                    [-1, -1, 3.0, 0, 0, 0],
-                    [-1, -1, -1, 1, 1, 1],
-                    [1, 1, 1, -1, -1, -1],
-                ]
-            )
-        )
-        net[4].bias.copy_(torch.tensor([0.0, 0.0, 0.0, -3.0, -1.0]))
-    return net
-
-
-# Tolerances. Comparing two *different* computations of the same map (a batch against
-# single calls, another batch size or memory format) in float32 measures the CPU's
-# kernels, not sacam: oneDNN/MKL pick their blocking by batch size and instruction set
-# (AVX2 on one machine, AVX-512 on another), so the rounding differs, and a min-max
-# normalised map divides that rounding by its span, which can be small (a 1e-7 relative
-# error in logits became 1.2e-4 in a Group-CAM map on an Intel Xeon). Such comparisons
-# run in float64 instead: rounding is then ~1e-16 per operation, a few hundred operations
-# deep at most, so F64_ATOL = 1e-9 leaves six orders of magnitude of margin while any
-# logic error (a sample leaking into another's map) shows at 1e-3 or more. Comparisons of
-# one computation with hand-computed numbers stay in float32 at 1e-6 (≈ 10 ulp of 1).
-F64_ATOL = 1e-9
-
-
-def in_double(model: nn.Module, images: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
-    """A float64 copy of the model and the images, for comparisons of two computations."""
-    import copy
-
-    return copy.deepcopy(model).double(), images.double()
-
-
-class _Slow(nn.Module):
-    """colour_net that takes 20 ms per image and forward pass (to interrupt a run mid-way)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = colour_net()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        import time
-
-        time.sleep(0.02 * x.shape[0])
-        return self.net(x)
-
-
-def slow_colour_net() -> nn.Module:
-    return _Slow()

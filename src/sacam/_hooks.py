@@ -22,7 +22,7 @@ from ._layers import LayerRef
 from ._locks import Hook, model_lock, this_thread_only
 from .errors import InputError, LayerError
 
-__all__ = ["Capture", "check_images", "model_guard", "model_lock", "this_thread_only"]
+__all__ = ["Capture", "check_images", "model_guard"]
 
 
 @contextlib.contextmanager

@@ -53,7 +53,6 @@ __all__ = [
     "CallContext",
     "Explanation",
     "LayerData",
-    "model_guard",
     "normalize_maps",
     "spatial_dims",
     "volume_methods",

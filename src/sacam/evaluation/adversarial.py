@@ -39,8 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._hooks import model_guard
 from .._outputs import OutputTransform, logits_model
-from ..core import model_guard, predict
+from ..core import predict
 from ..errors import InputError
 from ..models import Preprocess
 

@@ -18,11 +18,11 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .._hooks import model_guard
 from .._layers import probe
 from .._outputs import logits_model, unwrap
 from .._plancache import load_plan, plan_key, save_plan
 from .._tuning import Plan, candidate_batches, device_budget_mb, memory_cap
-from ..core import model_guard
 from ..errors import InputError
 
 

@@ -25,8 +25,9 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .._hooks import model_guard
 from .._outputs import OutputTransform, logits_model
-from ..core import model_guard, predict
+from ..core import predict
 from ..errors import InputError
 from ..filters import gaussian_blur
 from ..models import Preprocess

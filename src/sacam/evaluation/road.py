@@ -23,8 +23,8 @@ import scipy.sparse.linalg as spla
 import torch
 from torch import nn
 
+from .._hooks import model_guard
 from .._outputs import OutputTransform, logits_model
-from ..core import model_guard
 from ..errors import InputError
 from ..models import Preprocess
 from .config import ROAD_PERCENTAGES

@@ -29,10 +29,10 @@ from scipy import stats
 from skimage.metrics import structural_similarity
 from torch import nn
 
-from .._hooks import Capture
+from .._hooks import Capture, model_guard
 from .._layers import probe, resolve_layers
 from .._outputs import OutputTransform, logits_model, unwrap
-from ..core import model_guard, predict
+from ..core import predict
 from ..errors import InputError
 from ..models import Preprocess
 from .adversarial import loss_gradient, project, top_k_mask

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._hooks import model_guard, this_thread_only
+from .._hooks import model_guard
+from .._locks import this_thread_only
 from ..core import BaseCAM, Explanation
 from ..errors import MethodError
 from ..registry import register_method

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._hooks import this_thread_only
+from .._locks import this_thread_only
 from ..core import BaseCAM, CallContext, LayerData, normalize_maps
 from ..errors import MethodError
 from ..registry import register_method

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from ..core import CallContext, LayerData
 from ..errors import MethodError
 from ..registry import register_method
+from ._perturb import PerturbationCAM
 from ._tail import LayerTail, Strategy, check_strategy
-from .perturbation import PerturbationCAM
 
 __all__ = ["ReciproCAM", "spatial_masks"]
 

@@ -29,8 +29,8 @@ from .. import list_layers
 from .._outputs import to_logits
 from ..api import build_method
 from ..errors import InputError, LayerError, MethodError, ModelError, TargetError
+from ..evaluation.faithfulness import deletion, insertion
 from ..methods.attention import SALayerInspection
-from ..metrics import deletion, insertion
 from ..models import LoadedModel, load_image
 from ..registry import list_methods, method_info
 from ..targets import parse_class
@@ -381,7 +381,7 @@ def run_curves(
     steps: int,
     progress: Progress,
 ) -> dict[str, Any]:
-    """Deletion and insertion curves of the stored maps (:mod:`sacam.metrics`).
+    """Deletion and insertion curves of the stored maps (:mod:`sacam.evaluation.faithfulness`).
 
     Args:
         loaded: the model.

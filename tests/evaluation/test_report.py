@@ -1,0 +1,105 @@
+"""Figures and report: a style per method, ranked bars, legends beside the axes, best marked."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+
+import sacam
+from sacam.evaluation import run_benchmark
+from sacam.evaluation.runner import figures, report
+from tests.support.runs import colour_folder, run_config
+
+
+def test_every_method_has_its_own_colour_and_marker_and_sa_cam_stands_out() -> None:
+    methods = sacam.list_methods()
+    assert len(methods) >= 13
+    styles = {m: figures.method_style(m) for m in methods}
+    colours = [
+        tuple(map(float, s["color"])) if not isinstance(s["color"], str) else s["color"]
+        for s in styles.values()
+    ]
+    assert len(set(colours)) == len(methods)  # grad-cam and random are no longer both orange
+    greys = [
+        c
+        for m, c in zip(styles, colours, strict=True)
+        if m != "random" and not isinstance(c, str) and c[0] == c[1] == c[2]
+    ]
+    assert not greys  # only the random baseline is grey
+    assert len({(str(s["color"]), s["marker"]) for s in styles.values()}) == len(methods)
+    sa = styles["sa-cam"]
+    others = [s for m, s in styles.items() if m != "sa-cam"]
+    assert all(sa["linewidth"] > s["linewidth"] and sa["zorder"] > s["zorder"] for s in others)
+    assert figures.method_style("grad-cam") == figures.method_style("grad-cam")  # stable
+
+
+def _summary(values: dict[str, float], metric: str) -> dict:
+    return {m: {metric: {"mean": v, "ci95": 0.01}} for m, v in values.items()}
+
+
+def test_bars_and_best_follow_each_metrics_direction() -> None:
+    table = _summary({"a": 0.3, "b": 0.1, "c": math.nan, "d": 0.2}, "deletion")  # lower better
+    assert figures.ranked(table, "deletion") == ["b", "d", "a", "c"]
+    table = _summary({"a": 0.3, "b": 0.1, "d": 0.2}, "insertion")  # higher is better
+    assert figures.ranked(table, "insertion") == ["a", "d", "b"]
+    html = report.render_table({"table": table})
+    best = re.findall(r"<tr><th>(\w)</th><td class='best'>★", html)
+    assert best == ["a"] and html.count("★") == 1
+    tie = _summary({"a": 25.0, "b": 0.0, "c": 25.0}, "increase_in_confidence")
+    assert re.findall(
+        r"<tr><th>(\w)</th><td class='best'>★", report.render_table({"table": tie})
+    ) == ["a", "c"]
+
+
+def test_curve_legend_sits_beside_the_axes(tmp_path, monkeypatch) -> None:
+    kept = {}
+    real = figures.saved_figure
+
+    @contextlib.contextmanager
+    def keep(path, **kw):  # noqa: ANN001, ANN003, ANN202
+        with real(path, **kw) as (fig, axes):
+            kept["axes"] = axes
+            yield fig, axes
+
+    monkeypatch.setattr(figures, "saved_figure", keep)
+    methods = sacam.list_methods()[-13:]  # random and sa-cam among them
+    curves = {
+        (m, k): [[1.0 - i / 10, 0.5, 0.1]]
+        for i, m in enumerate(methods)
+        for k in ("deletion", "insertion")
+    }
+    path = figures.plot_mean_curves(
+        tmp_path / "c.png",
+        curves,
+        ["deletion", "insertion"],
+        lambda n: list(range(n)),
+        "x",
+        methods,
+    )
+    assert path is not None and path.exists()
+    data_axes, legend_ax = list(kept["axes"][0][:-1]), kept["axes"][0][-1]
+    assert all(ax.get_legend() is None for ax in data_axes)
+    legend = legend_ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == methods
+    assert [ax.get_title() for ax in data_axes] == [
+        "Deletion (lower is better)",
+        "Insertion (higher is better)",
+    ]
+
+
+def test_report_is_one_page_with_human_titles_and_no_overflow(tmp_path) -> None:
+    data = colour_folder(tmp_path, n=3)
+    out = tmp_path / "out"
+    run_benchmark(run_config(data, out), progress=False)
+    html = (out / "report.html").read_text()
+    assert "<h2>Deletion and insertion curves</h2>" in html
+    assert "<h2>Every metric, methods ranked best first</h2>" in html
+    assert "deletion_insertion" not in html
+    assert "img{max-width:100%;height:auto}" in html and "overflow-x:auto" in html
+    sources = re.findall(r"src='([^']*)'", html)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "http" not in html.split("<h2>Settings</h2>")[0]  # nothing fetched from outside
+    assert html.count("class='best'") >= 7  # a best per value: AD, IC, AG, del, ins, 2 complexity
+    for name in ("metrics.png", "deletion_insertion.png", "examples.png"):
+        assert (out / name).stat().st_size > 1000

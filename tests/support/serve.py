@@ -1,0 +1,132 @@
+"""Shared pieces of the web app tests: dependency checks, a tiny model, a live server."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from sacam.models import LoadedModel, Preprocess, load_model
+from tests.support.nets import colour_net
+
+COLOURS = ["red", "green", "blue", "dark", "bright"]
+
+
+def require(name: str) -> ModuleType:
+    """Import an optional test dependency of the web app.
+
+    Without the ``serve`` extras the web tests are skipped on a developer's machine, but
+    under CI (``CI`` set, as ``.ci/run`` does) a missing piece fails the run.
+    """
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        message = f"{name} is not installed ({exc}): pip install -e '.[serve,serve-test]'"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message, allow_module_level=True)
+
+
+def colour_model() -> LoadedModel:
+    """The hand-weighted colour classifier (tests/conftest.py) on 16×16 raw pixels.
+
+    Its logits for mean channel values ``r, g, b`` (of non-negative pixels) are
+    ``3r - g - b``, ``-r + 3g - b``, ``-r - g + 3b``, ``-r - g - b - 3``, ``r + g + b - 1``.
+    """
+    return load_model(
+        colour_net(),
+        preprocess=Preprocess(size=16, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
+        class_names=COLOURS,
+    )
+
+
+def colour_logits(r: float, g: float, b: float) -> np.ndarray:
+    """The colour classifier's logits, written out by hand from its weights."""
+    return np.array([3 * r - g - b, -r + 3 * g - b, -r - g + 3 * b, -r - g - b - 3, r + g + b - 1])
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Softmax of a vector."""
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def red_green_png(red_columns: int = 12, size: int = 16) -> bytes:
+    """A ``size``×``size`` PNG: the left ``red_columns`` columns red, the rest green."""
+    arr = np.zeros((size, size, 3), dtype=np.uint8)
+    arr[:, :red_columns, 0] = 255
+    arr[:, red_columns:, 1] = 255
+    return png_bytes(Image.fromarray(arr))
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """An image encoded as PNG."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode_data_url(url: str) -> np.ndarray:
+    """The pixels of a ``data:image/png;base64,...`` URL."""
+    import base64
+
+    head, _, data = url.partition(",")
+    assert head == "data:image/png;base64"
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))))
+
+
+class SlowNet(nn.Module):
+    """A small CNN (512 channels) whose forward pass sleeps ``delay`` seconds per call."""
+
+    def __init__(self, delay: float = 0.1) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 512, 3, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 6))
+        self.delay = delay
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.delay)
+        return self.head(self.features(x))
+
+
+def free_port_socket() -> socket.socket:
+    """A socket bound to a free port on 127.0.0.1."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextmanager
+def live_server(app: object) -> Iterator[str]:
+    """Run ``app`` with uvicorn in a thread on a free 127.0.0.1 port; yield its base URL."""
+    uvicorn = require("uvicorn")
+    sock = free_port_socket()
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+        sock.close()
