@@ -13,7 +13,8 @@ EfficientNet-Lite, whose inputs are ``(pixel - 127) / 128``, i.e. mean 127/255 a
 centre crop 224) that gives 90% top-1, against 81% with the torchvision ImageNet mean/std.
 For explanations the whole image matters, so the default resize is the shorter side to
 224 and a centre crop of 224 (87% top-1 on the same images); ``resize="squash"`` resizes
-the whole image to 224×224 instead.
+the whole image to 224×224 instead. :class:`Preprocess` itself lives in
+:mod:`sacam.preprocess`.
 """
 
 from __future__ import annotations
@@ -26,17 +27,15 @@ from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Literal
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from ._modelfile import TRUST_HINT, check_pt2, is_torchscript
 from ._outputs import to_logits
 from .errors import ModelError
 from .images import SAMPLE_IMAGES, load_image, sample_image
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, TF_LITE_MEAN, TF_LITE_STD, Preprocess
 
 __all__ = [
     "ARCHITECTURES",
@@ -57,95 +56,11 @@ __all__ = [
     "with_preprocess",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-TF_LITE_MEAN = (127.0 / 255,) * 3
-TF_LITE_STD = (128.0 / 255,) * 3
-
 EFFICIENTNET_LITE = {
     "efficientnet-lite0": 224,
     "efficientnet-lite1": 240,
     "efficientnet-lite2": 260,
 }
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """Image preprocessing: resize, crop, scale to [0, 1], normalise.
-
-    Attributes:
-        size: output side in pixels.
-        resize: ``"crop"`` (shorter side to ``size``, centre crop) or ``"squash"`` (the
-            whole image resized to ``size``×``size``).
-        mean, std: per-channel normalisation of [0, 1] pixels.
-
-    Example:
-        >>> from PIL import Image
-        >>> p = Preprocess(size=32)
-        >>> p(Image.new("RGB", (64, 48))).shape
-        torch.Size([3, 32, 32])
-    """
-
-    size: int = 224
-    resize: Literal["crop", "squash"] = "crop"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    def pixels(self, image: Image.Image) -> torch.Tensor:
-        """Resize/crop and return the image as a ``(3, size, size)`` tensor in [0, 1]."""
-        img = image.convert("RGB")
-        if self.resize == "squash":
-            img = img.resize((self.size, self.size), Image.Resampling.BICUBIC)
-        else:
-            w, h = img.size
-            scale = self.size / min(w, h)
-            nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
-            img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-            left, top = (nw - self.size) // 2, (nh - self.size) // 2
-            img = img.crop((left, top, left + self.size, top + self.size))
-        arr = np.array(img, dtype=np.float32) / 255.0
-        return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-
-    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``mean`` and ``std`` as ``(3, 1, 1)`` tensors of ``like``'s dtype and device."""
-        mean = torch.tensor(self.mean, dtype=like.dtype, device=like.device)[:, None, None]
-        std = torch.tensor(self.std, dtype=like.dtype, device=like.device)[:, None, None]
-        return mean, std
-
-    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Normalise [0, 1] pixels ``(..., 3, H, W)`` with ``mean`` and ``std``."""
-        mean, std = self._stats(pixels)
-        return (pixels - mean) / std
-
-    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Invert :meth:`normalize`: model inputs back to [0, 1] pixels."""
-        mean, std = self._stats(x)
-        return x * std + mean
-
-    def multiply_pixels(self, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-        """The model input of ``x``'s pixels times ``factor``: ``normalize(denormalize(x) · f)``.
-
-        Computed as ``x · f + (mean / std) · (f − 1)``, the same in exact arithmetic
-        without the rounding of the round trip: where ``f`` is 1 the result is ``x`` bit
-        for bit, so a map of ones explains an image as it is on every CPU (its Average
-        Drop is 0 and it never counts as an Increase in Confidence).
-
-        Example:
-            >>> p = Preprocess(size=4)
-            >>> x = torch.randn(1, 3, 4, 4)
-            >>> bool(torch.equal(p.multiply_pixels(x, torch.ones(1, 1, 4, 4)), x))
-            True
-        """
-        mean, std = self._stats(x)
-        return x * factor + (mean / std) * (factor - 1)
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        """Return the normalised model input ``(3, size, size)`` for one PIL image."""
-        return self.normalize(self.pixels(image))
-
-    def batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Stack several images into one normalised ``(B, 3, size, size)`` batch."""
-        return torch.stack([self(im) for im in images])
 
 
 @dataclass

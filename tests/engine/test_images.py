@@ -141,3 +141,71 @@ def test_large_jpeg_is_decoded_at_a_reduced_scale(tmp_path) -> None:
     Image.open(path).save(png)
     with pytest.raises(InputError, match="more than the limit"):
         load_image(png, max_pixels=1_000_000)
+
+
+# ---------------------------------------------------------------------- preprocessing
+# A child process measures its own peak resident set around the preprocessing of
+# extremely thin images: resizing the shorter side of a 1 × 6000 picture to 224 before
+# cropping would allocate 224 × 1,344,000 RGBA pixels (1.2 GB).
+_PEAK_SCRIPT = """
+import resource, sys
+from PIL import Image
+from sacam.preprocess import Preprocess
+
+pre = Preprocess(size=224)
+pre.pixels(Image.new("RGB", (300, 200)))  # imports and first allocations done
+start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for size in ((1, 6000), (6000, 1)):
+    for mode in ("crop", "squash"):
+        x = Preprocess(size=224, resize=mode).pixels(Image.new("RGB", size, (200, 10, 30)))
+        assert tuple(x.shape) == (3, 224, 224), x.shape
+        assert int((x * 255).round()[0].min()) == 200 and int((x * 255).round()[2].max()) == 30
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start)
+"""
+
+
+def test_thin_images_cost_what_the_output_does() -> None:
+    """1 × 6000 and 6000 × 1 pictures: the peak grows by megabytes, not a gigabyte."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    grown_kib = int(done.stdout.split()[-1])
+    assert grown_kib < 48 * 1024, f"the peak grew by {grown_kib / 1024:.0f} MiB"
+
+
+def test_thin_image_crop_matches_resize_then_crop_closely() -> None:
+    """Past the whole-resize bound the crop box alone is resampled: the same picture."""
+    from sacam.preprocess import MAX_RESIZED_AREA, Preprocess
+
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 255, 2000)[:, None, None] * np.ones((1, 20, 3))
+    noisy = np.clip(ramp + rng.normal(0, 3, ramp.shape), 0, 255).astype(np.uint8)
+    img = Image.fromarray(noisy)  # 20 × 2000: resized whole it would be 224 × 22,400
+    assert 224 * 22400 > MAX_RESIZED_AREA * 224 * 224
+    got = (Preprocess(size=224).pixels(img) * 255).round().numpy().transpose(1, 2, 0)
+    whole = np.asarray(img.resize((224, 22400), Image.Resampling.BICUBIC), dtype=np.float64)
+    expected = whole[11088 : 11088 + 224]  # (22400 - 224) // 2
+    assert np.abs(got - expected).max() <= 2
+    assert np.abs(got - expected).mean() < 0.25
+
+
+def test_ordinary_images_are_resized_whole_then_cropped() -> None:
+    """Up to the bound the pixels are those of resize-then-crop, bit for bit."""
+    from sacam.preprocess import Preprocess
+
+    rng = np.random.default_rng(1)
+    for w, h in ((333, 500), (500, 375), (224, 224), (3000, 224), (17, 40)):
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        scale = 224 / min(w, h)
+        nw, nh = max(224, round(w * scale)), max(224, round(h * scale))
+        left, top = (nw - 224) // 2, (nh - 224) // 2
+        ref = img.resize((nw, nh), Image.Resampling.BICUBIC).crop(
+            (left, top, left + 224, top + 224)
+        )
+        want = np.asarray(ref, dtype=np.float32) / 255.0
+        got = Preprocess(size=224).pixels(img).numpy().transpose(1, 2, 0)
+        assert np.array_equal(got, want), (w, h)
