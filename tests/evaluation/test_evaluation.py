@@ -10,7 +10,16 @@ import pytest
 import torch
 
 import sacam
-from sacam.evaluation import complexity, faithfulness, localization, road, robustness, sanity
+from sacam.api import build_method
+from sacam.evaluation import (
+    adversarial,
+    complexity,
+    faithfulness,
+    localization,
+    road,
+    robustness,
+    sanity,
+)
 from sacam.evaluation.runner import execution, run_benchmark
 from sacam.models import Preprocess
 from tests.support.nets import colour_net, small_cnn
@@ -126,13 +135,15 @@ def test_stability_measures_by_hand() -> None:
     assert robustness.ssim(a / 5, a / 5).tolist() == [pytest.approx(1.0)]
 
 
-@pytest.mark.parametrize("kind", ["random", "pgd", "topk"])
+@pytest.mark.parametrize("kind", ["random", "pgd", "topk", "com"])
 def test_attacks_keep_the_label_and_stay_within_eps(kind) -> None:
     net = small_cnn().eval()
     pre = Preprocess(size=16)
     x = pre.normalize(torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(2)))
-    clean = sacam.explain(net, x)
-    adv, kept = robustness.attack(net, x, pre, kind, iterations=20, clean_maps=clean)
+    cam = build_method(net, "grad-cam")
+    adv, kept = adversarial.explanation_attack(
+        net, x, pre, lambda i, c: cam.explain_graph(i, c).maps, kind, iterations=20, step=0.5 / 255
+    )
     with torch.no_grad():
         assert torch.equal(net(adv).argmax(1), net(x).argmax(1))
     delta = (pre.denormalize(adv) - pre.denormalize(x)).abs().max()
@@ -184,7 +195,8 @@ def test_runner_end_to_end(tmp_path) -> None:
         metrics=["all"],
         road_percentages=(0.2, 0.8),
         iterations=2,
-        attacks=("random", "pgd"),
+        epsilons=(8 / 255,),
+        adv_iterations=1,
         sanity_layers=2,
         grid_threshold=0.0,
     )
@@ -208,7 +220,8 @@ def test_runner_end_to_end(tmp_path) -> None:
         "average_drop",
         "deletion",
         "road_gap",
-        "stability_pgd_spearman",
+        "xattack_pgd_spearman@8",
+        "adv_fgsm_topk@8",
         "sanity_spearman",
         "sparsity",
         "grid_pointing_game",

@@ -65,7 +65,7 @@ def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
         type=method_option,
         default=[],
         metavar="METHOD:KEY=VALUE",
-        help="an option of one method, e.g. sa-cam:temperature=5 or score-cam:batch_size=64 "
+        help="an option of one method, e.g. sa-cam:temperature=5 or score-cam:inputs_per_pass=64 "
         "(repeatable; values are Python literals, else strings)",
     )
     bench.add_argument(
@@ -99,10 +99,10 @@ def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
         "--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N (default: cpu)"
     )
     bench.add_argument(
-        "--batch-size",
+        "--images-per-step",
         type=int_at_least(1),
         default=16,
-        help="images explained per step (default: 16)",
+        help="images explained and scored per step (default: 16)",
     )
     bench.add_argument(
         "--workers",
@@ -121,12 +121,11 @@ def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--annotations", type=existing_file_path, default=None, help="boxes/masks CSV or JSON"
     )
-    bench.add_argument("--attacks", nargs="+", default=["pgd"], choices=["random", "pgd", "topk"])
     bench.add_argument(
         "--iterations",
         type=int_at_least(1),
         default=100,
-        help="attack steps of stability and explanation_attack (default: 100)",
+        help="attack steps of explanation_attack (default: 100)",
     )
     bench.add_argument(
         "--epsilons",
@@ -218,14 +217,13 @@ def _benchmark_config(args: argparse.Namespace) -> BenchmarkConfig:
         limit=args.limit,
         steps=args.steps,
         annotations=args.annotations,
-        attacks=tuple(args.attacks),
         iterations=args.iterations,
         adv_iterations=args.adv_iterations,
         use_labels=args.use_labels,
         grid_threshold=args.grid_threshold,
         metrics=list(args.metrics or ["default"]),
         device=args.device,
-        batch_size=args.batch_size,
+        images_per_step=args.images_per_step,
         workers=threads,
         seed=args.seed,
         save_maps=args.save_maps,

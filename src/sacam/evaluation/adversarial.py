@@ -1,4 +1,4 @@
-"""Adversarial stability of maps, the protocol of ``design/evaluation.md`` §5.
+"""Adversarial stability of maps: the attacks behind ``adversarial`` and ``explanation_attack``.
 
 Ghorbani et al., Interpretation of Neural Networks is Fragile, https://arxiv.org/abs/1710.10547.
 Every attack works in pixel space ([0, 1] RGB before normalisation) with signed steps
@@ -7,11 +7,10 @@ is run for each ``ε`` of a sweep (0.5, 1, 2, 4, 8 /255 by default). Two kinds:
 
 1. **Label-preserving attacks on the explanation** (:func:`explanation_attack`): ``g`` is
    random sign noise (``"random"``, the floor), the classifier's loss gradient
-   (``"pgd"``: label-preserving PGD, the older single-point protocol's attack, now over
-   the sweep; the map is not differentiated), or the gradient of an objective on the
-   explained method's **own** map, differentiated w.r.t. the input through the method
-   (white-box; ``BaseCAM.explain_graph``, a double backward for gradient
-   methods): ``"topk"`` lowers the map's mass (the map divided by its sum) on the clean
+   (``"pgd"``: label-preserving PGD; the map is not differentiated), or the gradient of
+   an objective on the explained method's **own** map, differentiated w.r.t. the input
+   through the method (white-box; ``BaseCAM.explain_graph``, a double backward for
+   gradient methods): ``"topk"`` lowers the map's mass (the map divided by its sum) on the clean
    map's top-k pixels, ``"com"`` moves the map's centre of mass away from the clean one.
    A step after which the predicted class is no longer the clean top-1 is rejected (the
    image stays where it was); since a white-box step is deterministic, the same step

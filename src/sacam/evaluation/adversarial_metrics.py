@@ -1,7 +1,7 @@
-"""The ε-sweep stability metrics of ``design/evaluation.md`` §5 (``sacam benchmark``).
+"""The ε-sweep stability metrics of ``sacam benchmark``: the one stability protocol.
 
-``adversarial`` (kind 2, the adversarial comparison) and ``explanation_attack`` (kind 1,
-label-preserving attacks on each method's own map) run the attacks of
+``adversarial`` (the adversarial comparison) and ``explanation_attack`` (label-preserving
+attacks on each method's own map) run the attacks of
 :mod:`sacam.evaluation.adversarial` at every ε of the run's ``epsilons`` and compare the
 clean and the perturbed map with the four measures of
 :mod:`sacam.evaluation.robustness`: top-k intersection, Spearman rank correlation, SSIM
@@ -70,15 +70,20 @@ def _measured(prefix: str, kinds: tuple[str, ...], label: str) -> list[tuple[str
     ]
 
 
+def _per_kind(
+    prefix: str, kinds: tuple[str, ...], short: str, higher: bool, text: str
+) -> list[tuple[str, bool, str]]:
+    """One swept value ``{prefix}_{kind}_{short}`` per kind (not a map measure)."""
+    label = (lambda k: k.upper()) if prefix == "adv" else (lambda k: f"{k} attack")
+    return [(f"{prefix}_{kind}_{short}", higher, f"{label(kind)}: {text}") for kind in kinds]
+
+
 @register_metric(
     "adversarial",
     values=[],
     swept=_measured("adv", ADVERSARY_KINDS, "{KIND} adversarial example")
-    + [
-        (f"adv_{kind}_flipped", False, f"{kind.upper()}: share of labels flipped (per model)")
-        for kind in ADVERSARY_KINDS
-    ],
-    source="§5 kind 2: map of the clean class on clean vs adversarial image (FGSM, PGD)",
+    + _per_kind("adv", ADVERSARY_KINDS, "flipped", False, "share of labels flipped (per model)"),
+    source="map of the clean class on the clean vs the adversarial image (FGSM, PGD)",
     needs=("gradients", "attacks", "method"),
 )
 def _adversarial(batch: MetricBatch) -> MetricOutput:
@@ -134,11 +139,8 @@ def graph_map_fn(batch: MetricBatch) -> tuple[GraphMapFn, bool]:
     "explanation_attack",
     values=[("xattack_white_box", True, "1: the method's own map was attacked; 0: Grad-CAM's")],
     swept=_measured("xattack", MAP_ATTACK_KINDS, "{kind} attack on the map")
-    + [
-        (f"xattack_{kind}_steps", True, f"{kind} attack: label-preserving steps kept")
-        for kind in MAP_ATTACK_KINDS
-    ],
-    source="§5 kind 1: Ghorbani et al. 1710.10547, white-box on each method's own map",
+    + _per_kind("xattack", MAP_ATTACK_KINDS, "steps", True, "label-preserving steps kept"),
+    source="Ghorbani et al. 1710.10547, white-box on each method's own map",
     needs=("gradients", "attacks", "method"),
 )
 def _explanation_attack(batch: MetricBatch) -> MetricOutput:

@@ -127,6 +127,11 @@ def _coherency(batch: MetricBatch) -> torch.Tensor:
     return b.memo("coherency", lambda: coherency(again, b.images, b.maps, b.preprocess))
 
 
+def _parts(batch: MetricBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coherency and L1 complexity of the batch's maps, on the CPU (shared by ADCC, ARCC)."""
+    return _coherency(batch).cpu(), l1_complexity(batch.maps).cpu()
+
+
 @register_metric(
     "adcc",
     values=[
@@ -139,8 +144,7 @@ def _coherency(batch: MetricBatch) -> torch.Tensor:
 )
 def _adcc(batch: MetricBatch) -> MetricOutput:
     b = batch
-    coh = _coherency(b).cpu()
-    comp = l1_complexity(b.maps).cpu()
+    coh, comp = _parts(b)
     ad = batch_confidence(b)["average_drop"].float().cpu()
     return MetricOutput(
         {"adcc": adcc_values(coh, comp, ad), "coherency": coh, "l1_complexity": comp}
@@ -155,8 +159,7 @@ def _adcc(batch: MetricBatch) -> MetricOutput:
 )
 def _arcc(batch: MetricBatch) -> MetricOutput:
     b = batch
-    coh = _coherency(b).cpu()
-    comp = l1_complexity(b.maps).cpu()
+    coh, comp = _parts(b)
     percentages = ARCC_ROAD_PERCENTAGES
     r = road_curves(
         b.model, b.images, b.maps, b.preprocess, b.classes, percentages, seed=b.config.seed

@@ -6,7 +6,7 @@ results, summary, lock and resume), with the preset's methods and metrics unless
 ``--methods`` / ``--metrics`` are given. Every other option (``--limit``, ``--device``,
 ``--epsilons``, ...) applies to every setting.
 
-``paper`` is issue 14's protocol for the SA-CAM paper's two claims (accurate maps, stable
+``paper`` is the protocol for the SA-CAM paper's two claims (accurate maps, stable
 maps), on every registered method, in four settings (docs/evaluation.md, "Presets"):
 ``lite0-head`` (EfficientNet-Lite0, automatic layer ``_swish@1``: the paper-like setting),
 ``lite0-blocks15`` (``_blocks.15``, 320×7×7, where gradients vary over positions),

@@ -60,7 +60,7 @@ class MetricBatch:
         config: the run's settings (every protocol parameter).
         method: the method's registry name.
         explain: ``(model, images, classes) -> maps`` recomputes maps (for the metrics
-            that need ``"method"``: stability, sanity).
+            that need ``"method"``: the attacks, sanity, coherency).
         masks: ``(B, H, W)`` bool object masks, or None; ``has_mask`` says which rows hold one.
     """
 
