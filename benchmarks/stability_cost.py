@@ -3,7 +3,7 @@
 Usage:
 
     python benchmarks/stability_cost.py DATA_DIR [--limit 5] [--layer _blocks.15]
-        [--methods grad-cam sa-cam eigen-cam] [--device cuda] [--steps 3]
+        [--methods grad-cam sa-cam eigen-cam] [--device cuda] [--steps 3] [--image-size 224]
 
 Times, per image, on the first ``--limit`` images as one batch: a forward pass (the
 floor: one random-noise step of ``explanation_attack``), one classifier-gradient step
@@ -41,8 +41,8 @@ def _timed(fn: Callable[[], object], device: str, repeat: int) -> float:
     return (time.perf_counter() - t) / repeat
 
 
-def main() -> int:
-    """Print the cost table."""
+def main(argv: list[str] | None = None) -> int:
+    """Print the cost table (``argv``: the command line's arguments, default sys.argv)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data_dir", type=Path)
     ap.add_argument("--limit", type=int, default=5)
@@ -51,8 +51,9 @@ def main() -> int:
     ap.add_argument("--model", default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--steps", type=int, default=3, help="timed repetitions")
-    args = ap.parse_args()
-    lm = load_model(args.model, device=args.device)
+    ap.add_argument("--image-size", type=int, default=None, help="input side (default: model's)")
+    args = ap.parse_args(argv)
+    lm = load_model(args.model, device=args.device, size=args.image_size)
     items = discover(args.data_dir, args.limit).items
     x = torch.stack([lm.preprocess(load_image(it.path)) for it in items]).to(args.device)
     n = x.shape[0]

@@ -1,4 +1,4 @@
-"""``benchmarks/gpu_queue.py``: the queue a GPU session runs must work the first time.
+"""``tools/gpu/gpu_queue.py``: the queue a GPU session runs must work the first time.
 
 A session is lent a GPU for minutes, so a queued command that fails to parse, a budget
 that is not kept or an archive that misses a run folder costs the whole loan. These
@@ -27,11 +27,13 @@ from sacam.evaluation.runner.execution import _check_settings as check_settings
 from sacam.registry import list_methods
 
 ROOT = Path(__file__).resolve().parents[2]
-PAPER = ROOT / "docs" / "results" / "paper"
-sys.path.insert(0, str(ROOT / "benchmarks"))
+RESULTS = ROOT / "docs" / "results"
+sys.path.insert(0, str(ROOT / "tools" / "gpu"))
 
 import gpu_queue  # noqa: E402
 from gpu_queue import JOBS, Job, run_queue  # noqa: E402
+
+pytestmark = pytest.mark.script
 
 
 def _methods(argv: tuple[str, ...]) -> list[str]:
@@ -65,16 +67,31 @@ def test_every_queued_script_accepts_its_arguments(job: Job) -> None:
 
 @pytest.mark.parametrize(
     "job",
-    [j for j in JOBS if not j.script and (PAPER / j.name / "run.json").exists()],
+    [j for j in JOBS if not j.script and (RESULTS / j.setting / j.name / "run.json").exists()],
     ids=lambda j: j.name,
 )
 def test_every_queued_run_resumes_its_committed_folder(job: Job, tmp_path: Path) -> None:
     """The settings match the folder's run.json, so the queue extends it, not refuses it."""
     (tmp_path / "run").mkdir()
-    shutil.copy(PAPER / job.name / "run.json", tmp_path / "run" / "run.json")
+    shutil.copy(RESULTS / job.setting / job.name / "run.json", tmp_path / "run" / "run.json")
     args = _parser().parse_args(gpu_queue.command(job, tmp_path, tmp_path, "cpu")[3:])
     config = _benchmark_config(args)
     check_settings(tmp_path / "run", config.settings(), BenchmarkConfig(tmp_path).settings())
+
+
+def test_every_run_job_names_a_setting_folder_of_the_docs() -> None:
+    """Each run unpacks into docs/results/SETTING, a folder the results page describes."""
+    for job in (j for j in JOBS if not j.script):
+        assert (RESULTS / job.setting).is_dir(), (job.name, job.setting)
+
+
+def test_a_queued_run_still_owed_keeps_its_per_image_rows_to_resume() -> None:
+    """The committed folders the queue resumes keep results.csv (else it starts over)."""
+    resumed = [j for j in JOBS if not j.script and (RESULTS / j.setting / j.name).is_dir()]
+    assert {j.name for j in resumed} >= {"gpu-lite0-blocks15-sscam", "lite0-blocks10-sscam"}
+    for job in resumed:
+        rows = (RESULTS / job.setting / job.name / "results.csv").read_text().splitlines()
+        assert rows[0] == "image,method,metric,value" and len(rows) > 1, job.name
 
 
 def test_job_names_are_unique_and_archive_safe() -> None:
@@ -98,7 +115,7 @@ def _images(folder: Path, n: int) -> Path:
 def test_queue_runs_resumes_and_packs_a_real_run(tmp_path: Path) -> None:
     data = _images(tmp_path / "data", 2)
     jobs = (
-        Job("tiny-run", ("--methods", "grad-cam", "--metrics", "confidence")),
+        Job("tiny-run", ("--methods", "grad-cam", "--metrics", "confidence"), setting="lite0-head"),
         Job("echo", ("-c", "import sys; print('argv', sys.argv[1:])"), script=True, estimate_s=1),
         Job("late", ("-c", "pass"), script=True, estimate_s=10_000),
     )
@@ -113,8 +130,8 @@ def test_queue_runs_resumes_and_packs_a_real_run(tmp_path: Path) -> None:
         names = set(tar.getnames())
         table = tar.extractfile("logs/echo.log").read().decode()  # type: ignore[union-attr]
     assert {
-        "paper/tiny-run/results.csv",
-        "paper/tiny-run/run.json",
+        "lite0-head/tiny-run/results.csv",
+        "lite0-head/tiny-run/run.json",
         "logs/tiny-run.log",
         "logs/echo.log",
     } <= names

@@ -21,6 +21,8 @@ sys.path.insert(0, str(BENCH))
 
 from paired import paired_cell, t_interval  # noqa: E402
 
+pytestmark = pytest.mark.script
+
 
 def test_t_interval_uses_students_t_not_the_normal_quantile() -> None:
     mean, half, n = t_interval([1.0, 2.0, 3.0, 4.0, 5.0, float("nan")])
