@@ -1,4 +1,4 @@
-"""The engine every CAM method stands on.
+"""The engine every CAM method stands on: :class:`BaseCAM`, the template of a call.
 
 A method subclasses :class:`BaseCAM` and overrides one function: :meth:`BaseCAM.weights`
 (channel weights, shape ``(B, K)``), :meth:`BaseCAM.channel_maps` (per-channel, per-position
@@ -7,6 +7,19 @@ or, where a method needs it, :meth:`BaseCAM.layer_map` (the whole raw map, shape
 ``(B, h, w)``). The base owns everything else: input checks, hooks, targets, the weighted
 sum (or, with ``eigen_smooth=True``, the first-principal-component projection of the
 contributions), ReLU, upsampling, normalisation and multi-layer fusion.
+
+Methods that explain several layers together, or whose map does not come from the target
+layers' activations, override one more step of the same template (:meth:`BaseCAM.explain`):
+
+- :meth:`BaseCAM.raw_maps`: the call's raw maps, by label. The default probes the model,
+  reads the layers of :meth:`BaseCAM.select_layers` (default: ``layer``) in one pass
+  (forward, and backward for gradient methods) and returns :meth:`BaseCAM.combine` of
+  them (default: each layer's :meth:`BaseCAM.layer_map`; Poly-CAM multiplies its stages
+  from deep to shallow). Maps at the input's resolution (FullGrad, SESS), attention maps
+  (LeGrad) and another method's maps (Finer-CAM, Refine-CAM) override ``raw_maps``.
+- Each raw map is ReLU'd, resized to :meth:`BaseCAM.fusion_size` (default: the output's
+  size) and normalised; :meth:`BaseCAM.fuse` makes several into one (default:
+  ``fusion``), which is resized to the output's size and normalised again if needed.
 
 Hook discipline:
 
@@ -27,22 +40,31 @@ Hook discipline:
 from __future__ import annotations
 
 import inspect
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, cast
+from typing import ClassVar, Literal, cast
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ._hooks import Capture, check_images, model_guard
-from ._layers import LayerRef, LayersLike, probe, resolve_layers
+from ._hooks import check_images, model_guard
+from ._layers import LayerRef, LayersLike, ProbeRecord, probe, resolve_layers
 from ._outputs import LogitsModel, OutputTransform, logits_model
+from ._passes import gradient_pass, layer_pass, layer_tensors
 from ._projection import principal_projection
-from .errors import InputError, LayerError, MethodError, ModelError
-from .targets import ScoreFn, TargetsLike, evaluate_scores, resolve_targets
+from .errors import InputError, MethodError, ModelError
+from .explanation import (
+    CallContext,
+    Explanation,
+    LayerData,
+    collect,
+    largest_size,
+    layer_outputs,
+    normalize_maps,
+    resize_maps,
+    spatial_dims,
+)
+from .targets import ScoreFn, TargetsLike
 
 ReshapeTransform = Callable[[torch.Tensor], torch.Tensor]
 # set by BaseCAM.explain_graph for the duration of one call (per thread / task)
@@ -54,90 +76,10 @@ __all__ = [
     "Explanation",
     "LayerData",
     "normalize_maps",
+    "predict",
     "spatial_dims",
     "volume_methods",
 ]
-
-
-def spatial_dims(t: torch.Tensor) -> tuple[int, ...]:
-    """The spatial axes of a ``(B, K, h, w)`` or ``(B, K, t, h, w)`` tensor: ``(2, 3[, 4])``.
-
-    Example:
-        >>> spatial_dims(torch.zeros(1, 2, 3, 4, 5))
-        (2, 3, 4)
-    """
-    return tuple(range(2, t.ndim))
-
-
-@dataclass
-class LayerData:
-    """What a method sees of one target layer for one batch.
-
-    Attributes:
-        ref: the layer (module, name, call).
-        activations: ``A``, shape ``(B, K, h, w)`` (``(B, K, t, h, w)`` for 5-D inputs).
-        gradients: ``dy/dA`` of the summed target scores, same shape, or ``None`` for
-            gradient-free methods.
-        hvp: ``H A``, the Hessian of the summed target scores w.r.t. ``A`` times ``A``
-            (same shape), for methods with ``second_order = True``; else ``None``.
-    """
-
-    ref: LayerRef
-    activations: torch.Tensor
-    gradients: torch.Tensor | None
-    hvp: torch.Tensor | None = None
-
-
-@dataclass
-class CallContext:
-    """The batch-level state of one call, shared by every layer.
-
-    Attributes:
-        model: the model as a callable that returns the logits: a
-            :class:`~sacam._outputs.LogitsModel` around the user's model (whose submodules
-            are the user's; in eval mode, parameters frozen, hooks active only when
-            capturing). Structure (layer names) is read from the method's ``model``.
-        images: the input batch ``(B, C, H, W)`` (``(B, C, T, H, W)`` for 5-D inputs).
-        output: the logits on the clean images (detached; see ``output_transform``).
-        score_fn: batch callable, model output -> ``(B,)`` target scores.
-        class_idx: target class per sample, or ``None`` for callable targets.
-        scores: ``score_fn(output)``, shape ``(B,)``.
-        extras: per-call results a method wants to expose (e.g. SA-CAM's attention).
-    """
-
-    model: nn.Module
-    images: torch.Tensor
-    output: torch.Tensor
-    score_fn: ScoreFn
-    class_idx: torch.Tensor | None
-    scores: torch.Tensor
-    extras: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Explanation:
-    """The full result of a call.
-
-    Attributes:
-        maps: ``(B, H, W)`` in [0, 1] (``(B, h, w)`` when not upsampled; ``(B, T, H, W)``
-            for 5-D inputs); the fused map when several layers are explained.
-        layer_maps: per layer label, its own normalised map.
-        class_idx: the explained class of each sample (``None`` for callable targets).
-        scores: the target score of each sample on the clean image.
-        probabilities: softmax probability of the explained class (classification only).
-        constant: ``(B,)`` bool, True where the map was constant (reported as all zeros).
-        layers: labels of the explained layers.
-        extras: method-specific inspection data (see each method's docs).
-    """
-
-    maps: torch.Tensor
-    layer_maps: dict[str, torch.Tensor]
-    class_idx: torch.Tensor | None
-    scores: torch.Tensor
-    probabilities: torch.Tensor | None
-    constant: torch.Tensor
-    layers: list[str]
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def predict(
@@ -156,30 +98,6 @@ def predict(
     with model_guard(model), torch.inference_mode():
         top = logits_model(model, output_transform)(images).argmax(1)
     return top.clone()  # an ordinary tensor, usable outside inference mode
-
-
-def normalize_maps(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Min-max normalise each map of ``(B, ...)`` to [0, 1].
-
-    A constant map (max == min) has no ordering to show: it becomes all zeros and is
-    flagged in the returned ``(B,)`` bool tensor rather than divided by zero.
-
-    Example:
-        >>> import torch
-        >>> m, const = normalize_maps(torch.tensor([[[1.0, 3.0]], [[2.0, 2.0]]]))
-        >>> m.tolist(), const.tolist()
-        ([[[0.0, 1.0]], [[0.0, 0.0]]], [False, True])
-    """
-    flat = maps.flatten(1)
-    lo = flat.min(dim=1).values
-    hi = flat.max(dim=1).values
-    span = hi - lo
-    constant = ~(span > 0)
-    shape = (-1,) + (1,) * (maps.ndim - 1)
-    safe = torch.where(constant, torch.ones_like(span), span)
-    out = (maps - lo.view(shape)) / safe.view(shape)
-    out = torch.where(constant.view(shape), torch.zeros_like(out), out)
-    return out.clamp_(0.0, 1.0), constant
 
 
 def volume_methods() -> list[str]:
@@ -201,33 +119,6 @@ def volume_methods() -> list[str]:
         if cls.name and cls.accepts_volumes() and cls.name not in found:
             found.append(cls.name)
     return found
-
-
-def _hvps(
-    stored: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None], keep: bool
-) -> list[torch.Tensor | None]:
-    """``H A`` per layer: a double backward of each layer's gradient with ``A`` as its vector.
-
-    ``H`` is the Hessian of the summed scores w.r.t. that layer alone. A gradient without a
-    graph (a piecewise-linear network after the layer) gives zeros.
-    """
-    out: list[torch.Tensor | None] = []
-    for a, g in zip(stored, grads, strict=True):
-        h = None
-        if g is not None and g.requires_grad:
-            (h,) = torch.autograd.grad(
-                g,
-                a,
-                grad_outputs=a.detach(),
-                allow_unused=True,
-                retain_graph=True,
-                create_graph=keep,
-            )
-        if h is None:
-            out.append(torch.zeros_like(a.detach()))
-        else:
-            out.append(h if keep else h.detach())
-    return out
 
 
 class BaseCAM:
@@ -344,6 +235,51 @@ class BaseCAM:
             return torch.einsum(spec, w.to(a.dtype), a)
         return self.channel_maps(layer, ctx).sum(1)
 
+    def select_layers(self, record: ProbeRecord, images: torch.Tensor) -> list[LayerRef]:
+        """The layers a call explains (default: ``layer``); ``record``: the model's probe."""
+        return resolve_layers(self.model, self.layer, record, ndim=images.ndim)
+
+    def combine(self, layers: list[LayerData], ctx: CallContext) -> dict[str, torch.Tensor]:
+        """The call's raw maps from its layers: one :meth:`layer_map` per layer label."""
+        return {ld.ref.label: self.layer_map(ld, ctx) for ld in layers}
+
+    def raw_maps(
+        self, images: torch.Tensor, targets: TargetsLike, keep: bool = False
+    ) -> tuple[CallContext, dict[str, torch.Tensor]]:
+        """The call's context and raw maps ``{label: (B, h, w)}``, before ReLU and resizing.
+
+        Runs inside the call's model guard (eval mode, parameters frozen, model lock). The
+        default probes the model, reads the :meth:`select_layers` layers in one pass and
+        returns :meth:`combine` of them. ``keep``: keep the graph, for :meth:`explain_graph`.
+        """
+        refs = self.select_layers(probe(self.model, images.detach()), images)
+        grads, second = self.uses_gradients, self.second_order
+        read = layer_pass(self.logits_model, images, refs, targets, grads, second, keep)
+        layers = [
+            LayerData(ref, *layer_tensors(ref, tensors, images.ndim, self.reshape_transform))
+            for ref, tensors in zip(refs, read.layers(), strict=True)
+        ]
+        ctx = CallContext.detached(
+            self.logits_model, images, read.output, read.score_fn, read.class_idx, read.scores
+        )
+        return ctx, self.combine(layers, ctx)
+
+    def fusion_size(self, raw: dict[str, torch.Tensor], size: tuple[int, ...]) -> tuple[int, ...]:
+        """The grid the maps are normalised and fused on; default: the output's ``size``."""
+        return size
+
+    def fuse(
+        self, layer_maps: dict[str, torch.Tensor], raw: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The call's map from several normalised per-layer maps, and its constant flags.
+
+        ``layer_maps`` are the normalised maps, all on one grid; ``raw`` the raw maps they
+        came from. The default combines them by ``fusion`` (element-wise maximum or mean)
+        and normalises the result (:func:`~sacam.explanation.normalize_maps`).
+        """
+        stack = torch.stack(list(layer_maps.values()))
+        return normalize_maps(stack.amax(0) if self.fusion == "max" else stack.mean(0))
+
     def expected_rows(self, shape: tuple[int, ...], image_size: tuple[int, int]) -> int:
         """Rows the model's forward passes produce to explain one image (an estimate).
 
@@ -401,15 +337,11 @@ class BaseCAM:
             upsample: resize maps bilinearly (trilinearly for 5-D inputs) to the input size
                 (else keep layer size).
         """
-        model = self.model
         keep_graph = _KEEP_GRAPH.get()
         checked = self.check_input(images)
         images = images if keep_graph else checked
-        with model_guard(model, eval_mode=self.eval_mode, freeze=True):
-            record = probe(model, checked)
-            refs = resolve_layers(model, self.layer, record, ndim=checked.ndim)
-            ctx, layers = self._forward(images, refs, targets, keep_graph)
-            raw = {ld.ref.label: self.layer_map(ld, ctx) for ld in layers}
+        with model_guard(self.model, eval_mode=self.eval_mode, freeze=True):
+            ctx, raw = self.raw_maps(images, targets, keep_graph)
         return self._finish(raw, ctx, images, upsample)
 
     @classmethod
@@ -427,164 +359,31 @@ class BaseCAM:
             )
         return check_images(images, self.model, volumes=True)
 
-    # ----------------------------------------------------------------- internals
-    def _forward(
-        self, images: torch.Tensor, refs: list[LayerRef], targets: TargetsLike, keep: bool = False
-    ) -> tuple[CallContext, list[LayerData]]:
-        with Capture(refs, with_grad=self.uses_gradients) as cap:
-            if self.uses_gradients:
-                with torch.enable_grad():
-                    output = self.logits_model(images)
-                    score_fn, class_idx = resolve_targets(targets, output.detach())
-                    scores = evaluate_scores(score_fn, output)
-                    stored = self._stored(cap, refs)
-                    if not scores.requires_grad:
-                        raise LayerError(
-                            "the target score does not depend on the target layer(s) "
-                            f"{[r.label for r in refs]}: pick a layer on the path to the output"
-                        )
-                    grads = torch.autograd.grad(
-                        scores.sum(),
-                        stored,
-                        allow_unused=True,
-                        create_graph=keep or self.second_order,
-                    )
-                    for ref, g in zip(refs, grads, strict=True):
-                        if g is None:
-                            raise LayerError(
-                                f"the target score does not depend on layer {ref.label!r}: "
-                                "pick a layer on the path to the output"
-                            )
-                    hvps: list[torch.Tensor | None] = [None] * len(refs)
-                    if self.second_order:
-                        hvps = _hvps(stored, grads, keep)
-                acts = list(stored) if keep else [a.detach() for a in stored]
-                grad_list: list[torch.Tensor | None] = [g if keep else g.detach() for g in grads]
-            else:
-                with torch.enable_grad() if keep else torch.inference_mode():
-                    output = self.logits_model(images)
-                    score_fn, class_idx = resolve_targets(targets, output)
-                    scores = evaluate_scores(score_fn, output)
-                acts = [a.clone() for a in self._stored(cap, refs)]  # leave inference mode
-                grad_list = [None] * len(refs)
-                hvps = [None] * len(refs)
-                output, scores = output.clone(), scores.clone()
-                class_idx = class_idx.clone() if class_idx is not None else None
-        layers = [
-            LayerData(ref, *self._to_maps(ref, a, g, images.ndim), self._reshaped(h))
-            for ref, a, g, h in zip(refs, acts, grad_list, hvps, strict=True)
-        ]
-        ctx = self.context(images, output, score_fn, class_idx, scores)
-        return ctx, layers
-
-    def context(
-        self,
-        images: torch.Tensor,
-        output: torch.Tensor,
-        score_fn: ScoreFn,
-        class_idx: torch.Tensor | None,
-        scores: torch.Tensor,
-    ) -> CallContext:
-        """The call's :class:`CallContext` (logits and scores detached)."""
-        return CallContext(
-            self.logits_model, images, output.detach(), score_fn, class_idx, scores.detach()
-        )
-
-    @staticmethod
-    def _stored(cap: Capture, refs: list[LayerRef]) -> list[torch.Tensor]:
-        missing = [r.label for r in refs if r.label not in cap.stored]
-        if missing:
-            raise LayerError(f"layer(s) {missing} did not run in this forward pass")
-        return [cap.stored[r.label] for r in refs]
-
     def gradient_pass(
         self, images: torch.Tensor, ref: LayerRef, score_fn: ScoreFn
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One more forward and backward pass: ``(A, dy/dA)`` of ``ref`` on ``images``.
 
-        For methods that need the layer on other inputs (noisy copies, ...). It uses the
-        engine's own capture hook, only for this pass, and ``torch.autograd.grad`` on the
-        stored layer output, so nothing is accumulated in ``.grad``; the caller runs it
-        inside the call (model in eval mode, parameters frozen). Both come back detached,
-        as ``(B, K, h, w)`` (after ``reshape_transform``; ``(B, K, t, h, w)`` for 5-D
-        inputs).
+        For methods that need the layer on other inputs (noisy copies, ...), run inside the
+        call; nothing accumulates in ``.grad``. Both detached, after ``reshape_transform``.
         """
-        with Capture([ref], with_grad=True) as cap, torch.enable_grad():
-            output = self.logits_model(images)
-            scores = evaluate_scores(score_fn, output)
-            (stored,) = self._stored(cap, [ref])
-            if not scores.requires_grad:
-                raise LayerError(
-                    f"the target score does not depend on layer {ref.label!r}: pick a layer "
-                    "on the path to the output"
-                )
-            (grad,) = torch.autograd.grad(scores.sum(), stored)
-        a, g = self._to_maps(ref, stored.detach(), grad.detach(), images.ndim)
+        stored, grad = gradient_pass(self.logits_model, images, ref, score_fn)
+        a, g, _ = layer_tensors(ref, (stored, grad, None), images.ndim, self.reshape_transform)
         return a, cast(torch.Tensor, g)
 
-    def _reshaped(self, t: torch.Tensor | None) -> torch.Tensor | None:
-        if t is None or self.reshape_transform is None:
-            return t
-        return self.reshape_transform(t)
-
-    def _to_maps(
-        self, ref: LayerRef, a: torch.Tensor, g: torch.Tensor | None, ndim: int = 4
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``ndim``: that of the input; a layer's output must have the same (4 or 5)."""
-        a, g = cast(torch.Tensor, self._reshaped(a)), self._reshaped(g)
-        if a.ndim != ndim:
-            if ndim == 5:
-                raise LayerError(
-                    f"layer {ref.label!r} outputs shape {tuple(a.shape)}, not (B, K, t, h, w): "
-                    "for 5-D inputs pick a 3-D convolutional layer (e.g. an nn.Conv3d's output)"
-                )
-            raise LayerError(
-                f"layer {ref.label!r} outputs shape {tuple(a.shape)}, not (B, K, h, w): pick a "
-                "convolutional layer, or pass reshape_transform for token outputs"
-            )
-        return a, g
-
     def _finish(
-        self,
-        raw: dict[str, torch.Tensor],
-        ctx: CallContext,
-        images: torch.Tensor,
-        upsample: bool,
+        self, raw: dict[str, torch.Tensor], ctx: CallContext, images: torch.Tensor, upsample: bool
     ) -> Explanation:
-        if upsample:
-            size = tuple(images.shape[2:])
-        else:
-            size = max((tuple(m.shape[1:]) for m in raw.values()), key=math.prod)
-        mode = "bilinear" if len(size) == 2 else "trilinear"
-        layer_maps: dict[str, torch.Tensor] = {}
-        constant_any = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
-        for label, m in raw.items():
-            m = m if m.dtype == torch.float64 else m.float()  # float64 models keep float64 maps
-            m = torch.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0)
-            if tuple(m.shape[1:]) != size:
-                m = F.interpolate(m[:, None], size=size, mode=mode, align_corners=False)[:, 0]
-            m, constant = normalize_maps(m)
-            layer_maps[label] = m
-            constant_any |= constant
-        stack = torch.stack(list(layer_maps.values()))
+        """Normalise the raw maps, fuse them and collect the :class:`Explanation`."""
+        size = tuple(images.shape[2:]) if upsample else largest_size(raw)
+        layer_maps, constant = layer_outputs(raw, self.fusion_size(raw, size))
         if len(layer_maps) == 1:
-            maps, constant = stack[0], constant_any
+            (maps,) = layer_maps.values()
         else:
-            fused = stack.amax(0) if self.fusion == "max" else stack.mean(0)
-            maps, constant = normalize_maps(fused)
-        probs = None
-        if ctx.class_idx is not None and ctx.output.ndim == 2:
-            probs = torch.softmax(ctx.output.float(), 1).gather(1, ctx.class_idx[:, None])[:, 0]
-        return Explanation(
-            maps=maps,
-            layer_maps=layer_maps,
-            class_idx=ctx.class_idx,
-            scores=ctx.scores,
-            probabilities=probs,
-            constant=constant,
-            layers=list(layer_maps),
-            extras=ctx.extras,
-        )
+            maps, constant = self.fuse(layer_maps, raw)
+        if tuple(maps.shape[1:]) != size:
+            maps, constant = normalize_maps(resize_maps(maps, size))
+        return collect(ctx, maps, constant, layer_maps)
 
     @classmethod
     def option_names(cls) -> list[str]:

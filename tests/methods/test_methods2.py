@@ -13,6 +13,7 @@ from torch import nn
 import sacam
 from sacam.core import normalize_maps
 from sacam.errors import MethodError
+from tests.support.calls import layer_data
 from tests.support.nets import F64_ATOL, GapNet, in_double
 
 # ----------------------------------------------------------------------------- FEM
@@ -194,13 +195,8 @@ def test_shapley_cam_subtracts_half_the_hessian_vector_product() -> None:
 
 def test_shapley_cam_hvp_by_hand() -> None:
     cam = sacam.get_method("shapley-cam")(QuadNet(), "feat")
-    from sacam._hooks import model_guard
-    from sacam._layers import probe, resolve_layers
-
-    with model_guard(cam.model):
-        refs = resolve_layers(cam.model, "feat", probe(cam.model, A))
-        _, layers = cam._forward(A, refs, 0)
-        g, hvp = layers[0].gradients, layers[0].hvp
+    _, layers = layer_data(cam, A, 0)
+    g, hvp = layers[0].gradients, layers[0].hvp
     assert g is not None and hvp is not None
     assert torch.allclose(g, torch.full_like(g, 0.25))
     assert torch.allclose(hvp[0, 0], torch.zeros(2, 2)) and torch.allclose(
@@ -356,7 +352,7 @@ def test_finer_cam_with_a_perturbation_base_scores_each_sample_with_its_own_clas
 ) -> None:
     # score-cam scores copies of one image at a time: each must use its own class and J
     net, x = in_double(cnn, images)
-    opts = {"base": "score-cam", "base_options": {"batch_size": 4}}
+    opts = {"base": "score-cam", "base_options": {"inputs_per_pass": 4}}
     batch = sacam.explain(net, x, method="finer-cam", **opts)
     singles = torch.cat(
         [sacam.explain(net, x[i : i + 1], method="finer-cam", **opts) for i in range(3)]

@@ -13,6 +13,7 @@ import sacam
 from sacam.errors import LayerError, MethodError
 from sacam.smoothing import eigen_smooth, tta
 from sacam.transforms import vit_reshape_transform
+from tests.support.calls import layer_data
 from tests.support.nets import F64_ATOL, FlatNet, GapNet, in_double, small_cnn
 
 A = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[0.0, 1.0], [1.0, 0.0]]]])
@@ -176,14 +177,9 @@ def test_eigen_smooth_function_matches_the_engine(cnn, images) -> None:
     cam = sacam.build_method(cnn, "grad-cam", "4", eigen_smooth=True)
     out = cam.explain(images, upsample=False)
     plain = sacam.build_method(cnn, "grad-cam", "4")
-    # the same contributions, recomputed through the engine (private parts, test only)
-    from sacam._hooks import model_guard
-    from sacam._layers import probe, resolve_layers
-
-    with model_guard(cnn):
-        refs = resolve_layers(cnn, "4", probe(cnn, images))
-        ctx, layers = plain._forward(images, refs, None)
-        contrib = plain.channel_maps(layers[0], ctx)
+    # the same contributions, from the layer data the engine hands the plain method
+    ctx, layers = layer_data(plain, images)
+    contrib = plain.channel_maps(layers[0], ctx)
     expect = sacam.core.normalize_maps(eigen_smooth(contrib).clamp_min(0))[0]
     assert torch.allclose(out.maps, expect, atol=1e-6)
 

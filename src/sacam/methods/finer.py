@@ -9,8 +9,7 @@ from typing import Any
 
 import torch
 
-from .._hooks import model_guard
-from ..core import BaseCAM, Explanation
+from ..core import BaseCAM, CallContext
 from ..errors import MethodError, TargetError
 from ..registry import register_method
 from ..targets import TargetsLike, class_indices
@@ -134,27 +133,40 @@ class FinerCAM(BaseCAM):
         order = torch.sort(gap, dim=1, stable=True).indices
         return order[:, : min(self.n_similar, n_classes - 1)]
 
-    def explain(
-        self, images: torch.Tensor, targets: TargetsLike = None, *, upsample: bool = True
-    ) -> Explanation:
-        """Explain each sample's class against its most similar classes (see the class doc)."""
-        images = self.check_input(images)  # 5-D inputs: if the base takes them
-        with model_guard(self.model, eval_mode=self.eval_mode, freeze=True):
-            with torch.inference_mode():
-                output = self.logits_model(images)
-                idx = class_indices(targets, output)
-                if idx is None:
-                    raise TargetError(
-                        "finer-cam compares class logits: pass class indices (or None for the "
-                        "top-1 class), not callables"
-                    )
-                similar = self.similar_classes(output, idx)
-                probs = torch.softmax(output.float(), dim=1).gather(1, idx[:, None])[:, 0]
-            idx, similar, probs = idx.clone(), similar.clone(), probs.clone()
-            fins = [
-                FinerTarget(int(c), tuple(int(j) for j in row), self.alpha)
-                for c, row in zip(idx.tolist(), similar.tolist(), strict=True)
-            ]
-            exp = self.base.explain(images, fins, upsample=upsample)
-        extras = {**exp.extras, "finer_similar": similar}
-        return dataclasses.replace(exp, class_idx=idx, probabilities=probs, extras=extras)
+    def check_input(self, images: object) -> torch.Tensor:
+        """Its base method's input check (5-D inputs when the base takes them)."""
+        return self.base.check_input(images)
+
+    def raw_maps(
+        self, images: torch.Tensor, targets: TargetsLike, keep: bool = False
+    ) -> tuple[CallContext, dict[str, torch.Tensor]]:
+        """The base method's raw maps of the Finer-CAM score (see the class doc)."""
+        with torch.inference_mode():
+            output = self.logits_model(images)
+            idx = class_indices(targets, output)
+            if idx is None:
+                raise TargetError(
+                    "finer-cam compares class logits: pass class indices (or None for the "
+                    "top-1 class), not callables"
+                )
+            similar = self.similar_classes(output, idx)
+        output, idx, similar = output.clone(), idx.clone(), similar.clone()
+        fins = [
+            FinerTarget(int(c), tuple(int(j) for j in row), self.alpha)
+            for c, row in zip(idx.tolist(), similar.tolist(), strict=True)
+        ]
+        ctx, raw = self.base.raw_maps(images, fins, keep)
+        # the class and its probability on the clean logits; the Finer-CAM score as scores
+        ctx = dataclasses.replace(ctx, output=output, class_idx=idx)
+        ctx.extras["finer_similar"] = similar
+        return ctx, raw
+
+    def fusion_size(self, raw: dict[str, torch.Tensor], size: tuple[int, ...]) -> tuple[int, ...]:
+        """Its base method's."""
+        return self.base.fusion_size(raw, size)
+
+    def fuse(
+        self, layer_maps: dict[str, torch.Tensor], raw: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Its base method's."""
+        return self.base.fuse(layer_maps, raw)

@@ -8,9 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._hooks import model_guard
 from .._locks import this_thread_only
-from ..core import BaseCAM, Explanation
+from ..core import BaseCAM, CallContext
 from ..errors import MethodError
 from ..registry import register_method
 from ..targets import TargetsLike, evaluate_scores, resolve_targets
@@ -126,41 +125,38 @@ class FullGrad(BaseCAM):
             )
         self.variant: Variant = variant
 
-    def explain(
-        self, images: torch.Tensor, targets: TargetsLike = None, *, upsample: bool = True
-    ) -> Explanation:
-        """Explain a batch (see the class doc); the one map is labelled ``"fullgrad"``."""
-        model = self.model
-        images = self.check_input(images)
-        with model_guard(model, eval_mode=self.eval_mode, freeze=True):
-            layers = bias_layers(model, self.variant)
-            stored: list[tuple[nn.Module, torch.Tensor]] = []
+    def raw_maps(
+        self, images: torch.Tensor, targets: TargetsLike, keep: bool = False
+    ) -> tuple[CallContext, dict[str, torch.Tensor]]:
+        """The saliency at the input's resolution, one map labelled ``"fullgrad"``."""
+        layers = bias_layers(self.model, self.variant)
+        stored: list[tuple[nn.Module, torch.Tensor]] = []
 
-            def keep(module: nn.Module, _inp: object, out: object) -> object:
-                if isinstance(out, torch.Tensor) and out.ndim == 4 and out.requires_grad:
-                    stored.append((module, out))
-                    return out.clone()  # later in-place ops act on the copy
-                return None
+        def keep_output(module: nn.Module, _inp: object, out: object) -> object:
+            if isinstance(out, torch.Tensor) and out.ndim == 4 and out.requires_grad:
+                stored.append((module, out))
+                return out.clone()  # later in-place ops act on the copy
+            return None
 
-            hook = this_thread_only(keep)
-            handles = []
-            try:
-                for m in layers:
-                    handles.append(m.register_forward_hook(hook))
-                x = images.detach().clone().requires_grad_(True)
-                with torch.enable_grad():
-                    output = self.logits_model(x)
-                    score_fn, class_idx = resolve_targets(targets, output.detach())
-                    scores = evaluate_scores(score_fn, output)
-                    grads = torch.autograd.grad(
-                        scores.sum(), [x] + [t for _, t in stored], allow_unused=True
-                    )
-            finally:
-                for h in handles:
-                    h.remove()
-            raw = self._saliency(x.detach(), grads, [m for m, _ in stored])
-        ctx = self.context(images, output, score_fn, class_idx, scores)
-        return self._finish({"fullgrad": raw}, ctx, images, upsample)
+        hook = this_thread_only(keep_output)
+        handles = []
+        try:
+            for m in layers:
+                handles.append(m.register_forward_hook(hook))
+            x = images.detach().clone().requires_grad_(True)
+            with torch.enable_grad():
+                output = self.logits_model(x)
+                score_fn, class_idx = resolve_targets(targets, output.detach())
+                scores = evaluate_scores(score_fn, output)
+                grads = torch.autograd.grad(
+                    scores.sum(), [x] + [t for _, t in stored], allow_unused=True
+                )
+        finally:
+            for h in handles:
+                h.remove()
+        raw = self._saliency(x.detach(), grads, [m for m, _ in stored])
+        ctx = CallContext.detached(self.logits_model, images, output, score_fn, class_idx, scores)
+        return ctx, {"fullgrad": raw}
 
     def _saliency(
         self,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -10,9 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._hooks import model_guard
-from ..core import BaseCAM, Explanation
+from ..core import BaseCAM, CallContext
 from ..errors import LayerError, MethodError
+from ..explanation import output_map
 from ..registry import register_method
 from ..targets import TargetsLike, evaluate_scores, resolve_targets
 from ._mha import AttentionTap, attention_of
@@ -156,33 +155,32 @@ class LeGrad(BaseCAM):
                 check_count("grid columns", grid_shape[1]),
             )
 
-    def explain(
-        self, images: torch.Tensor, targets: TargetsLike = None, *, upsample: bool = True
-    ) -> Explanation:
-        """Explain a batch (see the class doc); one map per block in ``layer_maps``."""
-        model = self.model
-        images = self.check_input(images)
-        with model_guard(model, eval_mode=self.eval_mode, freeze=True):
-            taps = [AttentionTap(m, attention_of(m, n), n) for n, m in _blocks(model, self.layer)]
-            handles: list[torch.utils.hooks.RemovableHandle] = []
-            try:
-                for tap in taps:
-                    handles.extend(tap.register())
-                with torch.enable_grad():
-                    output = self.logits_model(images)
-                    score_fn, class_idx = resolve_targets(targets, output.detach())
-                    scores = evaluate_scores(score_fn, output).detach()
-                    raw = {tap.label: self._relevance(tap, score_fn) for tap in taps}
-            finally:
-                for h in handles:
-                    h.remove()
-        ctx = self.context(images, output, score_fn, class_idx, scores)
-        exp = self._finish(raw, ctx, images, upsample)
-        if len(raw) > 1:  # LeGrad averages the blocks' raw maps, then normalises
-            mean = torch.stack(list(raw.values())).mean(dim=0)
-            fused = self._finish({"legrad": mean}, ctx, images, upsample)
-            exp = dataclasses.replace(exp, maps=fused.maps, constant=fused.constant)
-        return exp
+    def raw_maps(
+        self, images: torch.Tensor, targets: TargetsLike, keep: bool = False
+    ) -> tuple[CallContext, dict[str, torch.Tensor]]:
+        """Each block's relevance ``R^l`` on the patch grid, labelled by block."""
+        taps = [AttentionTap(m, attention_of(m, n), n) for n, m in _blocks(self.model, self.layer)]
+        handles: list[torch.utils.hooks.RemovableHandle] = []
+        try:
+            for tap in taps:
+                handles.extend(tap.register())
+            with torch.enable_grad():
+                output = self.logits_model(images)
+                score_fn, class_idx = resolve_targets(targets, output.detach())
+                scores = evaluate_scores(score_fn, output).detach()
+                raw = {tap.label: self._relevance(tap, score_fn) for tap in taps}
+        finally:
+            for h in handles:
+                h.remove()
+        ctx = CallContext.detached(self.logits_model, images, output, score_fn, class_idx, scores)
+        return ctx, raw
+
+    def fuse(
+        self, layer_maps: dict[str, torch.Tensor], raw: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """LeGrad averages the blocks' raw maps, then normalises (``L`` in the class doc)."""
+        (size,) = {tuple(m.shape[1:]) for m in layer_maps.values()}
+        return output_map(torch.stack(list(raw.values())).mean(dim=0), size)
 
     def _relevance(
         self, tap: AttentionTap, score_fn: Callable[[torch.Tensor], torch.Tensor]

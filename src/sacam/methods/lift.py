@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .._hooks import Capture
+from .._passes import stored_outputs
 from ..core import BaseCAM, CallContext, LayerData
 from ..errors import LayerError, MethodError
 from ..registry import register_method
@@ -164,7 +165,7 @@ class LiftCAM(BaseCAM):
         with torch.enable_grad(), rescale_hooks(model, reference, self.eps):
             with Capture([layer.ref], with_grad=True) as cap:
                 scores = evaluate_scores(ctx.score_fn, model(ctx.images))
-                (stored,) = self._stored(cap, [layer.ref])
+                (stored,) = stored_outputs(cap, [layer.ref])
                 if not scores.requires_grad:
                     raise LayerError(
                         f"the target score does not depend on layer {layer.ref.label!r}: pick "

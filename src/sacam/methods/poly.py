@@ -9,12 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._hooks import model_guard
-from .._layers import LayerRef, ProbeRecord, probe, resolve_layers
-from ..core import CallContext, Explanation, LayerData
+from .._layers import LayerRef, ProbeRecord
+from ..core import CallContext, LayerData
 from ..errors import LayerError
 from ..registry import register_method
-from ..targets import TargetsLike
 from ._options import check_bool, check_count, check_number, check_variant
 from ._perturb import PerturbationCAM, strongest_channels, target_scores
 
@@ -137,26 +135,23 @@ class PolyCAM(PerturbationCAM):
         """Two for ``"plus-minus"`` (a mask and its complement), else one."""
         return 2 if self.variant == "plus-minus" else 1
 
-    def explain(
-        self, images: torch.Tensor, targets: TargetsLike = None, *, upsample: bool = True
-    ) -> Explanation:
-        """Explain a batch: every stage's map, fused; see :meth:`sacam.core.BaseCAM.explain`."""
-        model = self.model
-        images = self.check_input(images)
-        with model_guard(model, eval_mode=self.eval_mode, freeze=True):
-            record = probe(model, images)
-            if self.layer is None:
-                refs = stage_layers(model, record, tuple(images.shape[-2:]))
-            else:
-                refs = resolve_layers(model, self.layer, record)
-            order = {(n, c): i for i, (n, c, _) in enumerate(record.order)}
-            refs.sort(key=lambda r: order[(r.name, r.call)])  # forward order
-            ctx, layers = self._forward(images, refs, targets)
-            fused = self.fuse(layers, ctx)
-        ctx.extras["poly-cam"] = fused
-        return self._finish({refs[0].label: fused[refs[0].label]}, ctx, images, upsample)
+    def select_layers(self, record: ProbeRecord, images: torch.Tensor) -> list[LayerRef]:
+        """The stages (:func:`stage_layers`, or ``layer``), in forward order."""
+        if self.layer is None:
+            refs = stage_layers(self.model, record, tuple(images.shape[-2:]))
+        else:
+            refs = super().select_layers(record, images)
+        order = {(n, c): i for i, (n, c, _) in enumerate(record.order)}
+        return sorted(refs, key=lambda r: order[(r.name, r.call)])
 
-    def fuse(self, layers: list[LayerData], ctx: CallContext) -> dict[str, torch.Tensor]:
+    def combine(self, layers: list[LayerData], ctx: CallContext) -> dict[str, torch.Tensor]:
+        """``P`` of the shallowest stage; every ``P_l`` in ``ctx.extras["poly-cam"]``."""
+        fused = self.fuse_stages(layers, ctx)
+        ctx.extras["poly-cam"] = fused
+        first = layers[0].ref.label
+        return {first: fused[first]}
+
+    def fuse_stages(self, layers: list[LayerData], ctx: CallContext) -> dict[str, torch.Tensor]:
         """``P_l`` of every stage, deep to shallow, ``{label: (B, h_l, w_l)}``."""
         out: dict[str, torch.Tensor] = {}
         prev: torch.Tensor | None = None

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 
-from ..core import BaseCAM, Explanation, normalize_maps
+from ..core import BaseCAM, CallContext, normalize_maps
+from ..explanation import largest_size
 from ..registry import register_method
 from ..targets import TargetsLike
 from ._options import base_method, check_variant
@@ -90,17 +89,18 @@ class RefineCAM(BaseCAM):
         """Its base method's rows."""
         return self.base.expected_rows(shape, image_size)
 
-    def explain(
-        self, images: torch.Tensor, targets: TargetsLike = None, *, upsample: bool = True
-    ) -> Explanation:
-        """Explain a batch with the base method at every layer and multiply the maps."""
-        images = self.check_input(images)
-        on_grid = self.variant == "torchcam"
-        exp = self.base.explain(images, targets, upsample=upsample and not on_grid)
-        product = torch.stack(list(exp.layer_maps.values())).prod(dim=0)
-        maps, constant = normalize_maps(product)
-        if on_grid and upsample and tuple(maps.shape[-2:]) != tuple(images.shape[-2:]):
-            size = tuple(images.shape[-2:])
-            maps = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)
-            maps, constant = normalize_maps(maps[:, 0])
-        return dataclasses.replace(exp, maps=maps, constant=constant)
+    def raw_maps(
+        self, images: torch.Tensor, targets: TargetsLike, keep: bool = False
+    ) -> tuple[CallContext, dict[str, torch.Tensor]]:
+        """The base method's raw maps of every layer."""
+        return self.base.raw_maps(images, targets, keep)
+
+    def fusion_size(self, raw: dict[str, torch.Tensor], size: tuple[int, ...]) -> tuple[int, ...]:
+        """The output's size; the largest layer's grid for ``variant="torchcam"``."""
+        return largest_size(raw) if self.variant == "torchcam" else size
+
+    def fuse(
+        self, layer_maps: dict[str, torch.Tensor], raw: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The element-wise product of the normalised maps, normalised."""
+        return normalize_maps(torch.stack(list(layer_maps.values())).prod(dim=0))

@@ -9,8 +9,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from .._hooks import model_guard
-from ..core import BaseCAM, CallContext, Explanation
+from ..core import BaseCAM, CallContext
 from ..errors import MethodError
 from ..filters import gaussian_blur
 from ..registry import register_method
@@ -138,22 +137,19 @@ class SESS(BaseCAM):
         self.score = check_variant("sess score", score, ("probability", "logit"))
         self.batch_size = check_count("batch_size", batch_size)
 
-    def explain(
-        self, images: torch.Tensor, targets: TargetsLike = None, *, upsample: bool = True
-    ) -> Explanation:
-        """Explain each image by its windows at every scale (see the class doc)."""
-        model = self.model
-        images = self.check_input(images)
-        with model_guard(model, eval_mode=self.eval_mode, freeze=True):
-            with torch.inference_mode():
-                output = self.logits_model(images)
-                score_fn, class_idx = resolve_targets(targets, output)
-                scores = evaluate_scores(score_fn, output)
-            output, scores = output.clone(), scores.clone()
-            class_idx = class_idx.clone() if class_idx is not None else None
-            ctx = self.context(images, output, score_fn, class_idx, scores)
-            raw = torch.stack([self._one_image(ctx, b) for b in range(images.shape[0])])
-        return self._finish({"sess": raw}, ctx, images, upsample)
+    def raw_maps(
+        self, images: torch.Tensor, targets: TargetsLike, keep: bool = False
+    ) -> tuple[CallContext, dict[str, torch.Tensor]]:
+        """Each image's fused windows at the input's resolution, labelled ``"sess"``."""
+        with torch.inference_mode():
+            output = self.logits_model(images)
+            score_fn, class_idx = resolve_targets(targets, output)
+            scores = evaluate_scores(score_fn, output)
+        output, scores = output.clone(), scores.clone()
+        class_idx = class_idx.clone() if class_idx is not None else None
+        ctx = CallContext.detached(self.logits_model, images, output, score_fn, class_idx, scores)
+        raw = torch.stack([self._one_image(ctx, b) for b in range(images.shape[0])])
+        return ctx, {"sess": raw}
 
     def expected_rows(self, shape: tuple[int, ...], image_size: tuple[int, int]) -> int:
         """The probe pass, one row per window to score it and one per kept window."""
