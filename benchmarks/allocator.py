@@ -1,4 +1,4 @@
-"""glibc's defaults against :func:`sacam.allocator.keep_freed_memory`, in the same run.
+"""glibc's defaults against :func:`sacam.keep_freed_memory`, in the same run.
 
 Usage:
 
@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from sacam.allocator import on_glibc
+from sacam._speed.allocator import on_glibc
 
 SETTINGS = ("glibc defaults", "freed memory kept")
 
@@ -53,7 +53,7 @@ def _usage() -> tuple[float, float, int]:
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one workload in this (fresh) process under one setting; its costs."""
     import sacam
-    from sacam.allocator import keep_freed_memory
+    from sacam._speed.allocator import keep_freed_memory
     from sacam.cli import main as cli
     from sacam.images import load_image
     from sacam.models import load_model

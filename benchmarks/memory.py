@@ -7,7 +7,7 @@ Usage:
     python benchmarks/memory.py --method ablation-cam  # rows of the network after the layer
 
 ``--method`` ablation-cam, fd-cam or recipro-cam runs that method at the head instead
-(``strategy="expand"``: the rows per pass come from ``sacam._tuning.expand_cap``, and the
+(``strategy="expand"``: the rows per pass come from ``sacam._speed.memory.expand_cap``, and the
 "batch" column is those rows).
 
 Each budget runs in a fresh child process: load the default model (EfficientNet-Lite0)
@@ -26,7 +26,7 @@ On CUDA the peak is the allocator's (``torch.cuda.max_memory_allocated`` above
 
 ``--estimate`` replaces the measured cost by the shape estimate (sacam before the
 measurement, for comparison in the same run). ``--keep-freed-memory`` makes the child
-call :func:`sacam.allocator.keep_freed_memory` first, as the ``sacam`` command does.
+call :func:`sacam.keep_freed_memory` first, as the ``sacam`` command does.
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ def status_mb(field: str) -> float:
 def child(spec: dict) -> dict:
     """One call of the method in this (fresh) process; its peak memory above the start."""
     import sacam
-    from sacam import _tuning
-    from sacam.allocator import keep_freed_memory, release_free_memory
+    from sacam._speed import memory
+    from sacam._speed.allocator import keep_freed_memory, release_free_memory
     from sacam.models import load_model, sample_image
 
     torch.set_num_threads(spec["threads"])
@@ -67,17 +67,20 @@ def child(spec: dict) -> dict:
     if spec["estimate"]:
         from sacam._layers import probe
 
-        def estimate(model: torch.nn.Module, sample: torch.Tensor) -> _tuning.MemoryCost:
-            per = _tuning.bytes_per_sample(probe(model, sample[None]), tuple(sample.shape))
-            return _tuning.MemoryCost(0.0, float(per), "estimate")
+        def estimate(
+            model: torch.nn.Module, sample: torch.Tensor, limit: int = 8
+        ) -> memory.MemoryCost:
+            per = memory.bytes_per_sample(probe(model, sample[None]), tuple(sample.shape))
+            return memory.MemoryCost(0.0, float(per), "estimate")
 
-        _tuning.measure_memory = estimate  # type: ignore[assignment]
+        memory.measure_memory = estimate  # type: ignore[assignment]
     chosen: list[int] = []
     real = sacam.methods._perturb.perturbed_scores_of
     signature = inspect.signature(real)
 
     def spy(*args: Any, **kwargs: Any) -> Any:
-        chosen.append(signature.bind(*args, **kwargs).arguments["batch_size"])
+        tuner = signature.bind(*args, **kwargs).arguments["tuner"]
+        chosen.append(max(p.inputs_per_pass for p in tuner.candidates))  # the memory cap
         return real(*args, **kwargs)
 
     sacam.methods._perturb.perturbed_scores_of = spy  # type: ignore[assignment]
@@ -105,19 +108,19 @@ def child(spec: dict) -> dict:
     else:
         # sacam's own measurement resets VmHWM: keep the peak reached before each reset
         peaks: list[float] = []
-        reset = _tuning._reset_rss_peak
+        reset = memory._reset_rss_peak
 
         def keep_peak() -> bool:
             peaks.append(status_mb("VmHWM"))
             return reset()
 
-        _tuning._reset_rss_peak = keep_peak  # type: ignore[assignment]
+        memory._reset_rss_peak = keep_peak  # type: ignore[assignment]
         release_free_memory()  # glibc: free blocks back, a baseline of live memory
         base = status_mb("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")
         cam(x)
         peak = max([status_mb("VmHWM"), *peaks])
-    costs = _tuning._COSTS.get(lm.model, {})
+    costs = memory._COSTS.get(lm.model, {})
     cost = next(iter(costs.values()), None)
     return {
         "budget": spec["budget"],
@@ -139,7 +142,7 @@ def main() -> None:
     ap.add_argument(
         "--keep-freed-memory",
         action="store_true",
-        help="the child calls sacam.allocator.keep_freed_memory() first, as the CLI does",
+        help="the child calls sacam.keep_freed_memory() first, as the CLI does",
     )
     ap.add_argument(
         "--method",

@@ -128,7 +128,7 @@ def child(spec: dict) -> dict:
         extractor_cls = getattr(tm, TORCHCAM[spec["method"]])
         model.eval()
         layer = "_swish" if spec["method"] != "cam" else "_swish"
-        kwargs: dict = {"batch_size": 32} if spec["method"] in SCORE_FAMILY else {}
+        kwargs: dict = {"inputs_per_pass": 32} if spec["method"] in SCORE_FAMILY else {}
         if spec["method"] in ("ss-cam", "is-cam"):
             kwargs["num_samples"] = SPEED_OPTIONS[spec["method"]]["n_samples"]
 
@@ -291,7 +291,7 @@ def main() -> int:
         print(json.dumps(child(json.loads(args.child))))
         return 0
     import sacam
-    from sacam._plancache import cpu_name
+    from sacam._speed.store import cpu_name
 
     methods = args.methods or [m for m in sacam.list_methods()]
     base = {"threads": args.threads, "repeat": args.repeat, "device": args.device}

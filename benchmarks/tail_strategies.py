@@ -9,10 +9,10 @@ Recipro-CAM, FD-CAM and Ablation-CAM edit the target layer's output and score ev
 row with the network after the layer. ``strategy="expand"`` (what ``"auto"`` picks on the
 default model) runs the network up to the layer once per batch of rows and expands the
 layer's output; ``"repeat"`` runs the whole network once per row. For each method and
-batch this prints the seconds per image of ``"expand"`` with ``batch_size="auto"`` (as many
+batch this prints the seconds per image of ``"expand"`` with ``inputs_per_pass="auto"`` (as many
 rows per pass as the network after the layer holds within ``max_memory_mb``), of
 ``"expand"`` capped at the rows of whole passes that fit the same budget (what
-``batch_size="auto"`` gave before), and of ``"repeat"``, their ratios and the largest
+``inputs_per_pass="auto"`` gave before), and of ``"repeat"``, their ratios and the largest
 difference between the maps, all in one process on the scikit-image sample photos with
 the real default model (EfficientNet-Lite0). A GPU call is synchronised before each
 clock reading.
@@ -29,8 +29,8 @@ from speed import timeit
 
 import sacam
 from sacam._outputs import logits_model
-from sacam._plancache import cpu_name
-from sacam._tuning import measured_cap
+from sacam._speed.memory import measured_cap
+from sacam._speed.store import cpu_name
 from sacam.models import SAMPLE_IMAGES, load_model, sample_image
 
 METHODS = ("recipro-cam", "ablation-cam", "fd-cam")
@@ -78,7 +78,7 @@ def main() -> int:
             cams = {
                 "expand": sacam.build_method(lm.model, method, strategy="expand", **layer),
                 "capped": sacam.build_method(
-                    lm.model, method, strategy="expand", batch_size=whole, **layer
+                    lm.model, method, strategy="expand", inputs_per_pass=whole, **layer
                 ),
                 "repeat": sacam.build_method(lm.model, method, strategy="repeat", **layer),
             }

@@ -3,13 +3,13 @@
 Usage:
 
     python benchmarks/throughput.py ../shared/data/imagenet-dev --limit 48
-    python benchmarks/throughput.py --synthetic 48 --device cuda --batch-size 64
+    python benchmarks/throughput.py --synthetic 48 --device cuda --images-per-step 64
 
 Two measurements, in one process, on the same machine:
 
 1. **Curves.** Deletion + insertion of ``--limit`` images (``--steps`` points each) as
    forward passes per second, against the model's own forward throughput at the same
-   batch size and memory format (the plan ``curve_batch_size="auto"`` picks). Goal: ≥ 70%.
+   batch size and memory format (the plan ``curve_inputs_per_pass="auto"`` picks). Goal: ≥ 70%.
 2. **Runner.** ``run_benchmark`` with ``--methods`` (default grad-cam, sa-cam) and the
    metrics confidence + deletion + insertion, images/s over the whole run (decoding,
    predictions, maps, metrics, results, summary; figures and report timed apart), against
@@ -92,9 +92,9 @@ def curve_throughput(
     faithfulness.curve(model, x, torch.zeros_like(x), maps, classes, step, "auto")  # tunes
     plan = faithfulness.tuned_plan(model, x)
     fmt = torch.channels_last if plan.channels_last else torch.contiguous_format
-    batch = x[:1].expand(plan.batch_size, -1, -1, -1).contiguous(memory_format=fmt)
+    batch = x[:1].expand(plan.inputs_per_pass, -1, -1, -1).contiguous(memory_format=fmt)
     passes = x.shape[0] * 2 * (steps + 1)
-    n_batches = math.ceil(passes / plan.batch_size)
+    n_batches = math.ceil(passes / plan.inputs_per_pass)
     floor, rate, floor_cpu, rate_cpu = 0.0, 0.0, 0.0, 0.0
     with torch.inference_mode():
         model(batch)
@@ -105,8 +105,8 @@ def curve_throughput(
             for _ in range(n_batches):
                 model(batch)
         _sync(device)
-        floor = max(floor, n_batches * plan.batch_size / (time.perf_counter() - t0))
-        floor_cpu = max(floor_cpu, n_batches * plan.batch_size / (time.process_time() - c0))
+        floor = max(floor, n_batches * plan.inputs_per_pass / (time.perf_counter() - t0))
+        floor_cpu = max(floor_cpu, n_batches * plan.inputs_per_pass / (time.process_time() - c0))
         t0, c0 = time.perf_counter(), time.process_time()
         faithfulness.curve(model, x, torch.zeros_like(x), maps, classes, step, "auto")
         faithfulness.curve(model, x, x.flip(-1), maps, classes, step, "auto")
@@ -114,7 +114,7 @@ def curve_throughput(
         rate = max(rate, passes / (time.perf_counter() - t0))
         rate_cpu = max(rate_cpu, passes / (time.process_time() - c0))
     return {
-        "batch": plan.batch_size,
+        "batch": plan.inputs_per_pass,
         "floor": floor,
         "curves": rate,
         "ratio": rate / floor,
@@ -128,10 +128,10 @@ def bare_loop(
     """(wall, CPU) seconds of the same model work as the runner, over decoded tensors."""
     plan = faithfulness.tuned_plan(lm.model, xs[0])
     fmt = torch.channels_last if plan.channels_last else torch.contiguous_format
-    perturbed = xs[0][:1].expand(plan.batch_size, -1, -1, -1).contiguous(memory_format=fmt)
+    perturbed = xs[0][:1].expand(plan.inputs_per_pass, -1, -1, -1).contiguous(memory_format=fmt)
     cams = {m: build_method(lm.model, m) for m in methods}
     n_images = sum(x.shape[0] for x in xs)
-    curve_passes = math.ceil(n_images * 2 * (steps + 1) / plan.batch_size)
+    curve_passes = math.ceil(n_images * 2 * (steps + 1) / plan.inputs_per_pass)
     _sync(device)
     t0, c0 = time.perf_counter(), time.process_time()
     with torch.inference_mode():
@@ -212,7 +212,7 @@ def runner(
         limit=args.limit,
         steps=args.steps,
         device=args.device,
-        batch_size=args.batch_size,
+        images_per_step=args.images_per_step,
         workers=args.workers,
     )
     t0, c0 = time.perf_counter(), time.process_time()
@@ -233,7 +233,7 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=48)
     p.add_argument("--methods", nargs="+", default=["grad-cam", "sa-cam"])
     p.add_argument("--steps", type=int, default=16)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--images-per-step", type=int, default=16)
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeat", type=int, default=2, help="timed runs of each; the best counts")
@@ -249,7 +249,7 @@ def main() -> None:
     data = args.data_dir or synthetic_folder(tmp / "data", args.synthetic or args.limit)
     lm = load_model(device=args.device)
     items = discover(data, args.limit).items
-    loaded = list(batches(items, lm.preprocess, args.batch_size, args.workers))
+    loaded = list(batches(items, lm.preprocess, args.images_per_step, args.workers))
     xs = [lm.preprocess.normalize(b.pixels.to(args.device)) for b in loaded]
     n = sum(x.shape[0] for x in xs)
     c = curve_throughput(lm.model, torch.cat(xs), args.steps, args.device, args.repeat)
@@ -276,7 +276,7 @@ def main() -> None:
     print(f"command: python {' '.join(sys.argv)}")
     print(
         f"\n{n} images × {len(args.methods)} methods ({', '.join(args.methods)}), "
-        f"confidence + deletion + insertion, {args.steps} steps, batch {args.batch_size}, "
+        f"confidence + deletion + insertion, {args.steps} steps, batch {args.images_per_step}, "
         f"best of {args.repeat} interleaved runs (plan cache warm; see the cold row)\n"
     )
     print("| measurement | value |\n|---|---|")

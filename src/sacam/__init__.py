@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 # methods registers the methods; smoothing and transforms are public submodules
 from . import methods, smoothing, transforms  # noqa: F401
 from ._layers import list_layers
+from ._speed.allocator import keep_freed_memory
 from .api import build_method, explain, explain_full
 from .core import BaseCAM, Explanation
 from .errors import InputError, LayerError, MethodError, ModelError, SacamError, TargetError
@@ -43,6 +44,7 @@ __all__ = [
     "explain",
     "explain_full",
     "get_method",
+    "keep_freed_memory",
     "list_layers",
     "list_methods",
     "method_info",

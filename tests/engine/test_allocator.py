@@ -1,4 +1,4 @@
-"""sacam.allocator: glibc keeps freed memory, so repeated large tensors stop faulting pages in.
+"""sacam.keep_freed_memory: glibc keeps freed memory, so large tensors stop faulting pages in.
 
 Each check runs in a fresh child process (the setting is process-wide and lasting) and
 counts the child's minor page faults (``getrusage``) over ten 64 MiB tensors, each filled
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from sacam.allocator import keep_freed_memory, on_glibc, user_configured_malloc
+from sacam._speed.allocator import keep_freed_memory, on_glibc, user_configured_malloc
 
 needs_glibc = pytest.mark.skipif(not on_glibc(), reason="glibc's mallopt is Linux/glibc only")
 
@@ -31,7 +31,7 @@ CHILD = textwrap.dedent(
     """
     import json, resource, sys
     import torch
-    from sacam.allocator import keep_freed_memory
+    from sacam._speed.allocator import keep_freed_memory
     setup = sys.argv[1]
     if setup == "keep":
         applied = keep_freed_memory()

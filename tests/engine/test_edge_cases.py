@@ -71,8 +71,8 @@ def test_metric_inputs_are_checked(images) -> None:
         road.road(net, images, small_maps, pre)
     with pytest.raises(TargetError, match="out of range"):
         faithfulness.deletion(net, images, torch.rand(3, 16, 16), targets=9, steps=4)
-    with pytest.raises(InputError, match="batch_size"):
-        faithfulness.insertion(net, images, torch.rand(3, 16, 16), steps=4, batch_size=0)
+    with pytest.raises(InputError, match="inputs_per_pass"):
+        faithfulness.insertion(net, images, torch.rand(3, 16, 16), steps=4, inputs_per_pass=0)
 
 
 def test_partial_last_step_is_weighted_by_its_width() -> None:

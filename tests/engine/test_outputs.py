@@ -80,8 +80,8 @@ def _options(method: str, kind: str) -> dict[str, object]:
     options: dict[str, object] = {}
     if kind == "custom":
         options["output_transform"] = custom_transform
-    if "batch_size" in sacam.get_method(method).option_names():
-        options["batch_size"] = 64  # "auto" is timed per model: equal up to rounding only
+    if "inputs_per_pass" in sacam.get_method(method).option_names():
+        options["inputs_per_pass"] = 64  # "auto" is timed per model: equal up to rounding only
     return options
 
 
@@ -271,8 +271,8 @@ def test_metrics_equal_the_plain_models(kind: str, pair_images) -> None:
     b = confidence_change(model, pair_images, maps, preprocess=PRE, **extra)
     assert all(torch.equal(a[k], b[k]) for k in a)
     for fn in (deletion, insertion):
-        c = fn(net, pair_images, maps, steps=8, batch_size=4)
-        d = fn(model, pair_images, maps, steps=8, batch_size=4, **extra)
+        c = fn(net, pair_images, maps, steps=8, inputs_per_pass=4)
+        d = fn(model, pair_images, maps, steps=8, inputs_per_pass=4, **extra)
         assert torch.equal(c.curves, d.curves)
     r1 = road(net, pair_images, maps, PRE, percentages=(0.2, 0.6))
     r2 = road(model, pair_images, maps, PRE, percentages=(0.2, 0.6), **extra)

@@ -76,7 +76,7 @@ def test_concurrent_calls_on_one_model_equal_sequential_calls(method: str) -> No
     model = deeper_cnn().train()  # a training-mode model: every call must flip it and back
     g = torch.Generator().manual_seed(0)
     inputs = [torch.rand(2, 3, 24, 24, generator=g) for _ in range(12)]
-    options = {"batch_size": 64} if method == "score-cam" else {}
+    options = {"inputs_per_pass": 64} if method == "score-cam" else {}
     before = snapshot(model)
     expected = [sacam.explain(model, x, method, **options) for x in inputs]
     assert_same_state(before, snapshot(model))

@@ -251,11 +251,11 @@ def test_runner_resumes_after_an_interruption(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(execution, "score", flaky)
     with pytest.raises(KeyboardInterrupt):
-        run_benchmark(run_config(data, out, batch_size=1), progress=False)
+        run_benchmark(run_config(data, out, images_per_step=1), progress=False)
     done_before = {(r["image"], r["method"]) for r in csv.DictReader((out / "results.csv").open())}
     assert len(done_before) == 3
     calls["n"] = -100
-    run_benchmark(run_config(data, out, batch_size=1), progress=False)
+    run_benchmark(run_config(data, out, images_per_step=1), progress=False)
     assert calls["n"] == -100 + 5  # only the 5 missing pairs were computed
     rows = list(csv.DictReader((out / "results.csv").open()))
     pairs = [(r["image"], r["method"]) for r in rows if r["metric"] == "time_s"]

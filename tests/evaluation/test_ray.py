@@ -91,7 +91,7 @@ def test_ray_and_local_engines_give_the_same_rows_on_a_tiny_model(cluster, tmp_p
     (data / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")  # raises in the worker
     with (data / "labels.csv").open("a") as f:
         f.write("bad.png,1,broken\n")
-    kw = {"methods": ["grad-cam", "random"], "batch_size": 2, "save_maps": True}
+    kw = {"methods": ["grad-cam", "random"], "images_per_step": 2, "save_maps": True}
     run_benchmark(run_config(data, tmp_path / "local", **kw), progress=False)
     run_benchmark(
         run_config(data, tmp_path / "ray", **kw), progress=False, engine=_engine(workers=2)
@@ -117,7 +117,7 @@ def test_ray_resumes_a_folder_where_methods_miss_different_images(cluster, tmp_p
     data = colour_folder(tmp_path, n=5)
     out = tmp_path / "ray"
     run_benchmark(run_config(data, out, methods=["grad-cam"], limit=3), progress=False)
-    both = {"methods": ["grad-cam", "random"], "batch_size": 2}
+    both = {"methods": ["grad-cam", "random"], "images_per_step": 2}
     run_benchmark(run_config(data, out, **both), progress=False, engine=_engine(workers=2))
     run_benchmark(run_config(data, tmp_path / "fresh", **both), progress=False)
     _same(tmp_path / "fresh", out)
@@ -133,7 +133,12 @@ def test_ray_and_local_engines_agree_on_the_default_model(cluster, tmp_path) -> 
         Image.fromarray(arr).save(data / f"g{i}.png")
         rows.append(f"g{i}.png,{i}")
     (data / "labels.csv").write_text("\n".join(rows) + "\n")
-    kw = {"model": None, "methods": ["grad-cam", "grad-cam++"], "batch_size": 2, "image_size": 64}
+    kw = {
+        "model": None,
+        "methods": ["grad-cam", "grad-cam++"],
+        "images_per_step": 2,
+        "image_size": 64,
+    }
     # a deep model's numbers depend on torch's thread count (float order of the
     # convolutions; deletion ranks near-ties): one thread here, as in each Ray worker
     threads = torch.get_num_threads()
@@ -160,7 +165,7 @@ def test_a_killed_driver_resumes_without_lost_or_duplicated_rows(cluster, tmp_pa
     out = tmp_path / "ray"
     args = [
         "benchmark", str(data), "--model", "tests.support.nets:slow_colour_net", "--out", str(out),
-        "--methods", "grad-cam", "--metrics", "deletion", "--steps", "4", "--batch-size", "1",
+        "--methods", "grad-cam", "--metrics", "deletion", "--steps", "4", "--images-per-step", "1",
     ]  # fmt: skip
     address = cluster.get_runtime_context().gcs_address
     ray_args = ["--engine", "ray", "--address", address, "--workers", "1"]
@@ -226,7 +231,7 @@ def test_explain_a_folder_on_ray_writes_what_the_local_engine_writes(
         "--method",
         "random",
     ]
-    args = ["explain", str(data), *model, "--save-maps", "--batch-size", "2"]
+    args = ["explain", str(data), *model, "--save-maps", "--images-per-step", "2"]
     # bad.jpg cannot be read: the others are written, and the exit code says so (3)
     assert main([*args, "--out", str(tmp_path / "local")]) == 3
     ray_args = ["--engine", "ray", "--workers", "2"]

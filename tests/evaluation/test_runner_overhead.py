@@ -1,4 +1,4 @@
-"""The runner's fixed costs: the curves' tuning (cut short, kept on disk) and read-backs."""
+"""The fixed costs: the one tuner (cut short, kept on disk), memory costs and read-backs."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 import sacam
-from sacam import _plancache, _tuning, core
+from sacam import core
 from sacam._hooks import check_images
-from sacam._tuning import Plan
+from sacam._speed import memory, store
+from sacam._speed.tuner import Plan, Tuner, candidate_batches
 from sacam.errors import InputError, ModelError
 from sacam.evaluation import curves, faithfulness
 from sacam.methods.gradient import GradCAM
@@ -31,7 +32,7 @@ def _net(channels: int = 4, seed: int = 0) -> nn.Module:
 
 
 # ------------------------------------------------------------------ tuning cut short
-def _scripted(tuner: curves._Tuner, ms: dict[Plan, list[float]]) -> list[Plan]:
+def _scripted(tuner: Tuner, ms: dict[Plan, list[float]]) -> list[Plan]:
     """Run the tuner to the end with scripted timings; the timed plans in order."""
     timed = []
     for _ in range(100):
@@ -57,13 +58,16 @@ def test_tuner_cuts_clearly_slower_candidates_short() -> None:
         c64: [1.0, 1.0],  # would win, but is never run: the rule assumes one minimum
         c64l: [8.5, 8.5],  # finished, slower than 32 channels_last
     }
-    tuner = curves._Tuner((c8, c8l, c16, c16l, c32, c32l, c64, c64l))
+    tuner = Tuner((c8, c8l, c16, c16l, c32, c32l, c64, c64l))
     timed = _scripted(tuner, ms)
     assert timed == [c8, c8, c8l, c16, c16, c16l, c16l, c32, c32, c32l, c32l, c64l, c64l]
     assert tuner.dropped == {c8l, c64}
     assert tuner.best() == c32l
     # after tuning: equal chunks of at most the best size
     assert tuner.next(100) == (Plan(25, True), False)
+    # or, where the loop wants it, full chunks of the best size (and a smaller last one)
+    full = Tuner(tuner.candidates, tuner.times, tuner.dropped, even=False)
+    assert full.next(100) == (c32l, False)
 
 
 def test_on_cuda_a_first_chunk_does_not_cut_a_candidate_short() -> None:
@@ -71,15 +75,15 @@ def test_on_cuda_a_first_chunk_does_not_cut_a_candidate_short() -> None:
     # candidate is judged on its second chunk (on the H200, batch 8 won otherwise)
     c8, c64 = Plan(8, False), Plan(64, False)
     ms = {c8: [0.6, 0.5], c64: [3.0, 0.08]}
-    cpu = curves._Tuner((c8, c64))
+    cpu = Tuner((c8, c64))
     assert _scripted(cpu, ms) == [c8, c8, c64] and cpu.best() == c8
-    gpu = curves._Tuner((c8, c64), prune_first=False)
+    gpu = Tuner((c8, c64), prune_first=False)
     assert _scripted(gpu, ms) == [c8, c8, c64, c64] and gpu.best() == c64
 
 
 def test_cuda_plans_try_larger_batches_than_cpu_plans() -> None:
-    cpu = _tuning.candidate_batches(torch.device("cpu"))
-    cuda = _tuning.candidate_batches(torch.device("cuda", 0))
+    cpu = candidate_batches(torch.device("cpu"))
+    cuda = candidate_batches(torch.device("cuda", 0))
     assert max(cpu) == 64 and max(cuda) == 256 and set(cpu) < set(cuda)
 
 
@@ -90,15 +94,15 @@ def test_cuda_curve_budget_is_a_quarter_of_free_memory_within_bounds(
     monkeypatch, free_gib, expect_mb
 ) -> None:
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d: (int(free_gib * 2**30), 0))
-    assert _tuning.device_budget_mb(torch.device("cuda", 0)) == expect_mb
-    assert _tuning.device_budget_mb(torch.device("cpu")) == 1024.0
+    assert memory.device_budget_mb(torch.device("cuda", 0)) == expect_mb
+    assert memory.device_budget_mb(torch.device("cpu")) == 1024.0
 
 
 # ------------------------------------------------------------------ the disk cache
 def _curve(net: nn.Module, x: torch.Tensor) -> faithfulness.CurveResult:
     g = torch.Generator().manual_seed(1)
     maps = torch.rand(x.shape[0], *x.shape[-2:], generator=g)
-    return faithfulness.deletion(net, x, maps, targets=0, steps=20, batch_size="auto")
+    return faithfulness.deletion(net, x, maps, targets=0, steps=20, inputs_per_pass="auto")
 
 
 def _tune(net: nn.Module, x: torch.Tensor) -> faithfulness.CurveResult:
@@ -123,15 +127,18 @@ def test_tuned_plan_is_kept_on_disk_and_reused_by_a_new_model(tmp_path, monkeypa
     assert len(stored) == 1
     (entry,) = stored.values()
     tuned = faithfulness.tuned_plan(net, x)
-    assert (entry["batch_size"], entry["channels_last"]) == (tuned.batch_size, tuned.channels_last)
+    assert (entry["inputs_per_pass"], entry["channels_last"]) == (
+        tuned.inputs_per_pass,
+        tuned.channels_last,
+    )
 
     # a new model object of the same architecture (other weights): no timing at all
     same = _net(seed=5)
     timings: list[float] = []
-    monkeypatch.setattr(curves, "_sync", lambda d: timings.append(0.0) or 0.0)
+    monkeypatch.setattr(curves, "sync", lambda d: timings.append(0.0) or 0.0)
     _curve(same, x)
     assert timings == []
-    assert faithfulness.tuned_plan(same, x) == Plan(tuned.batch_size, tuned.channels_last)
+    assert faithfulness.tuned_plan(same, x) == Plan(tuned.inputs_per_pass, tuned.channels_last)
     # and the numbers do not depend on the plan
     torch.testing.assert_close(_curve(copy.deepcopy(net), x).curves, first.curves)
 
@@ -148,7 +155,7 @@ def test_tuned_plan_is_kept_on_disk_and_reused_by_a_new_model(tmp_path, monkeypa
 )
 def test_plan_key_changes_with_what_the_timing_depends_on(change) -> None:
     net, shape, dtype, purpose = _net(), (3, 10, 10), torch.float32, "curves"
-    base = _plancache.plan_key(net, shape, dtype, "cpu", purpose)
+    base = store.plan_key(net, shape, dtype, "cpu", purpose)
     threads = torch.get_num_threads()
     try:
         if change == "architecture":
@@ -164,10 +171,10 @@ def test_plan_key_changes_with_what_the_timing_depends_on(change) -> None:
             torch.set_num_threads(threads + 1)
         else:
             purpose = "other"
-        assert _plancache.plan_key(net, shape, dtype, "cpu", purpose) != base
+        assert store.plan_key(net, shape, dtype, "cpu", purpose) != base
     finally:
         torch.set_num_threads(threads)
-    assert _plancache.plan_key(_net(seed=3), (3, 10, 10), torch.float32, "cpu", "curves") == base
+    assert store.plan_key(_net(seed=3), (3, 10, 10), torch.float32, "cpu", "curves") == base
 
 
 def test_plan_key_sees_a_changed_forward() -> None:
@@ -179,7 +186,7 @@ def test_plan_key_sees_a_changed_forward() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x * 2
 
-    keys = {_plancache.plan_key(m, (3, 4, 4), torch.float32, "cpu", "c") for m in (A(), B())}
+    keys = {store.plan_key(m, (3, 4, 4), torch.float32, "cpu", "c") for m in (A(), B())}
     assert len(keys) == 2
 
 
@@ -189,10 +196,12 @@ def test_unusable_cache_files_are_ignored(tmp_path, monkeypatch) -> None:
     (tmp_path / "plans.json").write_text("{not json")
     _tune(_net(), x)  # tunes, then replaces the broken file
     (entry,) = _plans(tmp_path).values()
-    assert entry["batch_size"] in (8, 16, 32, 64)
+    assert entry["inputs_per_pass"] in (8, 16, 32, 64)
     # a stored plan that is no longer a candidate (here: a batch above the cap) is not used
     key = next(iter(_plans(tmp_path)))
-    (tmp_path / "plans.json").write_text(json.dumps({key: {"batch_size": 3, "channels_last": 0}}))
+    (tmp_path / "plans.json").write_text(
+        json.dumps({key: {"inputs_per_pass": 3, "channels_last": 0}})
+    )
     net = _net()
     _curve(net, x)
     assert len(curves._tuner(net, x, "auto").candidates) > 1
@@ -202,7 +211,7 @@ def test_unusable_cache_files_are_ignored(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("SACAM_CACHE_DIR", "")
     monkeypatch.chdir(empty)
     _tune(_net(), x)
-    assert _plancache.cache_file() is None and not any(empty.iterdir())
+    assert store.cache_file() is None and not any(empty.iterdir())
 
 
 # ------------------------------------------------------------------ no read-backs in a call
@@ -246,30 +255,33 @@ def test_nan_scores_still_raise_a_clear_error() -> None:
         evaluate_scores(lambda o: o[:, 0], torch.tensor([[float("nan"), 1.0], [0.0, 1.0]]))
 
 
-def test_perturbation_timings_and_memory_cost_are_kept_on_disk(tmp_path, monkeypatch) -> None:
+def test_perturbation_plan_and_memory_cost_are_kept_on_disk(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("SACAM_CACHE_DIR", str(tmp_path))
-    sample = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))
-    net = _net()
-    cap = _tuning.measured_cap(net, sample, 64.0)
-    plan = _tuning.measure_plan(net, sample, 16)
-    assert len(_plans(tmp_path)) == 2  # the memory cost and the timings
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    net = _net(channels=64)
+    cap = memory.measured_cap(net, x[0], 64.0)
+    timed: list[int] = []
+    real_sync = sacam.methods._perturb.sync
+    monkeypatch.setattr(sacam.methods._perturb, "sync", lambda d: timed.append(1) or real_sync(d))
+    first = sacam.explain(net, x, method="score-cam", layer="0")
+    # the tuning ran on the call's own 64 masked inputs (no separate sweep) ...
+    assert timed
+    for _ in range(20):  # ... and spans calls until every candidate is timed twice
+        if len(_plans(tmp_path)) == 2:
+            break
+        sacam.explain(net, x, method="score-cam", layer="0")
+    assert len(_plans(tmp_path)) == 2  # the memory cost and the tuned plan
 
     # a later process (a new model object of the same architecture) measures nothing
     def fail(*args: object) -> float:
         raise AssertionError("measured again")
 
-    monkeypatch.setattr(_tuning, "_time_pass", fail)
-    monkeypatch.setattr(_tuning, "_peak_above_start", fail)
-    again = _net(seed=7)
-    assert _tuning.measured_cap(again, sample, 64.0) == cap
-    assert _tuning.measure_plan(again, sample, 16) == plan
-    # a size not timed yet is timed (and added), another architecture is measured afresh
-    calls: list[int] = []
-    monkeypatch.setattr(_tuning, "_time_pass", lambda m, x: calls.append(x.shape[0]) or 1.0)
-    _tuning.measure_plan(again, sample, 5)
-    assert calls == [5, 5]
-    _tuning.measure_plan(_net(channels=7), sample, 16)
-    assert calls[2:] == [8, 8, 16, 16]
+    monkeypatch.setattr(memory, "_peak_above_start", fail)
+    monkeypatch.setattr(sacam.methods._perturb, "sync", fail)
+    again = _net(channels=64, seed=7)
+    assert memory.measured_cap(again, x[0], 64.0) == cap
+    again.load_state_dict(net.state_dict())
+    torch.testing.assert_close(sacam.explain(again, x, method="score-cam", layer="0"), first)
 
 
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])

@@ -152,7 +152,7 @@ def test_ctrl_c_exits_cleanly_keeps_results_and_resumes(tmp_path) -> None:
     out = tmp_path / "out"
     args = [
         "benchmark", str(data), "--model", "tests.support.nets:slow_colour_net", "--out", str(out),
-        "--methods", "grad-cam", "--metrics", "deletion", "--steps", "4", "--batch-size", "1",
+        "--methods", "grad-cam", "--metrics", "deletion", "--steps", "4", "--images-per-step", "1",
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(

@@ -140,8 +140,8 @@ def test_bad_devices_exit_2(tmp_path, capsys, monkeypatch, device, message) -> N
 
 def test_batch_size_does_not_change_the_numbers(tmp_path) -> None:
     data = colour_folder(tmp_path, n=5)
-    run_benchmark(run_config(data, tmp_path / "a", batch_size=1), progress=False)
-    run_benchmark(run_config(data, tmp_path / "b", batch_size=4, workers=3), progress=False)
+    run_benchmark(run_config(data, tmp_path / "a", images_per_step=1), progress=False)
+    run_benchmark(run_config(data, tmp_path / "b", images_per_step=4, workers=3), progress=False)
     a, b = _values(tmp_path / "a"), _values(tmp_path / "b")
     assert a.keys() == b.keys() and len(a) == 5 * 2 * 7
     for key in a:  # float noise of batched convolutions only
@@ -153,9 +153,11 @@ def test_curves_batched_across_images_equal_one_image_at_a_time() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.rand(3, 3, 12, 12, generator=g)
     maps = torch.rand(3, 12, 12, generator=g)
-    together = faithfulness.deletion(net, x, maps, steps=6, batch_size=5)  # 7 points per image
+    together = faithfulness.deletion(net, x, maps, steps=6, inputs_per_pass=5)  # 7 points per image
     for i in range(3):
-        alone = faithfulness.deletion(net, x[i : i + 1], maps[i : i + 1], steps=6, batch_size=2)
+        alone = faithfulness.deletion(
+            net, x[i : i + 1], maps[i : i + 1], steps=6, inputs_per_pass=2
+        )
         torch.testing.assert_close(together.curves[i], alone.curves[0], rtol=1e-5, atol=1e-6)
 
 
@@ -163,7 +165,9 @@ def test_seed_is_the_runs(tmp_path) -> None:
     data = colour_folder(tmp_path, n=2)
     runs = (("a", 0), ("b", 0), ("c", 1))
     for name, seed in runs:  # a fixed curve batch: "auto" may pick another per run
-        cfg = run_config(data, tmp_path / name, seed=seed, metrics=["deletion"], curve_batch_size=8)
+        cfg = run_config(
+            data, tmp_path / name, seed=seed, metrics=["deletion"], curve_inputs_per_pass=8
+        )
         run_benchmark(cfg, progress=False)
     a, b, c = (_values(tmp_path / name) for name, _ in runs)
     assert a == b  # the same seed: the same numbers
@@ -216,19 +220,19 @@ def test_auto_curve_batch_spends_no_forward_on_measuring() -> None:
         g = torch.Generator().manual_seed(0)
         x = torch.rand(5, 3, 12, 12, generator=g)
         maps = torch.rand(5, 12, 12, generator=g)
-        auto = faithfulness.deletion(net, x, maps, targets=0, steps=40, batch_size="auto")
+        auto = faithfulness.deletion(net, x, maps, targets=0, steps=40, inputs_per_pass="auto")
         seen.clear()
-        again = faithfulness.deletion(net, x, maps, targets=0, steps=40, batch_size="auto")
+        again = faithfulness.deletion(net, x, maps, targets=0, steps=40, inputs_per_pass="auto")
         # 40 steps of 144 px: 4 px per step, 36 steps, 37 points per image; every pass is
         # a curve chunk, nothing is spent on timing alone
         assert sum(seen) == 5 * 37 + 1  # + the one-image forward that checks the targets
-        fixed = faithfulness.deletion(net, x, maps, targets=0, steps=40, batch_size=7)
+        fixed = faithfulness.deletion(net, x, maps, targets=0, steps=40, inputs_per_pass=7)
     finally:
         handle.remove()
     torch.testing.assert_close(auto.curves, fixed.curves, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(again.curves, fixed.curves, rtol=1e-5, atol=1e-6)
     plan = faithfulness.tuned_plan(net, x)
-    assert plan.batch_size in (8, 16, 32, 64)
+    assert plan.inputs_per_pass in (8, 16, 32, 64)
 
 
 def _counting(fn, flag: threading.Event):  # noqa: ANN001, ANN202
@@ -258,18 +262,18 @@ def test_a_custom_engine_finds_every_image_predicted(tmp_path) -> None:
             for method, part in execution.method_parts(loaded, missing):
                 execution.record(run, method, execution.score_batch(run, method, part))
 
-    cfg = run_config(data, tmp_path / "custom", metrics=["confidence"], batch_size=2)
+    cfg = run_config(data, tmp_path / "custom", metrics=["confidence"], images_per_step=2)
     summary = run_benchmark(cfg, progress=False, engine=engine)
     assert summary["failures"] == 0
     assert _predicted(tmp_path / "custom") == [f"img{i}.png" for i in range(5)]
-    run_benchmark(run_config(data, tmp_path / "local", metrics=["confidence"], batch_size=2))
+    run_benchmark(run_config(data, tmp_path / "local", metrics=["confidence"], images_per_step=2))
     assert _values(tmp_path / "custom") == pytest.approx(_values(tmp_path / "local"))
 
 
 def test_lost_or_cut_predictions_are_made_again_once(tmp_path, monkeypatch) -> None:
     data = colour_folder(tmp_path, n=5)
     out = tmp_path / "out"
-    cfg = run_config(data, out, metrics=["confidence"], batch_size=2)
+    cfg = run_config(data, out, metrics=["confidence"], images_per_step=2)
     first = run_benchmark(cfg, progress=False)
     path = out / "predictions.csv"
     whole = path.read_text()
@@ -322,7 +326,9 @@ def test_each_image_is_decoded_once_for_all_methods_and_resume_fills_only_gaps(
     monkeypatch.setattr(execution, "write_report", spied_report)
     monkeypatch.setattr(execution, "_prepare", _counting(execution._prepare, counting))
     three = ["grad-cam", "random", "grad-cam++"]
-    fresh = run_config(data, tmp_path / "fresh", metrics=["confidence", "complexity"], batch_size=4)
+    fresh = run_config(
+        data, tmp_path / "fresh", metrics=["confidence", "complexity"], images_per_step=4
+    )
     fresh.methods = three
     run_benchmark(fresh, progress=False)
     # once for the prediction and the three methods: not once per method, no predictions pass
@@ -330,11 +336,11 @@ def test_each_image_is_decoded_once_for_all_methods_and_resume_fills_only_gaps(
     assert _predicted(tmp_path / "fresh") == [f"img{i}.png" for i in range(5)]
 
     out = tmp_path / "resumed"
-    first = run_config(data, out, metrics=["confidence", "complexity"], batch_size=4)
+    first = run_config(data, out, metrics=["confidence", "complexity"], images_per_step=4)
     first.methods = ["grad-cam"]
     run_benchmark(first, progress=False)
     decoded.clear()
-    more = run_config(data, out, metrics=["confidence", "complexity"], batch_size=4)
+    more = run_config(data, out, metrics=["confidence", "complexity"], images_per_step=4)
     more.methods = three
     summary = run_benchmark(more, progress=False)
     assert sorted(decoded) == sorted(names)  # the two new methods share one decode

@@ -27,7 +27,8 @@ def test_saved_maps_are_float16_shards_keyed_by_image_and_method(tmp_path) -> No
     data = colour_folder(tmp_path, n=5)
     out = tmp_path / "a"
     run_benchmark(
-        run_config(data, out, metrics=["deletion"], batch_size=2, save_maps=True), progress=False
+        run_config(data, out, metrics=["deletion"], images_per_step=2, save_maps=True),
+        progress=False,
     )
     shards = sorted((out / "maps" / "grad-cam").glob("shard-*.npz"))
     assert len(shards) == 3  # batches of 2, 2 and 1

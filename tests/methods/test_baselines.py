@@ -284,7 +284,9 @@ def test_sscam_without_noise_is_scorecam() -> None:
 
 def test_sscam_is_seeded(cnn, images) -> None:
     def run(seed: int, bs: int = 32) -> torch.Tensor:
-        return sacam.explain(cnn, images, method="ss-cam", n_samples=3, seed=seed, batch_size=bs)
+        return sacam.explain(
+            cnn, images, method="ss-cam", n_samples=3, seed=seed, inputs_per_pass=bs
+        )
 
     assert torch.equal(run(5), run(5))
     assert not torch.allclose(run(5), run(6), atol=1e-4)
@@ -301,7 +303,7 @@ def test_sscam_draws_each_row_once_for_all_images_with_the_same_maps(
     draws: list[int] = []
     real = scorecam.seeded_noise
     monkeypatch.setattr(scorecam, "seeded_noise", lambda *a, **k: draws.append(1) or real(*a, **k))
-    opts = {"method": "ss-cam", "n_samples": 3, "seed": 4, "batch_size": 5}
+    opts = {"method": "ss-cam", "n_samples": 3, "seed": 4, "inputs_per_pass": 5}
     batch = sacam.explain(cnn, images, **opts)
     rows = len(draws)
     single = torch.cat([sacam.explain(cnn, images[i : i + 1], **opts) for i in range(len(images))])
@@ -520,15 +522,19 @@ def test_gaussian_blur_by_loops(h: int, w: int, k: int) -> None:
     ],
 )
 def test_batch_size_does_not_change_the_result(method: str, options: dict, cnn, images) -> None:
-    a = sacam.explain(cnn, images, method=method, batch_size=1, **options)
-    b = sacam.explain(cnn, images, method=method, batch_size=64, **options)
+    a = sacam.explain(cnn, images, method=method, inputs_per_pass=1, **options)
+    b = sacam.explain(cnn, images, method=method, inputs_per_pass=64, **options)
     # float noise of batched convolutions only (ablation's relative drops amplify it)
     assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_groupcam_batch_size_changes_only_float_rounding(cnn, images) -> None:
-    a = sacam.explain_full(cnn, images, method="group-cam", groups=5, batch_size=1, upsample=False)
-    b = sacam.explain_full(cnn, images, method="group-cam", groups=5, batch_size=64, upsample=False)
+    a = sacam.explain_full(
+        cnn, images, method="group-cam", groups=5, inputs_per_pass=1, upsample=False
+    )
+    b = sacam.explain_full(
+        cnn, images, method="group-cam", groups=5, inputs_per_pass=64, upsample=False
+    )
     (ia,) = a.extras["group-cam"].values()
     (ib,) = b.extras["group-cam"].values()
     assert torch.equal(ia.masks, ib.masks)  # the same gradient pass: identical masks
@@ -751,7 +757,7 @@ def test_random_weights_variant_by_hand() -> None:
         ("smooth-grad-cam++", {"seed": 1.5}, "seed"),
         ("ss-cam", {"std": -1.0}, "std"),
         ("is-cam", {"variant": "softmax"}, "variant"),
-        ("ablation-cam", {"batch_size": 0}, "batch_size"),
+        ("ablation-cam", {"inputs_per_pass": 0}, "inputs_per_pass"),
         ("group-cam", {"denoise_quantile": 2.0}, "denoise_quantile"),
         ("group-cam", {"blur_kernel": 4}, "blur_kernel"),
         ("eigen-cam", {"center": "yes"}, "center"),

@@ -154,7 +154,7 @@ def test_fd_cam_matches_a_direct_tail_reference(images) -> None:
     x = images.double()
     for p in net.parameters():
         p.requires_grad_(False)
-    maps = sacam.explain(net, x, method="fd-cam", layer="1", targets=[4, 0, 2], batch_size=5)
+    maps = sacam.explain(net, x, method="fd-cam", layer="1", targets=[4, 0, 2], inputs_per_pass=5)
     for b, c in enumerate([4, 0, 2]):
         ref = _reference_fd_cam(net, x[b : b + 1], c, 0.95)
         torch.testing.assert_close(maps[b], ref, rtol=0, atol=1e-6)
@@ -328,10 +328,10 @@ def test_poly_cam_weights_by_hand(variant: str) -> None:
 
 
 def test_poly_cam_stages_and_explicit_layers(cnn, images) -> None:
-    ex = sacam.explain_full(cnn, images, method="poly-cam", batch_size=8)
+    ex = sacam.explain_full(cnn, images, method="poly-cam", inputs_per_pass=8)
     assert list(ex.extras["poly-cam"]) == ["5", "1"]  # the last layer at 8x8, then at 16x16
     assert ex.layers == ["1"]
-    given = sacam.explain_full(cnn, images, method="poly-cam", layer=["5", "1"], batch_size=8)
+    given = sacam.explain_full(cnn, images, method="poly-cam", layer=["5", "1"], inputs_per_pass=8)
     torch.testing.assert_close(given.maps, ex.maps, rtol=0, atol=0)
     low = sacam.explain(cnn, images, method="poly-cam", layer=["4", "0"], upsample=False)
     assert low.shape == (3, 16, 16)
@@ -349,8 +349,10 @@ def test_poly_cam_rejects_bad_options() -> None:
 
 def test_top_channels_all_is_exact_and_fewer_skip_the_weakest(cnn, images) -> None:
     for method in ("poly-cam", "fd-cam"):
-        full = sacam.explain(cnn, images, method=method, layer="1", batch_size=8)
-        same = sacam.explain(cnn, images, method=method, layer="1", batch_size=8, top_channels=8)
+        full = sacam.explain(cnn, images, method=method, layer="1", inputs_per_pass=8)
+        same = sacam.explain(
+            cnn, images, method=method, layer="1", inputs_per_pass=8, top_channels=8
+        )
         torch.testing.assert_close(same, full, rtol=0, atol=0)
     # Poly-CAM with one channel scored: the strongest channel (largest mean, A0) alone
     a = torch.tensor([[[[2.0, 0.0, 1.0]], [[0.0, 0.3, 0.0]]]])

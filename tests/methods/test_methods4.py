@@ -135,7 +135,7 @@ def test_refine_cam_with_one_layer_is_its_base(cnn, images) -> None:
         method="refine-cam",
         layer="4",
         base="score-cam",
-        base_options={"batch_size": 4},
+        base_options={"inputs_per_pass": 4},
     )
     assert torch.allclose(c, sacam.explain(cnn, images, method="score-cam", layer="4"), atol=1e-5)
 
@@ -239,7 +239,7 @@ def test_sess_default_scales_windows_and_blur() -> None:
         ({"pool": "sum"}, "pool"),
         ({"score": "rank"}, "score"),
         ({"smooth": 1}, "True or False"),
-        ({"batch_size": 0}, "positive int"),
+        ({"windows_per_pass": 0}, "positive int"),
         ({"base": "sess"}, "another method"),
     ],
 )

@@ -21,15 +21,15 @@ PHOTOS = ("chelsea", "coffee")
 # a fixed batch size skips the timing of batch sizes (tests/test_speed_options.py)
 FAST = {
     "smooth-grad-cam++": {"n_samples": 2},
-    "score-cam": {"top_channels": 8, "batch_size": 8},
-    "ss-cam": {"top_channels": 4, "n_samples": 2, "batch_size": 8},
-    "is-cam": {"top_channels": 4, "n_samples": 2, "batch_size": 8},
-    "ablation-cam": {"top_channels": 8, "batch_size": 8},
-    "group-cam": {"groups": 8, "batch_size": 8},
+    "score-cam": {"top_channels": 8, "inputs_per_pass": 8},
+    "ss-cam": {"top_channels": 4, "n_samples": 2, "inputs_per_pass": 8},
+    "is-cam": {"top_channels": 4, "n_samples": 2, "inputs_per_pass": 8},
+    "ablation-cam": {"top_channels": 8, "inputs_per_pass": 8},
+    "group-cam": {"groups": 8, "inputs_per_pass": 8},
     "sess": {"num_scales": 2},
     "opti-cam": {"steps": 5},
-    "poly-cam": {"top_channels": 4, "batch_size": 8},
-    "fd-cam": {"top_channels": 8, "batch_size": 8},
+    "poly-cam": {"top_channels": 4, "inputs_per_pass": 8},
+    "fd-cam": {"top_channels": 8, "inputs_per_pass": 8},
 }
 # CAM needs the classifier's input channels (1280): it refuses _blocks.15 (320 channels)
 NOT_APPLICABLE = {("cam", "_blocks.15")}

@@ -162,8 +162,12 @@ def test_bad_options(options, message, cnn, images) -> None:
 
 
 def test_score_base_options_reach_the_base(cnn, images) -> None:
-    a = sacam.explain(cnn, images, method="sa-cam", base="score", base_options={"batch_size": 3})
-    b = sacam.explain(cnn, images, method="sa-cam", base="score", base_options={"batch_size": 64})
+    a = sacam.explain(
+        cnn, images, method="sa-cam", base="score", base_options={"inputs_per_pass": 3}
+    )
+    b = sacam.explain(
+        cnn, images, method="sa-cam", base="score", base_options={"inputs_per_pass": 64}
+    )
     assert torch.allclose(a, b, atol=1e-6)
 
 

@@ -47,6 +47,6 @@ def test_constant_channel_is_skipped() -> None:
 
 
 def test_batch_size_does_not_change_the_result(cnn, images) -> None:
-    a = sacam.explain(cnn, images, method="score-cam", batch_size=1)
-    b = sacam.explain(cnn, images, method="score-cam", batch_size=16)
+    a = sacam.explain(cnn, images, method="score-cam", inputs_per_pass=1)
+    b = sacam.explain(cnn, images, method="score-cam", inputs_per_pass=16)
     assert torch.allclose(a, b, atol=1e-6)

@@ -140,7 +140,11 @@ def test_inplace_relu_model_gives_the_same_maps(method, images) -> None:
     inplace = small_cnn(inplace=True)
     # a fixed batch size: an "auto" plan is timed per model and may pick another memory
     # format for each, moving float rounding (tests/test_speed_options.py covers that)
-    opts = {"batch_size": 8} if "batch_size" in sacam.get_method(method).option_names() else {}
+    opts = (
+        {"inputs_per_pass": 8}
+        if "inputs_per_pass" in sacam.get_method(method).option_names()
+        else {}
+    )
     for layer in ("0", "3"):  # outputs followed by an in-place ReLU
         lay = layer if method != "cam" else "4"
         a = sacam.explain(plain, images, method=method, layer=lay, **opts)

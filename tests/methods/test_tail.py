@@ -23,9 +23,11 @@ TAIL_METHODS = ["recipro-cam", "fd-cam", "ablation-cam"]
 @pytest.mark.parametrize("method", TAIL_METHODS)
 def test_strategies_and_batch_sizes_agree(method: str, cnn, images) -> None:
     net, x = in_double(cnn, images)
-    ref = sacam.explain(net, x, method=method, layer="3", strategy="repeat", batch_size=64)
+    ref = sacam.explain(net, x, method=method, layer="3", strategy="repeat", inputs_per_pass=64)
     for strategy, batch in [("expand", 64), ("expand", 5), ("repeat", 7), ("auto", 3)]:
-        m = sacam.explain(net, x, method=method, layer="3", strategy=strategy, batch_size=batch)
+        m = sacam.explain(
+            net, x, method=method, layer="3", strategy=strategy, inputs_per_pass=batch
+        )
         torch.testing.assert_close(m, ref, rtol=0, atol=F64_ATOL)
 
 
@@ -45,7 +47,7 @@ class _Counted(nn.Module):
 @pytest.mark.parametrize(("method", "rows_per_image"), [("ablation-cam", 8), ("fd-cam", 16)])
 def test_expand_runs_the_front_once_per_batch(method: str, rows_per_image: int, images) -> None:
     # small_cnn's layer net.1 has 8 channels: Ablation-CAM edits 8 rows per image, FD-CAM
-    # 16 (each group on, then off); with batch_size 3, "expand" feeds ⌈rows / 3⌉ single
+    # 16 (each group on, then off); with inputs_per_pass=3, "expand" feeds ⌈rows / 3⌉ single
     # images, "repeat" every row. The engine's clean passes are the same for both, so the
     # difference counts the tail passes alone (after a first call, which also probes
     # the model's memory use).
@@ -55,7 +57,7 @@ def test_expand_runs_the_front_once_per_batch(method: str, rows_per_image: int, 
         for _ in range(2):
             net.rows = 0
             sacam.explain(
-                net, images, method=method, layer="net.1", strategy=strategy, batch_size=3
+                net, images, method=method, layer="net.1", strategy=strategy, inputs_per_pass=3
             )
         counts[strategy] = net.rows
     saved = images.shape[0] * (rows_per_image - math.ceil(rows_per_image / 3))
@@ -102,7 +104,7 @@ def test_auto_falls_back_to_repeat_where_expand_cannot_run(
     with pytest.raises(MethodError, match="strategy='repeat'"):
         sacam.explain(net, x, method=method, layer=layer, strategy="expand")
     rep = sacam.explain(net, x, method=method, layer=layer, strategy="repeat")
-    auto = sacam.explain(net, x, method=method, layer=layer, batch_size=5)
+    auto = sacam.explain(net, x, method=method, layer=layer, inputs_per_pass=5)
     assert rep.shape == (3, 16, 16) and torch.isfinite(rep).all()
     torch.testing.assert_close(auto, rep, rtol=0, atol=F64_ATOL)
     assert all(not mod._forward_hooks for mod in net.modules())
@@ -129,21 +131,21 @@ def test_efficientnet_lite_gives_the_packages_logits_and_allows_expand() -> None
     with torch.no_grad():
         torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
     for method, opts in [("ablation-cam", {"top_channels": 12}), ("fd-cam", {"top_channels": 6})]:
-        exp = sacam.explain(ours, x, method=method, strategy="expand", batch_size=8, **opts)
-        rep = sacam.explain(ours, x, method=method, strategy="repeat", batch_size=8, **opts)
+        exp = sacam.explain(ours, x, method=method, strategy="expand", inputs_per_pass=8, **opts)
+        rep = sacam.explain(ours, x, method=method, strategy="repeat", inputs_per_pass=8, **opts)
         torch.testing.assert_close(exp, rep, rtol=0, atol=1e-5)
 
 
 def test_auto_batch_feeds_expand_the_memory_cap_and_repeat_the_fastest(images, monkeypatch) -> None:
-    # with batch_size="auto", whole passes ("repeat") take the fastest measured batch
+    # with inputs_per_pass="auto", whole passes ("repeat") take the tuner's best plan
     # (here 2) and expanded passes as many rows as fit the memory budget (here 5):
     # 8 rows per image -> 2 expanded passes, or 4 whole passes of 2 rows
-    from sacam._tuning import Plan
+    from sacam._speed.tuner import Plan, Tuner
     from sacam.methods import _perturb
 
     monkeypatch.setattr(_perturb, "measured_cap", lambda *a: 5)
     monkeypatch.setattr(_perturb, "expand_cap", lambda *a: 5)
-    monkeypatch.setattr(_perturb, "measure_plan", lambda *a: Plan(2, False))
+    monkeypatch.setattr(_perturb, "tuner_for", lambda *a, **k: Tuner.fixed(Plan(2, False)))
     sizes = {}
     for strategy in ("expand", "repeat"):
         net = _Counted().eval()
@@ -158,7 +160,7 @@ def test_tail_estimate_reads_the_layer_and_what_follows_it_from_the_probe() -> N
     # small_cnn on 16×16: layer "1" outputs 8×16×16; after it come 16×8×8 (conv, norm,
     # ReLU, dropout), 16 (pool, flatten) and 5 (linear)
     from sacam._layers import probe
-    from sacam._tuning import tail_estimate
+    from sacam._speed.memory import tail_estimate
 
     record = probe(small_cnn().eval(), torch.rand(1, 3, 16, 16))
     assert tail_estimate(record, "1", 0) == (8 * 16 * 16, 16 * 8 * 8)
@@ -172,7 +174,7 @@ def test_expand_cap_gives_the_head_many_more_rows_than_whole_passes(default_mode
     # a row costs about 5% of a whole pass: far more rows fit the budget; at the first
     # block the network after the layer is nearly all of it, and whole passes set the cap
     from sacam._outputs import logits_model
-    from sacam._tuning import expand_cap, measured_cap
+    from sacam._speed.memory import expand_cap, measured_cap
 
     model = logits_model(default_model.model)
     x = default_model.preprocess(sacam.models.sample_image("chelsea"))

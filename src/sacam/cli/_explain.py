@@ -48,7 +48,7 @@ def _explain_folder(args: argparse.Namespace) -> int:
         layer=args.layer if args.layer is None or len(args.layer) > 1 else args.layer[0],
         target=target,
         resize=args.resize,
-        batch_size=args.batch_size,
+        images_per_step=args.images_per_step,
         device=args.device,
         save_maps=args.save_maps,
         cmap=args.cmap,
@@ -166,8 +166,8 @@ def explain_command(args: argparse.Namespace) -> int:
     titles: list[str] = []
     bar = tqdm(total=len(pixels), unit="image", desc="explaining", disable=None)
     try:
-        for start in range(0, len(pixels), args.batch_size):
-            chunk = slice(start, start + args.batch_size)
+        for start in range(0, len(pixels), args.images_per_step):
+            chunk = slice(start, start + args.images_per_step)
             x = pre.normalize(torch.stack(pixels[chunk])).to(args.device)
             with torch.inference_mode():
                 logits = to_logits(loaded.model(x))

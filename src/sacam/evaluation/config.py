@@ -10,9 +10,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .._speed.tuner import check_inputs_per_pass
+from ..errors import InputError
+
 ROAD_PERCENTAGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
 EPSILONS = tuple(e / 255 for e in (0.5, 1.0, 2.0, 4.0, 8.0))
 DEFAULT_METHODS = ("grad-cam", "grad-cam++", "sa-cam")
+
+# settings renamed since: a run.json written with the old name resumes
+RENAMED_SETTINGS = {"curve_batch_size": "curve_inputs_per_pass"}
 
 # fields that change how fast or where a run works, not its numbers (free to change on resume)
 _RUN_ONLY = (
@@ -21,7 +27,7 @@ _RUN_ONLY = (
     "data_dir",
     "methods",
     "device",
-    "batch_size",
+    "images_per_step",
     "workers",
     "save_maps",
     "from_maps",
@@ -37,9 +43,10 @@ class BenchmarkConfig:
         data_dir: the images (flat folder with ``labels.csv``, class sub-folders, or the
             ImageNet validation layout with ``LOC_val_solution.csv``).
         out: output folder.
-        batch_size: images explained and scored per step.
-        curve_batch_size: perturbed images per forward pass of the deletion/insertion
-            curves (``"auto"``: measured fastest, cached per model and input shape).
+        images_per_step: images explained and scored per step (a whole number ≥ 1).
+        curve_inputs_per_pass: the most perturbed images per forward pass of the
+            deletion/insertion curves, or ``"auto"`` (tuned on the curves' first passes,
+            cached per model and input shape).
         steps: deletion/insertion steps; None means one step per image row (n = 224 at
             224×224).
         workers: threads decoding and preprocessing images ahead of the model.
@@ -71,10 +78,10 @@ class BenchmarkConfig:
     limit: int | None = None
     use_labels: bool = False
     device: str = "cpu"
-    batch_size: int = 16
+    images_per_step: int = 16
     workers: int = 4
     steps: int | None = None
-    curve_batch_size: int | Literal["auto"] = "auto"
+    curve_inputs_per_pass: int | Literal["auto"] = "auto"
     road_percentages: tuple[float, ...] = ROAD_PERCENTAGES
     annotations: Path | None = None
     tolerance: float = 15.0
@@ -96,6 +103,10 @@ class BenchmarkConfig:
     from_maps: Path | None = None
     trust_model_file: bool = False
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_inputs_per_pass(self.images_per_step, "images_per_step", InputError, auto=False)
+        check_inputs_per_pass(self.curve_inputs_per_pass, "curve_inputs_per_pass", InputError)
 
     def method_layer(self) -> str | list[str] | None:
         """The ``layer`` argument of the methods: one name, a list, or None."""

@@ -45,7 +45,7 @@ class ExplainJob:
     layer: str | list[str] | None = None
     target: int | None = None
     resize: str | None = None
-    batch_size: int = 8
+    images_per_step: int = 8
     device: str = "cpu"
     save_maps: bool = False
     cmap: str = "jet"
@@ -166,7 +166,8 @@ def explain_folder(
     job.out.mkdir(parents=True, exist_ok=True)
     with RunLock(job.out):
         todo = [it for it in items if not all(p.exists() for p in job.outputs(it.name))]
-        chunks = [todo[i : i + job.batch_size] for i in range(0, len(todo), job.batch_size)]
+        step = job.images_per_step
+        chunks = [todo[i : i + step] for i in range(0, len(todo), step)]
         failed = 0
         bar = tqdm(total=len(todo), unit="img", desc="explaining", disable=_disabled(progress))
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from .._hooks import model_guard
 from .._outputs import OutputTransform, logits_model
+from .._speed.tuner import check_inputs_per_pass
 from ..core import predict
 from ..errors import InputError
 from ..filters import gaussian_blur
@@ -65,16 +66,13 @@ def check_inputs(images: torch.Tensor, maps: torch.Tensor) -> None:
 
 @torch.inference_mode()
 def _probs(
-    model: nn.Module, x: torch.Tensor, classes: torch.Tensor, batch_size: int
+    model: nn.Module, x: torch.Tensor, classes: torch.Tensor, images_per_pass: int
 ) -> torch.Tensor:
     out, model = [], logits_model(model)
-    for start in range(0, x.shape[0], batch_size):
-        logits = model(x[start : start + batch_size])
-        out.append(
-            torch.softmax(logits.float(), 1).gather(1, classes[start : start + batch_size, None])[
-                :, 0
-            ]
-        )
+    for start in range(0, x.shape[0], images_per_pass):
+        chunk = slice(start, start + images_per_pass)
+        logits = model(x[chunk])
+        out.append(torch.softmax(logits.float(), 1).gather(1, classes[chunk, None])[:, 0])
     return torch.cat(out)
 
 
@@ -102,7 +100,7 @@ def confidence_change(
     targets: torch.Tensor | int | None = None,
     *,
     preprocess: Preprocess | None = None,
-    batch_size: int = 32,
+    images_per_pass: int = 32,
     output_transform: OutputTransform | None = None,
 ) -> dict[str, torch.Tensor]:
     r"""Average Drop, Increase in Confidence and Average Gain, per sample (in %).
@@ -114,6 +112,9 @@ def confidence_change(
     - ``average_drop = 100 · max(0, Y − O) / Y`` (lower is better),
     - ``increase_in_confidence = 100 · 1[O > Y]`` (higher is better),
     - ``average_gain = 100 · max(0, O − Y) / (1 − Y)`` (higher is better).
+
+    ``images_per_pass`` images (and as many explanation images) go through the model
+    per forward pass.
 
     Returns:
         ``{"average_drop", "increase_in_confidence", "average_gain"}`` -> ``(B,)`` tensors.
@@ -127,10 +128,11 @@ def confidence_change(
         [0.0, 0.0]
     """
     check_inputs(images, maps)
+    per_pass = check_inputs_per_pass(images_per_pass, "images_per_pass", InputError, auto=False)
     model = logits_model(model, output_transform)
     with model_guard(model):
         classes = target_classes(model, images, targets)
-        return confidence_values(model, images, maps, classes, preprocess, batch_size)
+        return confidence_values(model, images, maps, classes, preprocess, int(per_pass))
 
 
 def explanation_images(
@@ -153,12 +155,12 @@ def confidence_values(
     maps: torch.Tensor,
     classes: torch.Tensor,
     preprocess: Preprocess | None,
-    batch_size: int,
+    images_per_pass: int,
 ) -> dict[str, torch.Tensor]:
     """:func:`confidence_change` for checked inputs and resolved ``(B,)`` classes."""
     with model_guard(model):
-        y = _probs(model, images, classes, batch_size)
-        o = _probs(model, explanation_images(images, maps, preprocess), classes, batch_size)
+        y = _probs(model, images, classes, images_per_pass)
+        o = _probs(model, explanation_images(images, maps, preprocess), classes, images_per_pass)
     drop = 100.0 * (y - o).clamp_min(0) / y.clamp_min(1e-12)
     increase = 100.0 * (o > y).float()
     gain = 100.0 * (o - y).clamp_min(0) / (1 - y).clamp_min(1e-12)
@@ -181,7 +183,7 @@ def deletion(
     targets: torch.Tensor | int | None = None,
     *,
     steps: int | None = None,
-    batch_size: int | Literal["auto"] = "auto",
+    inputs_per_pass: int | Literal["auto"] = "auto",
     seed: int = 0,
     output_transform: OutputTransform | None = None,
 ) -> CurveResult:
@@ -191,14 +193,16 @@ def deletion(
     iteration, replaced by zeros of the normalised tensor (the dataset mean); the softmax
     probability of the class at each of the ``n + 1`` points is integrated by the
     trapezoid rule over [0, 1]. Default step: the image width (224 pixels for 224×224,
-    n = 224); ``steps=n`` trades precision for speed. The perturbed images are batched
-    (``batch_size="auto"``: the batch size and memory format measured fastest).
+    n = 224); ``steps=n`` trades precision for speed. The perturbed images go through
+    the model ``inputs_per_pass`` at a time (``"auto"``: the size and memory format the
+    curves' first passes measure fastest).
     """
     check_inputs(images, maps)
     model = logits_model(model, output_transform)
     classes = target_classes(model, images, targets)
     step = step_size(images.shape[-2], images.shape[-1], steps)
-    return curve(model, images, torch.zeros_like(images), maps, classes, step, batch_size, seed)
+    zeros = torch.zeros_like(images)
+    return curve(model, images, zeros, maps, classes, step, inputs_per_pass, seed)
 
 
 def insertion(
@@ -208,7 +212,7 @@ def insertion(
     targets: torch.Tensor | int | None = None,
     *,
     steps: int | None = None,
-    batch_size: int | Literal["auto"] = "auto",
+    inputs_per_pass: int | Literal["auto"] = "auto",
     seed: int = 0,
     output_transform: OutputTransform | None = None,
 ) -> CurveResult:
@@ -222,7 +226,7 @@ def insertion(
     classes = target_classes(model, images, targets)
     step = step_size(images.shape[-2], images.shape[-1], steps)
     return curve(
-        model, gaussian_blur(images, 11, 5.0), images, maps, classes, step, batch_size, seed
+        model, gaussian_blur(images, 11, 5.0), images, maps, classes, step, inputs_per_pass, seed
     )
 
 
@@ -259,7 +263,7 @@ def _curve_metric(batch: MetricBatch, kind: str) -> MetricOutput:
     seed = b.config.seed
     rank = b.memo("curve_rank", lambda: pixel_rank(b.maps, seed))
     res = curve(
-        b.model, start, finish, b.maps, b.classes, step, b.config.curve_batch_size, seed, rank
+        b.model, start, finish, b.maps, b.classes, step, b.config.curve_inputs_per_pass, seed, rank
     )
     return MetricOutput({kind: res.auc}, {kind: res.curves})
 

@@ -4,7 +4,7 @@ A thin adapter around the local engine's per-batch step
 (:func:`~sacam.evaluation.runner.execution.score_batch`):
 
 - the driver (``sacam benchmark``) takes the lock, resumes, predicts, and cuts the images
-  that miss some method into the same batches the local engine makes (``batch_size``
+  that miss some method into the same batches the local engine makes (``images_per_step``
   consecutive images, with the names each method misses), so both engines score
   identical batches and give the same numbers;
 - those batches are a Ray dataset; ``map_batches`` hands them to ``workers`` actors of a
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..allocator import keep_freed_memory
+from .._speed.allocator import keep_freed_memory
 from ..errors import SacamError
 from .config import BenchmarkConfig
 from .explain_folder import Engine as ExplainEngine
@@ -213,7 +213,7 @@ def _target(run: Run, item: Item) -> int | None:
 def _chunks(run: Run) -> list[dict[str, str]]:
     """The missing pairs as the local engine's batches, with the names each method misses."""
     todo, missing = execution.missing_by_method(run.dataset.items, run.config.methods, run.done)
-    size = run.config.batch_size
+    size = run.config.images_per_step
     rows = []
     for start in range(0, len(todo), size):
         chunk = todo[start : start + size]

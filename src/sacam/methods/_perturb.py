@@ -2,10 +2,11 @@
 
 Score-CAM, SS-CAM, IS-CAM and Group-CAM mask the input with maps built from the layer;
 Ablation-CAM zeroes the layer's channels one at a time. All of them run their extra
-forward passes through :func:`perturbed_scores`: ``batch_size`` perturbed inputs at a
-time, built just before their pass and dropped after it, under
-``torch.inference_mode()``; the engine's capture hooks are gone by then. The batch size
-comes from :mod:`sacam._tuning` (fastest measured size within the memory budget).
+forward passes through :func:`perturbed_scores`: at most ``inputs_per_pass`` perturbed
+inputs at a time, built just before their pass and dropped after it, under
+``torch.inference_mode()``; the engine's capture hooks are gone by then. With
+``inputs_per_pass="auto"`` the loop's own first chunks pick the fastest size and memory
+format within the memory budget (:mod:`sacam._speed.tuner`).
 """
 
 from __future__ import annotations
@@ -17,11 +18,17 @@ import torch
 import torch.nn.functional as F
 
 from .._layers import LayerRef
-from .._tuning import Plan, expand_cap, measure_plan, measured_cap
+from .._speed.memory import (
+    MEASURE_BATCH,
+    expand_cap,
+    fixed_batch,
+    measured_cap,
+    passes_within,
+)
+from .._speed.tuner import PerPass, Plan, Tuner, check_inputs_per_pass, sync, tuner_for
 from ..core import BaseCAM, CallContext, normalize_maps
 from ..errors import MethodError
 from ..targets import PerSampleCallables
-from ._options import check_count
 
 ScoreKind = Literal["probability", "logit"]
 Build = Callable[[int, int], tuple[torch.Tensor, torch.Tensor | None]]
@@ -57,33 +64,31 @@ def perturbed_scores(
     b: int,
     count: int,
     build: Build,
-    batch_size: int,
+    tuner: Tuner,
     kind: ScoreKind,
     *,
-    channels_last: bool = False,
     bf16: bool = False,
 ) -> torch.Tensor:
     """Target scores of ``count`` perturbed copies of image ``b``, ``(count,)`` float32.
 
-    ``build(start, stop)`` returns the inputs ``start..stop-1`` (a batch of at most
-    ``batch_size``) and optionally a bool ``(stop - start,)`` mask of the rows to keep
-    (the others score 0). The loop runs under ``torch.inference_mode()``; each batch of
-    inputs is built just before its forward pass and released after it. ``channels_last``
-    passes the inputs in that memory format (same results); ``bf16`` runs the passes under
-    bfloat16 autocast (faster on CPUs with bf16 units, not exact).
+    ``build(start, stop)`` returns the inputs ``start..stop-1`` (a chunk of at most the
+    plan's ``inputs_per_pass``) and optionally a bool ``(stop - start,)`` mask of the rows
+    to keep (the others score 0). ``tuner`` gives each chunk's plan (its size and memory
+    format, the same results) and times the chunks it is still tuning. The loop runs under
+    ``torch.inference_mode()``; each chunk of inputs is built just before its forward pass
+    and released after it. ``bf16`` runs the passes under bfloat16 autocast (faster on
+    CPUs with bf16 units, not exact).
     """
-    options = {"channels_last": channels_last, "bf16": bf16}
-    return perturbed_scores_of(ctx, count, {b: build}, batch_size, kind, **options)[b]
+    return perturbed_scores_of(ctx, count, {b: build}, tuner, kind, bf16=bf16)[b]
 
 
 def perturbed_scores_of(
     ctx: CallContext,
     count: int,
     builds: Mapping[int, Build],
-    batch_size: int,
+    tuner: Tuner,
     kind: ScoreKind,
     *,
-    channels_last: bool = False,
     bf16: bool = False,
 ) -> dict[int, torch.Tensor]:
     """:func:`perturbed_scores` of several images ``{b: build}``, chunk by chunk.
@@ -95,21 +100,38 @@ def perturbed_scores_of(
     """
     device = ctx.images.device
     out = {b: torch.zeros(count, dtype=torch.float32, device=device) for b in builds}
+    start = 0
     with torch.inference_mode():
-        for start in range(0, count, batch_size):
-            stop = min(start + batch_size, count)
+        while start < count:
+            plan, timed = tuner.next(count - start)
+            stop = min(start + plan.inputs_per_pass, count)
+            t0 = sync(device) if timed else 0.0
             for b, build in builds.items():
-                inputs, keep = build(start, stop)
-                if channels_last and inputs.ndim == 4:
-                    inputs = inputs.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=bf16):
-                    output = ctx.model(inputs)
-                scores = target_scores(output.float(), ctx, b, kind).float()
-                if keep is not None:
-                    scores = torch.where(keep, scores, torch.zeros_like(scores))
-                out[b][start:stop] = scores
-                del inputs, output, scores
+                out[b][start:stop] = _chunk_scores(ctx, b, build(start, stop), plan, kind, bf16)
+            if timed and stop - start == plan.inputs_per_pass:
+                tuner.record(plan, 1000 * (sync(device) - t0) / ((stop - start) * len(builds)))
+            start = stop
     return out
+
+
+def _chunk_scores(
+    ctx: CallContext,
+    b: int,
+    built: tuple[torch.Tensor, torch.Tensor | None],
+    plan: Plan,
+    kind: ScoreKind,
+    bf16: bool,
+) -> torch.Tensor:
+    """Scores of one chunk of image ``b``'s perturbed inputs (0 where ``keep`` is False)."""
+    inputs, keep = built
+    if plan.channels_last and inputs.ndim == 4:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=bf16):
+        output = ctx.model(inputs)
+    scores = target_scores(output.float(), ctx, b, kind).float()
+    if keep is not None:
+        scores = torch.where(keep, scores, torch.zeros_like(scores))
+    return scores
 
 
 def channel_masks(maps: torch.Tensor, size: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,13 +159,16 @@ class PerturbationCAM(BaseCAM):
     """Shared options of the perturbation methods: how their many forward passes run.
 
     Args:
-        batch_size: perturbed inputs per forward pass, or ``"auto"`` (default): the
-            fastest batch size and memory format measured once per model and input shape
-            (see ``sacam._tuning``), capped by the memory budget. Results do not depend on
-            it beyond float rounding.
+        inputs_per_pass: the most perturbed inputs (or edited rows of the layer) one
+            forward pass holds, a whole number ≥ 1, or ``"auto"`` (default): the fastest
+            size (up to 64 on CPUs) and memory format, tuned on the call's own first
+            passes and then kept for the model and input shape (on disk too), capped by
+            the memory budget. A model that only takes a fixed batch (a ``torch.export``
+            program exported at batch 1) needs ``inputs_per_pass=1``. Results do not
+            depend on it beyond float rounding.
         max_memory_mb: budget for the memory the perturbed passes use at once (measured
-            per model, device, input shape and dtype; see ``sacam._tuning``); the batch
-            size is cut to fit, so peak memory does not grow with the number of channels.
+            per model, device, input shape and dtype); the inputs per pass are cut to
+            fit, so peak memory does not grow with the number of channels.
         bf16: run the perturbed passes under bfloat16 autocast (off by default: faster on
             CPUs with bf16 units, but not exact; see docs/performance.md).
     """
@@ -155,21 +180,19 @@ class PerturbationCAM(BaseCAM):
     def __init__(
         self,
         *args: Any,
-        batch_size: int | Literal["auto"] = "auto",
+        inputs_per_pass: PerPass = "auto",
         max_memory_mb: float = 1024.0,
         bf16: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if batch_size != "auto":
-            check_count("batch_size", batch_size)
+        self.inputs_per_pass = check_inputs_per_pass(inputs_per_pass)
         if not (
             isinstance(max_memory_mb, int | float)
             and not isinstance(max_memory_mb, bool)
             and max_memory_mb > 0
         ):
             raise MethodError(f"max_memory_mb must be > 0, got {max_memory_mb!r}")
-        self.batch_size = batch_size
         self.max_memory_mb = float(max_memory_mb)
         self.bf16 = bool(bf16)
 
@@ -182,28 +205,41 @@ class PerturbationCAM(BaseCAM):
         """Masked inputs or edited rows per scored channel (one)."""
         return 1
 
-    def plan(self, ctx: CallContext) -> Plan:
-        """Batch size and memory format for this call's perturbed passes."""
-        cap = measured_cap(ctx.model, ctx.images[0], self.max_memory_mb)
-        if self.batch_size != "auto":
-            return Plan(min(int(self.batch_size), cap), False)
-        return measure_plan(ctx.model, ctx.images[0], cap)
+    def cap(self, ctx: CallContext) -> int:
+        """The most inputs one of this call's passes may hold (option and memory budget).
+
+        The memory measurement itself never runs a pass larger than ``inputs_per_pass``,
+        and a model exported for a fixed batch of 1 gets one input per pass.
+        """
+        auto = self.inputs_per_pass == "auto"
+        limit = passes_within(ctx.model, MEASURE_BATCH if auto else int(self.inputs_per_pass))
+        if limit == 1:
+            return 1
+        cap = measured_cap(ctx.model, ctx.images[0], self.max_memory_mb, limit)
+        return cap if auto and limit == MEASURE_BATCH else min(limit, cap)
+
+    def tuner(self, ctx: CallContext) -> Tuner:
+        """The plans of this call's perturbed passes: fixed, or tuned on them (``"auto"``)."""
+        cap = self.cap(ctx)
+        if self.inputs_per_pass != "auto":
+            return Tuner.fixed(Plan(cap, False), even=False)
+        return tuner_for(ctx.model, ctx.images[0], "perturbation", cap, even=False)
 
     def tail_batches(self, ctx: CallContext, ref: LayerRef) -> tuple[int, int]:
         """Rows per pass of the network after layer ``ref``: ``(expand, repeat)``.
 
-        ``"repeat"`` passes are whole forward passes: :meth:`plan`'s batch size.
-        ``"expand"`` passes run the layers before the target once per batch, so more rows
-        per pass cost less per row: with ``batch_size="auto"`` they take as many rows as
-        the network after the layer holds within ``max_memory_mb``
-        (:func:`sacam._tuning.expand_cap`; never fewer than the plan's batch). An explicit
-        ``batch_size`` is used for both.
+        ``"repeat"`` passes are whole forward passes: the best plan of :meth:`tuner`
+        known so far. ``"expand"`` passes run the layers before the target once per
+        batch, so more rows per pass cost less per row: with ``inputs_per_pass="auto"``
+        they take as many rows as the network after the layer holds within
+        ``max_memory_mb`` (never fewer than whole passes would). An explicit
+        ``inputs_per_pass``, or a model that takes a fixed batch, sets both.
         """
-        plan = self.plan(ctx)
-        if self.batch_size != "auto":
-            return plan.batch_size, plan.batch_size
+        repeat = self.tuner(ctx).best().inputs_per_pass
+        if self.inputs_per_pass != "auto" or fixed_batch(ctx.model) is not None:
+            return repeat, repeat
         rows = expand_cap(ctx.model, ctx.images[0], ref.name, ref.call, self.max_memory_mb)
-        return rows, plan.batch_size
+        return rows, repeat
 
     def perturbed(
         self,
@@ -212,10 +248,10 @@ class PerturbationCAM(BaseCAM):
         count: int,
         build: Build,
         kind: ScoreKind,
-        plan: Plan,
+        tuner: Tuner,
     ) -> torch.Tensor:
-        """:func:`perturbed_scores` with this method's plan and ``bf16`` option."""
-        return self.perturbed_of(ctx, count, {b: build}, kind, plan)[b]
+        """:func:`perturbed_scores` with this call's ``tuner`` and the ``bf16`` option."""
+        return self.perturbed_of(ctx, count, {b: build}, kind, tuner)[b]
 
     def perturbed_of(
         self,
@@ -223,8 +259,7 @@ class PerturbationCAM(BaseCAM):
         count: int,
         builds: Mapping[int, Build],
         kind: ScoreKind,
-        plan: Plan,
+        tuner: Tuner,
     ) -> dict[int, torch.Tensor]:
-        """:func:`perturbed_scores_of` with this method's plan and ``bf16`` option."""
-        options = {"channels_last": plan.channels_last, "bf16": self.bf16}
-        return perturbed_scores_of(ctx, count, builds, plan.batch_size, kind, **options)
+        """:func:`perturbed_scores_of` with this call's ``tuner`` and the ``bf16`` option."""
+        return perturbed_scores_of(ctx, count, builds, tuner, kind, bf16=self.bf16)

@@ -7,8 +7,8 @@ rows, so only what follows the layer sees them. How the image is fed (``strategy
 
 - ``"expand"``: the image once per batch; the hook turns the layer's single output row
   into the batch of edited rows. The layers before the target run once per batch of
-  rows, not once per row: at the default model's head, Ablation-CAM's 1,280 passes cost
-  ``⌈1280 / batch⌉`` passes of the front plus 1,280 rows of pooling and the classifier.
+  rows, not once per row: at a classifier's head, Ablation-CAM's ``K`` edited rows cost
+  ``⌈K / rows per pass⌉`` passes of the front plus ``K`` rows of pooling and the classifier.
   It needs a network that takes its batch size from the tensors it computes; one that
   reads it from the input (EfficientNet's ``x.view(inputs.size(0), -1)``) or
   concatenates a tensor from before the layer with one after it cannot run it (a tensor
@@ -63,7 +63,7 @@ class LayerTail:
         ctx: the call's context (model, images, targets).
         strategy: how the image is fed (module doc).
         batches: rows per pass when feeding the image once per batch and once per row
-            (``PerturbationCAM.tail_batches``); :attr:`batch_size` is the current one.
+            (``PerturbationCAM.tail_batches``); :attr:`rows_per_pass` is the current one.
         bf16: run the passes under bfloat16 autocast.
     """
 
@@ -87,7 +87,7 @@ class LayerTail:
         self._capture = Capture([ref], with_grad=False, edit=self._edit)
 
     @property
-    def batch_size(self) -> int:
+    def rows_per_pass(self) -> int:
         """Rows per pass now (the mode may change after a pass)."""
         return self.batches[0] if self.mode == "expand" else self.batches[1]
 
@@ -102,7 +102,7 @@ class LayerTail:
         """Target score of image ``b`` with the layer's output set to each of ``count`` rows.
 
         ``build(start, stop)`` returns rows ``start..stop-1``, ``(stop - start,
-        *layer_output_shape[1:])``; they are built one pass at a time, :attr:`batch_size`
+        *layer_output_shape[1:])``; they are built one pass at a time, :attr:`rows_per_pass`
         rows at most. Returns ``(count,)`` in the model's output dtype (class targets: the
         logit or softmax probability of image ``b``'s class; callable targets: the
         callable's score).
@@ -110,7 +110,7 @@ class LayerTail:
         parts = []
         start = 0
         while start < count:
-            stop = min(start + self.batch_size, count)
+            stop = min(start + self.rows_per_pass, count)
             parts.append(self._batch(b, build(start, stop), kind))
             start = stop
         return torch.cat(parts)

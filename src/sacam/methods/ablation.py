@@ -51,11 +51,11 @@ class AblationCAM(PerturbationCAM):
     The ablation is a forward hook on the target layer (present only during these passes,
     removed even if one raises) that replaces its output with the image's clean
     activations, channel ``start + i`` set to the fill value in row ``i`` (as
-    pytorch-grad-cam's ablation layer does). K rows per image, ``batch_size`` at a time;
+    pytorch-grad-cam's ablation layer does). K rows per image, ``inputs_per_pass`` at a time;
     ``strategy`` says how the image is fed, as for Recipro-CAM: ``"expand"`` once per
-    batch of rows, so the layers before the target run ``⌈K / batch_size⌉`` times, not
-    ``K`` times (at the default model's head with ``batch_size="auto"`` and the default
-    1 GiB: 2, not 1,280);
+    batch of rows, so the layers before the target run ``⌈K / inputs_per_pass⌉`` times,
+    not ``K`` times (with ``inputs_per_pass="auto"`` a pass takes as many rows as fit
+    ``max_memory_mb``: at a classifier's head, often all of them);
     ``"repeat"`` once per row (any network); ``"auto"`` (default) tries ``"expand"`` and
     falls back to ``"repeat"``. Needs the layer's own ``(B, K, h, w)`` output (no
     ``reshape_transform``). ``top_channels=n`` (off by default, not exact) ablates only

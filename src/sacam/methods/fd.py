@@ -76,11 +76,11 @@ class FDCAM(PerturbationCAM):
     on the target layer (present only during these passes, removed even if one raises)
     replaces its output with the switched maps, ``2 K`` rows per image under
     ``torch.inference_mode()``. ``"expand"`` feeds the image once per batch of rows, so
-    the layers before the target run ``⌈2K / batch_size⌉`` times, not ``2K`` times (the
+    the layers before the target run ``⌈2K / inputs_per_pass⌉`` times, not ``2K`` times (the
     authors' code runs the tail alone); ``"repeat"`` feeds the image once per row (any
     network); ``"auto"`` tries ``"expand"`` and falls back to ``"repeat"``.
 
-    Options of the perturbation methods (``batch_size``, ``max_memory_mb``, ``bf16``)
+    Options of the perturbation methods (``inputs_per_pass``, ``max_memory_mb``, ``bf16``)
     apply. Needs the layer's own ``(B, K, h, w)`` output (no ``reshape_transform``).
     ``top_channels=n`` (off by default, not exact) scores
     only the groups of the ``n`` channels with the largest mean activation; the others

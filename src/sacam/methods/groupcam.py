@@ -68,13 +68,13 @@ class GroupCAM(PerturbationCAM):
     Float sensitivity: ``s_g`` is a difference of two probabilities; where masking barely
     moves the score (a weak or untrained model), the ``s_g`` are a few ulps of the
     probabilities apart and the min-max normalisation magnifies their float rounding
-    (another batch size or batch composition moves the map by up to
+    (another ``inputs_per_pass`` or batch composition moves the map by up to
     ``4 G δ / range``, with ``δ`` the rounding of ``s_g`` and ``range`` that of the raw
     map). ``Explanation.extras["group-cam"][layer]`` (:class:`GroupInspection`) holds the
     masks, the ``s_g`` and the raw map to check this.
 
     Costs one backward pass, one forward pass per blurred image and ``groups`` masked
-    forward passes per image (``batch_size`` at a time).
+    forward passes per image (``inputs_per_pass`` at a time).
 
     Example:
         >>> import torch, sacam
@@ -147,10 +147,10 @@ class GroupCAM(PerturbationCAM):
     def layer_map(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """``Σ_g s_g minmax(M_g)`` at the layer's resolution, ``(B, h, w)``."""
         masks = self.group_masks(layer)
-        plan = self.plan(ctx)
+        tuner = self.tuner(ctx)
         with torch.inference_mode():
             base = self.blurred(ctx.images)
-            fmt = torch.channels_last if plan.channels_last else torch.contiguous_format
+            fmt = torch.channels_last if tuner.best().channels_last else torch.contiguous_format
             # one image per pass, as the masked passes: a score never depends on which
             # other images share the batch
             base_scores = torch.cat(
@@ -170,7 +170,7 @@ class GroupCAM(PerturbationCAM):
         gains = torch.zeros(masks.shape[:2], device=masks.device)
         for b in range(masks.shape[0]):
             build = functools.partial(self._build, masks[b], ctx.images[b], base[b])
-            s = self.perturbed(ctx, b, masks.shape[1], build, "probability", plan)
+            s = self.perturbed(ctx, b, masks.shape[1], build, "probability", tuner)
             gains[b] = s - base_scores[b]
             small, _ = normalize_maps(masks[b])
             out[b] = torch.einsum("g,ghw->hw", gains[b], small.float())

@@ -99,7 +99,7 @@ class PolyCAM(PerturbationCAM):
     final map (theirs uses the same percentile normalisation as the masks).
 
     Cost: ``K_l`` masked passes per stage (``2 K_l`` for ``"plus-minus"``), per image,
-    ``batch_size`` at a time under ``torch.inference_mode()``. ``top_channels=n`` (off
+    ``inputs_per_pass`` at a time under ``torch.inference_mode()``. ``top_channels=n`` (off
     by default, not exact) scores only the ``n`` channels of each stage with the largest
     mean activation and gives the others weight 0, as Score-CAM's option.
 
@@ -184,7 +184,7 @@ class PolyCAM(PerturbationCAM):
     def weights(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """The variant's channel weights from masked passes, ``(B, K)``."""
         acts = layer.activations
-        plan = self.plan(ctx)
+        tuner = self.tuner(ctx)
         out = torch.zeros(acts.shape[:2], dtype=torch.float32, device=acts.device)
         for b in range(acts.shape[0]):
             chosen = strongest_channels(acts[b], self.top_channels)
@@ -192,7 +192,7 @@ class PolyCAM(PerturbationCAM):
             base = target_scores(ctx.output[b : b + 1].float(), ctx, b, "probability").float()
             build = functools.partial(self._build, self.masks(acts[b, chosen]), ctx.images[b], k)
             count = 2 * k if self.variant == "plus-minus" else k
-            s = self.perturbed(ctx, b, count, build, "probability", plan)
+            s = self.perturbed(ctx, b, count, build, "probability", tuner)
             if self.variant == "plus":
                 out[b, chosen] = s
             elif self.variant == "minus":

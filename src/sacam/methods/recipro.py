@@ -79,14 +79,14 @@ class ReciproCAM(PerturbationCAM):
     How the tail runs (``strategy``, as in FD-CAM and Ablation-CAM): a forward hook on
     the target layer replaces its output with a batch of masked maps. ``"expand"`` (as
     the authors' code does) feeds the image once per batch, so ``h·w`` positions cost
-    ``⌈h·w / batch_size⌉`` passes of the layers before the target plus ``h·w`` rows of
+    ``⌈h·w / inputs_per_pass⌉`` passes of the layers before the target plus ``h·w`` rows of
     the tail (49 at 7×7); it needs a network that takes its batch size from the tensors
     it computes, not from its input. ``"repeat"`` feeds the image repeated (``h·w``
     whole passes; any network). ``"auto"`` (default) tries ``"expand"`` and switches to
     ``"repeat"`` for the rest of the call if a pass fails or returns the wrong number of
     rows. All give the same maps.
 
-    Options of the perturbation methods (``batch_size``, ``max_memory_mb``, ``bf16``)
+    Options of the perturbation methods (``inputs_per_pass``, ``max_memory_mb``, ``bf16``)
     apply. Needs the layer's own ``(B, K, h, w)`` output (no ``reshape_transform``). The
     hook exists only during these passes (removed in a ``finally``); they run under
     ``torch.inference_mode()``. No library implements it (the authors' code and

@@ -100,7 +100,7 @@ class MaskScoreCAM(PerturbationCAM):
             for b, idx in enumerate(chosen)
         }
         count = len(chosen[0]) * n
-        scores = self.perturbed_of(ctx, count, builds, kind, self.plan(ctx))
+        scores = self.perturbed_of(ctx, count, builds, kind, self.tuner(ctx))
         out = torch.zeros(acts.shape[:2], dtype=torch.float32, device=acts.device)
         scored = torch.zeros_like(out, dtype=torch.bool)
         for b, idx in enumerate(chosen):
@@ -190,7 +190,7 @@ class ScoreCAM(MaskScoreCAM):
     agree): the weights are a softmax across channels of the class *logits* on the masked
     inputs (torchcam subtracts a baseline logit first, which the softmax cancels).
 
-    Costs K masked forward passes per image, run in batches (``batch_size``, measured by
+    Costs K masked forward passes per image, run in batches (``inputs_per_pass``, tuned by
     default, capped by ``max_memory_mb``) under ``torch.inference_mode()`` with the hooks
     removed; nothing of one batch is kept for the next.
 
@@ -247,8 +247,8 @@ class SSCAM(MaskScoreCAM):
     device, so CPU and CUDA get the same numbers; :func:`sacam._seeding.seeded_noise`),
     seeded with ``seed`` afresh for each image and drawn as one float32 ``(H, W)`` tensor
     per (channel, sample) in that order, so neither the device, the batch nor
-    ``batch_size`` changes the map. Costs ``K · n_samples`` masked forward passes per image,
-    ``batch_size`` at a time (``top_channels`` as in Score-CAM).
+    ``inputs_per_pass`` changes the map. Costs ``K · n_samples`` masked forward passes per
+    image, ``inputs_per_pass`` at a time (``top_channels`` as in Score-CAM).
 
     Example:
         >>> import torch, sacam
@@ -317,7 +317,7 @@ class ISCAM(MaskScoreCAM):
     ``variant="torchcam"`` reproduces torchcam 0.5.0's ``ISCAM``, which accumulates the
     coefficients (step ``i`` uses ``(1 + 2 + … + i)/N``, up to ``(N + 1)/2``) and takes a
     softmax across channels of the averaged class *logits*. pytorch-grad-cam 1.5.7 has no
-    IS-CAM. Costs ``K · n_samples`` masked forward passes per image, ``batch_size`` at a
+    IS-CAM. Costs ``K · n_samples`` masked forward passes per image, ``inputs_per_pass`` at a
     time (``top_channels`` as in Score-CAM).
 
     Example:

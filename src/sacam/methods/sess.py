@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from .._speed.memory import passes_within
 from ..core import BaseCAM, CallContext
 from ..errors import MethodError
 from ..filters import gaussian_blur
@@ -85,7 +86,7 @@ class SESS(BaseCAM):
 
     The map has the input's resolution, with ``upsample=False`` too. Cost: one forward
     pass per window for the scores and the base method per window (Grad-CAM: a forward
-    and a backward pass), ``batch_size`` windows at a time: about 155 windows per
+    and a backward pass), ``windows_per_pass`` windows at a time: about 155 windows per
     224 × 224 image with the defaults, so fewer ``scales`` make it much faster.
 
     Example:
@@ -114,7 +115,7 @@ class SESS(BaseCAM):
         pool: Literal["mean", "max"] = "mean",
         smooth: bool = True,
         score: Literal["probability", "logit"] = "probability",
-        batch_size: int = 32,
+        windows_per_pass: int = 32,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -135,7 +136,7 @@ class SESS(BaseCAM):
         self.pool = check_variant("sess pool", pool, ("mean", "max"))
         self.smooth = check_bool("smooth", smooth)
         self.score = check_variant("sess score", score, ("probability", "logit"))
-        self.batch_size = check_count("batch_size", batch_size)
+        self.windows_per_pass = check_count("windows_per_pass", windows_per_pass)
 
     def raw_maps(
         self, images: torch.Tensor, targets: TargetsLike, keep: bool = False
@@ -215,11 +216,12 @@ class SESS(BaseCAM):
         window, patches = self.windows(h, w)
         crops = self._crops(ctx.images[b], window, patches)
         targets_for, score_of = self._target(ctx, b)
+        step = passes_within(ctx.model, self.windows_per_pass)  # a fixed-batch export: 1
         with torch.inference_mode():
             s = torch.cat(
                 [
-                    score_of(ctx.model(crops[i : i + self.batch_size])).clamp_min(0)
-                    for i in range(0, len(crops), self.batch_size)
+                    score_of(ctx.model(crops[i : i + step])).clamp_min(0)
+                    for i in range(0, len(crops), step)
                 ]
             ).clone()
         order = torch.sort(s, stable=True).indices[self.dropped(len(s)) :]
@@ -227,12 +229,10 @@ class SESS(BaseCAM):
         weights = s[order] / top if top > 0 else torch.ones_like(s[order])
         total = ctx.images.new_zeros(h, w)
         counts = ctx.images.new_zeros(h, w)
-        for i in range(0, len(order), self.batch_size):
-            idx = order[i : i + self.batch_size]
+        for i in range(0, len(order), step):
+            idx = order[i : i + step]
             maps = self.base(crops[idx], targets_for(len(idx)))
-            for m, weight, j in zip(
-                maps, weights[i : i + self.batch_size], idx.tolist(), strict=True
-            ):
+            for m, weight, j in zip(maps, weights[i : i + step], idx.tolist(), strict=True):
                 pasted = self._paste(m.to(total.dtype) * weight, patches[j], (h, w))
                 if self.pool == "max":
                     total = torch.maximum(total, pasted)

@@ -2,7 +2,7 @@
 
 ``run_benchmark(config)`` takes the folder lock, checks the settings against an earlier
 run in the same folder, loads the model on ``config.device``, then predicts, explains and
-scores the images ``config.batch_size`` at a time (decoded ahead by threads, once for the
+scores the images ``config.images_per_step`` at a time (decoded ahead by threads, once for the
 prediction and all methods: each decoded batch is predicted where it lacks a prediction,
 then goes to every method that misses some of it), appending whole lines to the results
 store. The metrics are the registry's; the loop knows none of them by name. A failed pair
@@ -27,7 +27,7 @@ from ..._outputs import to_logits
 from ...errors import InputError, SacamError
 from ...models import LoadedModel, load_model
 from ...registry import method_info
-from ..config import BenchmarkConfig
+from ..config import RENAMED_SETTINGS, BenchmarkConfig
 from ..localization import annotation_mask, load_annotations
 from ..registry import (
     MetricBatch,
@@ -99,6 +99,9 @@ def _check_settings(out: Path, settings: dict[str, Any], defaults: dict[str, Any
     current = json.loads(json.dumps(settings))
     if run_file.exists():
         previous = json.loads(run_file.read_text())
+        for old, new in RENAMED_SETTINGS.items():
+            if old in previous:
+                previous.setdefault(new, previous.pop(old))
         base = json.loads(json.dumps(defaults))
         for key, value in base.items():
             previous.setdefault(key, value)
@@ -285,7 +288,7 @@ def local_engine(run: Run) -> None:
     }
     try:
         pin = cfg.device.startswith("cuda")
-        for loaded in batches(todo, run.lm.preprocess, cfg.batch_size, cfg.workers, 2, pin):
+        for loaded in batches(todo, run.lm.preprocess, cfg.images_per_step, cfg.workers, 2, pin):
             loaded.pixels = loaded.pixels.to(cfg.device, non_blocking=True)  # once, not per method
             predict_batch(cfg.out, loaded, run.lm, cfg.device, run.predictions)
             for method, part in method_parts(loaded, missing):
@@ -346,7 +349,7 @@ def run_benchmark(
     Example:
         >>> from pathlib import Path
         >>> cfg = BenchmarkConfig(Path("imagenet-dev"), methods=["grad-cam"], limit=5)
-        >>> cfg.batch_size, cfg.metrics
+        >>> cfg.images_per_step, cfg.metrics
         (16, ['default'])
     """
     config.out.mkdir(parents=True, exist_ok=True)

@@ -87,7 +87,7 @@ def predict_missing(run: Run, skip: list[Item] | None = None) -> None:
         disable=None if run.progress is None else not run.progress,
     )
     try:
-        for loaded in batches(missing, run.lm.preprocess, cfg.batch_size, cfg.workers):
+        for loaded in batches(missing, run.lm.preprocess, cfg.images_per_step, cfg.workers):
             predict_batch(cfg.out, loaded, run.lm, cfg.device, run.predictions)
             bar.update(len(loaded.items) + len(loaded.failed))
     finally:

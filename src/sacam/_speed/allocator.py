@@ -1,33 +1,30 @@
 """The C allocator under PyTorch's CPU tensors: keep freed memory, or hand it back.
 
 On Linux, glibc's ``malloc`` serves every block above its mmap threshold (at most 32 MiB)
-with a fresh ``mmap`` and unmaps it on ``free``. A batch of 32 images through
-EfficientNet-Lite0 at 224×224 has activations of 50–150 MB, so every forward pass maps
-its large tensors, faults their pages in one 4 KiB page at a time (the kernel zeroes each
-one) and unmaps them again. Perturbation methods and the deletion/insertion curves run
-thousands of such passes: one SS-CAM call at ``_blocks.15`` (320 passes, two threads)
-took 6.2 s, 4.8 s of it kernel time on 3.0 million page faults, and 3.5–3.8 s without
-them; a ``sacam benchmark`` of 8 images × 3 methods took 67–78 s against 59–63 s
-(``python benchmarks/allocator.py``; docs/performance.md, "The C allocator").
+with a fresh ``mmap`` and unmaps it on ``free``. A batch of images through a CNN has
+activations of tens to hundreds of MB, so every forward pass maps its large tensors,
+faults their pages in one 4 KiB page at a time (the kernel zeroes each one) and unmaps
+them again; perturbation methods and the deletion/insertion curves run thousands of such
+passes, and the page faults can cost more than the arithmetic.
 
 :func:`keep_freed_memory` tells glibc to serve large blocks from its heap and to keep
 freed memory at the heap's top instead of returning it, so that a pass reuses the pages
 the previous pass freed. The process then also keeps memory that fragmentation makes
-hard to reuse, so its peak resident set grows (614–674 → 722–744 MB for that SS-CAM
-call, 766–843 → 926–964 MB for that benchmark; a perturbation method's batch still
+hard to reuse, so its peak resident set grows (a perturbation method's batch still
 stays within its ``max_memory_mb``). The numbers are the same: only where the memory
-comes from changes. The ``sacam`` command (except ``sacam serve``, whose model thread
-gained nothing) and the Ray actors of ``--engine ray`` call it at start; a script of
-yours calls it once at its top.
+comes from changes. docs/performance.md ("The C allocator") has the measured times and
+peaks, and ``python benchmarks/allocator.py`` measures them on your machine. The
+``sacam`` command (except ``sacam serve``, whose model thread gained nothing) and the
+Ray actors of ``--engine ray`` call it at start; a script of yours calls
+:func:`sacam.keep_freed_memory` once at its top.
 
 It leaves glibc alone when you configured its allocator yourself (any ``MALLOC_*``
 variable or a ``glibc.malloc`` tunable in ``GLIBC_TUNABLES``) or set
 ``SACAM_KEEP_FREED_MEMORY=0`` (glibc as it starts; note that ``MALLOC_MMAP_MAX_=65536``
 is not that: setting it also switches off glibc's sliding mmap threshold), and it is a
 no-op where the C library is not glibc. Under another allocator preloaded with
-``LD_PRELOAD`` the call changes nothing that allocator does: tcmalloc keeps freed memory
-on its own (an SS-CAM call of 640 passes on one thread: 14.3 s, glibc's defaults 24.9 s,
-glibc with this setting 15.6 s), jemalloc at its defaults returns it too (34.4 s).
+``LD_PRELOAD`` the call changes nothing that allocator does (tcmalloc keeps freed memory
+on its own; jemalloc at its defaults returns it).
 """
 
 from __future__ import annotations
@@ -96,8 +93,8 @@ def keep_freed_memory(keep_mb: int = KEEP_MB) -> bool:
         ``GLIBC_TUNABLES``), or ``SACAM_KEEP_FREED_MEMORY=0`` opts out.
 
     Example:
-        >>> from sacam.allocator import keep_freed_memory
-        >>> keep_freed_memory()  # doctest: +SKIP
+        >>> import sacam
+        >>> sacam.keep_freed_memory()  # doctest: +SKIP
         True
     """
     if not 1 <= keep_mb <= 2047:

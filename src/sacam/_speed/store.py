@@ -1,9 +1,8 @@
-"""Tuned batch plans kept on disk, so that a later run of the same model pays no tuning.
+"""The plan store: tuned batch plans and measured memory costs kept on disk.
 
-The deletion/insertion curves tune their batch size and memory format on their first
-chunks (:class:`sacam.evaluation.curves._Tuner`); a tuned choice is written here and
-read back by every later process that runs the same work, which then starts at the
-chosen plan and times nothing.
+A tuned choice (:class:`sacam._speed.tuner.Tuner`) or a measured memory cost
+(:mod:`sacam._speed.memory`) is written here and read back by every later process that
+runs the same work, which then starts at the chosen plan and measures nothing.
 
 Where: ``$SACAM_CACHE_DIR/plans.json`` when that variable is set (an empty value turns
 the disk cache off), else ``plans.json`` in the user cache folder that ``platformdirs``
@@ -36,7 +35,7 @@ from torch import nn
 
 CACHE_ENV = "SACAM_CACHE_DIR"
 FILE_NAME = "plans.json"
-FORMAT = 1  # bump when the meaning of a stored plan changes
+FORMAT = 2  # bump when the meaning of a stored plan changes
 
 
 def cache_file() -> Path | None:
