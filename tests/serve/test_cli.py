@@ -85,12 +85,13 @@ def test_serve_command_prints_the_url_and_answers() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "sacam.cli", "serve", "--port", "0"]
     command += ["--model", "tests.support.nets:colour_net", "--max-upload-mb", "2"]
+    command += ["--max-queue", "3", "--allowed-host", "sacam.test"]
     with subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as proc:
         try:
             line = proc.stdout.readline().strip()
-            assert line.startswith("sacam serve: model tests.conftest:colour_net on cpu; open ")
+            assert line.startswith("sacam serve: model tests.support.nets:colour_net on cpu; open ")
             url = line.rsplit(" ", 1)[1]
             assert url.startswith("http://127.0.0.1:") and url.endswith("/")
             deadline = time.monotonic() + 60
@@ -102,6 +103,11 @@ def test_serve_command_prints_the_url_and_answers() -> None:
                     assert time.monotonic() < deadline and proc.poll() is None
                     time.sleep(0.05)
             assert health["status"] == "ok" and health["max_upload_mb"] == 2
+            assert health["max_queue"] == 3
+            # another site's name for this machine is refused; an allowed one is not
+            for host, status in (("evil.example", 400), ("sacam.test:80", 200)):
+                r = httpx.get(url + "api/health", headers={"host": host}, timeout=10)
+                assert r.status_code == status
             assert "<title>sacam serve</title>" in httpx.get(url, timeout=10).text
         finally:
             proc.send_signal(signal.SIGINT)  # Ctrl+C

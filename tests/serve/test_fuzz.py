@@ -14,7 +14,10 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 
 from sacam.serve import create_app  # noqa: E402
 
-APP = create_app(colour_model(), max_upload_mb=0.05, max_pixels=100_000)
+# schemathesis calls the app as http://testserver
+APP = create_app(
+    colour_model(), max_upload_mb=0.05, max_pixels=100_000, allowed_hosts=["testserver"]
+)
 SCHEMA = schemathesis.openapi.from_asgi("/openapi.json", APP)
 
 

@@ -130,3 +130,41 @@ def live_server(app: object) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=60)
         sock.close()
+
+
+class GateNet(nn.Module):
+    """The colour classifier behind a gate: while ``gate`` is clear, a forward pass waits.
+
+    Lets a test hold a job inside the model for as long as it likes, without timing.
+    ``calls`` counts the forward passes that got through.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = colour_net()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.gate.wait(120):
+            raise RuntimeError("the test never opened the gate")
+        self.calls += 1
+        return self.net(x)
+
+
+def gated_model() -> LoadedModel:
+    """:func:`colour_model` with its network behind a :class:`GateNet`."""
+    return load_model(
+        GateNet(),
+        preprocess=Preprocess(size=16, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
+        class_names=COLOURS,
+    )
+
+
+def wait_until(condition: object, what: str, timeout: float = 60.0) -> None:
+    """Poll ``condition()`` until it is true; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)

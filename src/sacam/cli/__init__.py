@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from .._speed.allocator import keep_freed_memory
+from ..allocator import keep_freed_memory
 from ..errors import InputError, SacamError
 from ..models import SAMPLE_IMAGES
 from ..registry import list_methods, method_info, methods_table
@@ -81,10 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--resize", choices=["crop", "squash"], default=None, help="image resize mode")
     ex.add_argument(
-        "--images-per-step",
-        type=int_at_least(1),
-        default=8,
-        help="images explained per step (default: 8)",
+        "--batch-size", type=int_at_least(1), default=8, help="images per batch (default: 8)"
     )
     ex.add_argument("--cmap", type=cmap, default="jet", help="matplotlib colour map (default: jet)")
     ex.add_argument(
@@ -125,6 +122,20 @@ def _parser() -> argparse.ArgumentParser:
         default=20.0,
         help="largest upload in MB (default: 20)",
     )
+    srv.add_argument(
+        "--max-queue",
+        type=int_at_least(1),
+        default=8,
+        help="requests that may wait for the model; more get 429 (default: 8)",
+    )
+    srv.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another host name the page may be reached by (repeatable; "
+        "localhost, 127.0.0.1 and the --host address always are)",
+    )
 
     meth = sub.add_parser("methods", help="list the registered CAM methods")
     meth.add_argument("--markdown", action="store_true", help="print the README's Markdown table")
@@ -135,7 +146,7 @@ def entry(argv: Sequence[str] | None = None) -> int:
     """The ``sacam`` command's process: glibc keeps freed memory (not for ``serve``), then main.
 
     A process of many forward passes reuses freed pages instead of faulting fresh ones
-    in (:func:`sacam.keep_freed_memory`). :func:`main` itself changes nothing
+    in (:func:`sacam.allocator.keep_freed_memory`). :func:`main` itself changes nothing
     process-wide, so a script or a test may call it in its own process.
     """
     args = list(sys.argv[1:] if argv is None else argv)
@@ -192,6 +203,8 @@ def _serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             max_upload_mb=args.max_upload_mb,
+            max_queue=args.max_queue,
+            allowed_hosts=args.allowed_host,
         )
     except KeyboardInterrupt:  # pragma: no cover - Ctrl+C
         pass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import sys
+from collections.abc import Sequence
 
 import uvicorn
 
@@ -28,6 +29,8 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     max_upload_mb: float = 20.0,
+    max_queue: int = 8,
+    allowed_hosts: Sequence[str] = (),
 ) -> None:
     """Load a model once and serve the page and API until interrupted.
 
@@ -41,11 +44,17 @@ def serve(
             machine only. The app has no authentication: do not expose it publicly.
         port: TCP port (0 picks a free one).
         max_upload_mb: largest upload accepted, in MiB.
+        max_queue: requests that may wait for the model; more are answered 429.
+        allowed_hosts: other host names the page may be reached by (``localhost``,
+            ``127.0.0.1``, ``::1`` and ``host`` always are); a request that names
+            another host is refused, so that no other site can reach the app through a
+            name of its own that resolves to this machine.
     """
     if not 0 <= port <= 65535:
         raise SacamError(f"--port must be between 0 and 65535, got {port}")
     loaded = load_model(model, weights=weights, device=device, trust_model_file=trust_model_file)
-    app = create_app(loaded, max_upload_mb=max_upload_mb)
+    hosts = [*allowed_hosts] + ([] if host in ("0.0.0.0", "::", "") else [host])
+    app = create_app(loaded, max_upload_mb=max_upload_mb, max_queue=max_queue, allowed_hosts=hosts)
     sock: socket.socket | None = None
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -61,6 +70,12 @@ def serve(
     print(f"sacam serve: model {loaded.name} on {device}; open http://{shown}:{bound}/", flush=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
         print("sacam serve: note: the page has no authentication", file=sys.stderr)
+    if host in ("0.0.0.0", "::") and not allowed_hosts:
+        print(
+            "sacam serve: note: listening on all interfaces, the page answers only to "
+            "localhost; name this machine with --allowed-host NAME to reach it from elsewhere",
+            file=sys.stderr,
+        )
     try:
         uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     finally:

@@ -13,35 +13,31 @@ import contextlib
 import dataclasses
 import io
 import math
-import threading
 import time
 import uuid
-import warnings
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .. import list_layers
 from .._outputs import to_logits
 from ..api import build_method
-from ..errors import InputError, LayerError, MethodError, ModelError, TargetError
+from ..errors import ModelError, TargetError
 from ..evaluation.faithfulness import deletion, insertion
 from ..methods.attention import SALayerInspection
-from ..models import LoadedModel, load_image
-from ..registry import list_methods, method_info
-from ..targets import parse_class
+from ..models import LoadedModel
 from ..viz import overlay
+from .results import ResultStore, StoredResult
 from .worker import JobError, Progress
 
 MAX_ATTENTION_POSITIONS = 64 * 64
 """SA-CAM's attention is N×N over the layer's N positions: larger grids are refused."""
-CURVE_INPUTS_PER_PASS = 16
-"""Images per forward pass of the curves: fixed, since tuning the fastest size
-(``inputs_per_pass="auto"``) costs more than a short curve itself."""
+CURVE_BATCH = 16
+"""Images per forward pass of the curves: fixed, since measuring the fastest batch size
+(``batch_size="auto"``) costs more than a short curve itself."""
 
 
 @dataclass(frozen=True)
@@ -107,124 +103,7 @@ def model_facts(loaded: LoadedModel) -> ModelFacts:
     return ModelFacts(layers, layers[-1][0], size, int(out.shape[1]), device)
 
 
-# ---------------------------------------------------------------------- inputs
-def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode uploaded bytes as an RGB image, as the CLI reads files, with an HTTP status.
-
-    :func:`sacam.models.load_image` decides (the format comes from the content, never
-    from a file name; an image over ``max_pixels`` is refused before it is decoded, a
-    large JPEG decoded at a reduced scale). When it refuses, the header tells which
-    status fits: 415 when it is no image Pillow knows, 413 when it is too large, 400 when
-    it is broken.
-    """
-    if not data:
-        raise JobError(400, "the uploaded file is empty: choose an image file")
-    try:
-        return load_image(data, max_pixels=max_pixels)
-    except InputError as exc:
-        reason = str(exc)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as header:
-                width, height = header.size
-    except Image.DecompressionBombError:
-        raise JobError(413, f"the image has too many pixels: {reason}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise JobError(
-            415, "the uploaded file is not an image sacam can read (PNG, JPEG, WebP, ...)"
-        ) from None
-    if width * height > max_pixels:
-        raise JobError(
-            413,
-            f"the image is {width}×{height} = {width * height:,} pixels, over the limit of "
-            f"{max_pixels:,}: shrink it first",
-        )
-    raise JobError(400, f"the image could not be decoded: {reason}")
-
-
-def check_methods(methods: list[str]) -> list[str]:
-    """The requested methods, each once, in order; :class:`MethodError` for unknown ones."""
-    chosen = list(dict.fromkeys(m.strip() for m in methods if m.strip()))
-    if not chosen:
-        raise MethodError(f"choose at least one method: {', '.join(list_methods())}")
-    for name in chosen:
-        method_info(name)  # raises, listing the valid names
-    return chosen
-
-
-def check_layer(layer: str | None, facts: ModelFacts) -> str:
-    """A listed layer label (the automatic layer for ``None`` or ``""``)."""
-    if layer is None or layer.strip() in ("", "auto"):
-        return facts.default_layer
-    labels = [label for label, _ in facts.layers]
-    if layer not in labels:
-        shown = ", ".join(labels[-8:])
-        raise LayerError(
-            f"unknown layer {layer!r}: use one of the layers GET /api/layers lists "
-            f"(the last ones: {shown})"
-        )
-    return layer
-
-
-def parse_target(text: str | None, loaded: LoadedModel, n_classes: int) -> int | None:
-    """The form's target: :func:`sacam.targets.parse_class` (``None`` or blank: the top-1 class)."""
-    if text is None or not text.strip():
-        return None
-    return parse_class(text, loaded.class_names, n_classes)
-
-
 # ---------------------------------------------------------------------- results
-@dataclass
-class StoredResult:
-    """An explanation kept for follow-up requests (attention rows, curves).
-
-    Attributes:
-        id: random hex id the client refers to.
-        x: the normalised model input ``(1, 3, H, W)`` on the model's device.
-        pixels: ``(3, H, W)`` [0, 1] pixels on the CPU.
-        class_index: the explained class.
-        layer: the layer label the maps were made at.
-        maps: method -> ``(H, W)`` map in [0, 1] on the CPU.
-        inspections: method -> SA-CAM inspection data (tensors on the CPU).
-    """
-
-    id: str
-    x: torch.Tensor
-    pixels: torch.Tensor
-    class_index: int
-    layer: str
-    maps: dict[str, torch.Tensor]
-    inspections: dict[str, SALayerInspection]
-
-
-class ResultStore:
-    """The last ``capacity`` explanations, by id (least recently used forgotten first)."""
-
-    def __init__(self, capacity: int = 16) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[str, StoredResult] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def put(self, result: StoredResult) -> None:
-        """Keep ``result``, forgetting the oldest beyond the capacity."""
-        with self._lock:
-            self._items[result.id] = result
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-
-    def get(self, result_id: str) -> StoredResult:
-        """The stored result; :class:`JobError` 404 when unknown or forgotten."""
-        with self._lock:
-            try:
-                self._items.move_to_end(result_id)
-                return self._items[result_id]
-            except KeyError:
-                raise JobError(
-                    404, "unknown or expired result id: explain the image again"
-                ) from None
-
-
 def png_data_url(image: Image.Image) -> str:
     """A PIL image as a ``data:image/png;base64,...`` URL."""
     buf = io.BytesIO()
@@ -242,15 +121,25 @@ def _prediction(loaded: LoadedModel, index: int, prob: float) -> dict[str, Any]:
     return {"class_index": index, "name": loaded.class_name(index), "probability": prob}
 
 
+@dataclass(frozen=True)
+class ExplainInput:
+    """What an explain job works on: new pixels, or a stored result to explain again."""
+
+    pixels: torch.Tensor | None = None
+    stored: StoredResult | None = None
+
+
 def run_explain(
     loaded: LoadedModel,
     facts: ModelFacts,
     store: ResultStore,
-    image: Image.Image,
+    source: ExplainInput,
     methods: list[str],
     target: int | None,
     layer: str,
     progress: Progress,
+    *,
+    client: str = "",
 ) -> dict[str, Any]:
     """Classify an image and explain it with each method; keep the result for follow-ups.
 
@@ -258,76 +147,103 @@ def run_explain(
         loaded: the model with its preprocessing and class names.
         facts: :func:`model_facts` of the model.
         store: where the result is kept for attention rows and curves.
-        image: the RGB picture.
+        source: the preprocessed pixels, or a stored result (its image is explained
+            again, for another class, layer or methods, without classifying it again).
         methods: registered method names (checked).
         target: the class to explain, ``None`` for the top-1 class.
         layer: a listed layer label (checked).
-        progress: the job's progress reporter.
+        progress: the job's progress reporter; the answer so far is published after
+            each method, so a client sees a fast method's map before a slow one ends.
+        client: whose result it is (see :class:`~sacam.serve.results.ResultStore`).
 
     Returns:
         the answer of ``POST /api/explain`` (see :mod:`sacam.serve.app`).
     """
     shape = facts.layer_shape(layer)
+    _check_attention_size(methods, layer, shape)
+    cams = [build_method(loaded.model, name, layer) for name in methods]
+    size = (loaded.preprocess.size, loaded.preprocess.size)
+    rows = [cam.expected_rows(shape, size) for cam in cams]
+    progress.plan(([1] if source.stored is None else []) + rows)
+    x, pixels, probs = _classified(loaded, facts, source, progress)
+    cls = int(probs.argmax()) if target is None else target
+    result = StoredResult(uuid.uuid4().hex, x, pixels, cls, layer, {}, {}, probs)
+    top = probs.topk(min(5, probs.shape[0]))
+    answer: dict[str, Any] = {
+        "result_id": result.id,
+        "model": loaded.name,
+        "image": png_data_url(Image.fromarray(_to_uint8(pixels))),
+        "predictions": [
+            _prediction(loaded, int(i), float(p))
+            for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+        ],
+        "explained_class": _prediction(loaded, cls, float(probs[cls])),
+        "layer": layer,
+        "maps": [],
+    }
+    first = 1 if source.stored is None else 0
+    for k, (name, cam) in enumerate(zip(methods, cams, strict=True)):
+        progress.stage(first + k, name, rows[k])
+        answer["maps"].append(_explain_one(cam, name, result, shape))
+        progress.publish({**answer, "maps": list(answer["maps"])})
+    store.put(client, result)
+    return answer
+
+
+def _check_attention_size(methods: list[str], layer: str, shape: tuple[int, ...]) -> None:
     n_positions = math.prod(shape[2:])
     if "sa-cam" in methods and n_positions > MAX_ATTENTION_POSITIONS:
         raise JobError(
             400,
-            f"SA-CAM's attention over layer {layer!r} would be {n_positions}×{n_positions}; "
-            f"choose a layer with at most {MAX_ATTENTION_POSITIONS} positions",
+            f"SA-CAM's attention over layer {layer!r} would be "
+            f"{n_positions}×{n_positions}; choose a layer with at most "
+            f"{MAX_ATTENTION_POSITIONS} positions",
         )
-    progress.stages(len(methods) + 1)
+
+
+def _classified(
+    loaded: LoadedModel, facts: ModelFacts, source: ExplainInput, progress: Progress
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The model input, its [0, 1] pixels and the class probabilities."""
+    if source.stored is not None:
+        stored = source.stored
+        return stored.x, stored.pixels, stored.probabilities
+    assert source.pixels is not None
     progress.stage(0, "classifying", 1)
-    pre = loaded.preprocess
-    pixels = pre.pixels(image)
-    x = pre.normalize(pixels)[None].to(facts.device)
+    x = loaded.preprocess.normalize(source.pixels)[None].to(facts.device)
     with torch.inference_mode():
         logits = to_logits(loaded.model(x))
-    probs = torch.softmax(logits.float(), dim=1)[0].cpu()
-    top = probs.topk(min(5, probs.shape[0]))
-    predictions = [
-        _prediction(loaded, int(i), float(p))
-        for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
-    ]
-    cls = int(top.indices[0]) if target is None else target
-    result = StoredResult(uuid.uuid4().hex, x, pixels, cls, layer, {}, {})
-    entries = []
-    for k, name in enumerate(methods, start=1):
-        cam = build_method(loaded.model, name, layer)
-        progress.stage(k, name, cam.expected_rows(shape, (x.shape[-2], x.shape[-1])))
-        start = time.perf_counter()
-        ex = cam.explain(x, cls)
-        elapsed = time.perf_counter() - start
-        cam_map = ex.maps[0].detach().float().cpu()
-        result.maps[name] = cam_map
-        entry: dict[str, Any] = {
-            "method": name,
-            "overlay": png_data_url(overlay(pixels, cam_map)),
-            "heatmap": png_data_url(overlay(pixels, cam_map, alpha=1.0)),
-            "map": png_data_url(map_image(cam_map)),
-            "time_s": round(elapsed, 4),
-            "constant": bool(ex.constant[0]),
-        }
-        for found in ex.extras.values():
-            inspection = found.get(ex.layers[0]) if isinstance(found, dict) else None
-            if isinstance(inspection, SALayerInspection):
-                cpu = {
-                    f.name: getattr(inspection, f.name).detach().cpu()
-                    for f in dataclasses.fields(inspection)
-                    if isinstance(getattr(inspection, f.name), torch.Tensor)
-                }
-                result.inspections[name] = dataclasses.replace(inspection, **cpu)
-                entry["attention"] = {"layer": ex.layers[0], "grid": list(shape[2:])}
-        entries.append(entry)
-    store.put(result)
-    return {
-        "result_id": result.id,
-        "model": loaded.name,
-        "image": png_data_url(Image.fromarray(_to_uint8(pixels))),
-        "predictions": predictions,
-        "explained_class": _prediction(loaded, cls, float(probs[cls])),
-        "layer": layer,
-        "maps": entries,
+    return x, source.pixels, torch.softmax(logits.float(), dim=1)[0].cpu()
+
+
+def _explain_one(
+    cam: Any, name: str, result: StoredResult, shape: tuple[int, ...]
+) -> dict[str, Any]:
+    """One method's map of ``result``'s image (kept in ``result``) as an answer entry."""
+    start = time.perf_counter()
+    ex = cam.explain(result.x, result.class_index)
+    elapsed = time.perf_counter() - start
+    cam_map = ex.maps[0].detach().float().cpu()
+    result.maps[name] = cam_map
+    entry: dict[str, Any] = {
+        "method": name,
+        "overlay": png_data_url(overlay(result.pixels, cam_map)),
+        "heatmap": png_data_url(overlay(result.pixels, cam_map, alpha=1.0)),
+        "map": png_data_url(map_image(cam_map)),
+        "time_s": round(elapsed, 4),
+        "constant": bool(ex.constant[0]),
     }
+    for found in ex.extras.values():
+        inspection = found.get(ex.layers[0]) if isinstance(found, dict) else None
+        if isinstance(inspection, SALayerInspection):
+            cpu = {
+                f.name: getattr(inspection, f.name).detach().cpu()
+                for f in dataclasses.fields(inspection)
+                if isinstance(getattr(inspection, f.name), torch.Tensor)
+            }
+            result.inspections[name] = dataclasses.replace(inspection, **cpu)
+            entry["attention"] = {"layer": ex.layers[0], "grid": list(shape[2:])}
+    return entry
 
 
 def _to_uint8(pixels: torch.Tensor) -> np.ndarray:
@@ -417,7 +333,7 @@ def run_curves(
                 cam,
                 targets=stored.class_index,
                 steps=steps,
-                inputs_per_pass=CURVE_INPUTS_PER_PASS,
+                batch_size=CURVE_BATCH,
             )
             entry[kind] = {
                 "auc": float(res.auc[0]),

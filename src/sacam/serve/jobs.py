@@ -1,0 +1,213 @@
+"""Routes that run the model: explanations, curves, attention rows, and their jobs.
+
+Model work is queued on the model thread (:mod:`sacam.serve.worker`); the event loop
+only parses requests. An upload is decoded and preprocessed in a thread pool (two at a
+time) before it is queued, so a waiting job holds the model's input, not the picture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
+
+from . import service
+from .deps import ClientDep, ServeState, StateDep
+from .inputs import check_layer, check_methods, parse_target, prepare_pixels
+from .schemas import (
+    ERRORS,
+    NOT_FOUND,
+    AttentionOut,
+    CurvesIn,
+    ExplainOut,
+    ImageField,
+    JobOut,
+    LayerField,
+    MethodsField,
+    ReexplainIn,
+    TargetField,
+)
+from .service import ExplainInput
+from .worker import Job, JobCancelled, JobError
+
+router = APIRouter(prefix="/api")
+
+DISCONNECT_POLL_S = 0.2
+"""How often a waiting ``POST /api/explain`` checks whether its client is still there."""
+JobId = Annotated[str, Path(max_length=64)]
+
+
+def _refuse_unavailable(state: ServeState, methods: list[str]) -> None:
+    for name in methods:
+        if name in state.unavailable:
+            raise JobError(400, f"{name} cannot explain this model: {state.unavailable[name]}")
+
+
+async def _explain_job(
+    state: ServeState,
+    client: str,
+    image: ImageField,
+    methods: list[str] | None,
+    target: str | None,
+    layer: str | None,
+) -> Job:
+    chosen = check_methods(methods or [state.default_method])
+    _refuse_unavailable(state, chosen)
+    chosen_layer = check_layer(layer, state.facts)
+    index = parse_target(target, state.loaded, state.facts.n_classes)
+    state.worker.check_room()  # refuse before decoding when the queue is full
+    data = await image.read()
+    await image.close()
+    async with state.decode_slots:
+        pixels = await run_in_threadpool(prepare_pixels, data, state.max_pixels, state.loaded)
+    del data
+    fn = partial(
+        service.run_explain,
+        state.loaded,
+        state.facts,
+        state.store,
+        ExplainInput(pixels=pixels),
+        chosen,
+        index,
+        chosen_layer,
+        client=client,
+    )
+    return state.worker.submit("explain", fn, owner=client)
+
+
+def _job(state: ServeState, job_id: str) -> Job:
+    try:
+        return state.worker.get(job_id)
+    except KeyError:
+        raise HTTPException(
+            404, "this job is unknown or has expired (finished jobs are kept a while)"
+        ) from None
+
+
+async def _result_or_cancel(state: ServeState, job: Job, request: Request) -> Any:
+    """The job's result; the job is cancelled as soon as the client goes away."""
+    assert job.future is not None
+    future = asyncio.wrap_future(job.future)
+    try:
+        while True:
+            done, _ = await asyncio.wait({future}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return future.result()
+            if await request.is_disconnected():
+                state.worker.cancel(job.id)
+                future.add_done_callback(_retrieved)  # nobody waits for it any more
+                raise JobCancelled(job.id)
+    except JobCancelled:
+        raise HTTPException(409, "the request was cancelled") from None
+    finally:
+        state.worker.forget(job.id)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+@router.post("/explain", response_model=ExplainOut, responses=ERRORS)
+async def explain(
+    request: Request,
+    state: StateDep,
+    client: ClientDep,
+    image: ImageField,
+    methods: MethodsField = None,
+    target: TargetField = None,
+    layer: LayerField = None,
+) -> Any:
+    """Classify the image and explain one class with each method; answer when done.
+
+    The work stops when the client gives up waiting (closes the connection).
+    """
+    job = await _explain_job(state, client, image, methods, target, layer)
+    return await _result_or_cancel(state, job, request)
+
+
+@router.post("/jobs/explain", response_model=JobOut, status_code=202, responses=ERRORS)
+async def explain_job(
+    state: StateDep,
+    client: ClientDep,
+    image: ImageField,
+    methods: MethodsField = None,
+    target: TargetField = None,
+    layer: LayerField = None,
+) -> Any:
+    """Like ``POST /api/explain``, as a job: poll ``GET /api/jobs/{id}``."""
+    job = await _explain_job(state, client, image, methods, target, layer)
+    return state.worker.describe(job)
+
+
+@router.post(
+    "/jobs/reexplain", response_model=JobOut, status_code=202, responses={**ERRORS, **NOT_FOUND}
+)
+async def reexplain_job(body: ReexplainIn, state: StateDep, client: ClientDep) -> Any:
+    """Explain a kept result's image again (another class, layer or methods), as a job."""
+    stored = state.store.get(client, body.result_id)
+    chosen = check_methods(body.methods or list(stored.maps) or [state.default_method])
+    _refuse_unavailable(state, chosen)
+    layer = check_layer(body.layer if body.layer is not None else stored.layer, state.facts)
+    index = parse_target(body.target, state.loaded, state.facts.n_classes)
+    fn = partial(
+        service.run_explain,
+        state.loaded,
+        state.facts,
+        state.store,
+        ExplainInput(stored=stored),
+        chosen,
+        index,
+        layer,
+        client=client,
+    )
+    return state.worker.describe(state.worker.submit("explain", fn, owner=client))
+
+
+@router.post(
+    "/jobs/curves", response_model=JobOut, status_code=202, responses={**ERRORS, **NOT_FOUND}
+)
+async def curves_job(body: CurvesIn, state: StateDep, client: ClientDep) -> Any:
+    """Deletion and insertion curves of an explanation's maps, as a job."""
+    stored = state.store.get(client, body.result_id)
+    missing = [m for m in body.methods or [] if m not in stored.maps]
+    if missing:
+        raise JobError(
+            400,
+            f"the result has no map for {', '.join(missing)}; it has {', '.join(stored.maps)}",
+        )
+    fn = partial(service.run_curves, state.loaded, stored, body.methods, body.steps)
+    return state.worker.describe(state.worker.submit("curves", fn, owner=client))
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, responses=NOT_FOUND)
+async def job_status(job_id: JobId, state: StateDep) -> Any:
+    """A job's status, queue position and progress; the maps so far; its result once done."""
+    return state.worker.describe(_job(state, job_id))
+
+
+@router.delete("/jobs/{job_id}", response_model=JobOut, responses=NOT_FOUND)
+async def cancel_job(job_id: JobId, state: StateDep) -> Any:
+    """Cancel a job: a queued job never runs; a running one stops at its next pass."""
+    _job(state, job_id)
+    return state.worker.describe(state.worker.cancel(job_id))
+
+
+@router.get(
+    "/results/{result_id}/attention",
+    response_model=AttentionOut,
+    responses={**ERRORS, **NOT_FOUND},
+)
+def attention(
+    result_id: JobId,
+    row: Annotated[int, Query(ge=0, le=100_000)],
+    col: Annotated[int, Query(ge=0, le=100_000)],
+    state: StateDep,
+    client: ClientDep,
+    method: Annotated[str, Query(max_length=64)] = "sa-cam",
+) -> Any:
+    """SA-CAM's attention of one layer position over the grid, drawn over the image."""
+    return service.attention_row(state.store.get(client, result_id), method, row, col)
