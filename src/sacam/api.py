@@ -11,22 +11,18 @@ from torch import nn
 from ._layers import LayersLike
 from .core import BaseCAM, Explanation
 from .errors import MethodError
-from .registry import get_method
+from .registry import check_options
 from .targets import TargetsLike
 
 
 def build_method(
     model: nn.Module, method: str = "grad-cam", layer: LayersLike = None, **method_options: Any
 ) -> BaseCAM:
-    """Instantiate a registered method, with a clear error for unknown options."""
-    cls = get_method(method)
-    allowed = cls.option_names()
-    unknown = sorted(set(method_options) - set(allowed))
-    if unknown:
-        raise MethodError(
-            f"method {method!r} does not accept option(s) {', '.join(unknown)}; "
-            f"it accepts: {', '.join(allowed)}"
-        )
+    """Instantiate a registered method, with a clear error for unknown options.
+
+    The options are checked by :func:`sacam.registry.check_options`.
+    """
+    cls = check_options(method, method_options)
     return cls(model, layer, **method_options)
 
 

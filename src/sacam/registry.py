@@ -5,7 +5,8 @@ The CLI's choices, the docs table and the shared tests all derive from it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -74,6 +75,42 @@ def method_info(name: str) -> MethodInfo:
 def get_method(name: str) -> type[BaseCAM]:
     """The method class registered under ``name``."""
     return method_info(name).cls
+
+
+def check_options(name: str, options: Mapping[str, object], role: str = "method") -> type[BaseCAM]:
+    """The class of method ``name`` once every key of ``options`` is one of its options.
+
+    Every entry point checks options here: :func:`sacam.explain` and
+    :func:`sacam.build_method`, and the base method of a method built on another
+    (``base_options``). The error names the unknown options, suggests close names and
+    lists the valid ones.
+
+    Args:
+        name: a registered method name.
+        options: keyword options for its constructor (besides model and layer).
+        role: how the message names the method (``"method"``, ``"base"``).
+
+    Example:
+        >>> import sacam
+        >>> check_options("sa-cam", {"gamma": 1.0}).name
+        'sa-cam'
+        >>> try:
+        ...     check_options("sa-cam", {"gama": 1.0})
+        ... except MethodError as e:
+        ...     print(str(e).split(";")[0])
+        method 'sa-cam' does not accept option(s) gama (did you mean gamma?)
+    """
+    cls = get_method(name)
+    allowed = cls.option_names()
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        close = sorted({c for u in unknown for c in difflib.get_close_matches(u, allowed, n=3)})
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise MethodError(
+            f"{role} {name!r} does not accept option(s) {', '.join(unknown)}{hint}; "
+            f"it accepts: {', '.join(allowed)}"
+        )
+    return cls
 
 
 def methods_table() -> str:

@@ -28,6 +28,39 @@ def test_unknown_option_is_refused(cnn, images) -> None:
 
 
 @pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        ({"method": "sa-cam", "gama": 1.0}, r"method 'sa-cam' .* gama \(did you mean gamma\?\)"),
+        (
+            {"method": "refine-cam", "base_options": {"variannt": "paper"}},
+            r"base 'grad-cam\+\+' .* variannt \(did you mean variant\?\); it accepts: variant",
+        ),
+        (
+            {"method": "sa-cam", "base": "gradpp", "base_options": {"varaint": "paper"}},
+            r"base 'grad-cam\+\+' .* varaint \(did you mean variant\?\)",
+        ),
+        (
+            {"method": "finer-cam", "base_options": {"fusion": "mean"}},
+            "fusion in base_options: the base shares finer-cam's engine options",
+        ),
+    ],
+)
+def test_one_option_check_names_close_options(call, message, cnn) -> None:
+    """sacam.explain, base methods' options and SA-CAM's base share one check."""
+    with pytest.raises(MethodError, match=message):
+        sacam.build_method(cnn, **call)
+
+
+def test_sa_cam_builds_its_base_through_the_registry(cnn) -> None:
+    cam = sacam.build_method(
+        cnn, "sa-cam", "4", base="gradpp", base_options={"variant": "torchcam"}
+    )
+    base = cam.base
+    assert type(base) is sacam.get_method("grad-cam++")
+    assert (base.model, base.layer, base.variant) == (cnn, "4", "torchcam")
+
+
+@pytest.mark.parametrize(
     ("bad", "message"),
     [
         (torch.rand(3, 16, 16), "unsqueeze"),

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import sacam
+from sacam.core import BaseCAM
 from tests.support.nets import F64_ATOL, in_double, small_cnn
 
 # methods for token models (family "transformer") have their shared checks on a small ViT
@@ -40,6 +41,14 @@ def _hooks(model: nn.Module) -> int:
         len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
         for m in model.modules()
     )
+
+
+@pytest.mark.parametrize("method", sacam.list_methods())
+def test_no_method_overrides_explain(method) -> None:
+    """Every method runs the engine's template; its own steps are the documented hooks."""
+    cls = sacam.get_method(method)
+    assert cls.explain is BaseCAM.explain
+    assert cls.__call__ is BaseCAM.__call__
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
+from ..core import BaseCAM
 from ..errors import MethodError
-from ..registry import get_method
-
-if TYPE_CHECKING:
-    from ..core import BaseCAM
+from ..registry import check_options
 
 __all__ = [
     "base_method",
@@ -116,21 +113,22 @@ def base_method(owner: BaseCAM, method: str, base: object, options: object) -> B
             output_transform are shared).
         method: the meta-method's name, for messages (and refused as its own base).
         base: a registered method name.
-        options: ``None`` or a dict of the base's own options.
+        options: ``None`` or a dict of the base's own options (checked by
+            :func:`sacam.registry.check_options`).
     """
     if not isinstance(base, str):
         raise MethodError(f"{method}'s base must be a method name, got {base!r}")
     if base == method:
         raise MethodError(f"{method}'s base must be another method, e.g. 'grad-cam'")
-    cls = get_method(base)
     if options is not None and not isinstance(options, Mapping):
         raise MethodError(f"base_options must be a dict of options, got {options!r}")
     opts = dict(options or {})
-    unknown = sorted(set(opts) - set(cls.option_names()))
-    if unknown:
+    cls = check_options(base, opts, role="base")
+    shared = sorted(set(opts) & set(BaseCAM.option_names()))
+    if shared:
         raise MethodError(
-            f"base {base!r} does not accept option(s) {', '.join(unknown)}; it accepts: "
-            f"{', '.join(cls.option_names())}"
+            f"{', '.join(shared)} in base_options: the base shares {method}'s engine options; "
+            f"pass them to {method} itself"
         )
     return cls(
         owner.model,

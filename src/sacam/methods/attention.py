@@ -16,7 +16,7 @@ import torch
 from ..core import BaseCAM, CallContext, LayerData
 from ..errors import InputError, MethodError
 from ..registry import get_method, list_methods, register_method
-from ._options import check_count, check_number
+from ._options import base_method, check_count, check_number
 
 Operator = Literal["cosine", "dot", "class"]
 BASE_ALIASES = {"score": "score-cam", "grad": "grad-cam", "gradpp": "grad-cam++"}
@@ -180,24 +180,16 @@ class SACAM(BaseCAM):
         if base_name == "sa-cam" or base_name not in list_methods():
             valid = ", ".join([*BASE_ALIASES, *(m for m in list_methods() if m != "sa-cam")])
             raise MethodError(f"unknown SA-CAM base {base!r}; valid bases: {valid}")
-        base_cls = get_method(base_name)
-        if base_cls.weights is BaseCAM.weights:
+        if get_method(base_name).weights is BaseCAM.weights:
             raise MethodError(
                 f"SA-CAM's base must produce channel weights; {base_name!r} builds its map "
                 "another way"
             )
-        unknown = sorted(set(base_options or {}) - set(base_cls.option_names()))
-        if unknown:
-            raise MethodError(
-                f"base {base_name!r} does not accept option(s) {', '.join(unknown)}; it "
-                f"accepts: {', '.join(base_cls.option_names())}"
-            )
-        self.base = base_cls(
-            self.model, self.layer, output_transform=self.output_transform, **(base_options or {})
-        )
+        self.base = base_method(self, "sa-cam", base_name, base_options)
         self.base_name = base_name
-        self.uses_gradients = base_cls.uses_gradients  # type: ignore[misc]
-        self.second_order = base_cls.second_order  # type: ignore[misc]
+        # one pass serves both: the engine reads what the base's weights need
+        self.uses_gradients = self.base.uses_gradients  # type: ignore[misc]
+        self.second_order = self.base.second_order  # type: ignore[misc]
         self.operator: Operator = operator
         self.temperature = float(temperature)
         self.gamma = float(gamma)
