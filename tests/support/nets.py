@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -94,19 +97,44 @@ def in_double(model: nn.Module, images: torch.Tensor) -> tuple[nn.Module, torch.
     return copy.deepcopy(model).double(), images.double()
 
 
-class _Slow(nn.Module):
-    """colour_net that takes 20 ms per image and forward pass (to interrupt a run mid-way)."""
+class HeldColourNet(nn.Module):
+    """colour_net that stops for good, mid-run, while a gate file exists.
 
-    def __init__(self) -> None:
+    After ``after`` gradient passes (one per image for Grad-CAM at batch size 1) every
+    further forward pass waits, polling, until ``gate`` is removed, and ``gate.held``
+    says it is waiting. A run on it cannot finish before the test has interrupted it: the
+    test waits on files, not on the clock.
+    """
+
+    def __init__(self, gate: Path, after: int) -> None:
         super().__init__()
         self.net = colour_net()
+        self.gate = gate
+        self.after = after
+        self.passes = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        import time
-
-        time.sleep(0.02 * x.shape[0])
+        if torch.is_grad_enabled():
+            self.passes += 1
+        if self.passes > self.after and self.gate.exists():
+            self.gate.with_suffix(".held").touch()  # tells the test this process is stopped
+            while self.gate.exists():
+                time.sleep(0.02)
         return self.net(x)
 
 
-def slow_colour_net() -> nn.Module:
-    return _Slow()
+def held_model_spec(folder: Path, after: int) -> tuple[str, Path]:
+    """A ``module:factory`` spec for :class:`HeldColourNet` and its gate file, in ``folder``.
+
+    The factory lives in a module written into ``folder`` (put it on ``PYTHONPATH``), so
+    the gate reaches child processes and Ray workers, which get no test state otherwise.
+    """
+    gate = folder / "gate"
+    gate.touch()
+    name = f"held_{abs(hash(str(folder))) % 10**8}"
+    (folder / f"{name}.py").write_text(
+        "from pathlib import Path\n\n"
+        "from tests.support.nets import HeldColourNet\n\n\n"
+        f"def net():\n    return HeldColourNet(Path({str(gate)!r}), {after})\n"
+    )
+    return f"{name}:net", gate
