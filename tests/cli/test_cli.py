@@ -78,6 +78,7 @@ def test_cli_unknown_method_lists_choices(capsys) -> None:
     assert "grad-cam" in capsys.readouterr().err
 
 
+@pytest.mark.script
 def test_console_script_runs(tmp_path) -> None:
     res = subprocess.run(
         [sys.executable, "-m", "sacam.cli", "methods"], capture_output=True, text=True, check=True

@@ -28,6 +28,9 @@ from tests.support.runs import colour_folder
 ROOT = Path(__file__).resolve().parents[2]
 METRICS = ["confidence", "deletion", "complexity"]  # three metric groups
 
+# every test here starts Ray processes
+pytestmark = pytest.mark.script
+
 
 @pytest.fixture(scope="module")
 def cluster():  # noqa: ANN201
@@ -161,7 +164,6 @@ def _time_rows(out: Path) -> list[tuple[str, str]]:
     return [r[:2] for r in _rows(out) if r[2] == "time_s"]
 
 
-@pytest.mark.script
 def test_a_killed_driver_resumes_without_lost_or_duplicated_rows(
     cluster, tmp_path, monkeypatch
 ) -> None:

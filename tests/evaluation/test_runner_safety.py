@@ -63,6 +63,7 @@ def test_a_second_run_on_the_same_folder_exits_3(tmp_path, capsys) -> None:
     assert main([*args, "--steps", "2", "--methods", "random", "--metrics", "deletion"]) == 0
 
 
+@pytest.mark.script
 def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path) -> None:
     data = colour_folder(tmp_path, n=1)
     out = tmp_path / "out"
