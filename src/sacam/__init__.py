@@ -12,13 +12,23 @@ from ._speed.allocator import keep_freed_memory
 from .api import build_method, explain, explain_full
 from .core import BaseCAM, Explanation
 from .errors import InputError, LayerError, MethodError, ModelError, SacamError, TargetError
-from .methods.dff import Concepts, concepts, plot_concepts
+from .methods.dff import Concepts, concepts
 from .registry import get_method, list_methods, method_info, register_method
 from .targets import (
     ClassifierOutputSoftmaxTarget,
     ClassifierOutputTarget,
     SemanticSegmentationTarget,
 )
+
+
+def __getattr__(name: str) -> object:
+    """``sacam.plot_concepts``, imported on first use (matplotlib loads only then)."""
+    if name == "plot_concepts":
+        from .viz import plot_concepts
+
+        return plot_concepts
+    raise AttributeError(f"module 'sacam' has no attribute {name!r}")
+
 
 try:
     __version__ = version("sacam")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import matplotlib
 
@@ -14,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from .errors import MethodError  # noqa: E402
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor
 
@@ -185,3 +188,71 @@ def save_attention(
         for ax in axes:
             ax.axis("off")
     return Path(path)
+
+
+class ConceptsLike(Protocol):
+    """What :func:`plot_concepts` reads of :class:`sacam.Concepts`."""
+
+    maps: torch.Tensor
+    top_classes: torch.Tensor | None
+    top_scores: torch.Tensor | None
+
+
+def plot_concepts(
+    path: str | Path,
+    image: torch.Tensor | np.ndarray,
+    found: ConceptsLike,
+    index: int = 0,
+    *,
+    class_names: Sequence[str] | None = None,
+    image_weight: float = 0.3,
+) -> Path:
+    """Save a PNG of one image's concepts: each pixel in its strongest concept's colour.
+
+    The colour of concept ``j`` (matplotlib's ``gist_rainbow``, as pytorch-grad-cam's
+    ``show_factorization_on_image``) is scaled by that concept's map value, blended with
+    the image (``image_weight``), beside the image itself; the legend lists each
+    concept's top classes and scores (names from ``class_names`` when given).
+
+    Args:
+        path: where to write the PNG (folders are created).
+        image: the image, ``(3, H, W)`` tensor or ``(H, W, 3)`` array of [0, 1] pixels,
+            at the size of ``found.maps``.
+        found: the result of :func:`sacam.concepts`.
+        index: which image of the batch.
+        class_names: names of the classes, indexed by class.
+        image_weight: weight of the image in the blend.
+    """
+    from matplotlib import colormaps
+    from matplotlib.patches import Patch
+
+    rgb = to_rgb_array(image)
+    maps = found.maps[index].detach().float().cpu().numpy()  # (n, H, W)
+    if maps.shape[-2:] != rgb.shape[:2]:
+        raise MethodError(
+            f"the image is {rgb.shape[:2]} but the concept maps are {maps.shape[-2:]}: pass "
+            "the image at the size the concepts were computed for (upsample=True)"
+        )
+    n = maps.shape[0]
+    colours = np.array([colormaps["gist_rainbow"](j / n)[:3] for j in range(n)])
+    strongest = maps.argmax(axis=0)
+    shade = colours[strongest] * maps.max(axis=0)[..., None]
+    blend = image_weight * rgb + (1 - image_weight) * shade
+    handles = [Patch(color=colours[j], label=_legend(found, j, class_names)) for j in range(n)]
+    with saved_figure(path, figsize=(8, 4.5), ncols=2) as (fig, axes):
+        axes[0].imshow(rgb)
+        axes[1].imshow(np.clip(blend, 0, 1))
+        for ax in axes:
+            ax.axis("off")
+        fig.legend(handles=handles, loc="lower center", ncol=min(n, 4), fontsize=8)
+        fig.subplots_adjust(bottom=0.1 + 0.06 * math.ceil(n / 4))
+    return Path(path)
+
+
+def _legend(found: ConceptsLike, j: int, names: Sequence[str] | None) -> str:
+    if found.top_classes is None or found.top_scores is None:
+        return f"concept {j}"
+    parts = []
+    for c, s in zip(found.top_classes[j].tolist(), found.top_scores[j].tolist(), strict=True):
+        parts.append(f"{names[c] if names is not None else c}: {s:.2f}")
+    return f"{j}: " + ", ".join(parts)

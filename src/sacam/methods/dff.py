@@ -1,16 +1,14 @@
 """Deep Feature Factorization (Collins et al., ECCV 2018): concepts found by NMF of a layer.
 
 :func:`concepts` factorises a layer's activations over a batch into ``n_components``
-concept vectors and their spatial maps; :func:`plot_concepts` draws them on an image.
+concept vectors and their spatial maps; :func:`sacam.viz.plot_concepts` draws them.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +21,7 @@ from ..core import normalize_maps
 from ..errors import LayerError, MethodError
 from ._options import check_count, check_seed
 
-__all__ = ["Concepts", "concepts", "find_classifier", "plot_concepts"]
+__all__ = ["Concepts", "concepts", "find_classifier"]
 
 DFF_URL = "https://arxiv.org/abs/1806.10206"
 Classifier = Callable[[torch.Tensor], torch.Tensor]
@@ -192,65 +190,3 @@ def _classify(
     scores = torch.softmax(logits.float(), dim=1).clone()
     top = scores.topk(min(top_k, scores.shape[1]), dim=1)
     return scores, top.indices, top.values
-
-
-def plot_concepts(
-    path: str | Path,
-    image: torch.Tensor | np.ndarray,
-    found: Concepts,
-    index: int = 0,
-    *,
-    class_names: Sequence[str] | None = None,
-    image_weight: float = 0.3,
-) -> Path:
-    """Save a PNG of one image's concepts: each pixel in its strongest concept's colour.
-
-    The colour of concept ``j`` (matplotlib's ``gist_rainbow``, as pytorch-grad-cam's
-    ``show_factorization_on_image``) is scaled by that concept's map value, blended with
-    the image (``image_weight``), beside the image itself; the legend lists each
-    concept's top classes and scores (names from ``class_names`` when given).
-
-    Args:
-        path: where to write the PNG (folders are created).
-        image: the image, ``(3, H, W)`` tensor or ``(H, W, 3)`` array of [0, 1] pixels,
-            at the size of ``found.maps``.
-        found: the result of :func:`concepts`.
-        index: which image of the batch.
-        class_names: names of the classes, indexed by class.
-        image_weight: weight of the image in the blend.
-    """
-    from matplotlib import colormaps
-    from matplotlib.patches import Patch
-
-    from ..viz import saved_figure, to_rgb_array
-
-    rgb = to_rgb_array(image)
-    maps = found.maps[index].detach().float().cpu().numpy()  # (n, H, W)
-    if maps.shape[-2:] != rgb.shape[:2]:
-        raise MethodError(
-            f"the image is {rgb.shape[:2]} but the concept maps are {maps.shape[-2:]}: pass "
-            "the image at the size the concepts were computed for (upsample=True)"
-        )
-    n = maps.shape[0]
-    colours = np.array([colormaps["gist_rainbow"](j / n)[:3] for j in range(n)])
-    strongest = maps.argmax(axis=0)
-    shade = colours[strongest] * maps.max(axis=0)[..., None]
-    blend = image_weight * rgb + (1 - image_weight) * shade
-    handles = [Patch(color=colours[j], label=_legend(found, j, class_names)) for j in range(n)]
-    with saved_figure(path, figsize=(8, 4.5), ncols=2) as (fig, axes):
-        axes[0].imshow(rgb)
-        axes[1].imshow(np.clip(blend, 0, 1))
-        for ax in axes:
-            ax.axis("off")
-        fig.legend(handles=handles, loc="lower center", ncol=min(n, 4), fontsize=8)
-        fig.subplots_adjust(bottom=0.1 + 0.06 * math.ceil(n / 4))
-    return Path(path)
-
-
-def _legend(found: Concepts, j: int, names: Sequence[str] | None) -> str:
-    if found.top_classes is None or found.top_scores is None:
-        return f"concept {j}"
-    parts = []
-    for c, s in zip(found.top_classes[j].tolist(), found.top_scores[j].tolist(), strict=True):
-        parts.append(f"{names[c] if names is not None else c}: {s:.2f}")
-    return f"{j}: " + ", ".join(parts)
