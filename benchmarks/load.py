@@ -33,6 +33,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import torch
@@ -103,6 +104,22 @@ def main() -> None:
     t_start = time.perf_counter()
     proc, base = start_server(args)
     start_s = time.perf_counter() - t_start
+    try:
+        m = _measure(proc, base, args, methods, images)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    _report(args, methods, start_s, m)
+
+
+def _measure(
+    proc: subprocess.Popen[str],
+    base: str,
+    args: argparse.Namespace,
+    methods: list[str],
+    images: list[tuple[str, bytes]],
+) -> dict[str, Any]:
+    """The floor, the load's latencies and wall time, /api/health latencies, memory, errors."""
     mem_start = rss_kib(proc.pid)
     errors: list[str] = []
 
@@ -119,41 +136,58 @@ def main() -> None:
             errors.append(f"{r.status_code}: {r.text[:200]}")
         return elapsed
 
-    try:
-        with httpx.Client(base_url=base, timeout=600) as client:
-            explain(0, client)  # warm-up
-            mem_warm = rss_kib(proc.pid)
-            floor = [explain(k, client) for k in range(args.floor)]
+    with httpx.Client(base_url=base, timeout=600) as client:
+        explain(0, client)  # warm-up
+        mem_warm = rss_kib(proc.pid)
+        floor = [explain(k, client) for k in range(args.floor)]
+    health: list[float] = []
+    stop = threading.Event()
+    poller = threading.Thread(target=_poll_health, args=(base, stop, health))
+    clients = [httpx.Client(base_url=base, timeout=600) for _ in range(args.concurrency)]
+    poller.start()
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(args.concurrency) as pool:
+        latencies = list(
+            pool.map(lambda k: explain(k, clients[k % args.concurrency]), range(args.requests))
+        )
+    wall = time.perf_counter() - t0
+    stop.set()
+    poller.join()
+    for c in clients:
+        c.close()
+    mem = {"start": mem_start, "warm": mem_warm, "end": rss_kib(proc.pid)}
+    return {
+        "floor": floor,
+        "latencies": latencies,
+        "wall": wall,
+        "health": health,
+        "mem": mem,
+        "errors": errors,
+    }
 
-        health: list[float] = []
-        stop = threading.Event()
 
-        def poll_health() -> None:
-            with httpx.Client(base_url=base, timeout=60) as c:
-                while not stop.is_set():
-                    t0 = time.perf_counter()
-                    c.get("/api/health").raise_for_status()
-                    health.append(time.perf_counter() - t0)
-                    time.sleep(0.1)
+def _poll_health(base: str, stop: threading.Event, health: list[float]) -> None:
+    """Time ``GET /api/health`` every 0.1 s into ``health`` until ``stop`` is set."""
+    with httpx.Client(base_url=base, timeout=60) as c:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            c.get("/api/health").raise_for_status()
+            health.append(time.perf_counter() - t0)
+            time.sleep(0.1)
 
-        clients = [httpx.Client(base_url=base, timeout=600) for _ in range(args.concurrency)]
-        poller = threading.Thread(target=poll_health)
-        poller.start()
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(args.concurrency) as pool:
-            latencies = list(
-                pool.map(lambda k: explain(k, clients[k % args.concurrency]), range(args.requests))
-            )
-        wall = time.perf_counter() - t0
-        stop.set()
-        poller.join()
-        for c in clients:
-            c.close()
-        mem_end = rss_kib(proc.pid)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
 
+def _report(
+    args: argparse.Namespace, methods: list[str], start_s: float, m: dict[str, Any]
+) -> None:
+    """Print the Markdown report; exit 1 when any request failed."""
+    floor, latencies, wall, health, errors = (
+        m["floor"],
+        m["latencies"],
+        m["wall"],
+        m["health"],
+        m["errors"],
+    )
+    mem_start, mem_warm, mem_end = m["mem"]["start"], m["mem"]["warm"], m["mem"]["end"]
     floor_ms = 1000 * statistics.median(floor)
     p50, p95 = (1000 * percentile(latencies, q) for q in (50, 95))
     print(f"# sacam serve load test: {args.requests} requests, {args.concurrency} at a time\n")

@@ -19,6 +19,7 @@ import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,6 +40,46 @@ def _timed(fn: Callable[[], object], device: str, repeat: int) -> float:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return (time.perf_counter() - t) / repeat
+
+
+def _method_rows(
+    lm: Any,
+    x: torch.Tensor,
+    c: torch.Tensor,
+    method: str,
+    args: argparse.Namespace,
+    eps: float,
+    floor: float,
+    pgd: float,
+) -> None:
+    """Print one method's rows: its map, one white-box step and the full defaults' cost."""
+    n = x.shape[0]
+    cam = build_method(lm.model, method, args.layer)
+    clean = cam(x, c)
+    t_map = _timed(functools.partial(cam, x, c), args.device, args.steps) / n
+    if cam.supports_graph():
+
+        def step() -> object:
+            fn = lambda i, k: cam.explain_graph(i, k).maps  # noqa: E731
+            return adversarial.explanation_attack(
+                lm.model,
+                x,
+                lm.preprocess,
+                fn,
+                "topk",
+                eps=eps,
+                iterations=1,
+                classes=c,
+                clean_maps=clean,
+            )
+
+        t_step = _timed(step, args.device, args.steps) / n
+    else:
+        t_step = float("nan")  # attacked through Grad-CAM (transfer)
+    full = 5 * (200 * t_step + 100 * floor + 11 * pgd + 8 * t_map)
+    print(f"| {method}: map | {t_map:.4f} | {t_map / floor:.1f} |")
+    print(f"| {method}: white-box step | {t_step:.4f} | {t_step / floor:.1f} |")
+    print(f"| {method}: full defaults, at most | {full:.1f} | – |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,32 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| forward (random-noise step) | {floor:.4f} | 1.0 |")
     print(f"| classifier gradient (FGSM/PGD step) | {pgd:.4f} | {pgd / floor:.1f} |")
     for method in args.methods:
-        cam = build_method(lm.model, method, args.layer)
-        clean = cam(x, c)
-        t_map = _timed(functools.partial(cam, x, c), args.device, args.steps) / n
-        if cam.supports_graph():
-
-            def step(cam: object = cam, clean: torch.Tensor = clean) -> object:
-                fn = lambda i, k: cam.explain_graph(i, k).maps  # type: ignore[attr-defined]  # noqa: E731
-                return adversarial.explanation_attack(
-                    lm.model,
-                    x,
-                    lm.preprocess,
-                    fn,
-                    "topk",
-                    eps=eps,
-                    iterations=1,
-                    classes=c,
-                    clean_maps=clean,
-                )
-
-            t_step = _timed(step, args.device, args.steps) / n
-        else:
-            t_step = float("nan")  # attacked through Grad-CAM (transfer)
-        full = 5 * (200 * t_step + 100 * floor + 11 * pgd + 8 * t_map)
-        print(f"| {method}: map | {t_map:.4f} | {t_map / floor:.1f} |")
-        print(f"| {method}: white-box step | {t_step:.4f} | {t_step / floor:.1f} |")
-        print(f"| {method}: full defaults, at most | {full:.1f} | – |")
+        _method_rows(lm, x, c, method, args, eps, floor, pgd)
     return 0
 
 

@@ -96,6 +96,69 @@ def _short(label: str) -> str:
     return opts if layer == "auto" else f"{opts} @{layer}"
 
 
+Row = tuple[str, dict[str, float], dict[str, float], bool, bool]
+"""A variant's label, paired Δ faithfulness and Δ stability, better on both by means / 95%."""
+
+
+def _paired_panel(
+    ax: Any, fx: str, fy: str, sx: float, sy: float, reference: str, rows: list[Row]
+) -> None:
+    """Left panel: each variant's paired differences from the reference, 95% intervals."""
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.axvline(0, color="grey", lw=0.8)
+    for label, dx, dy, _by_mean, by_ci in rows:
+        px, py = sx * dx["mean"], sy * dy["mean"]
+        ax.errorbar(
+            px,
+            py,
+            xerr=dx["ci95"],
+            yerr=dy["ci95"],
+            fmt="s",
+            capsize=2,
+            color="tab:green" if by_ci else "black",
+        )
+        ax.annotate(_short(label), (px, py), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    xmax = max([abs(sx * r[1]["mean"]) + r[1]["ci95"] for r in rows] + [1e-3])
+    ymax = max([abs(sy * r[2]["mean"]) + r[2]["ci95"] for r in rows] + [1e-3])
+    ax.fill_between([0, 1.1 * xmax], 0, 1.1 * ymax, color="tab:green", alpha=0.08)
+    ax.set_xlim(-1.1 * xmax, 1.1 * xmax)
+    ax.set_ylim(-1.1 * ymax, 1.1 * ymax)
+    ax.set_xlabel(f"Δ {fx} (right is better)")
+    ax.set_ylabel(f"Δ {fy} (up is better)")
+    ax.set_title(f"SA-CAM variant − {reference} of its setting, paired, 95% interval", fontsize=9)
+
+
+def _means_panel(
+    ax: Any,
+    fx: str,
+    fy: str,
+    sx: float,
+    sy: float,
+    variants: dict[str, Values],
+    baselines: dict[str, Values],
+) -> None:
+    """Right panel: every variant's and baseline's means over the images all of them have."""
+    groups = [(_short(k), v, "s", "black") for k, v in variants.items()]
+    groups += [(k.replace("efficientnet-", ""), v, "o", "dimgrey") for k, v in baselines.items()]
+    common = (
+        set.intersection(*(set(v[fx]) & set(v[fy]) for _, v, _, _ in groups)) if groups else set()
+    )
+    for text, v, marker, color in groups:
+        px, py = sx * _mean(v[fx], common), sy * _mean(v[fy], common)
+        ax.plot(px, py, marker, color=color)
+        ax.annotate(
+            text, (px, py), fontsize=6, color=color, xytext=(3, 3), textcoords="offset points"
+        )
+    flip = {1.0: "", -1.0: "− "}
+    ax.set_xlabel(f"{flip[sx]}{fx} (faithfulness; right is better)")
+    ax.set_ylabel(f"{flip[sy]}{fy} (stability; up is better)")
+    ax.set_title(
+        f"means over the {len(common)} images every point has: SA-CAM variants (squares),\n"
+        "baselines (grey; random, stable by construction, left out)",
+        fontsize=8,
+    )
+
+
 def _chart(
     out: Path,
     fx: str,
@@ -105,7 +168,7 @@ def _chart(
     reference: str,
     variants: dict[str, Values],
     baselines: dict[str, Values],
-    rows: list[tuple[str, dict[str, float], dict[str, float], bool, bool]],
+    rows: list[Row],
 ) -> None:
     """Two panels: paired differences against the reference, and every point's means."""
     import matplotlib
@@ -114,56 +177,65 @@ def _chart(
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
-    left.axhline(0, color="grey", lw=0.8)
-    left.axvline(0, color="grey", lw=0.8)
-    for label, dx, dy, _by_mean, by_ci in rows:
-        px, py = sx * dx["mean"], sy * dy["mean"]
-        left.errorbar(
-            px,
-            py,
-            xerr=dx["ci95"],
-            yerr=dy["ci95"],
-            fmt="s",
-            capsize=2,
-            color="tab:green" if by_ci else "black",
-        )
-        left.annotate(
-            _short(label), (px, py), fontsize=7, xytext=(4, 4), textcoords="offset points"
-        )
-    xmax = max([abs(sx * r[1]["mean"]) + r[1]["ci95"] for r in rows] + [1e-3])
-    ymax = max([abs(sy * r[2]["mean"]) + r[2]["ci95"] for r in rows] + [1e-3])
-    left.fill_between([0, 1.1 * xmax], 0, 1.1 * ymax, color="tab:green", alpha=0.08)
-    left.set_xlim(-1.1 * xmax, 1.1 * xmax)
-    left.set_ylim(-1.1 * ymax, 1.1 * ymax)
-    left.set_xlabel(f"Δ {fx} (right is better)")
-    left.set_ylabel(f"Δ {fy} (up is better)")
-    left.set_title(f"SA-CAM variant − {reference} of its setting, paired, 95% interval", fontsize=9)
-
-    groups = [(_short(k), v, "s", "black") for k, v in variants.items()]
-    groups += [(k.replace("efficientnet-", ""), v, "o", "dimgrey") for k, v in baselines.items()]
-    common = (
-        set.intersection(*(set(v[fx]) & set(v[fy]) for _, v, _, _ in groups)) if groups else set()
-    )
-    points = [
-        (text, sx * _mean(v[fx], common), sy * _mean(v[fy], common), marker, color)
-        for text, v, marker, color in groups
-    ]
-    for text, px, py, marker, color in points:
-        right.plot(px, py, marker, color=color)
-        right.annotate(
-            text, (px, py), fontsize=6, color=color, xytext=(3, 3), textcoords="offset points"
-        )
-    flip = {1.0: "", -1.0: "− "}
-    right.set_xlabel(f"{flip[sx]}{fx} (faithfulness; right is better)")
-    right.set_ylabel(f"{flip[sy]}{fy} (stability; up is better)")
-    right.set_title(
-        f"means over the {len(common)} images every point has: SA-CAM variants (squares),\n"
-        "baselines (grey; random, stable by construction, left out)",
-        fontsize=8,
-    )
+    _paired_panel(left, fx, fy, sx, sy, reference, rows)
+    _means_panel(right, fx, fy, sx, sy, variants, baselines)
     fig.tight_layout()
     fig.savefig(out, dpi=150)
     plt.close(fig)
+
+
+Loaded = dict[Path, tuple[dict[str, Any], dict[tuple[str, str], dict[str, float]]]]
+
+
+def _collect(
+    loaded: Loaded, fx: str, fy: str, reference: str
+) -> tuple[dict[str, Values], dict[str, Values], list[Row]]:
+    """SA-CAM variants, baselines with both values, and each variant's paired row."""
+    sx, sy = _sign(fx), _sign(fy)
+    variants: dict[str, Values] = {}
+    found: dict[str, Values] = defaultdict(dict)
+    rows: list[Row] = []
+    for summary, per in loaded.values():
+        table = summary["table"]
+        for method, stats in table.items():
+            if method == SA and fx in stats and fy in stats:
+                variants[_variant(summary)] = {fx: per[(SA, fx)], fy: per[(SA, fy)]}
+            elif method not in (SA, "random"):  # a baseline's values may come from two folders
+                for value in (fx, fy):
+                    if value in stats:
+                        found[f"{method} @ {_setting(summary)}"].setdefault(
+                            value, per[(method, value)]
+                        )
+        if SA in table and reference in table:
+            dx = _paired(per[(SA, fx)], per[(reference, fx)])
+            dy = _paired(per[(SA, fy)], per[(reference, fy)])
+            if dx["n"] == 0 or dy["n"] == 0:
+                continue  # no image with both values (failed pairs)
+            by_mean = sx * dx["mean"] > 0 and sy * dy["mean"] > 0
+            by_ci = sx * dx["mean"] - dx["ci95"] > 0 and sy * dy["mean"] - dy["ci95"] > 0
+            rows.append((_variant(summary), dx, dy, by_mean, by_ci))
+    baselines = {k: v for k, v in found.items() if fx in v and fy in v}
+    return variants, baselines, rows
+
+
+def _print_rows(rows: list[Row], fx: str, fy: str, reference: str) -> None:
+    """The comparison table of each variant against the reference, then the winners."""
+    print(
+        f"\n| variant | Δ {fx} vs {reference} | Δ {fy} vs {reference} "
+        "| better on both (means) | better on both (95%) |"
+    )
+    print("|---|---|---|---|---|")
+    for label, dx, dy, by_mean, by_ci in rows:
+        print(
+            f"| {label} | {dx['mean']:+.4f} ± {dx['ci95']:.4f} (n={dx['n']:.0f}) "
+            f"| {dy['mean']:+.4f} ± {dy['ci95']:.4f} | {'yes' if by_mean else 'no'} "
+            f"| {'yes' if by_ci else 'no'} |"
+        )
+    winners = [r[0] for r in rows if r[4]]
+    print(
+        f"\nVariants better than {reference} on both axes (95% intervals): "
+        + (", ".join(winners) if winners else "none")
+    )
 
 
 def main() -> int:
@@ -184,51 +256,11 @@ def main() -> int:
     args = ap.parse_args()
     fx, fy = args.faithfulness, args.stability
     sx, sy = _sign(fx), _sign(fy)
-
-    variants: dict[str, Values] = {}
-    found: dict[str, Values] = defaultdict(dict)
-    rows = []
     loaded = {folder.resolve(): _load(folder) for folder in args.runs}
-    for summary, per in loaded.values():
-        table = summary["table"]
-        for method, stats in table.items():
-            if method == SA and fx in stats and fy in stats:
-                variants[_variant(summary)] = {fx: per[(SA, fx)], fy: per[(SA, fy)]}
-            elif method not in (SA, "random"):  # a baseline's values may come from two folders
-                for value in (fx, fy):
-                    if value in stats:
-                        found[f"{method} @ {_setting(summary)}"].setdefault(
-                            value, per[(method, value)]
-                        )
-        if SA in table and args.reference in table:
-            dx = _paired(per[(SA, fx)], per[(args.reference, fx)])
-            dy = _paired(per[(SA, fy)], per[(args.reference, fy)])
-            if dx["n"] == 0 or dy["n"] == 0:
-                continue  # no image with both values (failed pairs)
-            by_mean = sx * dx["mean"] > 0 and sy * dy["mean"] > 0
-            by_ci = sx * dx["mean"] - dx["ci95"] > 0 and sy * dy["mean"] - dy["ci95"] > 0
-            rows.append((_variant(summary), dx, dy, by_mean, by_ci))
-
-    baselines = {k: v for k, v in found.items() if fx in v and fy in v}
+    variants, baselines, rows = _collect(loaded, fx, fy, args.reference)
     _chart(args.out, fx, fy, sx, sy, args.reference, variants, baselines, rows)
     print(f"wrote {args.out}")
-
-    print(
-        f"\n| variant | Δ {fx} vs {args.reference} | Δ {fy} vs {args.reference} "
-        "| better on both (means) | better on both (95%) |"
-    )
-    print("|---|---|---|---|---|")
-    for label, dx, dy, by_mean, by_ci in rows:
-        print(
-            f"| {label} | {dx['mean']:+.4f} ± {dx['ci95']:.4f} (n={dx['n']:.0f}) "
-            f"| {dy['mean']:+.4f} ± {dy['ci95']:.4f} | {'yes' if by_mean else 'no'} "
-            f"| {'yes' if by_ci else 'no'} |"
-        )
-    winners = [r[0] for r in rows if r[4]]
-    print(
-        f"\nVariants better than {args.reference} on both axes (95% intervals): "
-        + (", ".join(winners) if winners else "none")
-    )
+    _print_rows(rows, fx, fy, args.reference)
     if args.against is not None:
         _, per = loaded.get(args.against.resolve()) or _load(args.against)
         _against(args.against.name, per, variants, fx, fy, sx, sy)

@@ -21,6 +21,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -94,7 +95,19 @@ def main() -> int:
     rows = list(csv.DictReader(labels.open()))[: args.limit]
     lm = load_model()
     x_all = lm.preprocess.batch([load_image(args.data_dir / r["file"]) for r in rows])
-    variants = PRESETS[args.preset]
+    table, per_image = _score(lm, x_all, rows, PRESETS[args.preset], args.steps)
+    settings = _settings(lm, len(rows), args)
+    md = render(table, settings)
+    print(md)
+    if args.out:
+        _write(args.out, md, settings, table, per_image)
+    return 0
+
+
+def _score(
+    lm: Any, x_all: torch.Tensor, rows: list[dict[str, str]], variants: Any, steps: int
+) -> tuple[dict[str, dict], list[dict]]:
+    """Each variant's mean ± interval per column and the per-image rows."""
     per_image: list[dict] = []
     table: dict[str, dict] = {}
     for label, method, options in variants:
@@ -106,8 +119,8 @@ def main() -> int:
             maps = sacam.explain(lm.model, x, method=method, **options)
             seconds += time.perf_counter() - t0
             vals = confidence_change(lm.model, x, maps, preprocess=lm.preprocess)
-            vals["deletion"] = deletion(lm.model, x, maps, steps=args.steps).auc
-            vals["insertion"] = insertion(lm.model, x, maps, steps=args.steps).auc
+            vals["deletion"] = deletion(lm.model, x, maps, steps=steps).auc
+            vals["insertion"] = insertion(lm.model, x, maps, steps=steps).auc
             for m in COLUMNS:
                 accs[m].update(vals[m])
                 per_image.append(
@@ -116,10 +129,15 @@ def main() -> int:
         table[label] = {m: accs[m].compute() for m in COLUMNS}
         table[label]["seconds_per_image"] = seconds / len(rows)
         print(f"done {label}", file=sys.stderr, flush=True)
-    settings = {
+    return table, per_image
+
+
+def _settings(lm: Any, images: int, args: argparse.Namespace) -> dict[str, Any]:
+    """What the table was made with (printed under it and saved in the JSON)."""
+    return {
         "model": lm.name,
         "layer": "auto (_swish@1, 1280x7x7)",
-        "images": len(rows),
+        "images": images,
         "deletion_insertion_steps": args.steps,
         "scores": "softmax",
         "masking": "AD/IC/AG in pixel space; deletion substrate = dataset mean (0 normalised)",
@@ -134,19 +152,19 @@ def main() -> int:
             if k in ("operator", "temperature", "gamma", "hops", "base_name")
         },
     }
-    md = render(table, settings)
-    print(md)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".md").write_text(md + "\n")
-        args.out.with_suffix(".json").write_text(
-            json.dumps({"settings": settings, "table": table}, indent=1)
-        )
-        with args.out.with_suffix(".csv").open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["image", "method", "metric", "value"])
-            w.writeheader()
-            w.writerows(per_image)
-    return 0
+
+
+def _write(out: Path, md: str, settings: dict, table: dict, per_image: list[dict]) -> None:
+    """``out``.md, .json (settings and table) and .csv (per image)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(md + "\n")
+    out.with_suffix(".json").write_text(
+        json.dumps({"settings": settings, "table": table}, indent=1)
+    )
+    with out.with_suffix(".csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["image", "method", "metric", "value"])
+        w.writeheader()
+        w.writerows(per_image)
 
 
 def render(table: dict[str, dict], settings: dict) -> str:

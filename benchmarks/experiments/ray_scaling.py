@@ -65,18 +65,23 @@ def map_times(out: Path) -> dict[str, float]:
     return {m: sum(v) / len(v) for m, v in per.items()}
 
 
-def main() -> None:
+def _parse() -> argparse.Namespace:
+    """The command line."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("data", nargs="?", type=Path, help="a benchmark folder (labels.csv, ...)")
     ap.add_argument("--synthetic", type=int, default=0, help="generate N random images instead")
     ap.add_argument("--limit", type=int, default=12)
     ap.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
     ap.add_argument("--steps", type=int, default=16, help="deletion/insertion points")
-    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--images-per-step", type=int, default=4)
     ap.add_argument("--workers", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--gpus", type=float, default=0.0, help="GPUs per worker (0: CPU)")
-    args = ap.parse_args()
+    return ap.parse_args()
 
+
+def main() -> None:
+    """Time the engines and print the tables."""
+    args = _parse()
     import ray
 
     from sacam.evaluation.ray_engine import RayOptions, ray_engine
@@ -95,7 +100,7 @@ def main() -> None:
             methods=args.methods,
             limit=args.limit,
             steps=args.steps,
-            batch_size=args.batch_size,
+            images_per_step=args.images_per_step,
             device=device,
         )
 
@@ -116,13 +121,26 @@ def main() -> None:
     maps = map_times(tmp / "local")
     shutil.rmtree(tmp, ignore_errors=True)
 
+    _report(args, device, ray.__version__, rows, local_s, maps)
+
+
+def _report(
+    args: argparse.Namespace,
+    device: str,
+    ray_version: str,
+    rows: list[tuple[str, float, float]],
+    local_s: float,
+    maps: dict[str, float],
+) -> None:
+    """Print the machine, the engines' table, per-image costs and the ImageNet-val estimate."""
+    n = args.limit
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"torch {torch.__version__}, ray {ray.__version__}, device {device}"
+        f"torch {torch.__version__}, ray {ray_version}, device {device}"
     )
     print(
         f"{n} images × {', '.join(args.methods)}; default metrics, steps {args.steps}, "
-        f"batch {args.batch_size}\n"
+        f"batch {args.images_per_step}\n"
     )
     print("| engine | images/s | × local |\n|---|---|---|")
     for name, ips, ratio in rows:

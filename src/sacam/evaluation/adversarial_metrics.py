@@ -78,6 +78,16 @@ def _per_kind(
     return [(f"{prefix}_{kind}_{short}", higher, f"{label(kind)}: {text}") for kind in kinds]
 
 
+def _record(
+    values: dict[str, torch.Tensor], b: MetricBatch, prefix: str, tag: str, adv: torch.Tensor
+) -> None:
+    """Explain ``adv`` and store the four measures against the clean maps as ``prefix_*@tag``."""
+    assert b.explain is not None
+    perturbed = b.explain(b.model, adv, b.classes)
+    for short, val in compare_maps(b.maps, perturbed, b.config.topk).items():
+        values[f"{prefix}_{short}@{tag}"] = val
+
+
 @register_metric(
     "adversarial",
     values=[],
@@ -104,10 +114,8 @@ def _adversarial(batch: MetricBatch) -> MetricOutput:
             )
             with torch.inference_mode():
                 flipped = (predict(b.model, adv) != b.classes).float().cpu()
-            perturbed = b.explain(b.model, adv, b.classes)
             tag = eps_label(eps)
-            for short, val in compare_maps(b.maps, perturbed, cfg.topk).items():
-                values[f"adv_{kind}_{short}@{tag}"] = val
+            _record(values, b, f"adv_{kind}", tag, adv)
             values[f"adv_{kind}_flipped@{tag}"] = flipped
     return MetricOutput(values)
 
@@ -169,8 +177,6 @@ def _explanation_attack(batch: MetricBatch) -> MetricOutput:
                 seed=cfg.seed,
                 clean_maps=attacked_clean,
             )
-            perturbed = b.explain(b.model, adv, b.classes)
-            for short, val in compare_maps(b.maps, perturbed, cfg.topk).items():
-                values[f"xattack_{kind}_{short}@{tag}"] = val
+            _record(values, b, f"xattack_{kind}", tag, adv)
             values[f"xattack_{kind}_steps@{tag}"] = kept.float()
     return MetricOutput(values)
