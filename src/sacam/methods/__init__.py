@@ -1,7 +1,7 @@
 """CAM methods; importing this package registers them all (in this order)."""
 
 # attention (SA-CAM) refines the methods above; registration order is import order
-from . import activation, gradient  # isort: skip
+from . import activation, gradient, smoothgrad  # isort: skip
 from . import scorecam, ablation, groupcam  # isort: skip
 from . import decomposition, baseline  # isort: skip
 from . import fem, kpca, shapley, finer, guided, fullgrad, recipro  # isort: skip
@@ -33,4 +33,5 @@ __all__ = [
     "segeigen",
     "sess",
     "shapley",
+    "smoothgrad",
 ]
