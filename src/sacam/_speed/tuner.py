@@ -220,7 +220,10 @@ def tuner_for(
         formats = (False, True) if sample.ndim == 3 else (False,)
         candidates = tuple(Plan(b, cl) for b in sizes for cl in formats)
         shape, dtype, device = tuple(sample.shape), sample.dtype, sample.device
-        disk = plan_key(unwrap(model), shape, dtype, device, purpose)
+        # a plan tuned under a tighter cap is no answer for a looser one: a number cap
+        # keys the stored plan too (a callable one is the same on every call)
+        stored_as = purpose if callable(cap) else f"{purpose}/{max(sizes)}"
+        disk = plan_key(unwrap(model), shape, dtype, device, stored_as)
         prune = device.type != "cuda"
         tuners[key] = Tuner.from_store(disk, candidates, even) or Tuner(
             candidates, cache_key=disk, prune_first=prune, even=even

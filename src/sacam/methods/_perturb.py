@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .._layers import LayerRef
+from .._speed.allocator import release_free_memory
 from .._speed.memory import (
     MEASURE_BATCH,
     expand_cap,
@@ -100,11 +101,15 @@ def perturbed_scores_of(
     """
     device = ctx.images.device
     out = {b: torch.zeros(count, dtype=torch.float32, device=device) for b in builds}
-    start = 0
+    start, last = 0, None
     with torch.inference_mode():
         while start < count:
             plan, timed = tuner.next(count - start)
-            stop = min(start + plan.inputs_per_pass, count)
+            if timed and plan != last and device.type == "cpu":
+                # another candidate's size or format: the blocks the last one freed cannot
+                # be reused, and kept beside the new ones they would add to the peak
+                release_free_memory()
+            stop, last = min(start + plan.inputs_per_pass, count), plan
             t0 = sync(device) if timed else 0.0
             for b, build in builds.items():
                 out[b][start:stop] = _chunk_scores(ctx, b, build(start, stop), plan, kind, bf16)
