@@ -94,7 +94,7 @@ JOBS: tuple[Job, ...] = (
     Job(
         "throughput-gpu-512",
         _a(
-            "benchmarks/throughput.py --synthetic 512 --limit 512 --batch-size 256 --repeat 1 "
+            "benchmarks/throughput.py --synthetic 512 --limit 512 --images-per-step 256 --repeat 1 "
             "--workers 12"
         ),
         script=True,
@@ -103,7 +103,7 @@ JOBS: tuple[Job, ...] = (
     Job(
         "throughput-gpu-2048",
         _a(
-            "benchmarks/throughput.py --synthetic 2048 --limit 2048 --batch-size 256 "
+            "benchmarks/throughput.py --synthetic 2048 --limit 2048 --images-per-step 256 "
             "--repeat 1 --workers 12 --no-cold"
         ),
         script=True,
