@@ -17,7 +17,7 @@ kept" calls ``keep_freed_memory()`` (the ``sacam`` command does so itself). Work
   warm-up call (which measures the batch plan); the maps of the two settings are compared.
 - with ``--data DIR``: the command ``sacam benchmark DIR --methods grad-cam sa-cam
   score-cam --layer _blocks.15 --metrics confidence deletion insertion --limit N
-  --batch-size 8 --steps 16``, timed whole (model loading included), into a temporary folder.
+  --images-per-step 8 --steps 16``, timed whole (model loading included), into a temporary folder.
 
 It prints wall, user and system seconds, the child's minor page faults over the timed
 part and its peak resident set, then the ratio of the medians (defaults / kept; above 1
@@ -121,7 +121,7 @@ def main() -> None:
         workloads["sacam benchmark"] = [
             "benchmark", args.data, "--methods", "grad-cam", "sa-cam", "score-cam",
             "--layer", "_blocks.15", "--metrics", "confidence", "deletion", "insertion",
-            "--limit", str(args.limit), "--batch-size", "8", "--steps", "16",
+            "--limit", str(args.limit), "--images-per-step", "8", "--steps", "16",
         ]  # fmt: skip
     print(
         f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
