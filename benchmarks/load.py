@@ -19,6 +19,13 @@ a free port of 127.0.0.1 and, in one run, measures:
 The model works on one thread, so requests queue: with ``c`` requests in flight the
 expected latency is about ``c`` × the floor. The report prints p50/p95 against that
 expectation. Needs ``pip install -e ".[serve,serve-test]"`` (httpx).
+
+``--flood N`` then sends N uploads of a large PNG (``--flood-megapixels``, 36 by default:
+a 1 MB file that decodes to 108 MB) to ``POST /api/jobs/explain`` with a slow method
+(``--flood-method``, Score-CAM), all at once, against the server's bounded queue
+(``--max-queue``); it reports how many were accepted (202) and refused (429, with
+``Retry-After``), p50/p95 of the accepted requests, ``/api/health`` latency during the
+flood, and the server's RSS before, at its peak and after every job was cancelled.
 """
 
 from __future__ import annotations
@@ -36,7 +43,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import torch
+from PIL import Image
 
 from sacam.models import SAMPLE_IMAGES, sample_image
 
@@ -65,6 +74,7 @@ def percentile(values: list[float], q: float) -> float:
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
     """Start ``sacam serve`` on a free port; return the process and its base URL."""
     cmd = [sys.executable, "-m", "sacam.cli", "serve", "--port", "0", "--device", args.device]
+    cmd += ["--max-queue", str(args.max_queue)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
@@ -92,6 +102,10 @@ def main() -> None:
     parser.add_argument("--floor", type=int, default=8, help="sequential requests (floor)")
     parser.add_argument("--method", action="append", help="method(s) (default: sa-cam)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--flood", type=int, default=0, help="large uploads sent at once")
+    parser.add_argument("--flood-megapixels", type=float, default=36.0)
+    parser.add_argument("--flood-method", default="score-cam")
+    parser.add_argument("--max-queue", type=int, default=8, help="the server's --max-queue")
     args = parser.parse_args()
     methods = args.method or ["sa-cam"]
 
@@ -105,11 +119,15 @@ def main() -> None:
     proc, base = start_server(args)
     start_s = time.perf_counter() - t_start
     try:
-        m = _measure(proc, base, args, methods, images)
+        m = _measure(proc, base, args, methods, images) if args.requests else None
+        flood = _flood(proc, base, args) if args.flood else None
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-    _report(args, methods, start_s, m)
+    if m is not None:
+        _report(args, methods, start_s, m)
+    if flood is not None:
+        _report_flood(args, flood)
 
 
 def _measure(
@@ -222,6 +240,89 @@ def _report(
     print(f"| peak RSS (VmHWM) | {mem_end['VmHWM'] * mib:.0f} MiB |")
     if errors:
         print("\nErrors:\n" + "\n".join(f"- {e}" for e in errors[:10]))
+        raise SystemExit(1)
+
+
+def large_png(megapixels: float) -> bytes:
+    """A smooth colour ramp of about ``megapixels`` as PNG: small to send, large to decode."""
+    w = int((megapixels * 1e6 * 1.44) ** 0.5)
+    h = int(megapixels * 1e6 / w)
+    y = np.linspace(0, 255, h, dtype=np.float32)[:, None]
+    x = np.linspace(0, 255, w, dtype=np.float32)[None, :]
+    planes = [y + 0 * x, x + 0 * y, (x + y) / 2]
+    rgb = np.stack(planes, -1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def _flood(proc: subprocess.Popen[str], base: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Send ``--flood`` large uploads at once; cancel what was accepted; measure memory."""
+    data = large_png(args.flood_megapixels)
+    before = rss_kib(proc.pid)
+    health: list[float] = []
+    stop = threading.Event()
+    poller = threading.Thread(target=_poll_health, args=(base, stop, health))
+    poller.start()
+
+    def post(_k: int) -> tuple[int, float, str, str]:
+        with httpx.Client(base_url=base, timeout=600) as c:
+            t0 = time.perf_counter()
+            r = c.post(
+                "/api/jobs/explain",
+                files={"image": ("big.png", data, "image/png")},
+                data={"methods": [args.flood_method]},
+            )
+            job = r.json().get("job_id", "") if r.status_code == 202 else ""
+            return r.status_code, time.perf_counter() - t0, job, r.headers.get("retry-after", "")
+
+    with ThreadPoolExecutor(args.flood) as pool:
+        answers = list(pool.map(post, range(args.flood)))
+    peak_during = rss_kib(proc.pid)
+    with httpx.Client(base_url=base, timeout=60) as c:
+        for _status, _t, job, _retry in answers:
+            if job:
+                c.delete(f"/api/jobs/{job}")
+        while c.get("/api/health").json()["jobs_pending"]:
+            time.sleep(0.1)
+    stop.set()
+    poller.join()
+    return {
+        "bytes": len(data),
+        "answers": answers,
+        "health": health,
+        "mem": {"before": before, "during": peak_during, "after": rss_kib(proc.pid)},
+    }
+
+
+def _report_flood(args: argparse.Namespace, f: dict[str, Any]) -> None:
+    """Print the flood's Markdown report; exit 1 on an answer other than 202 or 429."""
+    answers = f["answers"]
+    accepted = [t for status, t, _job, _r in answers if status == 202]
+    refused = [r for status, _t, _job, r in answers if status == 429]
+    other = [status for status, _t, _job, _r in answers if status not in (202, 429)]
+    mib = 1 / 1024
+    print(
+        f"\n# Flood: {args.flood} uploads at once of a {args.flood_megapixels:g} MP PNG "
+        f"({f['bytes'] / 2**20:.1f} MiB), {args.flood_method}, --max-queue {args.max_queue}\n"
+    )
+    print("| measure | value |")
+    print("|---|---|")
+    print(f"| accepted (202) | {len(accepted)} |")
+    print(f"| refused (429) | {len(refused)} (Retry-After: {', '.join(sorted(set(refused)))} s) |")
+    print(f"| other answers | {len(other)} {other[:5]} |")
+    if accepted:
+        p50, p95 = (1000 * percentile(accepted, q) for q in (50, 95))
+        print(f"| accepted requests: p50, p95 | {p50:.0f} ms, {p95:.0f} ms |")
+    if f["health"]:
+        p50, top = 1000 * percentile(f["health"], 50), 1000 * max(f["health"])
+        n = len(f["health"])
+        print(f"| /api/health during the flood (n = {n}) | p50 {p50:.1f} ms, max {top:.1f} ms |")
+    mem = f["mem"]
+    print(f"| RSS before | {mem['before']['VmRSS'] * mib:.0f} MiB |")
+    print(f"| peak RSS (VmHWM) | {mem['after']['VmHWM'] * mib:.0f} MiB |")
+    print(f"| RSS after every job was cancelled | {mem['after']['VmRSS'] * mib:.0f} MiB |")
+    if other:
         raise SystemExit(1)
 
 

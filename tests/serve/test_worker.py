@@ -238,3 +238,32 @@ def test_rows_of_a_pass_come_from_its_output_then_its_input() -> None:
     assert _rows((torch.zeros(4, 5), two), (two,)) == 4
     assert _rows("not a tensor", (torch.zeros(6, 3),)) == 6
     assert _rows(None, ()) == 1
+
+
+def test_a_planned_job_counts_progress_by_images(worker, net) -> None:  # noqa: ANN001
+    # stages of 10 and 30 images: a stage weighs what it feeds the model, not one share
+    observed: list[tuple[float, int]] = []
+    submitted = threading.Event()
+
+    def fn(p: Progress) -> None:
+        assert submitted.wait(30)
+        p.plan([10, 30])
+        p.stage(0, "fast", 10)
+        net(torch.zeros(5, 3))
+        observed.append((job.progress, job.work_done))
+        p.stage(1, "slow", 30)
+        observed.append((job.progress, job.work_done))
+        net(torch.zeros(15, 3))
+        observed.append((job.progress, job.work_done))
+        p.publish({"so far": 1})
+        snapshot = worker.describe(job)
+        assert snapshot["partial"] == {"so far": 1} and snapshot["work_planned"] == 40
+        assert snapshot["eta_s"] is not None and snapshot["elapsed_s"] >= 0
+
+    job = worker.submit("t", fn)
+    submitted.set()
+    wait(job)
+    assert job.status == "done", job.error
+    assert observed == [(0.125, 5), (0.25, 5), (0.625, 20)]
+    assert "partial" not in worker.describe(job) and worker.describe(job)["result"] is None
+    assert worker.seconds_per_image is not None and worker.seconds_per_image > 0

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -168,3 +169,70 @@ def wait_until(condition: object, what: str, timeout: float = 60.0) -> None:
     while not condition():  # type: ignore[operator]
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.01)
+
+
+CHROMIUM = "/usr/bin/chromium"
+AXE = Path(__file__).parent / "vendor" / "axe.min.js"
+"""axe-core (MPL-2.0, its licence beside it), the accessibility checker the browser tests run."""
+
+
+def sync_playwright():  # noqa: ANN201
+    """Playwright's ``sync_playwright``, failing (never skipping) when it or chromium is missing.
+
+    The browser tests drive Debian's chromium (``apt-get install chromium``); they never
+    download a browser.
+    """
+    try:
+        from playwright.sync_api import sync_playwright as start
+    except ImportError:
+        pytest.fail(
+            "Playwright is not installed: pip install -e '.[serve-test]' (the browser tests "
+            "are part of the suite)",
+            pytrace=False,
+        )
+    if not Path(CHROMIUM).exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: apt-get install chromium (Debian's package; the browser "
+            "tests are part of the suite)",
+            pytrace=False,
+        )
+    return start
+
+
+def serious_accessibility_problems(page: object) -> list[str]:
+    """axe-core's serious and critical violations on ``page`` (its context must bypass CSP)."""
+    page.add_script_tag(path=str(AXE))  # type: ignore[attr-defined]
+    found = page.evaluate(  # type: ignore[attr-defined]
+        "async () => (await axe.run(document)).violations"
+        ".filter(v => ['serious', 'critical'].includes(v.impact))"
+        ".map(v => `${v.id}: ${v.help} (${v.nodes.map(n => n.target.join(' ')).join(', ')})`)"
+    )
+    return list(found)
+
+
+@contextmanager
+def other_origin_page(html: str) -> Iterator[str]:
+    """Serve ``html`` at ``/`` from another port of 127.0.0.1 (another origin); yield its URL."""
+    import http.server
+
+    body = html.encode()
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the standard library's name
+            self.send_response(200)
+            self.send_header("content-type", "text/html; charset=utf-8")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -14,7 +14,7 @@ from .. import __version__
 from ..images import SAMPLE_IMAGES, sample_image
 from ..registry import list_methods, method_info
 from .deps import StateDep
-from .schemas import NOT_FOUND, HealthOut, LayersOut, MethodsOut, SamplesOut
+from .schemas import NOT_FOUND, ClassesOut, HealthOut, LayersOut, MethodsOut, SamplesOut
 
 router = APIRouter(prefix="/api")
 
@@ -70,6 +70,12 @@ async def layers(state: StateDep) -> dict[str, Any]:
         for label, shape in state.facts.layers
     ]
     return {"default": state.facts.default_layer, "layers": rows}
+
+
+@router.get("/classes", response_model=ClassesOut)
+async def classes(state: StateDep) -> dict[str, Any]:
+    """The model's class names in index order (empty when it has none)."""
+    return {"classes": list(state.loaded.class_names)}
 
 
 @router.get("/samples", response_model=SamplesOut)

@@ -51,7 +51,9 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
             with Image.open(io.BytesIO(data)) as header:
                 width, height = header.size
     except Image.DecompressionBombError:
-        raise JobError(413, f"the image has too many pixels: {reason}") from None
+        raise JobError(
+            413, "the image has far too many pixels to open safely: shrink it first"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise JobError(
             415, "the uploaded file is not an image sacam can read (PNG, JPEG, WebP, ...)"

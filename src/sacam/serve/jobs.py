@@ -8,11 +8,14 @@ time) before it is queued, so a waiting job holds the model's input, not the pic
 from __future__ import annotations
 
 import asyncio
+import io
 from functools import partial
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
 
 from . import service
 from .deps import ClientDep, ServeState, StateDep
@@ -194,6 +197,26 @@ async def cancel_job(job_id: JobId, state: StateDep) -> Any:
     """Cancel a job: a queued job never runs; a running one stops at its next pass."""
     _job(state, job_id)
     return state.worker.describe(state.worker.cancel(job_id))
+
+
+@router.get(
+    "/results/{result_id}/maps/{method}.npy",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}}, **NOT_FOUND},
+)
+def map_npy(
+    result_id: JobId,
+    method: Annotated[str, Path(max_length=64)],
+    state: StateDep,
+    client: ClientDep,
+) -> Response:
+    """One map of a kept result as a NumPy ``.npy`` file: ``(H, W)`` float32 in [0, 1]."""
+    stored = state.store.get(client, result_id)
+    if method not in stored.maps:
+        raise HTTPException(404, f"the result has no map for {method[:40]!r}")
+    buf = io.BytesIO()
+    np.save(buf, stored.maps[method].numpy().astype(np.float32))
+    return Response(buf.getvalue(), media_type="application/octet-stream")
 
 
 @router.get(

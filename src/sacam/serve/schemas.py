@@ -97,6 +97,12 @@ class LayersOut(BaseModel):
     layers: list[LayerOut]
 
 
+class ClassesOut(BaseModel):
+    """``GET /api/classes``: class names in index order."""
+
+    classes: list[str]
+
+
 class SamplesOut(BaseModel):
     """``GET /api/samples``."""
 

@@ -1,0 +1,113 @@
+"""The page in headless Chromium on the gated colour model: queue, reload, other origins.
+
+Fast browser checks that need no real model: the page shows its place in the queue,
+a reload cancels the job it started, a page of another origin cannot start a job, and
+the first screen has no serious accessibility problem (axe-core).
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.support.serve import (
+    CHROMIUM,
+    gated_model,
+    live_server,
+    other_origin_page,
+    red_green_png,
+    require,
+    serious_accessibility_problems,
+    sync_playwright,
+    wait_until,
+)
+
+require("fastapi")
+from sacam.serve import create_app  # noqa: E402
+
+
+@pytest.fixture
+def browser():  # noqa: ANN201
+    start = sync_playwright()
+    with start() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield chromium
+        chromium.close()
+
+
+def test_queue_position_shows_and_a_reload_cancels_the_job(browser) -> None:  # noqa: ANN001
+    loaded = gated_model()
+    net = loaded.model
+    app = create_app(loaded)
+    with live_server(app) as base:
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(base + "/")
+        page.wait_for_selector("#samples button")
+        page.click("#samples button[data-sample='chelsea']")
+        page.wait_for_function("() => !document.querySelector('#explain').disabled")
+        net.gate.clear()  # the model is busy with someone else's job
+        other = httpx.post(
+            f"{base}/api/jobs/explain",
+            files={"image": ("x.png", red_green_png(), "image/png")},
+            data={"methods": ["grad-cam"]},
+        ).json()
+        page.click("#explain")
+        page.wait_for_function(
+            "() => document.querySelector('#stage').textContent"
+            ".includes('waiting for the model: 1 request ahead')"
+        )
+        job_id = page.get_attribute("#job", "data-job-id")
+        assert job_id
+        page.reload()  # the page goes away: its job is cancelled, not orphaned
+        wait_until(
+            lambda: httpx.get(f"{base}/api/jobs/{job_id}").json()["status"] == "cancelled",
+            "the reloaded page's job to be cancelled",
+        )
+        net.gate.set()
+        done = lambda: httpx.get(f"{base}/api/jobs/{other['job_id']}").json()["status"]  # noqa: E731
+        wait_until(lambda: done() == "done", "the other client's job to finish")
+
+
+def test_a_page_of_another_origin_cannot_start_a_job(browser) -> None:  # noqa: ANN001
+    app = create_app(gated_model())
+    worker = app.state.serve.worker
+    with live_server(app) as base:
+        attack = f"""<!doctype html><title>elsewhere</title><script>
+        const form = new FormData();
+        form.append("methods", "grad-cam");
+        form.append("image", new Blob([new Uint8Array(64)], {{type: "image/png"}}), "x.png");
+        fetch("{base}/api/jobs/explain", {{method: "POST", body: form, mode: "no-cors"}});
+        </script>"""
+        with other_origin_page(attack) as elsewhere:
+            page = browser.new_page()
+            with page.expect_response(f"{base}/api/jobs/explain") as response:
+                page.goto(elsewhere)
+            assert response.value.status == 403
+        assert [j for j in worker.jobs() if j.kind == "explain"] == []
+        # the same request from the app's own page is accepted
+        page.goto(base + "/")
+        status = page.evaluate(
+            """async () => {
+                const form = new FormData();
+                form.append("methods", "grad-cam");
+                const png = await (await fetch("/api/samples/coffee")).blob();
+                form.append("image", png, "coffee.png");
+                return (await fetch("/api/jobs/explain", {method: "POST", body: form})).status;
+            }"""
+        )
+        assert status == 202
+
+
+def test_first_screen_is_accessible_and_fits_a_phone(browser) -> None:  # noqa: ANN001
+    with live_server(create_app(gated_model())) as base:
+        for width in (390, 1440):
+            context = browser.new_context(viewport={"width": width, "height": 900}, bypass_csp=True)
+            page = context.new_page()
+            page.goto(base + "/")
+            page.wait_for_selector("#samples button")
+            assert page.evaluate("() => document.documentElement.scrollWidth") <= width
+            if width == 1440:  # the Explain button is on the first screen
+                box = page.locator("#explain").bounding_box()
+                assert box is not None and box["y"] + box["height"] <= 900
+            assert serious_accessibility_problems(page) == []
+            context.close()
