@@ -8,6 +8,7 @@ from torch import nn
 
 import sacam
 from sacam.core import BaseCAM
+from sacam.errors import MethodError
 from tests.support.nets import F64_ATOL, in_double, small_cnn
 
 # methods for token models (family "transformer") have their shared checks on a small ViT
@@ -175,3 +176,26 @@ def test_registry_entry_is_documented(method) -> None:
     assert info.paper and info.url.startswith("https://") and info.description
     assert info.cls.__doc__ and info.url in info.cls.__doc__
     assert info.cls.name == method
+
+
+# ------------------------------------------------------------------- options
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "message"),
+    [
+        ("xgrad-cam", {"variant": "x"}, "variant"),
+        ("smooth-grad-cam++", {"n_samples": 0}, "n_samples"),
+        ("smooth-grad-cam++", {"seed": 1.5}, "seed"),
+        ("ss-cam", {"std": -1.0}, "std"),
+        ("is-cam", {"variant": "softmax"}, "variant"),
+        ("ablation-cam", {"inputs_per_pass": 0}, "inputs_per_pass"),
+        ("group-cam", {"denoise_quantile": 2.0}, "denoise_quantile"),
+        ("group-cam", {"blur_kernel": 4}, "blur_kernel"),
+        ("eigen-cam", {"center": "yes"}, "center"),
+        ("random", {"variant": "pixels"}, "variant"),
+    ],
+)
+def test_bad_options_are_refused(method: str, options: dict, message: str) -> None:
+    with pytest.raises(MethodError, match=message):
+        sacam.build_method(small_cnn(), method, **options)
