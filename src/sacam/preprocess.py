@@ -63,7 +63,7 @@ class Preprocess:
         only its centre crop resampled, so a 1 × 6000 picture costs what a 224 × 224
         one does. Other images are resized whole and then cropped.
         """
-        img = image.convert("RGB")
+        img = image if image.mode == "RGB" else image.convert("RGB")  # no copy of RGB
         if self.resize == "squash":
             img = img.resize((self.size, self.size), Image.Resampling.BICUBIC)
         else:
