@@ -212,3 +212,41 @@ def test_refine_cam_variants_pick_the_base_variant(cnn, images) -> None:
 def test_refine_cam_rejects_bad_options(cnn, options, message) -> None:
     with pytest.raises(MethodError, match=message):
         sacam.build_method(cnn, "refine-cam", **options)
+
+
+def test_a_multilayer_method_is_one_override(cnn, images) -> None:
+    """The engine's fuse step: a product of Grad-CAM's layer maps is Refine-CAM on Grad-CAM."""
+    from sacam.core import normalize_maps
+    from sacam.methods.gradient import GradCAM
+
+    class ProductGradCAM(GradCAM):
+        def fuse(self, layer_maps, raw):  # noqa: ANN001, ANN202
+            return normalize_maps(torch.stack(list(layer_maps.values())).prod(dim=0))
+
+    got = ProductGradCAM(cnn, ["1", "4"]).explain(images)
+    expect = sacam.explain_full(cnn, images, method="refine-cam", base="grad-cam", layer=["1", "4"])
+    assert torch.equal(got.maps, expect.maps)
+    assert list(got.layer_maps) == ["1", "4"]
+    # by hand: the product of the two normalised maps, normalised
+    by_hand = normalize_maps(got.layer_maps["1"] * got.layer_maps["4"])[0]
+    assert torch.equal(got.maps, by_hand)
+
+
+def test_select_layers_and_combine_are_the_layer_steps(cnn, images) -> None:
+    """A method choosing its layers and merging their raw maps overrides two steps only."""
+    from sacam.methods.gradient import GradCAM
+
+    class LastLayerTwice(GradCAM):
+        def select_layers(self, record, images):  # noqa: ANN001, ANN202
+            return super().select_layers(record, images)[-1:]
+
+        def combine(self, layers, ctx):  # noqa: ANN001, ANN202
+            (layer,) = layers
+            return {"twice": 2 * self.layer_map(layer, ctx)}
+
+    out = LastLayerTwice(cnn, ["1", "4"]).explain(images)
+    assert out.layers == ["twice"]
+    # doubling the raw map changes nothing after min-max normalisation
+    expect = sacam.explain(cnn, images, method="grad-cam", layer="4")
+    assert torch.allclose(out.maps, expect, atol=1e-6)
+    assert not torch.allclose(out.maps, sacam.explain(cnn, images, method="grad-cam", layer="1"))
