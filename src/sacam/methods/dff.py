@@ -158,20 +158,35 @@ def concepts(
     check_seed(seed)
     images = check_images(images, model)
     acts, label = _activations(model, images, layer, reshape_transform)
+    vectors, maps = _factorise(acts, n_components, seed, max_iter)
+    maps = _normalised(maps, tuple(images.shape[-2:]) if upsample else None)
+    head = find_classifier(model, acts.shape[1]) if classifier == "auto" else classifier
+    return Concepts(maps, vectors, *_classify(model, head, vectors, top_k), label)
+
+
+def _factorise(
+    acts: torch.Tensor, n: int, seed: int, max_iter: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """NMF of ``(B, K, h, w)`` activations: concept vectors ``(n, K)``, raw maps ``(B, n, h, w)``.
+
+    Each channel's minimum is subtracted before the factorisation and added back to the
+    vectors; the maps are float32 on the activations' device.
+    """
     b, k, h, w = acts.shape
     dtype = torch.float64 if acts.dtype == torch.float64 else torch.float32  # as the layer
     matrix = torch.nan_to_num(acts.detach()).transpose(0, 1).reshape(k, -1).to("cpu", dtype).numpy()
     offset = matrix.min(axis=1, keepdims=True)
-    w_mat, h_mat = _nmf(matrix - offset, n_components, seed, max_iter)
+    w_mat, h_mat = _nmf(matrix - offset, n, seed, max_iter)
     vectors = torch.from_numpy(w_mat + offset).T.to(device=acts.device, dtype=acts.dtype)
-    maps = torch.from_numpy(h_mat).reshape(n_components, b, h, w).transpose(0, 1)
-    maps = maps.to(device=acts.device, dtype=torch.float32)
-    if upsample and (h, w) != tuple(images.shape[-2:]):
-        maps = F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
-    maps = normalize_maps(maps.reshape(b * n_components, *maps.shape[-2:]))[0].view_as(maps)
-    head = find_classifier(model, k) if classifier == "auto" else classifier
-    scores, top_classes, top_scores = _classify(model, head, vectors, top_k)
-    return Concepts(maps, vectors, scores, top_classes, top_scores, label)
+    maps = torch.from_numpy(h_mat).reshape(n, b, h, w).transpose(0, 1)
+    return vectors, maps.to(device=acts.device, dtype=torch.float32)
+
+
+def _normalised(maps: torch.Tensor, size: tuple[int, ...] | None) -> torch.Tensor:
+    """``(B, n, h, w)`` maps upsampled bilinearly to ``size`` (if given), each normalised."""
+    if size is not None and tuple(maps.shape[-2:]) != size:
+        maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+    return normalize_maps(maps.flatten(0, 1))[0].view_as(maps)
 
 
 Maybe = torch.Tensor | None
