@@ -324,3 +324,13 @@ def test_landing_page_counts_match_the_registries() -> None:
 def test_changelog_page_includes_the_changelog() -> None:
     assert (ROOT / "CHANGELOG.md").read_text("utf-8").startswith("# Changelog")
     assert '--8<-- "CHANGELOG.md"' in (DOCS / "changelog.md").read_text("utf-8")
+
+
+def test_nav_lists_every_page_of_the_site() -> None:
+    nav = (ROOT / "mkdocs.yml").read_text("utf-8")
+    for page in [*PAGES, DOCS / "index.md", DOCS / "changelog.md"]:
+        assert f": {page.relative_to(DOCS).as_posix()}\n" in nav, f"{page} is not in the nav"
+    for page in (DOCS / "reference" / "api").glob("*.md"):
+        assert f": {page.relative_to(DOCS).as_posix()}\n" in nav, f"{page} is not in the nav"
+    for generated in _gen_reference().PAGES:
+        assert f": {generated}\n" in nav, f"the generated {generated} is not in the nav"
