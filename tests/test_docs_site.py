@@ -334,3 +334,17 @@ def test_nav_lists_every_page_of_the_site() -> None:
         assert f": {page.relative_to(DOCS).as_posix()}\n" in nav, f"{page} is not in the nav"
     for generated in _gen_reference().PAGES:
         assert f": {generated}\n" in nav, f"the generated {generated} is not in the nav"
+
+
+def test_no_two_pages_share_an_address() -> None:
+    # mkdocs serves both NAME.md and NAME/README.md (or NAME/index.md) at NAME/: one would
+    # hide the other, so the folder's index must be excluded from the site
+    config = (ROOT / "mkdocs.yml").read_text("utf-8")
+    for index in [*DOCS.rglob("README.md"), *DOCS.rglob("index.md")]:
+        folder = index.parent
+        if folder == DOCS or not folder.with_suffix(".md").exists():
+            continue
+        assert f"  /{index.relative_to(DOCS).as_posix()}\n" in config, (
+            f"{index.relative_to(DOCS)} and {folder.with_suffix('.md').relative_to(DOCS)} "
+            "would share an address: exclude the former in mkdocs.yml's exclude_docs"
+        )
