@@ -111,3 +111,35 @@ def test_first_screen_is_accessible_and_fits_a_phone(browser) -> None:  # noqa: 
                 assert box is not None and box["y"] + box["height"] <= 900
             assert serious_accessibility_problems(page) == []
             context.close()
+
+
+def test_an_expired_result_says_so_and_offers_to_explain_again(browser) -> None:  # noqa: ANN001
+    with live_server(create_app(gated_model(), keep_results=1)) as base:
+        page = browser.new_page()
+        page.goto(base + "/")
+        page.wait_for_selector("#samples button")
+        page.click("#samples button[data-sample='coffee']")
+        page.click("#explain")
+        page.wait_for_selector(".card[data-method='sa-cam']")
+        page.locator("#job").wait_for(state="hidden")
+        # the same browser explains another picture (another tab, say): it keeps one result
+        status = page.evaluate(
+            """async () => {
+                const form = new FormData();
+                form.append("methods", "grad-cam");
+                form.append("image", await (await fetch("/api/samples/rocket")).blob(), "r.png");
+                return (await fetch("/api/explain", {method: "POST", body: form})).status;
+            }"""
+        )
+        assert status == 200
+        page.click("#curves")
+        page.wait_for_function(
+            "() => document.querySelector('#message').textContent.includes('has expired')"
+        )
+        assert "Explain the image again" in page.inner_text("#message")
+        page.click("#retry-button")
+        page.wait_for_function(
+            "() => document.querySelector('#message').textContent.startsWith('explained')"
+        )
+        page.click("#curves")
+        page.locator("#auc-table").wait_for(state="visible")

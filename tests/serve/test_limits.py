@@ -208,3 +208,33 @@ def test_the_memory_budget_takes_from_the_heaviest_client_first() -> None:
     assert store.total_bytes() <= 11 * 2**20
     with pytest.raises(Exception, match="expired"):
         store.get("alice", "b3")  # ids are per client
+
+
+# ---------------------------------------------------------------------- progress
+def test_maps_come_as_each_method_ends_and_times_are_expected() -> None:
+    loaded = gated_model()
+    net = loaded.model
+    with TestClient(create_app(loaded), base_url=LOCAL) as c:
+        before = {m["name"]: m for m in c.get("/api/methods").json()["methods"]}
+        # the start-up passes already give a rate: every method has an expected time
+        assert all(m["expected_s"] is not None for m in before.values())
+        grad, score = before["grad-cam"]["passes"], before["score-cam"]["passes"]
+        assert score > grad
+        net.open_calls = net.calls + 2  # classifying and Grad-CAM pass; Score-CAM waits
+        job = c.post("/api/jobs/explain", **upload(red_green_png(), ("grad-cam", "score-cam")))
+        job_id = job.json()["job_id"]
+        wait_until(lambda: not net.gate.is_set(), "Score-CAM to reach the model")
+        info = c.get(f"/api/jobs/{job_id}").json()
+        assert info["status"] == "running" and info["stage"] == "score-cam"
+        assert [m["method"] for m in info["partial"]["maps"]] == ["grad-cam"]
+        # planned: 1 image to classify, then each method's images; done: the two passes
+        try:
+            assert info["work_planned"] == 1 + grad + score
+            assert info["work_done"] == 2
+            assert info["progress"] == pytest.approx((1 + grad) / info["work_planned"], abs=1e-4)
+        finally:
+            net.gate.set()
+        wait_until(lambda: c.get(f"/api/jobs/{job_id}").json()["status"] == "done", "the job")
+        after = {m["name"]: m for m in c.get("/api/methods").json()["methods"]}
+        assert after["score-cam"]["expected_s"] >= after["grad-cam"]["expected_s"]
+        assert after["score-cam"]["expected_s"] > 0

@@ -267,3 +267,47 @@ def test_a_planned_job_counts_progress_by_images(worker, net) -> None:  # noqa: 
     assert observed == [(0.125, 5), (0.25, 5), (0.625, 20)]
     assert "partial" not in worker.describe(job) and worker.describe(job)["result"] is None
     assert worker.seconds_per_image is not None and worker.seconds_per_image > 0
+
+
+def test_a_cancelled_waiting_job_lets_go_of_its_input(worker) -> None:  # noqa: ANN001
+    import gc
+    import weakref
+    from functools import partial
+
+    class Picture:  # stands for a large input the job would have worked on
+        pass
+
+    gate = threading.Event()
+    first = worker.submit("t", lambda _p: gate.wait(30))
+    picture = Picture()
+    alive = weakref.ref(picture)
+    waiting = worker.submit("t", partial(lambda pic, _p: pic, picture))
+    del picture
+    worker.cancel(waiting.id)
+    gc.collect()
+    assert alive() is None  # freed while the queue still holds the cancelled job
+    assert worker.get(waiting.id).status == "cancelled"
+    gate.set()
+    wait(first)
+
+
+def test_a_bounded_queue_refuses_with_a_retry_time(net) -> None:  # noqa: ANN001
+    from sacam.serve.worker import QueueFull
+
+    w = ModelWorker(net, max_queue=1)
+    gate = threading.Event()
+    try:
+        running = w.submit("t", lambda _p: gate.wait(30))
+        wait_for = time.monotonic() + 30
+        while running.status != "running":
+            assert time.monotonic() < wait_for
+            time.sleep(0.005)
+        queued = w.submit("t", lambda _p: None)
+        assert w.queue_position(queued) == 1 and w.queue_position(running) == 0
+        with pytest.raises(QueueFull) as refused:
+            w.submit("t", lambda _p: None)
+        assert refused.value.status == 429 and 1 <= refused.value.retry_after <= 60
+        assert refused.value.headers == {"Retry-After": str(refused.value.retry_after)}
+    finally:
+        gate.set()
+        w.close()

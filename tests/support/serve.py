@@ -137,7 +137,8 @@ class GateNet(nn.Module):
     """The colour classifier behind a gate: while ``gate`` is clear, a forward pass waits.
 
     Lets a test hold a job inside the model for as long as it likes, without timing.
-    ``calls`` counts the forward passes that got through.
+    ``calls`` counts the forward passes that got through; with ``open_calls`` set, the
+    gate closes by itself once that many passes have gone through.
     """
 
     def __init__(self) -> None:
@@ -146,8 +147,12 @@ class GateNet(nn.Module):
         self.gate = threading.Event()
         self.gate.set()
         self.calls = 0
+        self.open_calls: int | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.open_calls is not None and self.calls >= self.open_calls:
+            self.gate.clear()
+            self.open_calls = None
         if not self.gate.wait(120):
             raise RuntimeError("the test never opened the gate")
         self.calls += 1
