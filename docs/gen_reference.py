@@ -239,18 +239,27 @@ def command_help(args: list[str]) -> str:
     return buffer.getvalue().rstrip()
 
 
+def subcommands() -> list[str]:
+    """The ``sacam`` subcommands, as its help lists them."""
+    found = re.search(r"\{([\w,-]+)\}", command_help([]))
+    return found.group(1).split(",") if found else []
+
+
 def cli_page() -> str:
     """The Markdown page with the help of ``sacam`` and of each subcommand."""
+    names = subcommands()
     parts = [
         "# Command line",
         "",
-        "The `sacam` command has four subcommands. Exit codes: 0 success, 2 bad arguments "
+        f"The `sacam` command has {len(names)} subcommands: "
+        + ", ".join(f"`{n}`" for n in names)
+        + ". Exit codes: 0 success, 2 bad arguments "
         "(one line `sacam: error: ...` listing the valid choices, before any work), 3 "
         "unreadable input, 130 a benchmark stopped by Ctrl-C.",
         "",
         "This page is generated from the command's own help when the site is built.",
     ]
-    for args in ([], ["explain"], ["benchmark"], ["serve"], ["methods"]):
+    for args in ([], *([n] for n in names)):
         title = " ".join(["sacam", *args])
         parts += ["", f"## {title}", "", "```text", command_help(args), "```"]
     return "\n".join(parts) + "\n"
