@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import sacam
-from sacam import core
+from sacam import _passes
 from sacam._hooks import check_images
 from sacam._speed import memory, store
 from sacam._speed.tuner import Plan, Tuner, candidate_batches
@@ -243,7 +243,7 @@ def test_input_check_reads_nothing_back_from_the_device_but_refuses_nan_on_cpu()
 def test_a_map_call_reads_back_only_the_score_check(monkeypatch) -> None:
     # with the one needed read-back (the scores' finiteness) stubbed out, a Grad-CAM call
     # on meta tensors runs to the end: nothing else in it reads the device
-    monkeypatch.setattr(core, "evaluate_scores", lambda fn, out: fn(out))
+    monkeypatch.setattr(_passes, "evaluate_scores", lambda fn, out: fn(out))
     net = _net().to("meta")
     x = torch.empty(2, 3, 8, 8, device="meta")
     maps = GradCAM(net, layer="0")(x, torch.tensor([2, 0]))
