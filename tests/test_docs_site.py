@@ -52,6 +52,7 @@ EXPECTED_FILES = {
         "tiger/chelsea_sa-cam.png",
         "chelsea_sa-cam.png",
         "grid.png",
+        "attention.png",
     ],
     "tutorials/own-model.md": [
         "mynet.py",
@@ -77,7 +78,12 @@ EXPECTED_FILES = {
     ],
 }
 EXPECTED_OUTPUT = {
-    "getting-started.md": ["Egyptian cat", "torch.Size([1, 224, 224])", "(1, 320, 7, 7)"],
+    "getting-started.md": [
+        "Egyptian cat",
+        "torch.Size([1, 224, 224])",
+        "(1, 320, 7, 7)",
+        "(did you mean gamma?)",
+    ],
     "tutorials/transformers.md": ["torch.Size([2, 32, 32])", "torch.Size([2, 4, 4])"],
     "tutorials/own-model.md": ["torch.Size([2, 224, 224])", "features.0 (2, 16, 112, 112)", "True"],
     "tutorials/segmentation.md": ["torch.Size([1, 64, 64])", "None tensor(["],
