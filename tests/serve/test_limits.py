@@ -9,7 +9,9 @@ that gave up waiting left its request running to the end.
 
 from __future__ import annotations
 
+import base64
 import gc
+import io
 import threading
 
 import pytest
@@ -238,3 +240,17 @@ def test_maps_come_as_each_method_ends_and_times_are_expected() -> None:
         after = {m["name"]: m for m in c.get("/api/methods").json()["methods"]}
         assert after["score-cam"]["expected_s"] >= after["grad-cam"]["expected_s"]
         assert after["score-cam"]["expected_s"] > 0
+
+
+# ---------------------------------------------------------------------- thin pictures
+def test_thin_pictures_are_explained_at_the_cost_of_a_square_one() -> None:
+    with TestClient(create_app(gated_model()), base_url=LOCAL) as c:
+        for size in ((1, 6000), (6000, 1)):
+            png = png_bytes(Image.new("RGB", size, (250, 10, 10)))
+            assert len(png) < 200  # a few bytes...
+            r = c.post("/api/explain", **upload(png))
+            assert r.status_code == 200, r.text
+            out = r.json()
+            assert out["explained_class"]["name"] == "red"
+            image = Image.open(io.BytesIO(base64.b64decode(out["image"].split(",")[1])))
+            assert image.size == (16, 16)  # ...explained as the model's 16 x 16 view
