@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from ..allocator import keep_freed_memory
+from .._speed.allocator import keep_freed_memory
 from ..errors import InputError, SacamError
 from ..models import SAMPLE_IMAGES
 from ..registry import list_methods, method_info, methods_table
@@ -81,7 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--resize", choices=["crop", "squash"], default=None, help="image resize mode")
     ex.add_argument(
-        "--batch-size", type=int_at_least(1), default=8, help="images per batch (default: 8)"
+        "--images-per-step",
+        type=int_at_least(1),
+        default=8,
+        help="images explained per step (default: 8)",
     )
     ex.add_argument("--cmap", type=cmap, default="jet", help="matplotlib colour map (default: jet)")
     ex.add_argument(
@@ -146,7 +149,7 @@ def entry(argv: Sequence[str] | None = None) -> int:
     """The ``sacam`` command's process: glibc keeps freed memory (not for ``serve``), then main.
 
     A process of many forward passes reuses freed pages instead of faulting fresh ones
-    in (:func:`sacam.allocator.keep_freed_memory`). :func:`main` itself changes nothing
+    in (:func:`sacam.keep_freed_memory`). :func:`main` itself changes nothing
     process-wide, so a script or a test may call it in its own process.
     """
     args = list(sys.argv[1:] if argv is None else argv)

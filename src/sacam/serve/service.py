@@ -35,9 +35,9 @@ from .worker import JobError, Progress
 
 MAX_ATTENTION_POSITIONS = 64 * 64
 """SA-CAM's attention is N×N over the layer's N positions: larger grids are refused."""
-CURVE_BATCH = 16
-"""Images per forward pass of the curves: fixed, since measuring the fastest batch size
-(``batch_size="auto"``) costs more than a short curve itself."""
+CURVE_INPUTS_PER_PASS = 16
+"""Images per forward pass of the curves: fixed, since tuning the fastest size
+(``inputs_per_pass="auto"``) costs more than a short curve itself."""
 
 
 @dataclass(frozen=True)
@@ -333,7 +333,7 @@ def run_curves(
                 cam,
                 targets=stored.class_index,
                 steps=steps,
-                batch_size=CURVE_BATCH,
+                inputs_per_pass=CURVE_INPUTS_PER_PASS,
             )
             entry[kind] = {
                 "auc": float(res.auc[0]),
