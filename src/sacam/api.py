@@ -16,7 +16,7 @@ from .targets import TargetsLike
 
 
 def build_method(
-    model: nn.Module, method: str = "grad-cam", layer: LayersLike = None, **method_options: Any
+    model: nn.Module, method: str = "sa-cam", layer: LayersLike = None, **method_options: Any
 ) -> BaseCAM:
     """Instantiate a registered method, with a clear error for unknown options.
 
@@ -29,7 +29,7 @@ def build_method(
 def explain(
     model: nn.Module,
     images: torch.Tensor,
-    method: str = "grad-cam",
+    method: str = "sa-cam",
     layer: LayersLike = None,
     targets: TargetsLike = None,
     upsample: bool = True,
@@ -50,7 +50,7 @@ def explain(
             model's device. The maps stay on that device. ``(B, C, T, H, W)`` (3D CNNs,
             video) for the gradient and decomposition methods
             (:func:`sacam.core.volume_methods`): maps ``(B, T, H, W)``.
-        method: a name from :func:`sacam.list_methods` (``"grad-cam"``, ``"sa-cam"``, ...).
+        method: a name from :func:`sacam.list_methods` (default ``"sa-cam"``; ``"grad-cam"``, ...
         layer: target layer(s): a module, a dotted name (``"_blocks.15"``; ``"name@k"`` for
             call ``k`` of a module run several times; a bare name means its last call), a
             list of them (one map each, fused), or ``None`` for the last layer whose output
@@ -87,7 +87,7 @@ def explain(
 def explain_full(
     model: nn.Module,
     images: torch.Tensor,
-    method: str = "grad-cam",
+    method: str = "sa-cam",
     layer: LayersLike = None,
     targets: TargetsLike = None,
     upsample: bool = True,

@@ -286,6 +286,8 @@ def _build(
         model = _hub_architecture(spec)
         if weights is not None:
             _load_state_dict(model, Path(weights))
+        else:
+            info["weights"] = "random"  # an architecture only: randomly initialised
     elif Path(spec).is_file():
         if weights is not None:
             raise ModelError("weights= applies to an architecture, not to a model file")

@@ -24,24 +24,21 @@ from collections.abc import Sequence
 from .. import __version__
 from .._speed.allocator import keep_freed_memory
 from ..errors import InputError, SacamError
-from ..models import SAMPLE_IMAGES
-from ..registry import list_methods, method_info, methods_table
+from ..registry import list_methods, methods_table
 from ._args import (
     EXIT_IMAGE,
     EXIT_USAGE,
     Parser,
     add_model_options,
-    cmap,
-    default_method,
     device_arg,
+    install_hint,
     int_at_least,
-    out_dir,
     port,
     positive_float,
-    unit_float,
 )
-from ._benchmark import add_benchmark_parser, add_engine_options, benchmark_command
-from ._explain import explain_command
+from ._benchmark import add_benchmark_parser, benchmark_command
+from ._explain import add_explain_parser, explain_command
+from ._methods import methods_text
 
 WEB_MODULES = {"fastapi", "starlette", "uvicorn", "multipart", "python_multipart", "pydantic"}
 
@@ -54,58 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sacam {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    ex = sub.add_parser("explain", help="explain images and write overlay PNGs")
-    ex.add_argument(
-        "images",
-        nargs="*",
-        help="image files; 'sample:NAME' for a scikit-image photo; none: the sample photos "
-        f"({', '.join(SAMPLE_IMAGES)})",
-    )
-    add_model_options(ex)
-    ex.add_argument(
-        "--method",
-        action="append",
-        choices=list_methods(),
-        metavar="METHOD",
-        help=f"CAM method, repeat for a comparison grid; one of: {', '.join(list_methods())} "
-        f"(default: {default_method()})",
-    )
-    ex.add_argument(
-        "--layer", action="append", help="target layer (dotted name; repeat for several)"
-    )
-    ex.add_argument(
-        "--target", default=None, help="class index or class name, in any case (default: top-1)"
-    )
-    ex.add_argument(
-        "--out", type=out_dir, default="sacam-out", help="output folder (default: sacam-out)"
-    )
-    ex.add_argument("--resize", choices=["crop", "squash"], default=None, help="image resize mode")
-    ex.add_argument(
-        "--images-per-step",
-        type=int_at_least(1),
-        default=8,
-        help="images explained per step (default: 8)",
-    )
-    ex.add_argument("--cmap", type=cmap, default="jet", help="matplotlib colour map (default: jet)")
-    ex.add_argument(
-        "--alpha", type=unit_float, default=0.5, help="overlay opacity in [0, 1] (default: 0.5)"
-    )
-    ex.add_argument(
-        "--device", type=device_arg, default="cpu", help="torch device: cpu, cuda, cuda:N, mps"
-    )
-    ex.add_argument(
-        "--save-maps",
-        action="store_true",
-        help="folder mode: also write each map (float16 .npy) beside its overlay",
-    )
-    ex.add_argument(
-        "--workers",
-        type=int_at_least(1),
-        default=None,
-        help="folder mode with --engine ray: Ray workers",
-    )
-    add_engine_options(ex)
-
+    add_explain_parser(sub)
     add_benchmark_parser(sub)
 
     srv = sub.add_parser(
@@ -140,7 +86,14 @@ def _parser() -> argparse.ArgumentParser:
         "localhost, 127.0.0.1 and the --host address always are)",
     )
 
-    meth = sub.add_parser("methods", help="list the registered CAM methods")
+    meth = sub.add_parser("methods", help="list the registered CAM methods, or one's options")
+    meth.add_argument(
+        "name",
+        nargs="?",
+        choices=list_methods(),
+        metavar="NAME",
+        help="a method: print its options with their defaults",
+    )
     meth.add_argument("--markdown", action="store_true", help="print the README's Markdown table")
     return parser
 
@@ -162,15 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
     if args.command == "methods":
-        if args.markdown:
-            print(methods_table())
-            return 0
-        names = list_methods()
-        width = max(map(len, names))
-        papers = min(34, max(len(method_info(n).paper) for n in names))
-        for name in names:
-            info = method_info(name)
-            print(f"{name:{width}s}  {info.paper:{papers}s}  {info.description}")
+        print(methods_table() if args.markdown else methods_text(args.name))
         return 0
     try:
         if args.command == "benchmark":
@@ -195,7 +140,7 @@ def _serve(args: argparse.Namespace) -> int:
             raise
         raise SacamError(
             f"sacam serve needs the web dependencies ({exc.name} is missing): "
-            'pip install -e ".[serve]"'
+            f"{install_hint('serve')}"
         ) from None
     try:
         serve(

@@ -21,12 +21,37 @@ EXIT_INTERRUPTED = 130
 
 
 def default_method() -> str:
-    """SA-CAM when it is registered, else Grad-CAM."""
-    return "sa-cam" if "sa-cam" in list_methods() else "grad-cam"
+    """The default method of the command line and of :func:`sacam.explain`: SA-CAM."""
+    return "sa-cam"
+
+
+def install_hint(extra: str) -> str:
+    """The ``pip install`` line for an optional extra, fit for how sacam was installed.
+
+    A source checkout installed in editable mode is told ``pip install -e ".[extra]"``;
+    an installed wheel ``pip install "sacam[extra]"``.
+    """
+    import json
+    from importlib import metadata
+
+    try:
+        text = metadata.distribution("sacam").read_text("direct_url.json")
+        editable = bool(json.loads(text or "{}").get("dir_info", {}).get("editable"))
+    except (metadata.PackageNotFoundError, ValueError, AttributeError):
+        editable = False
+    return f'pip install -e ".[{extra}]"' if editable else f'pip install "sacam[{extra}]"'
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with sacam's one-line errors (``sacam: error: ...``, exit 2)."""
+    """argparse with sacam's one-line errors (``sacam: error: ...``, exit 2).
+
+    Options are matched by their full names only (no prefixes), so ``--method`` can never
+    be read as an ambiguous prefix of ``--methods`` or ``--method-option``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         """Print one line and exit with the usage code."""
@@ -162,6 +187,51 @@ def existing_dir(text: str) -> Path:
     if not path.is_dir():
         raise argparse.ArgumentTypeError(f"no such folder: {text!r}")
     return path
+
+
+def add_list_option(
+    parser: argparse.ArgumentParser,
+    name: str,
+    metavar: str,
+    help: str,
+    choices: list[str] | None = None,
+    dest: str | None = None,
+) -> None:
+    """``--NAME X`` (repeatable) and ``--NAMEs X Y ...``: one list, either form, any mix."""
+    dest = dest or f"{name}s".replace("-", "_")
+    common: dict[str, Any] = {"dest": dest, "default": None, "metavar": metavar}
+    if choices is not None:
+        common["choices"] = choices
+    parser.add_argument(f"--{name}", action="append", help=f"{help} (repeatable)", **common)
+    parser.add_argument(
+        f"--{name}s", action="extend", nargs="+", help="the same, several at once", **common
+    )
+
+
+def add_method_options(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--method``/``--methods`` and ``--method-option``, the same in every subcommand."""
+    add_list_option(
+        parser,
+        "method",
+        "METHOD",
+        f"CAM method; one of: {', '.join(list_methods())} (default: {default})",
+        choices=list_methods(),
+    )
+    parser.add_argument(
+        "--method-option",
+        action="append",
+        type=method_option,
+        default=[],
+        metavar="METHOD:KEY=VALUE",
+        help="an option of one method, e.g. sa-cam:temperature=5 (repeatable; values are "
+        "Python literals, else strings; 'sacam methods NAME' lists a method's options)",
+    )
+    add_list_option(
+        parser,
+        "layer",
+        "LAYER",
+        "layer every method explains (dotted name; default: each method's automatic choice)",
+    )
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import SacamError
-from ..registry import list_methods
 
 if TYPE_CHECKING:
     from ..evaluation.config import BenchmarkConfig
@@ -16,16 +15,18 @@ if TYPE_CHECKING:
 
 from ._args import (
     EXIT_INTERRUPTED,
+    add_list_option,
+    add_method_options,
     add_model_options,
     device_arg,
-    existing_dir,
     existing_file_path,
+    install_hint,
     int_at_least,
-    method_option,
     out_dir,
     positive_float,
     unit_float,
 )
+from ._demo import SAMPLES, data_source, demo_labels, write_demo_set
 
 
 def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,44 +39,20 @@ def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
     )
     bench.add_argument(
         "data_dir",
-        type=existing_dir,
+        type=data_source,
         help="images: a folder with labels.csv (file,class_index), class sub-folders "
-        "(WordNet ids or class indices), or ImageNet val with LOC_val_solution.csv",
+        "(WordNet ids or class indices), or ImageNet val with LOC_val_solution.csv; "
+        "'samples': a built-in demo set of 4 labelled photos (no download)",
     )
     add_model_options(bench)
-    bench.add_argument(
-        "--methods",
-        nargs="+",
-        choices=list_methods(),
-        metavar="METHOD",
-        default=None,
-        help="methods to compare (default: grad-cam grad-cam++ sa-cam; with --from-maps: "
-        "the saved ones)",
-    )
-    bench.add_argument(
-        "--layer",
-        action="append",
-        default=None,
-        help="layer every method explains (dotted name; repeat for several; default: each "
-        "method's automatic choice)",
-    )
-    bench.add_argument(
-        "--method-option",
-        action="append",
-        type=method_option,
-        default=[],
-        metavar="METHOD:KEY=VALUE",
-        help="an option of one method, e.g. sa-cam:temperature=5 or score-cam:inputs_per_pass=64 "
-        "(repeatable; values are Python literals, else strings)",
-    )
-    bench.add_argument(
-        "--metrics",
-        nargs="+",
-        default=None,
-        choices=[*list_metrics(), "default", "all"],
-        metavar="METRIC",
-        help=f"metrics: {', '.join(list_metrics())}; 'default' or 'all' (default: default; "
+    add_method_options(bench, "grad-cam grad-cam++ sa-cam; with --from-maps: the saved ones")
+    add_list_option(
+        bench,
+        "metric",
+        "METRIC",
+        f"metric: {', '.join(list_metrics())}; 'default' or 'all' (default: default; "
         "with --preset: the preset's)",
+        choices=[*list_metrics(), "default", "all"],
     )
     bench.add_argument(
         "--preset",
@@ -93,6 +70,12 @@ def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
     )
     bench.add_argument(
         "--limit", type=int_at_least(1), default=None, help="first N images of the folder"
+    )
+    bench.add_argument(
+        "--size",
+        type=int_at_least(1),
+        default=None,
+        help="side in pixels of the model's input (default: the model's own, else 224)",
     )
     bench.add_argument("--out", type=out_dir, default=Path("sacam-benchmark"), help="output folder")
     bench.add_argument(
@@ -163,7 +146,7 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         "--engine",
         choices=["local", "ray"],
         default="local",
-        help='local: this process; ray: Ray Data actors (pip install -e ".[ray]")',
+        help=f"local: this process; ray: Ray Data actors ({install_hint('ray')})",
     )
     parser.add_argument(
         "--address",
@@ -208,8 +191,12 @@ def _benchmark_config(args: argparse.Namespace) -> BenchmarkConfig:
     from ..evaluation.runner.maps import MapReader
 
     threads = 4 if args.workers is None or args.engine == "ray" else args.workers
+    data_dir = args.data_dir
+    if data_dir == SAMPLES:
+        data_dir = write_demo_set(args.out / "samples")
+        print(f"demo set: {len(demo_labels())} labelled sample photos in {data_dir}/")
     config = BenchmarkConfig(
-        data_dir=args.data_dir,
+        data_dir=data_dir,
         out=args.out,
         model=args.model,
         weights=args.weights,
@@ -228,7 +215,8 @@ def _benchmark_config(args: argparse.Namespace) -> BenchmarkConfig:
         seed=args.seed,
         save_maps=args.save_maps,
         from_maps=args.from_maps,
-        layer=args.layer,
+        layer=args.layers,
+        image_size=args.size,
     )
     if args.epsilons is not None:
         config.epsilons = tuple(dict.fromkeys(e / 255 for e in args.epsilons))

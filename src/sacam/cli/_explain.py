@@ -6,46 +6,114 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
+from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
 from .._outputs import to_logits
 from ..api import build_method
 from ..errors import InputError, SacamError
-from ..models import SAMPLE_IMAGES, load_image, load_model
-from ..targets import parse_class
+from ..models import SAMPLE_IMAGES, LoadedModel, load_image
 from ..viz import overlay, save_grid
 from ._args import (
     EXIT_IMAGE,
+    add_method_options,
+    add_model_options,
+    cmap,
     default_method,
+    device_arg,
+    int_at_least,
+    out_dir,
+    unit_float,
 )
-from ._benchmark import ray_engine_options
+from ._benchmark import add_engine_options, ray_engine_options
+from ._classes import resolve_target
+from ._model import add_preprocess_options, cli_model
 
 GRID_ROWS = 8
+PREDICTIONS_SHOWN = 20
 
 
-def _explain_folder(args: argparse.Namespace) -> int:
+def add_explain_parser(sub: argparse._SubParsersAction) -> None:
+    """Add the ``explain`` subcommand and its options to ``sub``."""
+    ex = sub.add_parser("explain", help="explain images and write overlay PNGs")
+    ex.add_argument(
+        "images",
+        nargs="*",
+        help="image files, or one folder; 'sample:NAME' for a scikit-image photo; none: "
+        f"the sample photos ({', '.join(SAMPLE_IMAGES)})",
+    )
+    add_model_options(ex)
+    add_preprocess_options(ex)
+    add_method_options(ex, default_method())
+    ex.add_argument(
+        "--target",
+        default=None,
+        help="class index or class name, in any case, e.g. 285 or 'egyptian cat' "
+        "(default: each image's top-1 class)",
+    )
+    ex.add_argument(
+        "--out", type=out_dir, default="sacam-out", help="output folder (default: sacam-out)"
+    )
+    ex.add_argument("--resize", choices=["crop", "squash"], default=None, help="image resize mode")
+    ex.add_argument(
+        "--images-per-step",
+        type=int_at_least(1),
+        default=8,
+        help="images explained per step (default: 8)",
+    )
+    ex.add_argument("--cmap", type=cmap, default="jet", help="matplotlib colour map (default: jet)")
+    ex.add_argument(
+        "--alpha", type=unit_float, default=0.5, help="overlay opacity in [0, 1] (default: 0.5)"
+    )
+    ex.add_argument(
+        "--device", type=device_arg, default="cpu", help="torch device: cpu, cuda, cuda:N, mps"
+    )
+    ex.add_argument(
+        "--save-maps",
+        action="store_true",
+        help="folder mode: also write each map (float16 .npy) beside its overlay",
+    )
+    ex.add_argument(
+        "--workers",
+        type=int_at_least(1),
+        default=None,
+        help="folder mode with --engine ray: Ray workers",
+    )
+    add_engine_options(ex)
+
+
+def method_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """``--method-option`` as ``{method: {key: value}}``."""
+    options: dict[str, dict[str, Any]] = {}
+    for method, key, value in args.method_option:
+        options.setdefault(method, {})[key] = value
+    return options
+
+
+def _layer(args: argparse.Namespace) -> str | list[str] | None:
+    return args.layers if args.layers is None or len(args.layers) > 1 else args.layers[0]
+
+
+def _explain_folder(args: argparse.Namespace, methods: list[str]) -> int:
     """``sacam explain DIR``: every image of a folder, locally or on Ray."""
-    from ..evaluation.explain_folder import ExplainJob, explain_folder
+    from ..evaluation.explain_folder import ExplainJob, explain_folder, read_predictions
 
     options = ray_engine_options(args)
     if options is None and args.workers is not None:
         raise SacamError("--workers needs --engine ray")
-    methods = tuple(dict.fromkeys(args.method or [default_method()]))
-    target = None
-    if args.target is not None:
-        loaded = load_model(
-            args.model, weights=args.weights, trust_model_file=args.trust_model_file
-        )
-        target = parse_class(args.target, loaded.class_names, what="--target")
+    loaded = cli_model(args)
+    target = None if args.target is None else resolve_target(args.target, loaded.class_names)
+    pre = loaded.preprocess
     job = ExplainJob(
         data_dir=Path(args.images[0]),
         out=Path(args.out),
-        methods=methods,
+        methods=tuple(methods),
         model=args.model,
         weights=args.weights,
-        layer=args.layer if args.layer is None or len(args.layer) > 1 else args.layer[0],
+        layer=_layer(args),
         target=target,
         resize=args.resize,
         images_per_step=args.images_per_step,
@@ -54,15 +122,30 @@ def _explain_folder(args: argparse.Namespace) -> int:
         cmap=args.cmap,
         alpha=args.alpha,
         trust_model_file=args.trust_model_file,
+        size=pre.size,
+        mean=tuple(pre.mean),
+        std=tuple(pre.std),
+        class_names=tuple(loaded.class_names),
+        method_options=tuple(
+            (m, tuple(sorted(o.items()))) for m, o in method_options(args).items()
+        ),
     )
+    if target is not None:
+        print(f"explaining class {target} ({loaded.class_name(target)}) in every image")
     engine = None
     if options is not None:
         from ..evaluation.ray_engine import ray_explain_engine
 
         engine = ray_explain_engine(options)
     n, failed = explain_folder(job, engine)
+    rows = read_predictions(job.out)
+    for row in rows[:PREDICTIONS_SHOWN]:
+        print(f"{row['image']}: {row['class_name']} ({float(row['probability']):.3f})")
+    if len(rows) > PREDICTIONS_SHOWN:
+        print(f"... {len(rows) - PREDICTIONS_SHOWN} more")
     what = "overlays and maps" if args.save_maps else "overlays"
     print(f"{n} image(s) × {len(methods)} method(s): {what} in {job.out}/")
+    print(f"predictions (top-1 class and probability per image): {job.out / 'predictions.csv'}")
     if failed:
         print(f"{failed} failed (image, method) pair(s): see {job.out / 'failures.csv'}")
     return EXIT_IMAGE if failed else 0
@@ -81,24 +164,47 @@ def _image_names(sources: Sequence[str]) -> list[str]:
     return names
 
 
+class Shot:
+    """One image's map of one method: the class, probability and layer it explains."""
+
+    def __init__(self, image: str, method: str, cls: int, label: str, prob: float) -> None:
+        self.image, self.method, self.cls, self.label, self.prob = image, method, cls, label, prob
+        self.layers = ""
+
+    @property
+    def title(self) -> str:
+        """``chelsea: Egyptian cat (285) 0.77, sa-cam at blocks.15``."""
+        head = f"{self.image}: {self.label} ({self.cls}) {self.prob:.2f}"
+        return f"{head}, {self.method} at {self.layers}"
+
+    @property
+    def file_name(self) -> str:
+        """``chelsea_sa-cam.png``; the class and layer are in its PNG ``Title``."""
+        return f"{self.image}_{self.method}.png"
+
+
 def _write_pngs(
     args: argparse.Namespace,
     out: Path,
-    names: list[str],
     pixels: list[torch.Tensor],
     maps: dict[str, torch.Tensor],
-    titles: list[str],
+    shots: dict[str, list[Shot]],
 ) -> list[Path]:
     """Write one overlay per image and method, and comparison grids for several methods."""
-    methods = list(maps)
     written: list[Path] = []
-    for i, name in enumerate(names):
-        for m in methods:
-            path = out / f"{name}_{m}.png"
-            overlay(pixels[i], maps[m][i], cmap=args.cmap, alpha=args.alpha).save(path)
+    for m, row in shots.items():
+        for i, shot in enumerate(row):
+            path = out / shot.file_name
+            meta = PngInfo()
+            meta.add_text("Title", shot.title)
+            overlay(pixels[i], maps[m][i], cmap=args.cmap, alpha=args.alpha).save(
+                path, pnginfo=meta
+            )
             written.append(path)
-    if len(methods) > 1:
-        pages = range(0, len(names), GRID_ROWS)
+    if len(maps) > 1:
+        first = next(iter(shots.values()))
+        titles = [f"{s.image}: {s.label} {s.prob:.2f}" for s in first]
+        pages = range(0, len(pixels), GRID_ROWS)
         for page, start in enumerate(pages, start=1):
             rows = slice(start, start + GRID_ROWS)
             suffix = "" if len(pages) == 1 else f"-{page:02d}"
@@ -115,87 +221,99 @@ def _write_pngs(
     return written
 
 
+def _read_images(sources: Sequence[str], size: int, loaded: LoadedModel) -> tuple[list, list]:
+    """The readable sources and their pixels; each unreadable one reported on one line."""
+    pixels: list[torch.Tensor] = []
+    readable: list[str] = []
+    for src in sources:
+        try:
+            pixels.append(loaded.preprocess.pixels(load_image(src, draft_size=(size, size))))
+            readable.append(src)
+        except InputError as exc:
+            print(f"sacam: error: {exc}", file=sys.stderr)
+    return readable, pixels
+
+
+def _explain_step(
+    args: argparse.Namespace,
+    loaded: LoadedModel,
+    cams: dict[str, Any],
+    x: torch.Tensor,
+    names: list[str],
+    target: int | None,
+) -> tuple[dict[str, torch.Tensor], dict[str, list[Shot]]]:
+    """One step: top-5 printed per image, then each method's maps with what they explain."""
+    with torch.inference_mode():
+        probs = torch.softmax(to_logits(loaded.model(x)).float(), dim=1)
+    top = probs.topk(min(5, probs.shape[1]), dim=1)
+    targets = target if target is not None else top.indices[:, 0]
+    for b, name in enumerate(names):
+        ranked = ", ".join(
+            f"{loaded.class_name(int(i))} ({p:.3f})"
+            for p, i in zip(top.values[b].tolist(), top.indices[b].tolist(), strict=True)
+        )
+        tqdm.write(f"{name}: top-5 {ranked}")
+    maps: dict[str, torch.Tensor] = {}
+    shots: dict[str, list[Shot]] = {}
+    for m, cam in cams.items():
+        result = cam.explain(x, targets)
+        maps[m] = result.maps.detach().cpu()
+        shots[m] = []
+        for b, name in enumerate(names):
+            cls = int(targets if isinstance(targets, int) else targets[b])
+            shot = Shot(name, m, cls, loaded.class_name(cls), float(probs[b, cls]))
+            shot.layers = "+".join(result.layers)
+            shots[m].append(shot)
+    return maps, shots
+
+
 def explain_command(args: argparse.Namespace) -> int:
     """Run ``sacam explain``; returns the exit code."""
+    methods = list(dict.fromkeys(args.methods or [default_method()]))
     if len(args.images) == 1 and Path(args.images[0]).is_dir():
-        return _explain_folder(args)
+        return _explain_folder(args, methods)
     if args.engine == "ray" or args.save_maps:
         flag = "--engine ray" if args.engine == "ray" else "--save-maps"
         raise SacamError(f"{flag} explains a folder: pass one DIR of images")
     ray_engine_options(args)  # refuses --address and the other Ray options
     if args.workers is not None:
         raise SacamError("--workers needs a folder (DIR) and --engine ray")
-    sources = list(args.images) or [f"sample:{s}" for s in SAMPLE_IMAGES]
-    methods = list(dict.fromkeys(args.method or [default_method()]))
-    loaded = load_model(
-        args.model,
-        weights=args.weights,
-        device=args.device,
-        trust_model_file=args.trust_model_file,
-        resize=args.resize,
-    )
-    target = (
-        None
-        if args.target is None
-        else parse_class(args.target, loaded.class_names, what="--target")
-    )
-    layer = args.layer if args.layer is None or len(args.layer) > 1 else args.layer[0]
-    cams = {m: build_method(loaded.model, m, layer) for m in methods}
-    pre = loaded.preprocess
-    out: Path = args.out
+    loaded = cli_model(args)
+    target = None if args.target is None else resolve_target(args.target, loaded.class_names)
+    options = method_options(args)
+    cams = {m: build_method(loaded.model, m, _layer(args), **options.get(m, {})) for m in methods}
+    size = loaded.preprocess.size
     # each image is reduced to the model's input at once: only one decoded image is held
-    pixels: list[torch.Tensor] = []
-    readable: list[str] = []
-    unreadable = 0
-    for src in sources:
-        try:
-            pixels.append(pre.pixels(load_image(src, draft_size=(pre.size, pre.size))))
-            readable.append(src)
-        except InputError as exc:
-            print(f"sacam: error: {exc}", file=sys.stderr)
-            unreadable += 1
+    sources = list(args.images) or [f"sample:{s}" for s in SAMPLE_IMAGES]
+    readable, pixels = _read_images(sources, size, loaded)
     if not pixels:
         return EXIT_IMAGE
+    out: Path = args.out
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SacamError(f"cannot create the output folder {out}: {exc}") from None
-    sources = readable
-    names = _image_names(sources)
-    all_maps: dict[str, list[torch.Tensor]] = {m: [] for m in methods}
-    titles: list[str] = []
-    bar = tqdm(total=len(pixels), unit="image", desc="explaining", disable=None)
+    names = _image_names(readable)
+    maps: dict[str, list[torch.Tensor]] = {m: [] for m in methods}
+    shots: dict[str, list[Shot]] = {m: [] for m in methods}
+    step = args.images_per_step
+    with tqdm(total=len(pixels), unit="image", desc="explaining", disable=None) as bar:
+        for start in range(0, len(pixels), step):
+            x = loaded.preprocess.normalize(torch.stack(pixels[start : start + step]))
+            got, made = _explain_step(
+                args, loaded, cams, x.to(args.device), names[start : start + step], target
+            )
+            for m in methods:
+                maps[m].append(got[m])
+                shots[m] += made[m]
+            bar.update(len(got[methods[0]]))
     try:
-        for start in range(0, len(pixels), args.images_per_step):
-            chunk = slice(start, start + args.images_per_step)
-            x = pre.normalize(torch.stack(pixels[chunk])).to(args.device)
-            with torch.inference_mode():
-                logits = to_logits(loaded.model(x))
-            probs = torch.softmax(logits.float(), dim=1)
-            top = probs.topk(min(5, probs.shape[1]), dim=1)
-            targets = target if target is not None else top.indices[:, 0]
-            for m, cam in cams.items():
-                all_maps[m].append(cam(x, targets).cpu())
-            for b, name in enumerate(names[chunk]):
-                cls = int(targets if isinstance(targets, int) else targets[b])
-                ranked = ", ".join(
-                    f"{loaded.class_name(int(i))} ({p:.3f})"
-                    for p, i in zip(top.values[b].tolist(), top.indices[b].tolist(), strict=True)
-                )
-                tqdm.write(f"{name}: top-5 {ranked}")
-                titles.append(f"{name}: {loaded.class_name(cls)} {float(probs[b, cls]):.2f}")
-            bar.update(len(names[chunk]))
-    finally:
-        bar.close()
-    maps = {m: torch.cat(v) for m, v in all_maps.items()}
-    try:
-        written = _write_pngs(args, out, names, pixels, maps, titles)
+        written = _write_pngs(args, out, pixels, {m: torch.cat(v) for m, v in maps.items()}, shots)
     except OSError as exc:
         raise SacamError(f"cannot write to the output folder {out}: {exc}") from None
     print(f"model {loaded.name}, method(s) {', '.join(methods)}")
-    print(f"wrote {len(written)} PNG file(s) to {out}/:")
-    for path in written:
-        print(f"  {path}")
-    if unreadable:  # each was reported on its own line above
-        return EXIT_IMAGE
-    return 0
+    for m in methods:
+        for shot in shots[m]:
+            print(f"{shot.title} -> {out / shot.file_name}")
+    print(f"wrote {len(written)} PNG file(s) to {out}/")
+    return EXIT_IMAGE if len(readable) < len(sources) else 0

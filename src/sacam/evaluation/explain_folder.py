@@ -4,7 +4,9 @@ Per image ``name`` (its path below ``DIR`` without the suffix) and method ``m`` 
 ``OUT/<name>_<m>.png`` (the overlay) and, with ``save_maps``, ``OUT/<name>_<m>.npy`` (the
 map, float16 at the input size); each file is written to a temporary name and renamed, so
 a file is whole or absent. Images whose files all exist are skipped (a rerun resumes);
-images that fail are appended to ``OUT/failures.csv`` (``image,method,error``).
+images that fail are appended to ``OUT/failures.csv`` (``image,method,error``). Each
+explained image's top-1 class is appended to ``OUT/predictions.csv``
+(``image,class_index,class_name,probability``).
 
 The per-batch step :func:`explain_batch` is the same for the local engine (this process)
 and the Ray engine (:mod:`sacam.evaluation.ray_engine`, one model per actor).
@@ -15,7 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +29,13 @@ from tqdm import tqdm
 from .._outputs import to_logits
 from ..api import build_method
 from ..errors import InputError, SacamError
-from ..models import load_model
+from ..models import load_model, with_preprocess
 from ..viz import overlay
 from .runner.data import IMAGE_SUFFIXES, Item, batches
 from .runner.store import RunLock
+
+PREDICTIONS = "predictions.csv"
+PREDICTION_HEADER = ("image", "class_index", "class_name", "probability")
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,11 @@ class ExplainJob:
     cmap: str = "jet"
     alpha: float = 0.5
     trust_model_file: bool = False
+    size: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    class_names: tuple[str, ...] | None = None
+    method_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
 
     def outputs(self, name: str) -> list[Path]:
         """The files one image gets."""
@@ -80,9 +90,15 @@ class Explainer:
             device=job.device,
             trust_model_file=job.trust_model_file,
             resize=job.resize or None,
+            size=job.size,
+            class_names=job.class_names,
         )
+        stats = {k: v for k, v in (("mean", job.mean), ("std", job.std)) if v is not None}
+        if stats:
+            self.lm = lm = with_preprocess(lm, **stats)
+        options = {m: dict(o) for m, o in job.method_options}
         self.cams: dict[str, Callable[..., torch.Tensor]] = {
-            m: build_method(lm.model, m, job.layer) for m in job.methods
+            m: build_method(lm.model, m, job.layer, **options.get(m, {})) for m in job.methods
         }
 
 
@@ -103,7 +119,16 @@ def explain_batch(ex: Explainer, items: list[Item]) -> list[tuple[str, str, str]
         return failures
     x = pre.normalize(loaded.pixels).to(job.device)
     with torch.no_grad():
-        top1 = to_logits(ex.lm.model(x)).argmax(1)
+        probs = torch.softmax(to_logits(ex.lm.model(x)).float(), dim=1)
+    p1, top1 = (t.cpu() for t in probs.max(1))
+    _append_rows(
+        job.out / PREDICTIONS,
+        PREDICTION_HEADER,
+        [
+            (it.name, int(c), ex.lm.class_name(int(c)), f"{float(p):.4f}")
+            for it, c, p in zip(loaded.items, top1, p1, strict=True)
+        ],
+    )
     targets = torch.full_like(top1, job.target) if job.target is not None else top1
     for method, cam in ex.cams.items():
         try:
@@ -122,18 +147,32 @@ def explain_batch(ex: Explainer, items: list[Item]) -> list[tuple[str, str, str]
 
 def record_failures(out: Path, failures: list[tuple[str, str, str]]) -> None:
     """Append failures to ``out/failures.csv`` as whole lines (header on creation)."""
-    if not failures:
+    _append_rows(out / "failures.csv", ("image", "method", "error"), failures)
+
+
+def _append_rows(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Append CSV rows to ``path`` in one write (the header first when it is new)."""
+    if not rows:
         return
-    path = out / "failures.csv"
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     if not path.exists():
-        w.writerow(["image", "method", "error"])
-    w.writerows(failures)
+        w.writerow(header)
+    w.writerows(rows)
     with path.open("a", encoding="utf-8", newline="") as f:
         f.write(buf.getvalue())
         f.flush()
         os.fsync(f.fileno())
+
+
+def read_predictions(out: Path) -> list[dict[str, str]]:
+    """The rows of ``out/predictions.csv`` (the latest per image), in image order."""
+    path = out / PREDICTIONS
+    if not path.is_file():
+        return []
+    with path.open(encoding="utf-8", newline="") as f:
+        latest = {row["image"]: row for row in csv.DictReader(f)}
+    return [latest[k] for k in sorted(latest)]
 
 
 Engine = Callable[[ExplainJob, list[list[Item]], Callable[[int, list], None]], None]
@@ -164,7 +203,7 @@ def explain_folder(
     """
     items = list_images(job.data_dir)
     job.out.mkdir(parents=True, exist_ok=True)
-    with RunLock(job.out):
+    with RunLock(job.out) as lock:
         todo = [it for it in items if not all(p.exists() for p in job.outputs(it.name))]
         step = job.images_per_step
         chunks = [todo[i : i + step] for i in range(0, len(todo), step)]
@@ -182,6 +221,7 @@ def explain_folder(
                 (engine or local_explain_engine)(job, chunks, done)
         finally:
             bar.close()
+            lock.path.unlink(missing_ok=True)  # still held: no lock file is left behind
     return len(items), failed
 
 
@@ -189,4 +229,11 @@ def _disabled(progress: bool | None) -> bool | None:
     return None if progress is None else not progress
 
 
-__all__ = ["ExplainJob", "Explainer", "explain_batch", "explain_folder", "list_images"]
+__all__ = [
+    "ExplainJob",
+    "Explainer",
+    "explain_batch",
+    "explain_folder",
+    "list_images",
+    "read_predictions",
+]
