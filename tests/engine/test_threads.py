@@ -99,7 +99,7 @@ def test_different_models_run_in_parallel() -> None:
     results, errors = run_threads(
         3,
         [[i, i + 3] for i in range(3)],
-        lambda i: sacam.explain(models[int(i) % 3], x),  # type: ignore[call-overload]
+        lambda i: sacam.explain(models[int(i) % 3], x, "grad-cam"),  # type: ignore[call-overload]
     )
     assert errors == []
     for i in range(6):
