@@ -103,3 +103,52 @@ def test_report_is_one_page_with_human_titles_and_no_overflow(tmp_path) -> None:
     assert html.count("class='best'") >= 7  # a best per value: AD, IC, AG, del, ins, 2 complexity
     for name in ("metrics.png", "deletion_insertion.png", "examples.png"):
         assert (out / name).stat().st_size > 1000
+
+
+def test_intervals_stay_within_a_bounded_metrics_range() -> None:
+    from sacam.evaluation.runner.summary import bootstrap_interval, format_interval
+
+    few = [1.0, 1.0, 1.0, 0.0]  # a proportion from 4 images: Student's t reaches past 1
+    t = sacam.evaluation.stats.mean_ci(few)
+    assert t["mean"] + t["ci95"] > 1.0
+    lo, hi = bootstrap_interval(few)
+    assert 0.0 <= lo < 0.75 < hi <= 1.0
+    assert format_interval({"mean": 0.75, "ci_low": lo, "ci_high": hi}).startswith("0.750 [")
+    assert all(math.isnan(v) for v in bootstrap_interval([0.5]))
+
+
+def test_the_star_needs_a_paired_interval_against_the_runner_up() -> None:
+    from sacam.evaluation.runner.summary import decide_best
+
+    images = [f"i{k}" for k in range(6)]
+    clear = {"a": [0.9, 0.8, 0.85, 0.9, 0.95, 0.8], "b": [0.5, 0.4, 0.45, 0.5, 0.55, 0.4]}
+    noisy = {"a": [0.9, 0.1, 0.8, 0.2, 0.7, 0.3], "b": [0.2, 0.8, 0.3, 0.7, 0.4, 0.5]}
+    for values, decided in ((clear, True), (noisy, False)):
+        by = {(m, "insertion"): list(zip(images, v, strict=True)) for m, v in values.items()}
+        table = {
+            m: {"insertion": {"mean": sum(v) / 6, "higher_is_better": True}}
+            for m, v in values.items()
+        }
+        best = decide_best(by, table)
+        assert best["insertion"]["methods"] == ["a"] and best["insertion"]["runner_up"] == "b"
+        assert best["insertion"]["decided"] is decided
+        html = report.render_table({"table": table, "best": best})
+        assert ("★" in html) is decided and "<th>a</th><td class='best'>" in html
+
+
+def test_settings_list_only_what_applied_and_example_maps_name_their_class(tmp_path) -> None:
+    data = colour_folder(tmp_path, n=3)
+    out = tmp_path / "out"
+    config = run_config(data, out)
+    config.metrics = ["complexity"]
+    summary = run_benchmark(config, progress=False)
+    settings = summary["settings"]
+    for unused in ("steps", "road_percentages", "grid_threshold", "epsilons", "iterations"):
+        assert unused not in settings
+    assert settings["metrics"] == ["complexity"] and "seed" in settings
+    html = (out / "report.html").read_text()
+    assert '"grid_threshold"' not in html.split("<h2>Settings</h2>")[1]
+
+
+def test_metric_panels_fill_their_grid() -> None:
+    assert [figures._columns(n) for n in (1, 2, 3, 4, 6, 8, 9)] == [1, 2, 3, 4, 3, 4, 3]

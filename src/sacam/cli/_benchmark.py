@@ -263,6 +263,11 @@ def benchmark_command(args: argparse.Namespace) -> int:
     for config in configs:
         if len(configs) > 1:
             print(f"== {config.out.name}: model {config.model}, layer {config.layer or 'auto'}")
+        print(
+            f"benchmark of {', '.join(config.methods)} on {config.data_dir}: loading the model "
+            "and the images, predicting, then explaining and scoring (figures and report last)",
+            flush=True,
+        )
         try:
             summary = run_benchmark(config, engine=engine)
         except KeyboardInterrupt:

@@ -130,13 +130,32 @@ def ranked(table: dict[str, dict[str, Any]], value: str) -> list[str]:
     return sorted(methods, key=key)
 
 
+def _columns(n: int) -> int:
+    """Panels per row for ``n`` panels: the fewest empty cells, three per row on ties."""
+    return min((3, 4, 2), key=lambda c: (math.ceil(n / c) * c - n, abs(c - 3))) if n > 2 else n
+
+
+def _interval(stat: dict[str, Any]) -> tuple[float, float]:
+    """Distances below and above the mean of its 95% interval (0 where there is none)."""
+    mean = stat["mean"]
+    lo, hi = stat.get("ci_low", math.nan), stat.get("ci_high", math.nan)
+    if math.isfinite(lo) and math.isfinite(hi) and math.isfinite(mean):
+        return max(0.0, mean - lo), max(0.0, hi - mean)
+    half = _finite_or_zero(stat.get("ci95", math.nan))
+    return half, half
+
+
 def plot_metric_bars(path: Path, summary: dict[str, Any]) -> Path | None:
-    """One bar panel per value, methods ordered by rank (best at the left)."""
+    """One panel per value: each method's mean and 95% interval, best at the left.
+
+    The means are points, not bars, so each axis spans the values (not 0 to the values)
+    and the differences between methods show.
+    """
     table = summary["table"]
     names = value_columns(table)
     if not names:
         return None
-    cols = min(3, len(names))
+    cols = _columns(len(names))
     nrows = math.ceil(len(names) / cols)
     size = (4.2 * cols, 3.2 * nrows)
     with saved_figure(path, dpi=90, nrows=nrows, ncols=cols, figsize=size, squeeze=False) as (
@@ -145,19 +164,25 @@ def plot_metric_bars(path: Path, summary: dict[str, Any]) -> Path | None:
     ):
         for ax, value in zip(axes.flat, names, strict=False):
             order = ranked(table, value)
-            means = [table[m][value]["mean"] for m in order]
-            # no bar where there is no interval (fewer than two images)
-            errs = [_finite_or_zero(table[m][value]["ci95"]) for m in order]
-            colours = [method_style(m)["color"] for m in order]
-            bars = ax.bar(range(len(order)), means, yerr=errs, color=colours, capsize=2)
-            for bar, m in zip(bars, order, strict=True):
-                if m == EMPHASISED:
-                    bar.set_edgecolor("gold")
-                    bar.set_linewidth(2.5)
+            for x, m in enumerate(order):
+                low, high = _interval(table[m][value])
+                style = method_style(m)
+                ax.errorbar(
+                    [x],
+                    [table[m][value]["mean"]],
+                    yerr=[[low], [high]],
+                    fmt=style["marker"],
+                    color=style["color"],
+                    markersize=9 if m == EMPHASISED else 6,
+                    markeredgecolor="gold" if m == EMPHASISED else style["color"],
+                    capsize=3,
+                )
+            ax.margins(x=0.15, y=0.1)
+            ax.grid(axis="y", alpha=0.3)
             ax.set_xticks(range(len(order)), order, rotation=45, ha="right", fontsize=7)
             ax.set_title(f"{value_of(value).description} {arrow(value)}", fontsize=8)
         for ax in list(axes.flat)[len(names) :]:
-            ax.axis("off")
+            ax.remove()
     return path
 
 
@@ -207,5 +232,10 @@ def _examples(run: Run) -> Path | None:
     else:
         maps = {m: run.cam(m)(x).cpu() for m in run.config.methods}
     path = run.config.out / "examples.png"
-    save_grid(list(loaded.pixels), maps, path, titles=names)
+    titles = []
+    for name in names:
+        pred = run.predictions[name]
+        cls = int(pred["top1"])
+        titles.append(f"{name}: {run.lm.class_name(cls)} {float(pred['prob']):.2f}")
+    save_grid(list(loaded.pixels), maps, path, titles=titles)
     return path

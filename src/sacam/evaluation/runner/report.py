@@ -1,8 +1,9 @@
 """``report.html``: one self-contained page with the summary table and every figure.
 
-The table marks the best mean per value (bold, with a ★; ties all marked); wide tables
-scroll inside their panel and figures shrink to the page, so nothing overflows it
-horizontally.
+The table marks the best mean per value in bold (ties all marked) and adds a ★ only where
+the best is decided: where the summary compared it with the runner-up on the same images
+and the paired interval excludes no difference. Wide tables scroll inside their panel and
+figures shrink to the page, so nothing overflows it horizontally.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ import math
 from typing import Any
 
 from ..registry import arrow, value_of
-from ..stats import format_mean_ci
 from .figures import ranked, write_figures
 from .state import Run
-from .summary import value_columns
+from .summary import format_interval, value_columns
 
 TITLES = {
     "deletion_insertion.png": "Deletion and insertion curves",
@@ -44,11 +44,22 @@ def _best(table: dict[str, dict[str, Any]], value: str) -> set[str]:
     return {m for m in order if table[m][value]["mean"] == best}
 
 
+def _star(summary: dict[str, Any], value: str) -> bool:
+    """Whether the best of ``value`` earns a ★: decided by the paired comparison.
+
+    A table without the comparison (one built by hand) stars the best mean.
+    """
+    if "best" not in summary:
+        return True
+    return bool(summary["best"].get(value, {}).get("decided"))
+
+
 def render_table(summary: dict[str, Any]) -> str:
-    """The summary table as HTML, the best method per value marked."""
+    """The summary table as HTML: the best mean per value bold, ★ where it is decided."""
     table = summary["table"]
     names = value_columns(table)
     best = {v: _best(table, v) for v in names}
+    star = {v: "★ " if _star(summary, v) else "" for v in names}
     head = "".join(
         f"<th title='{html.escape(value_of(m).description)}'>{html.escape(m)} {arrow(m)}</th>"
         for m in names
@@ -60,9 +71,9 @@ def render_table(summary: dict[str, Any]) -> str:
             if m not in t:
                 cells.append("<td>–</td>")
                 continue
-            text = format_mean_ci(t[m])
+            text = format_interval(t[m])
             if method in best[m]:
-                cells.append(f"<td class='best'>★ {text}</td>")
+                cells.append(f"<td class='best'>{star[m]}{text}</td>")
             else:
                 cells.append(f"<td>{text}</td>")
         time_s = t.get("time_s", {}).get("mean", float("nan"))
@@ -84,8 +95,10 @@ def write_report(run: Run, summary: dict[str, Any]) -> None:
         "<h1>sacam benchmark</h1>",
         "<h2>Summary</h2><div class='panel'>",
         render_table(summary),
-        f"</div><p>Mean ± 95% interval over {n} image(s); ★ marks the best mean per column "
-        f"(↑ higher is better, ↓ lower is better). {summary['failures']} failed pair(s).</p>",
+        f"</div><p>Mean [95% bootstrap interval] over {n} image(s). Bold: the best mean per "
+        "column (↑ higher is better, ↓ lower is better); ★: the best is decided, its paired "
+        "95% interval against the runner-up on the same images excludes no difference. "
+        f"{summary['failures']} failed pair(s).</p>",
     ]
     for path in figures:
         data = base64.b64encode(path.read_bytes()).decode()
