@@ -146,19 +146,7 @@ def check_pt2(path: Path) -> None:
             raise _refuse(path, "it is not laid out as torch.export.save writes archives")
         root = roots.pop() + "/"
         rel = [n[len(root) :] for n in names]
-        models = []
-        for name in rel:
-            folder, _, leaf = name.rpartition("/")
-            if name in _TOP_FILES:
-                continue
-            if folder == "models" and leaf.endswith(".json"):
-                models.append(leaf[: -len(".json")])
-            elif folder == "data/sample_inputs" and leaf.endswith(".pt"):
-                continue
-            elif folder + "/" in _PAYLOAD and _PAYLOAD[folder + "/"].fullmatch(leaf):
-                continue
-            else:
-                raise _refuse(path, f"it holds {name!r}, which a plain exported model has not")
+        models = _program_names(path, rel)
         if "archive_format" not in rel or zf.read(root + "archive_format").strip() != b"pt2":
             raise _refuse(path, "it is not a current-format .pt2 archive (archive_format)")
         if models != ["model"]:
@@ -181,6 +169,37 @@ def check_pt2(path: Path) -> None:
             program = json.loads(zf.read(root + "models/model.json"))
         except ValueError as exc:
             raise _refuse(path, f"its program cannot be read ({exc})") from None
+    _check_program(path, program)
+
+
+def is_torchscript(path: Path) -> bool:
+    """Whether ``path`` looks like a TorchScript archive (``torch.jit.save``)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
+
+
+def _program_names(path: Path, rel: list[str]) -> list[str]:
+    """The programs (``models/*.json``) of an archive whose other files are all expected."""
+    models = []
+    for name in rel:
+        folder, _, leaf = name.rpartition("/")
+        if name in _TOP_FILES:
+            continue
+        if folder == "models" and leaf.endswith(".json"):
+            models.append(leaf[: -len(".json")])
+        elif folder == "data/sample_inputs" and leaf.endswith(".pt"):
+            continue
+        elif folder + "/" in _PAYLOAD and _PAYLOAD[folder + "/"].fullmatch(leaf):
+            continue
+        else:
+            raise _refuse(path, f"it holds {name!r}, which a plain exported model has not")
+    return models
+
+
+def _check_program(path: Path, program: object) -> None:
+    """Refuse a program with guard code, non-torch calls or non-arithmetic shapes."""
     if not isinstance(program, dict) or program.get("guards_code"):
         raise _refuse(path, "its program carries Python guard code")
     for key, value in _walk(program):
@@ -192,11 +211,3 @@ def check_pt2(path: Path) -> None:
     for key in program.get("range_constraints") or {}:
         if not _expr_ok(str(key)):
             raise _refuse(path, f"its shape symbol {str(key)[:60]!r} is not plain arithmetic")
-
-
-def is_torchscript(path: Path) -> bool:
-    """Whether ``path`` looks like a TorchScript archive (``torch.jit.save``)."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())

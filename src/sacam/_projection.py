@@ -83,19 +83,7 @@ def principal_projection(
     _, _, vh = torch.linalg.svd(x, full_matrices=False)
     proj = torch.bmm(x, vh[:, :1, :].transpose(1, 2))[:, :, 0]  # (B, hw)
     ref = (work.mean(dim=1) if reference is None else reference.to(work.dtype)).flatten(1)
-    corr = ((proj - proj.mean(1, keepdim=True)) * (ref - ref.mean(1, keepdim=True))).sum(1)
-    dot = (proj * ref).sum(1)
-    decider = torch.where(corr != 0, corr, dot)
-    if sign == "energy":
-        energy = (proj.clamp_min(0) ** 2).sum(1) - (proj.clamp_max(0) ** 2).sum(1)
-        decider = torch.where(energy != 0, energy, decider)
-    flip = decider < 0
-    # never keep an orientation that shows nothing when the other shows something
-    shows = proj.amax(1) > 0
-    shows_flipped = proj.amin(1) < 0
-    flip = torch.where(flip & ~shows_flipped & shows, False, flip)
-    flip = torch.where(~flip & ~shows & shows_flipped, True, flip)
-    sgn = torch.where(flip, -1.0, 1.0).to(proj.dtype)
+    sgn = _orientation(proj, ref, sign)
     return (proj * sgn[:, None]).view(b, *space).to(features.dtype)
 
 
@@ -128,3 +116,20 @@ def numpy_2d_projection(features: torch.Tensor) -> torch.Tensor:
         _, _, vt = np.linalg.svd(rows, full_matrices=True)
         out[i] = rows @ vt[0, :]
     return torch.from_numpy(out).view(b, *space).to(device=features.device, dtype=features.dtype)
+
+
+def _orientation(proj: torch.Tensor, ref: torch.Tensor, sign: SignRule) -> torch.Tensor:
+    """The sign ``(B,)`` (±1) that orients each projection ``(B, hw)`` by ``sign``'s rule."""
+    corr = ((proj - proj.mean(1, keepdim=True)) * (ref - ref.mean(1, keepdim=True))).sum(1)
+    dot = (proj * ref).sum(1)
+    decider = torch.where(corr != 0, corr, dot)
+    if sign == "energy":
+        energy = (proj.clamp_min(0) ** 2).sum(1) - (proj.clamp_max(0) ** 2).sum(1)
+        decider = torch.where(energy != 0, energy, decider)
+    flip = decider < 0
+    # never keep an orientation that shows nothing when the other shows something
+    shows = proj.amax(1) > 0
+    shows_flipped = proj.amin(1) < 0
+    flip = torch.where(flip & ~shows_flipped & shows, False, flip)
+    flip = torch.where(~flip & ~shows & shows_flipped, True, flip)
+    return torch.where(flip, -1.0, 1.0).to(proj.dtype)

@@ -101,6 +101,32 @@ def tta(
         >>> out.maps.shape, len(out.extras["tta"])
         (torch.Size([2, 16, 16]), 6)
     """
+    scale_list = _checked_scales(cam, scales, hflip)
+    images = check_images(images, cam.model)
+    size = (int(images.shape[-2]), int(images.shape[-1]))
+    output, scores, class_idx = _fixed_targets(cam, images, targets)
+    fixed: TargetsLike = class_idx if class_idx is not None else targets
+    augmentations = [(s, f) for s in scale_list for f in ((False, True) if hflip else (False,))]
+    total, per_layer = _augmented_sums(cam, images, fixed, augmentations, size)
+    maps, constant = normalize_maps(total / len(augmentations))
+    layer_maps = {k: normalize_maps(v / len(augmentations))[0] for k, v in per_layer.items()}
+    probs = None
+    if class_idx is not None and output.ndim == 2:
+        probs = torch.softmax(output.float(), 1).gather(1, class_idx[:, None])[:, 0]
+    return Explanation(
+        maps=maps,
+        layer_maps=layer_maps,
+        class_idx=class_idx,
+        scores=scores,
+        probabilities=probs,
+        constant=constant,
+        layers=list(layer_maps),
+        extras={"tta": augmentations},
+    )
+
+
+def _checked_scales(cam: BaseCAM, scales: Sequence[float], hflip: bool) -> list[float]:
+    """The scales as floats, after checking the arguments of :func:`tta`."""
     if not isinstance(cam, BaseCAM):
         raise MethodError(f"tta needs a method instance (BaseCAM), got {type(cam).__name__}")
     scale_list = [float(s) for s in scales]
@@ -108,10 +134,14 @@ def tta(
         raise MethodError(f"scales must be a non-empty list of positive numbers, got {scales!r}")
     if not isinstance(hflip, bool):
         raise MethodError(f"hflip must be True or False, got {hflip!r}")
-    model = cam.model
-    images = check_images(images, model)
-    size = (int(images.shape[-2]), int(images.shape[-1]))
-    with model_guard(model, eval_mode=cam.eval_mode, freeze=True):
+    return scale_list
+
+
+def _fixed_targets(
+    cam: BaseCAM, images: torch.Tensor, targets: TargetsLike
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Output, target scores and classes on the original images (plain tensors)."""
+    with model_guard(cam.model, eval_mode=cam.eval_mode, freeze=True):
         with torch.inference_mode():
             output = cam.logits_model(images)
             score_fn, class_idx = resolve_targets(targets, output)
@@ -119,9 +149,17 @@ def tta(
         # leave inference mode: plain tensors for the caller
         output, scores = output.clone(), scores.clone()
         class_idx = class_idx.clone() if class_idx is not None else None
-    fixed: TargetsLike = class_idx if class_idx is not None else targets
+    return output, scores, class_idx
 
-    augmentations = [(s, f) for s in scale_list for f in ((False, True) if hflip else (False,))]
+
+def _augmented_sums(
+    cam: BaseCAM,
+    images: torch.Tensor,
+    fixed: TargetsLike,
+    augmentations: list[tuple[float, bool]],
+    size: tuple[int, int],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Sums over the augmentations of the maps and of each layer's maps, at ``size``."""
     total: torch.Tensor | None = None
     per_layer: dict[str, torch.Tensor] = {}
     for scale, flipped in augmentations:
@@ -139,18 +177,4 @@ def tta(
         for label, m in exp.layer_maps.items():
             per_layer[label] = back(m) + per_layer[label] if label in per_layer else back(m)
     assert total is not None  # augmentations is never empty
-    maps, constant = normalize_maps(total / len(augmentations))
-    layer_maps = {k: normalize_maps(v / len(augmentations))[0] for k, v in per_layer.items()}
-    probs = None
-    if class_idx is not None and output.ndim == 2:
-        probs = torch.softmax(output.float(), 1).gather(1, class_idx[:, None])[:, 0]
-    return Explanation(
-        maps=maps,
-        layer_maps=layer_maps,
-        class_idx=class_idx,
-        scores=scores,
-        probabilities=probs,
-        constant=constant,
-        layers=list(layer_maps),
-        extras={"tta": augmentations},
-    )
+    return total, per_layer

@@ -105,7 +105,9 @@ def test_tta_works_with_any_method(method: str, cnn, images) -> None:
 def test_tta_batch_equals_single_calls(cnn, images) -> None:
     net, x = in_double(cnn, images)  # see F64_ATOL in conftest: two computations
     batch = sacam.explain(net, x, method="grad-cam", tta=True)
-    singles = torch.cat([sacam.explain(net, x[i : i + 1], tta=True) for i in range(3)])
+    singles = torch.cat(
+        [sacam.explain(net, x[i : i + 1], method="grad-cam", tta=True) for i in range(3)]
+    )
     torch.testing.assert_close(batch, singles, rtol=0, atol=F64_ATOL)
 
 
