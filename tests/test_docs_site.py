@@ -49,7 +49,7 @@ EXPECTED_FILES = {
         "sacam-out/chelsea_sa-cam.png",
         "sacam-out/rocket_sa-cam.png",
         "compare/comparison.png",
-        "tiger/chelsea_sa-cam.png",
+        "tiger/chelsea_sa-cam_tiger-cat_blocks.15.png",
         "chelsea_sa-cam.png",
         "grid.png",
         "attention.png",

@@ -117,7 +117,7 @@ def test_class_names_match_as_people_type_them(target, index, tmp_path, capsys) 
     name = sacam.models.imagenet_class_names()[index]
     assert f"chelsea: {name} ({index})" in out and "cam at _swish@1" in out
     (png,) = tmp_path.glob("*.png")
-    assert png.name == "chelsea_cam.png"
+    assert png.name == f"chelsea_cam_{name.lower().replace(' ', '-')}.png"
     assert f"{name} ({index})" in Image.open(png).text["Title"]
 
 
@@ -132,6 +132,30 @@ def test_a_vague_or_misspelt_class_gets_candidates(target, message, tmp_path, ca
     args = ["explain", "sample:chelsea", "--target", target, "--out", str(tmp_path)]
     assert main(args) == 2
     assert re.search(message, _one_error_line(capsys.readouterr().err))
+
+
+def test_runs_for_two_classes_or_layers_keep_their_files(tmp_path, capsys) -> None:
+    for extra in (["--target", "285"], ["--target", "281"], ["--layer", "_blocks.15"], []):
+        args = ["explain", "sample:chelsea", "--method", "grad-cam", *extra]
+        assert main([*args, "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "chelsea_grad-cam.png",
+        "chelsea_grad-cam_blocks.15.png",
+        "chelsea_grad-cam_egyptian-cat.png",
+        "chelsea_grad-cam_tabby.png",
+    ]
+    out = capsys.readouterr().out
+    assert "chelsea: Egyptian cat (285) 0.38, grad-cam at _blocks.15 -> " in out
+
+
+def test_folder_mode_names_a_chosen_class_and_layer(tmp_path, capsys) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    sacam.models.sample_image("chelsea").save(folder / "cat.png")
+    args = ["explain", str(folder), "--method", "grad-cam", "--target", "tiger cat"]
+    assert main([*args, "--layer", "_blocks.15", "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "cat_grad-cam_tiger-cat_blocks.15.png").is_file()
+    assert "explaining class 282 (tiger cat) in every image" in capsys.readouterr().out
 
 
 def test_folder_mode_writes_predictions_and_leaves_no_lock(tmp_path, capsys) -> None:

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from .._outputs import to_logits
 from ..api import build_method
 from ..errors import InputError, SacamError
+from ..evaluation.explain_folder import output_stem
 from ..models import SAMPLE_IMAGES, LoadedModel, load_image
 from ..viz import overlay, save_grid
 from ._args import (
@@ -177,10 +178,10 @@ class Shot:
         head = f"{self.image}: {self.label} ({self.cls}) {self.prob:.2f}"
         return f"{head}, {self.method} at {self.layers}"
 
-    @property
-    def file_name(self) -> str:
-        """``chelsea_sa-cam.png``; the class and layer are in its PNG ``Title``."""
-        return f"{self.image}_{self.method}.png"
+    def file_name(self, args: argparse.Namespace) -> str:
+        """``chelsea_sa-cam.png``; with ``--target``/``--layer`` the class and layer join it."""
+        label = self.label if args.target is not None else None
+        return output_stem(self.image, self.method, label, args.layers) + ".png"
 
 
 def _write_pngs(
@@ -194,7 +195,7 @@ def _write_pngs(
     written: list[Path] = []
     for m, row in shots.items():
         for i, shot in enumerate(row):
-            path = out / shot.file_name
+            path = out / shot.file_name(args)
             meta = PngInfo()
             meta.add_text("Title", shot.title)
             overlay(pixels[i], maps[m][i], cmap=args.cmap, alpha=args.alpha).save(
@@ -314,6 +315,6 @@ def explain_command(args: argparse.Namespace) -> int:
     print(f"model {loaded.name}, method(s) {', '.join(methods)}")
     for m in methods:
         for shot in shots[m]:
-            print(f"{shot.title} -> {out / shot.file_name}")
+            print(f"{shot.title} -> {out / shot.file_name(args)}")
     print(f"wrote {len(written)} PNG file(s) to {out}/")
     return EXIT_IMAGE if len(readable) < len(sources) else 0

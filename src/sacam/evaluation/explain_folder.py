@@ -2,7 +2,9 @@
 
 Per image ``name`` (its path below ``DIR`` without the suffix) and method ``m`` it writes
 ``OUT/<name>_<m>.png`` (the overlay) and, with ``save_maps``, ``OUT/<name>_<m>.npy`` (the
-map, float16 at the input size); each file is written to a temporary name and renamed, so
+map, float16 at the input size); a chosen class and layer join the name
+(``<name>_<m>_<class>_<layer>.png``), so runs for other classes or layers keep their
+files. Each file is written to a temporary name and renamed, so
 a file is whole or absent. Images whose files all exist are skipped (a rerun resumes);
 images that fail are appended to ``OUT/failures.csv`` (``image,method,error``). Each
 explained image's top-1 class is appended to ``OUT/predictions.csv``
@@ -17,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +68,36 @@ class ExplainJob:
     def outputs(self, name: str) -> list[Path]:
         """The files one image gets."""
         kinds = (".png", ".npy") if self.save_maps else (".png",)
-        return [self.out / f"{name}_{m}{k}" for m in self.methods for k in kinds]
+        return [self.out / f"{self.stem(name, m)}{k}" for m in self.methods for k in kinds]
+
+    def stem(self, name: str, method: str) -> str:
+        """``<image>_<method>``, then the chosen class and layer, if any."""
+        names = self.class_names or ()
+        label = None
+        if self.target is not None:
+            label = names[self.target] if self.target < len(names) else f"class {self.target}"
+        layer = [self.layer] if isinstance(self.layer, str) else self.layer
+        return output_stem(name, method, label, layer)
+
+
+def slug(text: str) -> str:
+    """``text`` as a file-name part: lower case, other characters as one ``-``.
+
+    Example:
+        >>> slug("Tiger cat"), slug("_blocks.15")
+        ('tiger-cat', 'blocks.15')
+    """
+    return re.sub(r"[^a-z0-9._+@]+", "-", text.lower()).strip("-_.") or "x"
+
+
+def output_stem(image: str, method: str, label: str | None, layers: list[str] | None) -> str:
+    """A map's file name, no suffix: ``chelsea_sa-cam``, ``chelsea_sa-cam_tabby_blocks.15``."""
+    parts = [image, method]
+    if label is not None:
+        parts.append(slug(label))
+    if layers:
+        parts.append("+".join(slug(x) for x in layers))
+    return "_".join(parts)
 
 
 def list_images(data_dir: Path) -> list[Item]:
@@ -135,10 +167,11 @@ def explain_batch(ex: Explainer, items: list[Item]) -> list[tuple[str, str, str]
             maps = cam(x, targets).detach().float().cpu()  # autograd on: gradient methods
             for i, it in enumerate(loaded.items):
                 image = overlay(loaded.pixels[i], maps[i], cmap=job.cmap, alpha=job.alpha)
-                _save(job.out / f"{it.name}_{method}.png", lambda f: image.save(f, "PNG"))  # noqa: B023
+                stem = job.out / job.stem(it.name, method)
+                _save(stem.with_name(stem.name + ".png"), lambda f: image.save(f, "PNG"))  # noqa: B023
                 if job.save_maps:
                     arr = maps[i].numpy().astype(np.float16)
-                    _save(job.out / f"{it.name}_{method}.npy", lambda f: np.save(f, arr))  # noqa: B023
+                    _save(stem.with_name(stem.name + ".npy"), lambda f: np.save(f, arr))  # noqa: B023
         except (SacamError, RuntimeError, ValueError, OSError) as exc:
             error = f"{type(exc).__name__}: {exc}".replace("\n", " ")
             failures += [(it.name, method, error) for it in loaded.items]
