@@ -72,9 +72,8 @@ def explain(
 
     Example:
         >>> import torch, sacam
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-        ...                     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+        >>> from sacam.examples import tiny_cnn
+        >>> net = tiny_cnn(channels=8, classes=5, padding=1)
         >>> maps = sacam.explain(net, torch.rand(2, 3, 32, 32), method="grad-cam", targets=3)
         >>> maps.shape, bool(maps.min() >= 0), bool(maps.max() <= 1)
         (torch.Size([2, 32, 32]), True, True)

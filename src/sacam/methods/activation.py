@@ -34,10 +34,8 @@ class CAM(BaseCAM):
 
     Example:
         >>> import torch, sacam
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        ...                     nn.Flatten(), nn.Linear(4, 2))
-        >>> sacam.explain(net, torch.rand(1, 3, 16, 16), method="cam").shape
+        >>> from sacam.examples import tiny_cnn
+        >>> sacam.explain(tiny_cnn(), torch.rand(1, 3, 16, 16), method="cam").shape
         torch.Size([1, 16, 16])
     """
 

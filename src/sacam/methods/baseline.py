@@ -40,9 +40,8 @@ class RandomCAM(BaseCAM):
 
     Example:
         >>> import torch, sacam
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        ...                     nn.Flatten(), nn.Linear(4, 2))
+        >>> from sacam.examples import tiny_cnn
+        >>> net = tiny_cnn()
         >>> x = torch.rand(2, 3, 16, 16)
         >>> a = sacam.explain(net, x, method="random", seed=3)
         >>> a.shape, torch.equal(a, sacam.explain(net, x, method="random", seed=3))

@@ -145,9 +145,8 @@ def concepts(
 
     Example:
         >>> import torch, sacam
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        ...                     nn.Flatten(), nn.Linear(8, 4))
+        >>> from sacam.examples import tiny_cnn
+        >>> net = tiny_cnn(channels=8, classes=4)
         >>> c = sacam.concepts(net, torch.rand(2, 3, 16, 16), n_components=3, max_iter=2000)
         >>> c.maps.shape, c.vectors.shape, c.top_classes.shape
         (torch.Size([2, 3, 16, 16]), torch.Size([3, 8]), torch.Size([3, 2]))

@@ -89,9 +89,8 @@ class FDCAM(PerturbationCAM):
 
     Example:
         >>> import torch, sacam
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        ...                     nn.Flatten(), nn.Linear(8, 2))
+        >>> from sacam.examples import tiny_cnn
+        >>> net = tiny_cnn(channels=8)
         >>> sacam.explain(net, torch.rand(2, 3, 16, 16), method="fd-cam", layer="1").shape
         torch.Size([2, 16, 16])
     """

@@ -38,10 +38,8 @@ class FEM(BaseCAM):
 
     Example:
         >>> import torch, sacam
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        ...                     nn.Flatten(), nn.Linear(4, 2))
-        >>> sacam.explain(net, torch.rand(2, 3, 16, 16), method="fem", k=1.5).shape
+        >>> from sacam.examples import tiny_cnn
+        >>> sacam.explain(tiny_cnn(), torch.rand(2, 3, 16, 16), method="fem", k=1.5).shape
         torch.Size([2, 16, 16])
     """
 

@@ -81,9 +81,8 @@ class FinerCAM(BaseCAM):
 
     Example:
         >>> import torch, sacam
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        ...                     nn.Flatten(), nn.Linear(4, 5))
+        >>> from sacam.examples import tiny_cnn
+        >>> net = tiny_cnn(classes=5)
         >>> out = sacam.explain_full(net, torch.rand(2, 3, 16, 16), method="finer-cam")
         >>> out.maps.shape, out.extras["finer_similar"].shape
         (torch.Size([2, 16, 16]), torch.Size([2, 3]))

@@ -40,10 +40,8 @@ class GradCAM(BaseCAM):
 
     Example:
         >>> import torch, sacam
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        ...                     nn.Flatten(), nn.Linear(4, 2))
-        >>> sacam.explain(net, torch.rand(2, 3, 16, 16), method="grad-cam").shape
+        >>> from sacam.examples import tiny_cnn
+        >>> sacam.explain(tiny_cnn(), torch.rand(2, 3, 16, 16), method="grad-cam").shape
         torch.Size([2, 16, 16])
     """
 
@@ -90,10 +88,8 @@ class GradCAMPlusPlus(BaseCAM):
 
     Example:
         >>> import torch, sacam
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        ...                     nn.Flatten(), nn.Linear(4, 2))
-        >>> sacam.explain(net, torch.rand(1, 3, 16, 16), method="grad-cam++").shape
+        >>> from sacam.examples import tiny_cnn
+        >>> sacam.explain(tiny_cnn(), torch.rand(1, 3, 16, 16), method="grad-cam++").shape
         torch.Size([1, 16, 16])
     """
 
@@ -156,10 +152,8 @@ class XGradCAM(BaseCAM):
 
     Example:
         >>> import torch, sacam
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        ...                     nn.Flatten(), nn.Linear(4, 2))
-        >>> sacam.explain(net, torch.rand(2, 3, 16, 16), method="xgrad-cam").shape
+        >>> from sacam.examples import tiny_cnn
+        >>> sacam.explain(tiny_cnn(), torch.rand(2, 3, 16, 16), method="xgrad-cam").shape
         torch.Size([2, 16, 16])
     """
 
@@ -210,10 +204,8 @@ class LayerCAM(BaseCAM):
 
     Example:
         >>> import torch, sacam
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        ...                     nn.Flatten(), nn.Linear(4, 2))
-        >>> sacam.explain(net, torch.rand(2, 3, 16, 16), method="layer-cam").shape
+        >>> from sacam.examples import tiny_cnn
+        >>> sacam.explain(tiny_cnn(), torch.rand(2, 3, 16, 16), method="layer-cam").shape
         torch.Size([2, 16, 16])
     """
 
@@ -244,10 +236,8 @@ class HiResCAM(BaseCAM):
 
     Example:
         >>> import torch, sacam
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        ...                     nn.Flatten(), nn.Linear(4, 2))
-        >>> sacam.explain(net, torch.rand(2, 3, 16, 16), method="hires-cam").shape
+        >>> from sacam.examples import tiny_cnn
+        >>> sacam.explain(tiny_cnn(), torch.rand(2, 3, 16, 16), method="hires-cam").shape
         torch.Size([2, 16, 16])
     """
 
@@ -280,10 +270,8 @@ class GradCAMElementWise(BaseCAM):
 
     Example:
         >>> import torch, sacam
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        ...                     nn.Flatten(), nn.Linear(4, 2))
-        >>> sacam.explain(net, torch.rand(2, 3, 16, 16), method="grad-cam-elementwise").shape
+        >>> from sacam.examples import tiny_cnn
+        >>> sacam.explain(tiny_cnn(), torch.rand(2, 3, 16, 16), method="grad-cam-elementwise").shape
         torch.Size([2, 16, 16])
     """
 

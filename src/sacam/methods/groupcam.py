@@ -78,9 +78,8 @@ class GroupCAM(PerturbationCAM):
 
     Example:
         >>> import torch, sacam
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        ...                     nn.Flatten(), nn.Linear(8, 2))
+        >>> from sacam.examples import tiny_cnn
+        >>> net = tiny_cnn(channels=8)
         >>> sacam.explain(net, torch.rand(1, 3, 16, 16), method="group-cam", groups=4).shape
         torch.Size([1, 16, 16])
     """

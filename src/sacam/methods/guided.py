@@ -118,9 +118,8 @@ class GuidedGradCAM(BaseCAM):
 
     Example:
         >>> import torch, sacam
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        ...                     nn.Flatten(), nn.Linear(4, 2))
+        >>> from sacam.examples import tiny_cnn
+        >>> net = tiny_cnn()
         >>> out = sacam.explain_full(net, torch.rand(2, 3, 16, 16), method="guided-grad-cam")
         >>> out.maps.shape, out.extras["guided_backprop"].shape
         (torch.Size([2, 16, 16]), torch.Size([2, 3, 16, 16]))

@@ -125,9 +125,8 @@ class KPCACAM(BaseCAM):
 
     Example:
         >>> import torch, sacam
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        ...                     nn.Flatten(), nn.Linear(4, 2))
+        >>> from sacam.examples import tiny_cnn
+        >>> net = tiny_cnn()
         >>> sacam.explain(net, torch.rand(2, 3, 16, 16), method="kpca-cam", kernel="rbf").shape
         torch.Size([2, 16, 16])
     """

@@ -201,10 +201,8 @@ class ScoreCAM(MaskScoreCAM):
 
     Example:
         >>> import torch, sacam
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        ...                     nn.Flatten(), nn.Linear(4, 2))
-        >>> sacam.explain(net, torch.rand(1, 3, 16, 16), method="score-cam").shape
+        >>> from sacam.examples import tiny_cnn
+        >>> sacam.explain(tiny_cnn(), torch.rand(1, 3, 16, 16), method="score-cam").shape
         torch.Size([1, 16, 16])
     """
 
@@ -252,10 +250,8 @@ class SSCAM(MaskScoreCAM):
 
     Example:
         >>> import torch, sacam
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        ...                     nn.Flatten(), nn.Linear(4, 2))
-        >>> sacam.explain(net, torch.rand(1, 3, 16, 16), method="ss-cam", n_samples=4).shape
+        >>> from sacam.examples import tiny_cnn
+        >>> sacam.explain(tiny_cnn(), torch.rand(1, 3, 16, 16), method="ss-cam", n_samples=4).shape
         torch.Size([1, 16, 16])
     """
 
@@ -322,10 +318,8 @@ class ISCAM(MaskScoreCAM):
 
     Example:
         >>> import torch, sacam
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        ...                     nn.Flatten(), nn.Linear(4, 2))
-        >>> sacam.explain(net, torch.rand(1, 3, 16, 16), method="is-cam", n_samples=4).shape
+        >>> from sacam.examples import tiny_cnn
+        >>> sacam.explain(tiny_cnn(), torch.rand(1, 3, 16, 16), method="is-cam", n_samples=4).shape
         torch.Size([1, 16, 16])
     """
 

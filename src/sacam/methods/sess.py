@@ -91,9 +91,8 @@ class SESS(BaseCAM):
 
     Example:
         >>> import torch, sacam
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        ...                     nn.Flatten(), nn.Linear(4, 2))
+        >>> from sacam.examples import tiny_cnn
+        >>> net = tiny_cnn()
         >>> sacam.explain(net, torch.rand(1, 3, 16, 16), method="sess", scales=[16, 24]).shape
         torch.Size([1, 16, 16])
     """

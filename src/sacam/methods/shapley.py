@@ -45,8 +45,8 @@ class ShapleyCAM(BaseCAM):
     Example:
         >>> import torch, sacam
         >>> from torch import nn
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Softplus(), nn.AdaptiveAvgPool2d(1),
-        ...                     nn.Flatten(), nn.Linear(4, 2))
+        >>> from sacam.examples import tiny_cnn
+        >>> net = tiny_cnn(activation=nn.Softplus)
         >>> sacam.explain(net, torch.rand(2, 3, 16, 16), method="shapley-cam", layer="0").shape
         torch.Size([2, 16, 16])
     """

@@ -59,9 +59,8 @@ class SmoothGradCAMPlusPlus(BaseCAM):
 
     Example:
         >>> import torch, sacam
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        ...                     nn.Flatten(), nn.Linear(4, 2))
+        >>> from sacam.examples import tiny_cnn
+        >>> net = tiny_cnn()
         >>> x = torch.rand(1, 3, 16, 16)
         >>> a = sacam.explain(net, x, method="smooth-grad-cam++", n_samples=4, seed=1)
         >>> torch.equal(a, sacam.explain(net, x, method="smooth-grad-cam++", n_samples=4, seed=1))
