@@ -2,6 +2,24 @@
 
 Shared by Eigen-CAM / Eigen-Grad-CAM (:mod:`sacam.methods.decomposition`) and the
 engine's ``eigen_smooth`` option (:mod:`sacam.smoothing`).
+
+An SVD's singular vectors have no sign of their own (``-v_1`` is as good as ``v_1``),
+and a CAM shows only the positive part of the projection ``p`` (the engine's ReLU), so
+the sign decides what the map shows. Two rules:
+
+- ``"correlation"`` (default): ``p`` correlates positively (Pearson, over positions)
+  with ``reference`` (default: the channel mean of the features); where that
+  correlation is exactly 0, the uncentred inner product decides.
+- ``"energy"``: the positive part of ``p`` carries at least half of its energy,
+  ``Σ ReLU(p)² ≥ Σ ReLU(−p)²``; ties fall back to ``"correlation"``. For a layer
+  with non-negative activations ``v_1`` can be taken non-negative (Perron-Frobenius),
+  and then both rules give the same ``p ≥ 0``; for signed activations (a linear
+  projection, transformer tokens) the correlation rule can orient an uncentred ``p``
+  that is negative everywhere, which the ReLU turns into an empty map.
+
+Whatever the rule, an orientation whose positive part is empty while the other's is
+not is never kept: it would show nothing. Where every rule ties the sign is left as
+the SVD gave it.
 """
 
 from __future__ import annotations
@@ -30,23 +48,7 @@ def principal_projection(
     positions when ``center``), ``X = U Σ V^T`` its SVD and the result ``p = X v_1``,
     reshaped to ``(h, w)``.
 
-    An SVD's singular vectors have no sign of their own (``-v_1`` is as good as ``v_1``),
-    and a CAM shows only the positive part of ``p`` (the engine's ReLU), so the sign
-    decides what the map shows. Two rules:
-
-    - ``"correlation"`` (default): ``p`` correlates positively (Pearson, over positions)
-      with ``reference`` (default: the channel mean of ``features``); where that
-      correlation is exactly 0, the uncentred inner product decides.
-    - ``"energy"``: the positive part of ``p`` carries at least half of its energy,
-      ``Σ ReLU(p)² ≥ Σ ReLU(−p)²``; ties fall back to ``"correlation"``. For a layer
-      with non-negative activations ``v_1`` can be taken non-negative (Perron-Frobenius),
-      and then both rules give the same ``p ≥ 0``; for signed activations (a linear
-      projection, transformer tokens) the correlation rule can orient an uncentred ``p``
-      that is negative everywhere, which the ReLU turns into an empty map.
-
-    Whatever the rule, an orientation whose positive part is empty while the other's is
-    not is never kept: it would show nothing. Where every rule ties the sign is left as
-    the SVD gave it.
+    The sign of ``v_1`` is fixed by ``sign`` (see the module's docstring).
 
     Args:
         features: ``(B, K, h, w)``, or ``(B, K, t, h, w)`` (every spatial axis is a position).

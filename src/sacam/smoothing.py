@@ -2,6 +2,9 @@
 
 - :func:`tta` explains flipped and rescaled copies of the images and averages the maps
   brought back to the original geometry (``sacam.explain(..., tta=True)``).
+  pytorch-grad-cam 1.5.7's ``aug_smooth`` differs: it multiplies the image by 0.9, 1.0
+  and 1.1 (brightness, not size), with and without a flip, and averages the maps
+  without renormalising. torchcam 0.5.0 has no TTA.
 - Eigen-smoothing replaces the channel sum of a method's contributions by their first
   principal component: the engine option ``eigen_smooth=True`` of every method that forms
   its map as a channel sum (``sacam.explain(..., eigen_smooth=True)``); :func:`eigen_smooth`
@@ -73,12 +76,7 @@ def tta(
 
     The targets are fixed on the original images first (``None`` becomes each image's
     top-1 class there), so every augmentation explains the same class. Callable targets
-    are passed on as they are: spatial targets (segmentation masks) do not follow the
-    flip or the scale, so use class targets with TTA.
-
-    pytorch-grad-cam 1.5.7's ``aug_smooth`` differs: it multiplies the image by
-    0.9, 1.0 and 1.1 (brightness, not size), with and without a flip, and averages the
-    maps without renormalising. torchcam 0.5.0 has no TTA.
+    pass as they are (masks do not follow the flip or scale: use class targets).
 
     Args:
         cam: a method instance (``sacam.build_method(model, "grad-cam")``).
@@ -103,16 +101,12 @@ def tta(
     """
     scale_list = _checked_scales(cam, scales, hflip)
     images = check_images(images, cam.model)
-    size = (int(images.shape[-2]), int(images.shape[-1]))
-    output, scores, class_idx = _fixed_targets(cam, images, targets)
+    scores, class_idx, probs = _fixed_targets(cam, images, targets)
     fixed: TargetsLike = class_idx if class_idx is not None else targets
     augmentations = [(s, f) for s in scale_list for f in ((False, True) if hflip else (False,))]
-    total, per_layer = _augmented_sums(cam, images, fixed, augmentations, size)
+    total, per_layer = _augmented_sums(cam, images, fixed, augmentations)
     maps, constant = normalize_maps(total / len(augmentations))
     layer_maps = {k: normalize_maps(v / len(augmentations))[0] for k, v in per_layer.items()}
-    probs = None
-    if class_idx is not None and output.ndim == 2:
-        probs = torch.softmax(output.float(), 1).gather(1, class_idx[:, None])[:, 0]
     return Explanation(
         maps=maps,
         layer_maps=layer_maps,
@@ -139,8 +133,8 @@ def _checked_scales(cam: BaseCAM, scales: Sequence[float], hflip: bool) -> list[
 
 def _fixed_targets(
     cam: BaseCAM, images: torch.Tensor, targets: TargetsLike
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Output, target scores and classes on the original images (plain tensors)."""
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Target scores, classes and their probabilities on the original images."""
     with model_guard(cam.model, eval_mode=cam.eval_mode, freeze=True):
         with torch.inference_mode():
             output = cam.logits_model(images)
@@ -149,7 +143,10 @@ def _fixed_targets(
         # leave inference mode: plain tensors for the caller
         output, scores = output.clone(), scores.clone()
         class_idx = class_idx.clone() if class_idx is not None else None
-    return output, scores, class_idx
+    probs = None
+    if class_idx is not None and output.ndim == 2:
+        probs = torch.softmax(output.float(), 1).gather(1, class_idx[:, None])[:, 0]
+    return scores, class_idx, probs
 
 
 def _augmented_sums(
@@ -157,9 +154,9 @@ def _augmented_sums(
     images: torch.Tensor,
     fixed: TargetsLike,
     augmentations: list[tuple[float, bool]],
-    size: tuple[int, int],
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Sums over the augmentations of the maps and of each layer's maps, at ``size``."""
+    """Sums over the augmentations of the maps and of each layer's maps, at the input size."""
+    size = (int(images.shape[-2]), int(images.shape[-1]))
     total: torch.Tensor | None = None
     per_layer: dict[str, torch.Tensor] = {}
     for scale, flipped in augmentations:
