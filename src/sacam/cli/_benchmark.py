@@ -95,6 +95,12 @@ def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
         "default: as many as the cluster's CPUs, or GPUs with --gpus-per-worker, allow)",
     )
     bench.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    _add_metric_settings(bench)
+    add_engine_options(bench)
+
+
+def _add_metric_settings(bench: argparse.ArgumentParser) -> None:
+    """The settings of single metrics (curve steps, attacks, grid pointing) and of maps."""
     bench.add_argument(
         "--steps",
         type=int_at_least(1),
@@ -137,7 +143,6 @@ def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--from-maps", type=Path, default=None, metavar="DIR", help="score maps saved in DIR"
     )
-    add_engine_options(bench)
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
