@@ -23,7 +23,7 @@ from ._hooks import check_images, model_guard
 from ._projection import principal_projection
 from .core import BaseCAM, Explanation, normalize_maps
 from .errors import MethodError
-from .targets import TargetsLike, evaluate_scores, resolve_targets
+from .targets import TargetsLike, scored_output
 
 __all__ = ["DEFAULT_SCALES", "eigen_smooth", "tta"]
 
@@ -136,13 +136,7 @@ def _fixed_targets(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Target scores, classes and their probabilities on the original images."""
     with model_guard(cam.model, eval_mode=cam.eval_mode, freeze=True):
-        with torch.inference_mode():
-            output = cam.logits_model(images)
-            score_fn, class_idx = resolve_targets(targets, output)
-            scores = evaluate_scores(score_fn, output)
-        # leave inference mode: plain tensors for the caller
-        output, scores = output.clone(), scores.clone()
-        class_idx = class_idx.clone() if class_idx is not None else None
+        output, _, class_idx, scores = scored_output(cam.logits_model, images, targets)
     probs = None
     if class_idx is not None and output.ndim == 2:
         probs = torch.softmax(output.float(), 1).gather(1, class_idx[:, None])[:, 0]

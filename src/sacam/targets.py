@@ -258,6 +258,33 @@ def _one_score(value: torch.Tensor) -> torch.Tensor:
     return value.reshape(())
 
 
+def scored_output(
+    model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, targets: TargetsLike
+) -> tuple[torch.Tensor, ScoreFn, torch.Tensor | None, torch.Tensor]:
+    """One forward pass without autograd, scored for the targets.
+
+    Runs ``model`` in inference mode, resolves ``targets`` (:func:`resolve_targets`) and
+    scores them (:func:`evaluate_scores`).
+
+    Returns:
+        ``(output, score_fn, class_idx, scores)``, the tensors cloned out of inference mode
+        so that the caller can use them as plain tensors (``class_idx`` is ``None`` for
+        callable targets).
+
+    Example:
+        >>> import torch
+        >>> out, fn, idx, scores = scored_output(torch.nn.Identity(), torch.eye(2), None)
+        >>> idx.tolist(), scores.tolist(), out.is_inference()
+        ([0, 1], [1.0, 1.0], False)
+    """
+    with torch.inference_mode():
+        output = model(images)
+        score_fn, class_idx = resolve_targets(targets, output)
+        scores = evaluate_scores(score_fn, output)
+    class_idx = class_idx.clone() if class_idx is not None else None
+    return output.clone(), score_fn, class_idx, scores.clone()
+
+
 def evaluate_scores(score_fn: ScoreFn, output: torch.Tensor) -> torch.Tensor:
     """Apply a score function and check it returns one finite-shaped score per sample.
 

@@ -14,7 +14,7 @@ from ..core import BaseCAM, CallContext
 from ..errors import MethodError
 from ..filters import gaussian_blur
 from ..registry import register_method
-from ..targets import PerSampleCallables, ScoreFn, TargetsLike, evaluate_scores, resolve_targets
+from ..targets import PerSampleCallables, ScoreFn, TargetsLike, scored_output
 from ._options import base_method, check_bool, check_count, check_number, check_variant
 
 __all__ = ["SESS", "window_starts"]
@@ -141,12 +141,7 @@ class SESS(BaseCAM):
         self, images: torch.Tensor, targets: TargetsLike, keep: bool = False
     ) -> tuple[CallContext, dict[str, torch.Tensor]]:
         """Each image's fused windows at the input's resolution, labelled ``"sess"``."""
-        with torch.inference_mode():
-            output = self.logits_model(images)
-            score_fn, class_idx = resolve_targets(targets, output)
-            scores = evaluate_scores(score_fn, output)
-        output, scores = output.clone(), scores.clone()
-        class_idx = class_idx.clone() if class_idx is not None else None
+        output, score_fn, class_idx, scores = scored_output(self.logits_model, images, targets)
         ctx = CallContext.detached(self.logits_model, images, output, score_fn, class_idx, scores)
         raw = torch.stack([self._one_image(ctx, b) for b in range(images.shape[0])])
         return ctx, {"sess": raw}
