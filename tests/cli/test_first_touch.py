@@ -256,6 +256,10 @@ def test_benchmark_samples_runs_with_no_download(tmp_path, capsys) -> None:
     }
     assert (out / "results.csv").is_file() and (out / "report.html").is_file()
     assert "cam" in text and "random" in text
+    total, maps, rest = map(
+        float, re.findall(r"time: ([\d.]+) s = ([\d.]+) s .* \+ ([\d.]+) s", text)[0]
+    )
+    assert abs(total - maps - rest) < 0.11 and maps > 0
 
 
 def test_benchmark_of_a_missing_folder_names_the_demo(capsys) -> None:
@@ -263,3 +267,16 @@ def test_benchmark_of_a_missing_folder_names_the_demo(capsys) -> None:
         main(["benchmark", "imagenet-dev/"])
     assert exc.value.code == 2
     assert "'samples' for the built-in demo set" in _one_error_line(capsys.readouterr().err)
+
+
+def test_the_time_line_adds_up_to_the_wall_time() -> None:
+    from sacam.cli._benchmark import time_line
+
+    summary = {
+        "settings": {"images": 4},
+        "table": {"a": {"time_s": {"mean": 0.5}}, "b": {"time_s": {"mean": 0.25}}},
+    }
+    line = time_line(summary, 10.0)
+    total, maps, rest = map(float, re.findall(r"([\d.]+) s", line)[:3])
+    assert (total, maps, rest) == (10.0, 3.0, 7.0) and "2.50 s per image for 2 method(s)" in line
+    assert "resumed" in time_line(summary, 1.0)

@@ -159,7 +159,7 @@ def test_sanity_check_loses_similarity_and_leaves_model() -> None:
     x = torch.rand(2, 3, 16, 16)
     classes = torch.tensor([0, 1])
     res = sanity.sanity_check(
-        net, x, lambda m, imgs: sacam.explain(m, imgs, targets=classes), "cascading"
+        net, x, lambda m, imgs: sacam.explain(m, imgs, "grad-cam", targets=classes), "cascading"
     )
     assert res.layers == ["8", "3", "2", "0"]  # from the logits down
     assert res.spearman_abs.shape == (2, 4)
@@ -167,7 +167,11 @@ def test_sanity_check_loses_similarity_and_leaves_model() -> None:
     for k, v in net.state_dict().items():
         assert torch.equal(v, before[k])
     ind = sanity.sanity_check(
-        net, x, lambda m, imgs: sacam.explain(m, imgs, targets=classes), "independent", max_layers=2
+        net,
+        x,
+        lambda m, imgs: sacam.explain(m, imgs, "grad-cam", targets=classes),
+        "independent",
+        max_layers=2,
     )
     assert ind.ssim.shape == (2, 2)
 

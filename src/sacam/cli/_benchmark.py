@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SacamError
 
@@ -254,6 +256,27 @@ def _benchmark_runs(args: argparse.Namespace) -> list[BenchmarkConfig]:
     )
 
 
+def time_line(summary: dict[str, Any], wall_s: float) -> str:
+    """Where this command's time went: the maps (the table's time column) and the rest."""
+    images = int(summary["settings"]["images"]) or 1
+    maps_s = sum(
+        mean * images
+        for t in summary["table"].values()
+        if math.isfinite(mean := t.get("time_s", {}).get("mean", math.nan))
+    )
+    methods = len(summary["table"]) or 1
+    if maps_s > wall_s:  # a resumed run: most maps were made by an earlier command
+        return (
+            f"time: {wall_s:.1f} s for this command (resumed); the maps of all "
+            f"{images} image(s) took {maps_s:.1f} s when they were made"
+        )
+    return (
+        f"time: {wall_s:.1f} s = {maps_s:.1f} s computing maps (the time column, per image "
+        f"and method) + {wall_s - maps_s:.1f} s loading, predicting, scoring the metrics and "
+        f"writing; {wall_s / images:.2f} s per image for {methods} method(s)"
+    )
+
+
 def benchmark_command(args: argparse.Namespace) -> int:
     """Run ``sacam benchmark`` (each preset run in turn); returns the exit code."""
     from ..evaluation.runner import render_markdown, run_benchmark
@@ -273,6 +296,7 @@ def benchmark_command(args: argparse.Namespace) -> int:
             "and the images, predicting, then explaining and scoring (figures and report last)",
             flush=True,
         )
+        start = time.perf_counter()
         try:
             summary = run_benchmark(config, engine=engine)
         except KeyboardInterrupt:
@@ -283,6 +307,7 @@ def benchmark_command(args: argparse.Namespace) -> int:
             )
             return EXIT_INTERRUPTED
         print(render_markdown(summary))
+        print(time_line(summary, time.perf_counter() - start))
         print(
             f"wrote results.csv, summary.md, summary.json, figures and report.html to {config.out}/"
         )

@@ -64,7 +64,7 @@ def render_table(summary: dict[str, Any]) -> str:
         f"<th title='{html.escape(value_of(m).description)}'>{html.escape(m)} {arrow(m)}</th>"
         for m in names
     )
-    parts = [f"<table><tr><th>method</th>{head}<th>s / image</th></tr>"]
+    parts = [f"<table><tr><th>method</th>{head}<th>map s / image</th></tr>"]
     for method, t in table.items():
         cells = []
         for m in names:

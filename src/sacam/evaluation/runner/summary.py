@@ -266,7 +266,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
     """The summary as a Markdown table (rows: methods; columns: values with arrows)."""
     table = summary["table"]
     names = value_columns(table)
-    head = "| method | " + " | ".join(f"{m} {arrow(m)}" for m in names) + " | s / image |"
+    head = "| method | " + " | ".join(f"{m} {arrow(m)}" for m in names) + " | map s / image |"
     lines = [head, "|---" * (len(names) + 2) + "|"]
     for method, t in table.items():
         cells = []
