@@ -30,6 +30,23 @@ def _centering(method: str, variant: object, center: object, default: bool) -> b
     return default if center is None else bool(center)
 
 
+class _Decomposition(BaseCAM):
+    """The options of the Eigen-CAM family: ``center`` and ``variant``."""
+
+    center_default = False  # ``center`` when it is left unset with variant "paper"
+
+    def __init__(
+        self, *args: Any, center: bool | None = None, variant: Variant = "paper", **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.center = _centering(self.name, variant, center, default=self.center_default)
+        self.variant = variant
+
+    def supports_graph(self) -> bool:
+        """The torch SVD of ``variant="paper"`` is differentiable; NumPy's is not."""
+        return self.variant == "paper"
+
+
 @register_method(
     "eigen-cam",
     paper="Muhammad & Yeasin, IJCNN 2020",
@@ -37,7 +54,7 @@ def _centering(method: str, variant: object, center: object, default: bool) -> b
     description="Projection of the activations on their first principal component (no gradients).",
     family="decomposition",
 )
-class EigenCAM(BaseCAM):
+class EigenCAM(_Decomposition):
     r"""Eigen-CAM (Muhammad & Yeasin, 2020, https://arxiv.org/abs/2008.00299).
 
     With ``O`` the ``(hw, K)`` matrix of the layer's activations (a row per position) and
@@ -75,17 +92,7 @@ class EigenCAM(BaseCAM):
 
     uses_gradients = False
     volumes = True
-
-    def __init__(
-        self, *args: Any, center: bool | None = None, variant: Variant = "paper", **kwargs: Any
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self.center = _centering("eigen-cam", variant, center, default=False)
-        self.variant = variant
-
-    def supports_graph(self) -> bool:
-        """The torch SVD of ``variant="paper"`` is differentiable; NumPy's is not."""
-        return self.variant == "paper"
+    center_default = False
 
     def layer_map(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """First-component projection of ``A``, ``(B, h, w)``."""
@@ -104,7 +111,7 @@ class EigenCAM(BaseCAM):
     description="Eigen-CAM on the gradient-activation products, so the map depends on the class.",
     family="decomposition",
 )
-class EigenGradCAM(BaseCAM):
+class EigenGradCAM(_Decomposition):
     r"""Eigen-Grad-CAM: Eigen-CAM (https://arxiv.org/abs/2008.00299) on ``g ⊙ A``.
 
     Introduced by pytorch-grad-cam (``EigenGradCAM``), not by a paper: the first principal
@@ -131,17 +138,7 @@ class EigenGradCAM(BaseCAM):
     """
 
     volumes = True
-
-    def __init__(
-        self, *args: Any, center: bool | None = None, variant: Variant = "paper", **kwargs: Any
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self.center = _centering("eigen-grad-cam", variant, center, default=True)
-        self.variant = variant
-
-    def supports_graph(self) -> bool:
-        """The torch SVD of ``variant="paper"`` is differentiable; NumPy's is not."""
-        return self.variant == "paper"
+    center_default = True
 
     def layer_map(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """First-component projection of ``g ⊙ A``, ``(B, h, w)``."""
