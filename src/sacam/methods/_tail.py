@@ -29,8 +29,9 @@ import torch
 
 from .._hooks import Capture
 from .._layers import LayerRef
-from ..core import CallContext
+from ..core import BaseCAM, CallContext
 from ..errors import LayerError, MethodError
+from ._options import check_count
 from ._perturb import ScoreKind, target_scores
 
 Strategy = Literal["auto", "expand", "repeat"]
@@ -44,6 +45,25 @@ def check_strategy(method: str, strategy: object) -> Strategy:
         if strategy == known:
             return known
     raise MethodError(f"{method} strategy must be 'auto', 'expand' or 'repeat', got {strategy!r}")
+
+
+def check_tail_options(
+    cam: BaseCAM, strategy: object, top_channels: object, change: str
+) -> tuple[Strategy, int | None]:
+    """The checked ``strategy`` and ``top_channels`` of a method that changes a layer's output.
+
+    ``change`` says what the method does to the layer's own output (for the error message):
+    such a method cannot work on a ``reshape_transform``'s output, so it refuses one.
+    """
+    method = cam.name or type(cam).__name__
+    checked = check_strategy(method, strategy)
+    top = None if top_channels is None else check_count("top_channels", top_channels)
+    if cam.reshape_transform is not None:
+        raise MethodError(
+            f"{method} {change}, so it cannot use a reshape_transform: pick a layer with a "
+            "(B, K, h, w) output"
+        )
+    return checked, top
 
 
 class _ExpandFailed(Exception):

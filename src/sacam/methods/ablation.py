@@ -8,11 +8,10 @@ from typing import Any, Literal
 import torch
 
 from ..core import CallContext, LayerData
-from ..errors import MethodError
 from ..registry import register_method
-from ._options import check_count, check_variant
+from ._options import check_variant
 from ._perturb import PerturbationCAM, batch_target_scores, strongest_channels
-from ._tail import LayerTail, Strategy, check_strategy
+from ._tail import LayerTail, Strategy, check_tail_options
 
 ABLATION_CAM_URL = (
     "https://openaccess.thecvf.com/content_WACV_2020/papers/Desai_Ablation-CAM_Visual_"
@@ -79,16 +78,10 @@ class AblationCAM(PerturbationCAM):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.strategy = check_strategy("ablation-cam", strategy)
         check_variant("ablation-cam", variant, ("paper", "pytorch-grad-cam"))
-        self.top_channels = (
-            None if top_channels is None else check_count("top_channels", top_channels)
+        self.strategy, self.top_channels = check_tail_options(
+            self, strategy, top_channels, "zeroes channels of the layer's own output"
         )
-        if self.reshape_transform is not None:
-            raise MethodError(
-                "ablation-cam zeroes channels of the layer's own output, so it cannot use a "
-                "reshape_transform: pick a layer with a (B, K, h, w) output"
-            )
         self.variant = variant
 
     def fill_value(self, acts: torch.Tensor) -> float:

@@ -8,11 +8,10 @@ from typing import Any
 import torch
 
 from ..core import CallContext, LayerData, normalize_maps
-from ..errors import MethodError
 from ..registry import register_method
-from ._options import check_count, check_number
+from ._options import check_number
 from ._perturb import PerturbationCAM, strongest_channels
-from ._tail import LayerTail, Strategy, check_strategy
+from ._tail import LayerTail, Strategy, check_tail_options
 
 __all__ = ["FDCAM", "similarity_groups"]
 
@@ -106,16 +105,10 @@ class FDCAM(PerturbationCAM):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.strategy = check_strategy("fd-cam", strategy)
         self.threshold = check_number("threshold", threshold, minimum=0, maximum=1)
-        self.top_channels = (
-            None if top_channels is None else check_count("top_channels", top_channels)
+        self.strategy, self.top_channels = check_tail_options(
+            self, strategy, top_channels, "replaces the layer's own output"
         )
-        if self.reshape_transform is not None:
-            raise MethodError(
-                "fd-cam replaces the layer's own output, so it cannot use a reshape_transform: "
-                "pick a layer with a (B, K, h, w) output"
-            )
 
     def rows_per_channel(self) -> int:
         """Two: the channel switched on and switched off."""
