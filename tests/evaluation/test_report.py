@@ -94,7 +94,7 @@ def test_report_is_one_page_with_human_titles_and_no_overflow(tmp_path) -> None:
     run_benchmark(run_config(data, out), progress=False)
     html = (out / "report.html").read_text()
     assert "<h2>Deletion and insertion curves</h2>" in html
-    assert "<h2>Every metric, methods ranked best first</h2>" in html
+    assert "<h2>Every metric, one method order (best in bold)</h2>" in html
     assert "deletion_insertion" not in html
     assert "img{max-width:100%;height:auto}" in html and "overflow-x:auto" in html
     sources = re.findall(r"src='([^']*)'", html)
@@ -152,3 +152,31 @@ def test_settings_list_only_what_applied_and_example_maps_name_their_class(tmp_p
 
 def test_metric_panels_fill_their_grid() -> None:
     assert [figures._columns(n) for n in (1, 2, 3, 4, 6, 8, 9)] == [1, 2, 3, 4, 3, 4, 3]
+
+
+def test_metric_panels_share_one_method_order_and_mark_the_best(tmp_path, monkeypatch) -> None:
+    kept = {}
+    real = figures.saved_figure
+
+    @contextlib.contextmanager
+    def keep(path, **kw):  # noqa: ANN001, ANN003, ANN202
+        with real(path, **kw) as (fig, axes):
+            kept["axes"] = axes
+            yield fig, axes
+
+    monkeypatch.setattr(figures, "saved_figure", keep)
+    table = {
+        "sa-cam": {"deletion": {"mean": 0.3, "ci95": 0.1}, "insertion": {"mean": 0.9, "ci95": 0.1}},
+        "grad-cam": {
+            "deletion": {"mean": 0.1, "ci95": 0.1},
+            "insertion": {"mean": 0.5, "ci95": 0.1},
+        },
+    }
+    best = {"deletion": {"decided": True}, "insertion": {"decided": False}}
+    assert figures.plot_metric_bars(tmp_path / "m.png", {"table": table, "best": best})
+    axes = [ax for ax in kept["axes"].flat if ax.figure is not None]
+    labels = [[t.get_text() for t in ax.get_xticklabels()] for ax in axes]
+    assert labels == [["sa-cam", "★ grad-cam"], ["sa-cam", "grad-cam"]]
+    bold = [[t.get_fontweight() == "bold" for t in ax.get_xticklabels()] for ax in axes]
+    assert bold == [[False, True], [True, False]]
+    assert axes[1].get_ylim()[0] > 0.1  # the axis spans the values, not 0 to them

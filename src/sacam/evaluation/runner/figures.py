@@ -146,10 +146,12 @@ def _interval(stat: dict[str, Any]) -> tuple[float, float]:
 
 
 def plot_metric_bars(path: Path, summary: dict[str, Any]) -> Path | None:
-    """One panel per value: each method's mean and 95% interval, best at the left.
+    """One panel per value: each method's mean and 95% interval, in one method order.
 
-    The means are points, not bars, so each axis spans the values (not 0 to the values)
-    and the differences between methods show.
+    Every panel lists the methods in the run's order, so a method sits at the same place
+    in each; the best mean's label is bold, with a ★ where the summary's paired comparison
+    decides it. The means are points, not bars, so each axis spans the values (not 0 to
+    the values) and the differences between methods show.
     """
     table = summary["table"]
     names = value_columns(table)
@@ -163,7 +165,9 @@ def plot_metric_bars(path: Path, summary: dict[str, Any]) -> Path | None:
         axes,
     ):
         for ax, value in zip(axes.flat, names, strict=False):
-            order = ranked(table, value)
+            order = [m for m, t in table.items() if value in t]
+            top = ranked(table, value)[:1]
+            decided = bool(summary.get("best", {}).get(value, {}).get("decided"))
             for x, m in enumerate(order):
                 low, high = _interval(table[m][value])
                 style = method_style(m)
@@ -179,7 +183,11 @@ def plot_metric_bars(path: Path, summary: dict[str, Any]) -> Path | None:
                 )
             ax.margins(x=0.15, y=0.1)
             ax.grid(axis="y", alpha=0.3)
-            ax.set_xticks(range(len(order)), order, rotation=45, ha="right", fontsize=7)
+            labels = [f"★ {m}" if m in top and decided else m for m in order]
+            ax.set_xticks(range(len(order)), labels, rotation=45, ha="right", fontsize=7)
+            for tick, m in zip(ax.get_xticklabels(), order, strict=True):
+                if m in top:
+                    tick.set_fontweight("bold")
             ax.set_title(f"{value_of(value).description} {arrow(value)}", fontsize=8)
         for ax in list(axes.flat)[len(names) :]:
             ax.remove()

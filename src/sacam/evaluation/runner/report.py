@@ -22,7 +22,7 @@ from .summary import format_interval, value_columns
 TITLES = {
     "deletion_insertion.png": "Deletion and insertion curves",
     "road.png": "ROAD curves",
-    "metrics.png": "Every metric, methods ranked best first",
+    "metrics.png": "Every metric, one method order (best in bold)",
     "examples.png": "Example maps",
 }
 STYLE = (
