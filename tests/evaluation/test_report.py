@@ -180,3 +180,14 @@ def test_metric_panels_share_one_method_order_and_mark_the_best(tmp_path, monkey
     bold = [[t.get_fontweight() == "bold" for t in ax.get_xticklabels()] for ax in axes]
     assert bold == [[False, True], [True, False]]
     assert axes[1].get_ylim()[0] > 0.1  # the axis spans the values, not 0 to them
+
+
+def test_the_last_phase_is_announced_where_progress_shows(tmp_path, capsys) -> None:
+    data = colour_folder(tmp_path, n=2)
+    for progress, shown in ((True, True), (False, False)):
+        out = tmp_path / f"out-{progress}"
+        config = run_config(data, out)
+        config.metrics = ["complexity"]
+        run_benchmark(config, progress=progress)
+        err = capsys.readouterr().err
+        assert (f"writing the figures and report.html to {out}/" in err) is shown

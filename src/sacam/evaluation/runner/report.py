@@ -12,6 +12,7 @@ import base64
 import html
 import json
 import math
+import sys
 from typing import Any
 
 from ..registry import arrow, value_of
@@ -85,8 +86,10 @@ def render_table(summary: dict[str, Any]) -> str:
 
 
 def write_report(run: Run, summary: dict[str, Any]) -> None:
-    """Write the figures and ``report.html``."""
+    """Write the figures and ``report.html`` (a line on stderr where progress bars show)."""
     out = run.config.out
+    if run.progress or (run.progress is None and sys.stderr.isatty()):
+        print(f"writing the figures and report.html to {out}/", file=sys.stderr, flush=True)
     figures = write_figures(run, summary)
     n = summary["settings"]["images"]
     parts = [
