@@ -79,12 +79,10 @@ class GradCAMPlusPlus(BaseCAM):
     or the denominator is 0, ``α`` is 0. Near ``g_{ij} Σ_ab A^k_{ab} = -2`` the
     paper's denominator nears 0 and ``α`` grows without bound: one position can then carry
     most of a channel's weight, and the map follows the rounding of that cancellation,
-    which differs between CPUs (on one development image at EfficientNet-Lite0's
-    ``_blocks.10``, Average Drop 42% on one machine and 87% on another; docs/results.md).
-    The formula is kept as published. Measured: torchcam 0.5.0's output does not
-    follow its own formula: its in-place division acts on a boolean-mask
-    copy (``alpha[mask].div_(...)``), so its α stays ``g²``; its maps differ from both
-    variants (max abs difference 0.21 on the sample photos, benchmarks/speed.py).
+    which differs between CPUs (docs/results.md shows a case). The formula is kept as
+    published. torchcam 0.5.0's output does not follow its own formula: its in-place
+    division acts on a boolean-mask copy (``alpha[mask].div_(...)``), so its α stays
+    ``g²``, and its maps differ from both variants (docs/performance.md).
 
     Example:
         >>> import torch, sacam
