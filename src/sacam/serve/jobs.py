@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
@@ -49,36 +50,63 @@ def _refuse_unavailable(state: ServeState, methods: list[str]) -> None:
             raise JobError(400, f"{name} cannot explain this model: {state.unavailable[name]}")
 
 
-async def _explain_job(
+@dataclass(frozen=True)
+class _ExplainForm:
+    """The fields of an explanation request (``POST /api/explain``, ``/api/jobs/explain``)."""
+
+    image: UploadFile
+    methods: list[str] | None
+    target: str | None
+    layer: str | None
+
+
+def _explain_form(
+    image: ImageField,
+    methods: MethodsField = None,
+    target: TargetField = None,
+    layer: LayerField = None,
+) -> _ExplainForm:
+    return _ExplainForm(image, methods, target, layer)
+
+
+ExplainForm = Annotated[_ExplainForm, Depends(_explain_form)]
+
+
+def _submit_explain(
     state: ServeState,
     client: str,
-    image: ImageField,
-    methods: list[str] | None,
-    target: str | None,
-    layer: str | None,
+    source: ExplainInput,
+    methods: list[str],
+    index: int | None,
+    layer: str,
 ) -> Job:
-    chosen = check_methods(methods or [state.default_method])
-    _refuse_unavailable(state, chosen)
-    chosen_layer = check_layer(layer, state.facts)
-    index = parse_target(target, state.loaded, state.facts.n_classes)
-    state.worker.check_room()  # refuse before decoding when the queue is full
-    data = await image.read()
-    await image.close()
-    async with state.decode_slots:
-        pixels = await run_in_threadpool(prepare_pixels, data, state.max_pixels, state.loaded)
-    del data
+    """Queue the explanation of ``source`` by ``methods`` for ``client``."""
     fn = partial(
         service.run_explain,
         state.loaded,
         state.facts,
         state.store,
-        ExplainInput(pixels=pixels),
-        chosen,
+        source,
+        methods,
         index,
-        chosen_layer,
+        layer,
         client=client,
     )
     return state.worker.submit("explain", fn, owner=client)
+
+
+async def _explain_job(state: ServeState, client: str, form: _ExplainForm) -> Job:
+    chosen = check_methods(form.methods or [state.default_method])
+    _refuse_unavailable(state, chosen)
+    chosen_layer = check_layer(form.layer, state.facts)
+    index = parse_target(form.target, state.loaded, state.facts.n_classes)
+    state.worker.check_room()  # refuse before decoding when the queue is full
+    data = await form.image.read()
+    await form.image.close()
+    async with state.decode_slots:
+        pixels = await run_in_threadpool(prepare_pixels, data, state.max_pixels, state.loaded)
+    del data
+    return _submit_explain(state, client, ExplainInput(pixels=pixels), chosen, index, chosen_layer)
 
 
 def _job(state: ServeState, job_id: str) -> Job:
@@ -115,34 +143,19 @@ def _retrieved(future: asyncio.Future[Any]) -> None:
 
 
 @router.post("/explain", response_model=ExplainOut, responses=ERRORS)
-async def explain(
-    request: Request,
-    state: StateDep,
-    client: ClientDep,
-    image: ImageField,
-    methods: MethodsField = None,
-    target: TargetField = None,
-    layer: LayerField = None,
-) -> Any:
+async def explain(request: Request, state: StateDep, client: ClientDep, form: ExplainForm) -> Any:
     """Classify the image and explain one class with each method; answer when done.
 
     The work stops when the client gives up waiting (closes the connection).
     """
-    job = await _explain_job(state, client, image, methods, target, layer)
+    job = await _explain_job(state, client, form)
     return await _result_or_cancel(state, job, request)
 
 
 @router.post("/jobs/explain", response_model=JobOut, status_code=202, responses=ERRORS)
-async def explain_job(
-    state: StateDep,
-    client: ClientDep,
-    image: ImageField,
-    methods: MethodsField = None,
-    target: TargetField = None,
-    layer: LayerField = None,
-) -> Any:
+async def explain_job(state: StateDep, client: ClientDep, form: ExplainForm) -> Any:
     """Like ``POST /api/explain``, as a job: poll ``GET /api/jobs/{id}``."""
-    job = await _explain_job(state, client, image, methods, target, layer)
+    job = await _explain_job(state, client, form)
     return state.worker.describe(job)
 
 
@@ -156,18 +169,8 @@ async def reexplain_job(body: ReexplainIn, state: StateDep, client: ClientDep) -
     _refuse_unavailable(state, chosen)
     layer = check_layer(body.layer if body.layer is not None else stored.layer, state.facts)
     index = parse_target(body.target, state.loaded, state.facts.n_classes)
-    fn = partial(
-        service.run_explain,
-        state.loaded,
-        state.facts,
-        state.store,
-        ExplainInput(stored=stored),
-        chosen,
-        index,
-        layer,
-        client=client,
-    )
-    return state.worker.describe(state.worker.submit("explain", fn, owner=client))
+    job = _submit_explain(state, client, ExplainInput(stored=stored), chosen, index, layer)
+    return state.worker.describe(job)
 
 
 @router.post(
