@@ -255,7 +255,7 @@ def test_explain_a_folder_on_ray_writes_what_the_local_engine_writes(
         expected = [
             f"{n}_{m}{k}" for n in names for m in ("grad-cam", "random") for k in (".npy", ".png")
         ]
-        assert files == sorted([*expected, "failures.csv"]), files
+        assert files == sorted([*expected, "failures.csv", "predictions.csv"]), files
     for n in names:
         a = np.load(tmp_path / "local" / f"{n}_grad-cam.npy").astype(np.float32)
         b = np.load(tmp_path / "ray" / f"{n}_grad-cam.npy").astype(np.float32)
