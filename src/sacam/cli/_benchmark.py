@@ -33,7 +33,6 @@ from ._demo import SAMPLES, data_source, demo_labels, write_demo_set
 
 def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
     """Add the ``benchmark`` subcommand and its options to ``sub``."""
-    from ..evaluation.presets import PRESETS
     from ..evaluation.registry import list_metrics
 
     bench = sub.add_parser(
@@ -56,6 +55,15 @@ def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
         "with --preset: the preset's)",
         choices=[*list_metrics(), "default", "all"],
     )
+    _add_run_options(bench)
+    _add_metric_settings(bench)
+    add_engine_options(bench)
+
+
+def _add_run_options(bench: argparse.ArgumentParser) -> None:
+    """The run's scope and machine: preset, images, output folder, device, steps, workers."""
+    from ..evaluation.presets import PRESETS
+
     bench.add_argument(
         "--preset",
         choices=sorted(PRESETS),
@@ -97,8 +105,6 @@ def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
         "default: as many as the cluster's CPUs, or GPUs with --gpus-per-worker, allow)",
     )
     bench.add_argument("--seed", type=int, default=0, help="seed of every random choice")
-    _add_metric_settings(bench)
-    add_engine_options(bench)
 
 
 def _add_metric_settings(bench: argparse.ArgumentParser) -> None:
