@@ -297,7 +297,7 @@ def fails_in_workers():  # noqa: ANN201
 
 def test_a_worker_that_cannot_load_the_model_is_a_one_line_error(cluster, tmp_path, capsys):
     data = colour_folder(tmp_path, n=2)
-    argv = ["benchmark", str(data), "--model", "tests.test_ray:fails_in_workers"]
+    argv = ["benchmark", str(data), "--model", "tests.evaluation.test_ray:fails_in_workers"]
     argv += ["--methods", "grad-cam", "--metrics", "complexity", "--out", str(tmp_path / "o")]
     assert main([*argv, "--engine", "ray", "--workers", "1"]) == 2
     err = capsys.readouterr().err
