@@ -328,7 +328,8 @@ def _execute(ray: Any, run: Run, rows: list[dict[str, str]], options: RayOptions
     }
     scored, workers = _stream(ray, rows, BatchScorer, kwargs, options)
     total = sum(len(names) for r in rows for names in json.loads(r["missing"]).values())
-    bar = tqdm(total=total, unit="pair", desc=f"ray ×{workers}", disable=_disabled(run.progress))
+    disable = execution.progress_disabled(run.progress)
+    bar = tqdm(total=total, unit="pair", desc=f"ray ×{workers}", disable=disable)
     try:
         for row in scored:
             bar.update(_record_row(run, str(row["outcome"]), bytes(row["maps"])))
@@ -380,10 +381,6 @@ def _failed(exc: BaseException) -> SacamError:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     cause = lines[-1] if lines else type(exc).__name__
     return SacamError(f"the Ray run failed ({cause}); finished results are kept: rerun to resume")
-
-
-def _disabled(progress: bool | None) -> bool | None:
-    return None if progress is None else not progress
 
 
 __all__ = [

@@ -84,8 +84,13 @@ def _no_boxes(name: str) -> bool:
     return "annotations" not in metric_info(name).needs
 
 
-def _disabled(progress: bool | None) -> bool | None:
-    """The ``disable`` argument of tqdm for a progress setting (None: only on a terminal)."""
+def progress_disabled(progress: bool | None) -> bool | None:
+    """The ``disable`` argument of tqdm for a progress setting (None: only on a terminal).
+
+    Example:
+        >>> progress_disabled(True), progress_disabled(False), progress_disabled(None)
+        (False, True, None)
+    """
     return None if progress is None else not progress
 
 
@@ -282,7 +287,7 @@ def local_engine(run: Run) -> None:
             unit="img",
             desc=m,
             position=k if stacked else None,
-            disable=_disabled(run.progress),
+            disable=progress_disabled(run.progress),
         )
         for k, m in enumerate(cfg.methods)
     }
@@ -374,6 +379,7 @@ __all__ = [
     "method_parts",
     "missing_by_method",
     "predict_missing",
+    "progress_disabled",
     "record",
     "run_benchmark",
     "score",
