@@ -64,7 +64,9 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["workload"] == "ss-cam":
         lm = load_model()
         x = lm.preprocess.batch([load_image("sample:chelsea")])
-        cam = sacam.build_method(lm.model, "ss-cam", "_blocks.15", n_samples=1)
+        cam = sacam.build_method(
+            lm.model, "ss-cam", "_blocks.15", n_samples=1, top_channels=spec["channels"]
+        )
         cam(x)
         u0, s0, f0 = _usage()
         t0 = time.perf_counter()
@@ -109,6 +111,7 @@ def main() -> None:
     ap.add_argument("--keep-mb", type=int, default=1024, help="keep_freed_memory(keep_mb)")
     ap.add_argument("--data", help="an image folder: also time `sacam benchmark` on it")
     ap.add_argument("--limit", type=int, default=8, help="images of --data")
+    ap.add_argument("--channels", type=int, default=None, help="SS-CAM's top_channels (all)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -141,6 +144,7 @@ def main() -> None:
                     "setting": setting,
                     "threads": args.threads,
                     "keep_mb": args.keep_mb,
+                    "channels": args.channels,
                     "map": f"{tmp}/{i % 2}.pt",
                 }
                 r = _run_child(spec)

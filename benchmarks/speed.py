@@ -281,6 +281,9 @@ def main() -> int:
     ap.add_argument("--methods", nargs="+", default=None)
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument(
+        "--floor-batches", nargs="*", type=int, default=[16, 32], help="more forward-floor batches"
+    )
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--skip-torchcam", action="store_true")
     ap.add_argument("--skip-tradeoffs", action="store_true")
@@ -305,7 +308,7 @@ def main() -> int:
     # forward floor
     lines += ["| forward | batch | ms / image |", "|---|---|---|"]
     fwd: dict[tuple[int, bool], float] = {}
-    for batch in sorted(set(args.batches) | {16, 32}):
+    for batch in sorted(set(args.batches) | set(args.floor_batches)):
         for cl in (False, True):
             r = measure(base | {"kind": "forward", "batch": batch, "channels_last": cl})
             fwd[(batch, cl)] = r.get("s_per_image", float("nan"))

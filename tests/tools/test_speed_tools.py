@@ -1,0 +1,86 @@
+"""Smoke tests of the speed and memory tools of ``benchmarks/``, each on its smallest setting.
+
+They measure the default model, so each takes seconds to a minute; what is checked is that
+the tool runs and that its table holds the rows and the finite numbers it promises.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "benchmarks"
+
+pytestmark = pytest.mark.script
+
+
+def _tool(name: str, *args: str) -> str:
+    """Run ``benchmarks/NAME`` with ``args``; its standard output (it must exit 0)."""
+    done = subprocess.run(
+        [sys.executable, str(BENCH / name), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def _row(out: str, start: str) -> list[str]:
+    """The cells of the first table row that starts with ``start``."""
+    line = next(line for line in out.splitlines() if line.startswith(start))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_speed_times_a_method_against_its_floor(tmp_path: Path) -> None:
+    out = _tool(
+        "speed.py", "--methods", "grad-cam", "--batches", "1", "--repeat", "1",
+        "--floor-batches", "--skip-torchcam", "--skip-tradeoffs", "--threads", "1",
+        "--out", str(tmp_path / "speed"),
+    )  # fmt: skip
+    assert "Best forward:" in out and "gradient floor" in out
+    cells = _row(out, "| grad-cam | 1 |")
+    ms, ratio = float(cells[2]), float(cells[5])
+    assert ms > 0 and math.isfinite(ratio) and ratio > 0
+
+
+def test_throughput_reports_phases_and_the_runner_against_a_bare_loop() -> None:
+    out = _tool(
+        "throughput.py", "--synthetic", "2", "--limit", "2", "--methods", "grad-cam",
+        "--steps", "2", "--images-per-step", "2", "--repeat", "1", "--threads", "1", "--no-cold",
+    )  # fmt: skip
+    assert float(_row(out, "| methods: maps and metrics |")[1]) > 0
+    cells = _row(out, "| 1 |")
+    assert all(float(c) > 0 for c in cells[1:5]), cells
+
+
+def test_memory_reports_the_peak_against_the_budget() -> None:
+    out = _tool("memory.py", "--budgets", "256", "--channels", "8", "--threads", "1")
+    cells = _row(out, "| 256 |")
+    peak, share = float(cells[1]), float(cells[2])
+    assert peak > 0 and share == pytest.approx(peak / 256, abs=0.01)
+
+
+def test_allocator_compares_the_two_settings_with_equal_maps() -> None:
+    out = _tool("allocator.py", "--repeat", "1", "--keep-mb", "64", "--channels", "4")
+    assert len(re.findall(r"^\| ss-cam \|", out, re.M)) == 2
+    assert "(its maps: max |Δ| = 0)" in out
+
+
+def test_tail_strategies_time_expand_and_repeat() -> None:
+    out = _tool(
+        "tail_strategies.py", "--layer", "_blocks.15", "--batches", "1", "--repeat", "1",
+        "--methods", "recipro-cam",
+    )  # fmt: skip
+    assert "| expand s / image |" in out and "| repeat s / image |" in out
+    cells = _row(out, "| recipro-cam | 1 |")
+    expand, repeat = float(cells[2]), float(cells[4])
+    assert expand > 0 and repeat > 0, cells
+    assert float(cells[-1]) < 1e-4, "the two strategies give the same maps"
