@@ -15,7 +15,7 @@ from sacam.evaluation import registry
 from sacam.evaluation.registry import MetricOutput, register_metric
 from tests.support.runs import colour_folder, run_config
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "guide.md"
 
 
 def test_directions_follow_the_protocols() -> None:
@@ -33,13 +33,13 @@ def test_directions_follow_the_protocols() -> None:
     assert registry.default_metrics() == ["confidence", "deletion", "insertion", "complexity"]
 
 
-def test_readme_metric_table_matches_registry() -> None:
+def test_guide_metric_table_matches_registry() -> None:
     block = re.search(
-        r"<!-- metrics-table:start -->\n(.*?)\n<!-- metrics-table:end -->", README.read_text(), re.S
+        r"<!-- metrics-table:start -->\n(.*?)\n<!-- metrics-table:end -->", GUIDE.read_text(), re.S
     )
-    assert block, "README lacks the metrics-table markers"
+    assert block, "docs/guide.md lacks the metrics-table markers"
     assert block.group(1).strip() == registry.metrics_table().strip(), (
-        "README metric table is stale: paste sacam.evaluation.metrics_table()"
+        "docs/guide.md's metric table is stale: paste sacam.evaluation.metrics_table()"
     )
 
 
