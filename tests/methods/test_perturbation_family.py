@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import sacam
+from sacam._speed.tuner import _TUNERS
 from sacam.errors import MethodError
+from sacam.evaluation.faithfulness import deletion
 from sacam.filters import gaussian_blur
 from tests.support.groupcam_float import groupcam_stable_parts_agree
 from tests.support.nets import GapNet, small_cnn
@@ -566,3 +568,23 @@ def test_top_channels_all_is_exact_and_fewer_skip_the_weakest(cnn, images) -> No
         upsample=False,
     )  # fmt: skip
     torch.testing.assert_close(out[0, 0], torch.tensor([1.0, 0.0, 0.5]), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["score-cam", "ss-cam", "is-cam", "group-cam"])
+def test_the_tuned_first_call_gives_the_bits_of_every_later_call(method: str) -> None:
+    """Tuning times the call's own passes, then settles: no map depends on timing."""
+    net = small_cnn(seed=3)  # a new model: its first call tunes from nothing
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    first = sacam.explain(net, images, method=method)
+    assert all(t.settled for t in _TUNERS[net].values())
+    again = [sacam.explain(net, images, method=method) for _ in range(2)]
+    assert all(torch.equal(first, m) for m in again)
+
+
+def test_the_tuned_first_curve_gives_the_bits_of_every_later_curve() -> None:
+    net = small_cnn(seed=5).eval()
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    maps = torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(7))
+    first = deletion(net, images, maps, steps=8)
+    again = deletion(net, images, maps, steps=8)
+    assert torch.equal(first.curves, again.curves) and torch.equal(first.auc, again.auc)

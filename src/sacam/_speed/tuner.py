@@ -8,8 +8,10 @@ to float rounding), and the fastest choice differs between models and machines, 
 sacam measures it, without a separate sweep: a :class:`Tuner` hands out the plan of each
 chunk of the caller's own work and times the chunks it marks, trying each candidate
 twice (the second timing counts: the first may include one-off setup) until it knows
-the fastest, then keeps to that. No forward pass is spent on measuring alone, so the
-first call on an unseen model costs about what a later one does.
+the fastest. At the end of that first call the tuner settles on the fastest plan timed
+and the loop runs once more with it (:meth:`Tuner.settle`), so a call's result never
+depends on timing: the first call on an unseen model costs about two later ones, and
+every call gives the same bits.
 
 The candidates are never larger than the caller allows (an explicit
 ``inputs_per_pass``, the memory cap of :mod:`sacam._speed.memory`): a model exported
@@ -137,6 +139,23 @@ class Tuner:
             return best, False
         size = math.ceil(remaining / math.ceil(remaining / best.inputs_per_pass))
         return Plan(size, best.channels_last), False
+
+    @property
+    def settled(self) -> bool:
+        """Whether the tuner answers one plan for good (stored, explicit, or settled)."""
+        return len(self.candidates) == 1 and not self._pending(self.candidates[0])
+
+    def settle(self) -> None:
+        """Keep to the fastest plan timed so far, from now on (and store it).
+
+        A loop whose chunks were tuned runs again with the settled plan, so that its
+        result is the one every later call gives: the size of a pass changes the last
+        bits of a model's output, and a call's result must not depend on timing.
+        """
+        best = self.best()
+        self._save()
+        timed = self.times.get(best) or [0.0]
+        self.candidates, self.times, self.dropped = (best,), {best: [timed[-1]] * 2}, set()
 
     def _finished(self) -> dict[Plan, float]:
         return {p: t[-1] for p, t in self.times.items() if len(t) >= 2 and p not in self.dropped}

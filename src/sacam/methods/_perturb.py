@@ -99,6 +99,23 @@ def perturbed_scores_of(
     the same for every image) is done once per chunk. Every forward pass still holds one
     image's rows, the same passes as one image at a time: the same scores.
     """
+    settled = tuner.settled
+    out = _scores_loop(ctx, count, builds, tuner, kind, bf16)
+    if not settled:  # the result of the settled plan, as every later call computes it
+        tuner.settle()
+        out = _scores_loop(ctx, count, builds, tuner, kind, bf16)
+    return out
+
+
+def _scores_loop(
+    ctx: CallContext,
+    count: int,
+    builds: Mapping[int, Build],
+    tuner: Tuner,
+    kind: ScoreKind,
+    bf16: bool,
+) -> dict[int, torch.Tensor]:
+    """One pass of :func:`perturbed_scores_of` over every chunk, with the tuner's plans."""
     device = ctx.images.device
     out = {b: torch.zeros(count, dtype=torch.float32, device=device) for b in builds}
     start, last = 0, None

@@ -148,11 +148,34 @@ class GroupCAM(PerturbationCAM):
         masks = self.group_masks(layer)
         tuner = self.tuner(ctx)
         with torch.inference_mode():
-            base = self.blurred(ctx.images)
-            fmt = torch.channels_last if tuner.best().channels_last else torch.contiguous_format
-            # one image per pass, as the masked passes: a score never depends on which
-            # other images share the batch
-            base_scores = torch.cat(
+            base = self.blurred(ctx.images).clone()
+        scores = []
+        for b in range(masks.shape[0]):
+            build = functools.partial(self._build, masks[b], ctx.images[b], base[b])
+            scores.append(self.perturbed(ctx, b, masks.shape[1], build, "probability", tuner))
+        # after the masked passes, whose first call settles the tuner: the baseline's
+        # pass uses the settled memory format, the same in every call
+        base_scores = self._base_scores(ctx, base, tuner.best().channels_last)
+        out = torch.zeros(masks.shape[0], masks.shape[2], masks.shape[3], device=masks.device)
+        gains = torch.zeros(masks.shape[:2], device=masks.device)
+        for b, s in enumerate(scores):
+            gains[b] = s - base_scores[b]
+            small, _ = normalize_maps(masks[b])
+            out[b] = torch.einsum("g,ghw->hw", gains[b], small.float())
+        ctx.extras.setdefault("group-cam", {})[layer.ref.label] = GroupInspection(
+            masks=masks, gains=gains, raw=out
+        )
+        return out
+
+    @staticmethod
+    def _base_scores(ctx: CallContext, base: torch.Tensor, channels_last: bool) -> torch.Tensor:
+        """The baselines' class probabilities, one image per pass as the masked passes.
+
+        A score never depends on which other images share the batch.
+        """
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        with torch.inference_mode():
+            scores = torch.cat(
                 [
                     target_scores(
                         ctx.model(base[i : i + 1].contiguous(memory_format=fmt)).float(),
@@ -163,20 +186,7 @@ class GroupCAM(PerturbationCAM):
                     for i in range(base.shape[0])
                 ]
             )
-        base = base.clone()
-        base_scores = base_scores.clone()
-        out = torch.zeros(masks.shape[0], masks.shape[2], masks.shape[3], device=masks.device)
-        gains = torch.zeros(masks.shape[:2], device=masks.device)
-        for b in range(masks.shape[0]):
-            build = functools.partial(self._build, masks[b], ctx.images[b], base[b])
-            s = self.perturbed(ctx, b, masks.shape[1], build, "probability", tuner)
-            gains[b] = s - base_scores[b]
-            small, _ = normalize_maps(masks[b])
-            out[b] = torch.einsum("g,ghw->hw", gains[b], small.float())
-        ctx.extras.setdefault("group-cam", {})[layer.ref.label] = GroupInspection(
-            masks=masks, gains=gains, raw=out
-        )
-        return out
+        return scores.clone()
 
     @staticmethod
     def _build(
