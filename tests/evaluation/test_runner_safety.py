@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from sacam.evaluation import run_benchmark
 from sacam.evaluation.runner.store import RunLock
 from tests.support.nets import held_model_spec
 from tests.support.runs import colour_folder, run_config
+from tests.support.tools import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -141,14 +141,6 @@ def test_a_bom_is_accepted(tmp_path) -> None:
     assert len(_pairs(tmp_path / "out")) == 4
 
 
-def _wait(ready, proc) -> None:  # noqa: ANN001
-    """Poll files until ``ready()``; the deadline only guards against a hang."""
-    deadline = time.monotonic() + 900
-    while not ready():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.05)
-
-
 @pytest.mark.script
 def test_ctrl_c_exits_cleanly_keeps_results_and_resumes(tmp_path, monkeypatch) -> None:
     """A real process, a real SIGINT; a second run meanwhile is refused.
@@ -169,7 +161,7 @@ def test_ctrl_c_exits_cleanly_keeps_results_and_resumes(tmp_path, monkeypatch) -
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        _wait(lambda: (out / ".sacam.lock").exists() and (out / ".sacam.lock").read_text(), proc)
+        wait_for(lambda: (out / ".sacam.lock").exists() and (out / ".sacam.lock").read_text(), proc)
         second = subprocess.run(
             [sys.executable, "-m", "sacam.cli", *args],
             cwd=ROOT,
@@ -178,7 +170,7 @@ def test_ctrl_c_exits_cleanly_keeps_results_and_resumes(tmp_path, monkeypatch) -
             text=True,
         )
         assert second.returncode == 3 and "another sacam benchmark" in second.stderr
-        _wait(lambda: (out / "results.csv").exists() and len(_pairs(out)) >= 2, proc)
+        wait_for(lambda: (out / "results.csv").exists() and len(_pairs(out)) >= 2, proc)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=300)
     finally:

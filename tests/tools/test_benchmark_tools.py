@@ -8,31 +8,15 @@ times the stability protocol's steps on a folder of images; ``load.py`` drives
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "benchmarks"
+from tests.support.tools import run_tool
 
 pytestmark = pytest.mark.script
-
-
-def _tool(name: str, *args: str) -> str:
-    """Run ``benchmarks/NAME`` with ``args``; its standard output (it must exit 0)."""
-    done = subprocess.run(
-        [sys.executable, str(BENCH / name), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
 
 
 def _results(path: Path, rows: dict[tuple[str, str], list[float]]) -> Path:
@@ -53,7 +37,7 @@ def test_paired_prints_one_row_per_method_with_its_decided_mark(tmp_path: Path) 
         ("sa-cam", "insertion"): [v + d for v, d in zip(ref, [0.04, 0.05, 0.06] * 2, strict=True)],
         ("sa-cam", "deletion"): [0.2] * 6,  # no reference values: no cell to pair
     }
-    out = _tool("paired.py", str(_results(tmp_path / "r.csv", data)), "--reference", "grad-cam")
+    out = run_tool("paired.py", str(_results(tmp_path / "r.csv", data)), "--reference", "grad-cam")
     row = next(line for line in out.splitlines() if line.startswith("| sa-cam"))
     # the differences 0.04, 0.05, 0.06 twice: mean 0.05, every image better; no deletion
     # values of the reference, so that cell is empty
@@ -68,7 +52,7 @@ def test_sweep_table_has_a_row_per_method_and_the_paired_row(tmp_path: Path) -> 
         data[("grad-cam", f"xattack_topk_topk@{eps}")] = base
         data[("sa-cam", f"xattack_topk_topk@{eps}")] = [v - 0.1 for v in base]
     csv_path = _results(tmp_path / "r.csv", data)
-    out = _tool("sweep_table.py", str(csv_path), "xattack_topk_topk")
+    out = run_tool("sweep_table.py", str(csv_path), "xattack_topk_topk")
     lines = out.splitlines()
     header = next(line for line in lines if line.startswith("| method"))
     assert header == "| method | ε = 0.5/255 | ε = 2/255 |"
@@ -84,7 +68,7 @@ def test_stability_cost_prints_every_step_for_each_method(tmp_path: Path) -> Non
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(data / "a.png")
     (data / "labels.csv").write_text("file,class_index\na.png,3\n")
-    out = _tool(
+    out = run_tool(
         "stability_cost.py",
         str(data),
         "--limit",
@@ -110,7 +94,7 @@ def test_stability_cost_prints_every_step_for_each_method(tmp_path: Path) -> Non
 
 
 def test_load_answers_every_request_and_reports_latency() -> None:
-    out = _tool(
+    out = run_tool(
         "load.py", "--requests", "2", "--concurrency", "1", "--floor", "1", "--method", "grad-cam"
     )
     assert "| errors | 0 of 2 |" in out

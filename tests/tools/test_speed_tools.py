@@ -8,29 +8,13 @@ from __future__ import annotations
 
 import math
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "benchmarks"
+from tests.support.tools import run_tool
 
 pytestmark = pytest.mark.script
-
-
-def _tool(name: str, *args: str) -> str:
-    """Run ``benchmarks/NAME`` with ``args``; its standard output (it must exit 0)."""
-    done = subprocess.run(
-        [sys.executable, str(BENCH / name), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
 
 
 def _row(out: str, start: str) -> list[str]:
@@ -40,7 +24,7 @@ def _row(out: str, start: str) -> list[str]:
 
 
 def test_speed_times_a_method_against_its_floor(tmp_path: Path) -> None:
-    out = _tool(
+    out = run_tool(
         "speed.py", "--methods", "grad-cam", "--batches", "1", "--repeat", "1",
         "--floor-batches", "--skip-torchcam", "--skip-tradeoffs", "--threads", "1",
         "--out", str(tmp_path / "speed"),
@@ -52,7 +36,7 @@ def test_speed_times_a_method_against_its_floor(tmp_path: Path) -> None:
 
 
 def test_throughput_reports_phases_and_the_runner_against_a_bare_loop() -> None:
-    out = _tool(
+    out = run_tool(
         "throughput.py", "--synthetic", "2", "--limit", "2", "--methods", "grad-cam",
         "--steps", "2", "--images-per-step", "2", "--repeat", "1", "--threads", "1", "--no-cold",
     )  # fmt: skip
@@ -62,20 +46,20 @@ def test_throughput_reports_phases_and_the_runner_against_a_bare_loop() -> None:
 
 
 def test_memory_reports_the_peak_against_the_budget() -> None:
-    out = _tool("memory.py", "--budgets", "256", "--channels", "8", "--threads", "1")
+    out = run_tool("memory.py", "--budgets", "256", "--channels", "8", "--threads", "1")
     cells = _row(out, "| 256 |")
     peak, share = float(cells[1]), float(cells[2])
     assert peak > 0 and share == pytest.approx(peak / 256, abs=0.01)
 
 
 def test_allocator_compares_the_two_settings_with_equal_maps() -> None:
-    out = _tool("allocator.py", "--repeat", "1", "--keep-mb", "64", "--channels", "4")
+    out = run_tool("allocator.py", "--repeat", "1", "--keep-mb", "64", "--channels", "4")
     assert len(re.findall(r"^\| ss-cam \|", out, re.M)) == 2
     assert "(its maps: max |Δ| = 0)" in out
 
 
 def test_tail_strategies_time_expand_and_repeat() -> None:
-    out = _tool(
+    out = run_tool(
         "tail_strategies.py", "--layer", "_blocks.15", "--batches", "1", "--repeat", "1",
         "--methods", "recipro-cam",
     )  # fmt: skip
