@@ -54,7 +54,8 @@ async def methods(state: StateDep) -> dict[str, Any]:
                 "description": info.description,
                 "slow": info.family == "perturbation" or info.cls.many_passes,
                 "passes": passes,
-                "expected_s": None if rate is None else round(passes * rate, 2),
+                # two significant digits: a fast method shows 0.0034 s, never 0
+                "expected_s": None if rate is None else float(f"{passes * rate:.2g}"),
                 "available": name not in state.unavailable,
                 "note": state.unavailable.get(name, ""),
             }
