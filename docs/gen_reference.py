@@ -34,9 +34,8 @@ _SECTION = re.compile(r"^(Example|Examples):\s*$")
 def option_defaults(cls: type[sacam.BaseCAM]) -> dict[str, str]:
     """Each keyword option of a method class and the ``repr`` of its default.
 
-    The options are those of :meth:`sacam.BaseCAM.option_names`, in its order; the default
-    is read from the first constructor along the class's MRO that declares the option.
-    An option without a default is marked ``"required"``.
+    The options and defaults are those of :meth:`sacam.BaseCAM.option_defaults`, in its
+    order. An option without a default is marked ``"required"``.
 
     Args:
         cls: a registered method class.
@@ -44,15 +43,10 @@ def option_defaults(cls: type[sacam.BaseCAM]) -> dict[str, str]:
     Returns:
         option name -> default as Python source text.
     """
-    defaults: dict[str, str] = {}
-    for klass in cls.__mro__:
-        init = vars(klass).get("__init__")
-        if init is None:
-            continue
-        for p in inspect.signature(init).parameters.values():
-            if p.kind is p.KEYWORD_ONLY and p.name not in defaults:
-                defaults[p.name] = REQUIRED if p.default is p.empty else _short_repr(p.default)
-    return {name: defaults.get(name, REQUIRED) for name in cls.option_names()}
+    return {
+        name: REQUIRED if value is inspect.Parameter.empty else _short_repr(value)
+        for name, value in cls.option_defaults().items()
+    }
 
 
 def _short_repr(value: object) -> str:

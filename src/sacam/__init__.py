@@ -10,8 +10,9 @@ from . import methods, smoothing, transforms  # noqa: F401
 from ._layers import list_layers
 from ._speed.allocator import keep_freed_memory
 from .api import build_method, explain, explain_full
-from .core import BaseCAM, Explanation
+from .core import BaseCAM
 from .errors import InputError, LayerError, MethodError, ModelError, SacamError, TargetError
+from .explanation import Explanation
 from .methods.dff import Concepts, concepts
 from .registry import get_method, list_methods, method_info, register_method
 from .targets import (

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from ._layers import LayersLike
-from .core import BaseCAM, Explanation
+from .core import BaseCAM
 from .errors import MethodError
+from .explanation import Explanation
 from .registry import check_options
 from .targets import TargetsLike
 
@@ -94,7 +95,7 @@ def explain_full(
     tta: bool | Mapping[str, Any] = False,
     **method_options: Any,
 ) -> Explanation:
-    """Like :func:`explain`, but return the full :class:`~sacam.core.Explanation`.
+    """Like :func:`explain`, but return the full :class:`~sacam.explanation.Explanation`.
 
     It carries the per-layer maps, the explained class and its probability, the flags of
     constant maps and method-specific inspection data (``extras``).

@@ -62,7 +62,6 @@ from .explanation import (
     layer_outputs,
     normalize_maps,
     resize_maps,
-    spatial_dims,
 )
 from .targets import ScoreFn, TargetsLike
 
@@ -70,16 +69,7 @@ ReshapeTransform = Callable[[torch.Tensor], torch.Tensor]
 # set by BaseCAM.explain_graph for the duration of one call (per thread / task)
 _KEEP_GRAPH: ContextVar[bool] = ContextVar("sacam_keep_graph", default=False)
 
-__all__ = [
-    "BaseCAM",
-    "CallContext",
-    "Explanation",
-    "LayerData",
-    "normalize_maps",
-    "predict",
-    "spatial_dims",
-    "volume_methods",
-]
+__all__ = ["BaseCAM", "predict", "volume_methods"]
 
 
 def predict(
@@ -386,13 +376,20 @@ class BaseCAM:
         return collect(ctx, maps, constant, layer_maps)
 
     @classmethod
+    def option_defaults(cls) -> dict[str, object]:
+        """Keyword options of this method's constructor (besides model and layer), in order.
+
+        Each maps to its default, read from the most derived constructor that declares it;
+        ``inspect.Parameter.empty`` marks an option without one.
+        """
+        found: dict[str, object] = {}
+        for init in (vars(klass)["__init__"] for klass in cls.__mro__ if "__init__" in vars(klass)):
+            for p in inspect.signature(init).parameters.values():
+                if p.kind is p.KEYWORD_ONLY:
+                    found.setdefault(p.name, p.default)
+        return found
+
+    @classmethod
     def option_names(cls) -> list[str]:
         """Keyword options this method's constructor accepts (besides model and layer)."""
-        names: list[str] = []
-        for klass in cls.__mro__:
-            if "__init__" not in vars(klass):
-                continue
-            for p in inspect.signature(vars(klass)["__init__"]).parameters.values():
-                if p.kind is p.KEYWORD_ONLY and p.name not in names:
-                    names.append(p.name)
-        return names
+        return list(cls.option_defaults())

@@ -52,6 +52,7 @@ __all__ = [
     "imagenet_classes",
     "load_image",
     "load_model",
+    "output_logits",
     "sample_image",
     "with_preprocess",
 ]
@@ -78,6 +79,26 @@ class LoadedModel:
         if 0 <= index < len(self.class_names):
             return self.class_names[index]
         return f"class {index}"
+
+
+def output_logits(output: object) -> torch.Tensor:
+    """The ``(B, classes)`` tensor sacam explains from a model's output.
+
+    Read as every sacam method reads it: a tensor is itself; an object with a tensor
+    ``logits`` field (a Hugging Face ``ModelOutput``) gives that field; a mapping its
+    ``"logits"`` entry, else its only tensor; a tuple or list its first element.
+
+    Raises:
+        TargetError: the output holds no tensor by these rules (pass
+            ``output_transform=`` to the method for such a model).
+
+    Example:
+        >>> import torch
+        >>> logits = torch.zeros(2, 5)
+        >>> output_logits({"logits": logits, "aux": torch.ones(2)}) is logits
+        True
+    """
+    return to_logits(output)
 
 
 @cache

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 
 from ._hooks import check_images, model_guard
 from ._projection import principal_projection
-from .core import BaseCAM, Explanation, normalize_maps
+from .core import BaseCAM
 from .errors import MethodError
+from .explanation import Explanation, normalize_maps
 from .targets import TargetsLike, scored_output
 
 __all__ = ["DEFAULT_SCALES", "eigen_smooth", "tta"]
@@ -86,7 +87,7 @@ def tta(
         hflip: add the horizontally flipped copy of every scale.
 
     Returns:
-        An :class:`~sacam.core.Explanation` at the input resolution; ``class_idx``,
+        An :class:`~sacam.explanation.Explanation` at the input resolution; ``class_idx``,
         ``scores`` and ``probabilities`` are those of the original images, and
         ``extras["tta"]`` lists the ``(scale, flipped)`` augmentations.
 

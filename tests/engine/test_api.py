@@ -195,7 +195,7 @@ def test_several_layers_give_one_map_each_and_a_fused_map(cnn, images) -> None:
     assert out.layers == ["1", "4"]
     assert out.layer_maps["1"].shape == out.layer_maps["4"].shape == (3, 16, 16)
     fused = torch.maximum(out.layer_maps["1"], out.layer_maps["4"])
-    assert torch.allclose(out.maps, sacam.core.normalize_maps(fused)[0], atol=1e-6)
+    assert torch.allclose(out.maps, sacam.explanation.normalize_maps(fused)[0], atol=1e-6)
     mean = sacam.explain_full(cnn, images, layer=["1", "4"], fusion="mean")
     assert not torch.allclose(mean.maps, out.maps)
 
@@ -219,3 +219,25 @@ def test_explanation_reports_probability(cnn, images) -> None:
     out = sacam.explain_full(cnn, images)
     probs = torch.softmax(cnn.eval()(images), 1).max(1).values
     assert torch.allclose(out.probabilities, probs, atol=1e-6)
+
+
+def test_option_defaults_come_from_the_most_derived_constructor() -> None:
+    """One reading of a method's options serves the CLI, the docs and the option check."""
+    import inspect
+
+    class Base(sacam.BaseCAM):
+        def __init__(self, model, layer=None, *, alpha: float = 1.0, beta: int, **kw) -> None:
+            super().__init__(model, layer, **kw)
+
+    class Derived(Base):
+        def __init__(self, model, layer=None, *, alpha: float = 2.0, gamma: str = "g", **kw):
+            super().__init__(model, layer, alpha=alpha, beta=3, **kw)
+
+    defaults = Derived.option_defaults()
+    assert list(defaults)[:3] == ["alpha", "gamma", "beta"]
+    assert defaults["alpha"] == 2.0 and defaults["gamma"] == "g"
+    assert defaults["beta"] is inspect.Parameter.empty
+    assert defaults["fusion"] == "max"  # the engine's own options come last
+    assert Derived.option_names() == list(defaults)
+    sa = sacam.get_method("sa-cam").option_defaults()
+    assert {"base", "operator"} <= set(sa) and "model" not in sa and "layer" not in sa

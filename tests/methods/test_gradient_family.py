@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import sacam
-from sacam.core import normalize_maps
+from sacam.explanation import normalize_maps
 from tests.support.calls import layer_data
 from tests.support.nets import FlatNet, GapNet
 

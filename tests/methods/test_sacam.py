@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import sacam
-from sacam.core import CallContext, LayerData
 from sacam.errors import MethodError
+from sacam.explanation import CallContext, LayerData
 from sacam.methods.attention import SACAM, attend, self_attention
 from tests.support.nets import GapNet, small_cnn
 

@@ -182,7 +182,7 @@ def test_eigen_smooth_function_matches_the_engine(cnn, images) -> None:
     # the same contributions, from the layer data the engine hands the plain method
     ctx, layers = layer_data(plain, images)
     contrib = plain.channel_maps(layers[0], ctx)
-    expect = sacam.core.normalize_maps(eigen_smooth(contrib).clamp_min(0))[0]
+    expect = sacam.explanation.normalize_maps(eigen_smooth(contrib).clamp_min(0))[0]
     assert torch.allclose(out.maps, expect, atol=1e-6)
 
 

@@ -81,7 +81,7 @@ def test_guided_grad_cam_matches_a_module_swapping_reference(cnn, images, channe
     cam = sacam.explain(net, x, method="grad-cam", layer="3", targets=top).double()
     prod = cam[:, None] * gb
     red = {"max-abs": prod.abs().amax(1), "sum-abs": prod.abs().sum(1), "sum": prod.sum(1)}
-    expected, _ = sacam.core.normalize_maps(red[channels].clamp_min(0))
+    expected, _ = sacam.explanation.normalize_maps(red[channels].clamp_min(0))
     torch.testing.assert_close(out.maps.double(), expected, rtol=0, atol=1e-6)
 
 

@@ -13,7 +13,8 @@ from tests.support.serve import require
 
 require("fastapi")
 from sacam.errors import LayerError  # noqa: E402
-from sacam.serve.worker import JobCancelled, JobError, ModelWorker, Progress  # noqa: E402
+from sacam.serve.progress import JobCancelled, JobError, Progress  # noqa: E402
+from sacam.serve.worker import ModelWorker  # noqa: E402
 
 
 @pytest.fixture
@@ -50,7 +51,7 @@ def test_jobs_run_in_order_on_one_thread(worker) -> None:  # noqa: ANN001
     assert all(j.status == "done" and j.progress == 1.0 for j in jobs)
 
 
-def test_progress_counts_images_of_forward_passes(worker, net) -> None:  # noqa: ANN001
+def test_equal_stages_count_progress_by_passes_within_each(worker, net) -> None:  # noqa: ANN001
     observed: list[float] = []
     submitted = threading.Event()
 
@@ -230,43 +231,66 @@ def test_progress_of_a_method_ends_near_its_stages_end(default_model, method, la
         assert sum(inputs) * 10 < rows[method]  # the inputs alone said under a tenth
 
 
-def test_rows_of_a_pass_come_from_its_output_then_its_input() -> None:
-    from sacam.serve.worker import _rows
+def test_passes_of_a_call_come_from_its_output_then_its_input() -> None:
+    from sacam.serve.progress import passes_in
 
     two = torch.zeros(2, 3)
-    assert _rows({"logits": torch.zeros(7, 5), "aux": two}, (two,)) == 7
-    assert _rows((torch.zeros(4, 5), two), (two,)) == 4
-    assert _rows("not a tensor", (torch.zeros(6, 3),)) == 6
-    assert _rows(None, ()) == 1
+    assert passes_in({"logits": torch.zeros(7, 5), "aux": two}, (two,)) == 7
+    assert passes_in((torch.zeros(4, 5), two), (two,)) == 4
+    assert passes_in("not a tensor", (torch.zeros(6, 3),)) == 6
+    assert passes_in(None, ()) == 1
 
 
-def test_a_planned_job_counts_progress_by_images(worker, net) -> None:  # noqa: ANN001
-    # stages of 10 and 30 images: a stage weighs what it feeds the model, not one share
-    observed: list[tuple[float, int]] = []
+def test_a_planned_job_counts_progress_by_passes(worker, net) -> None:  # noqa: ANN001
+    # stages of 10 and 30 planned passes: a stage weighs the passes it makes, and a
+    # finished stage counts those it really made (5 here), so the plan shrinks to 35
+    observed: list[tuple[float, int, int]] = []
     submitted = threading.Event()
+
+    def seen() -> None:
+        observed.append((job.progress, job.passes_done, job.passes_planned))
 
     def fn(p: Progress) -> None:
         assert submitted.wait(30)
         p.plan([10, 30])
         p.stage(0, "fast", 10)
         net(torch.zeros(5, 3))
-        observed.append((job.progress, job.work_done))
+        seen()
         p.stage(1, "slow", 30)
-        observed.append((job.progress, job.work_done))
+        seen()
         net(torch.zeros(15, 3))
-        observed.append((job.progress, job.work_done))
+        seen()
         p.publish({"so far": 1})
         snapshot = worker.describe(job)
-        assert snapshot["partial"] == {"so far": 1} and snapshot["work_planned"] == 40
+        assert snapshot["partial"] == {"so far": 1}
+        assert (snapshot["passes_done"], snapshot["passes_planned"]) == (20, 35)
         assert snapshot["eta_s"] is not None and snapshot["elapsed_s"] >= 0
+        net(torch.zeros(40, 3))  # more than planned: the plan grows, never below the count
+        seen()
 
     job = worker.submit("t", fn)
     submitted.set()
     wait(job)
     assert job.status == "done", job.error
-    assert observed == [(0.125, 5), (0.25, 5), (0.625, 20)]
+    assert observed == [(5 / 40, 5, 40), (5 / 35, 5, 35), (20 / 35, 20, 35), (0.999, 60, 60)]
+    # done: the plan is what was made
+    assert (job.progress, job.passes_done, job.passes_planned) == (1.0, 60, 60)
     assert "partial" not in worker.describe(job) and worker.describe(job)["result"] is None
-    assert worker.seconds_per_image is not None and worker.seconds_per_image > 0
+    assert worker.seconds_per_pass is not None and worker.seconds_per_pass > 0
+
+
+def test_the_estimate_is_the_passes_left_at_the_rate_so_far(net) -> None:  # noqa: ANN001
+    from sacam.serve.progress import Job
+
+    job = Job(id="j", kind="t", status="running", seconds_per_pass=0.5)
+    p = Progress(job)
+    p.plan([4, 6])
+    assert job.eta() == pytest.approx(5.0)  # no pass yet: 10 passes at the measured rate
+    job.started = time.monotonic() - 2.0  # 2 s and 4 passes: 0.5 s a pass, 6 left
+    p.count(4)
+    assert job.eta() == pytest.approx(3.0, rel=0.05)
+    job.status = "done"
+    assert job.eta() is None
 
 
 def test_a_cancelled_waiting_job_lets_go_of_its_input(worker) -> None:  # noqa: ANN001

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from sacam.core import BaseCAM, CallContext, LayerData
+from sacam.core import BaseCAM
+from sacam.explanation import CallContext, LayerData
 from sacam.targets import TargetsLike
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from sacam.core import Explanation, normalize_maps
+from sacam.explanation import Explanation, normalize_maps
 
 U32 = 2.0**-24
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import re
-from typing import Any
 
 from ..core import BaseCAM
 from ..registry import list_methods, method_info
@@ -17,19 +16,6 @@ COMMON_OPTIONS = {
     "eigen_smooth": "keep only the first principal component of the channel contributions",
     "output_transform": "turns the model's output into logits (Python only)",
 }
-
-
-def _defaults(cls: type[BaseCAM]) -> dict[str, Any]:
-    """Each keyword option's default, the most derived constructor's first."""
-    found: dict[str, Any] = {}
-    for klass in cls.__mro__:
-        init = vars(klass).get("__init__")
-        if init is None:
-            continue
-        for p in inspect.signature(init).parameters.values():
-            if p.kind is p.KEYWORD_ONLY and p.name not in found:
-                found[p.name] = p.default
-    return found
 
 
 def _describe(cls: type[BaseCAM], name: str) -> str:
@@ -64,13 +50,13 @@ def methods_text(name: str | None = None) -> str:
         )
     info = method_info(name)
     cls = info.cls
-    defaults = _defaults(cls)
-    own = [n for n in cls.option_names() if n not in COMMON_OPTIONS]
-    common = [n for n in cls.option_names() if n in COMMON_OPTIONS]
+    defaults = cls.option_defaults()
+    own = [n for n in defaults if n not in COMMON_OPTIONS]
+    common = [n for n in defaults if n in COMMON_OPTIONS]
     lines = [f"{name}: {info.description}", f"  paper: {info.paper} {info.url}", "  options:"]
-    width = max(map(len, cls.option_names()), default=0)
+    width = max(map(len, defaults), default=0)
     for opt in [*own, *common]:
-        value = defaults.get(opt, inspect.Parameter.empty)
+        value = defaults[opt]
         shown = "required" if value is inspect.Parameter.empty else repr(value)
         lines.append(f"    {opt:{width}s} = {shown:10s}  {_describe(cls, opt)}")
     lines.append(f"  set one with --method-option {name}:KEY=VALUE")

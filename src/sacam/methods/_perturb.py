@@ -27,8 +27,9 @@ from .._speed.memory import (
     passes_within,
 )
 from .._speed.tuner import PerPass, Plan, Tuner, check_inputs_per_pass, sync, tuner_for
-from ..core import BaseCAM, CallContext, normalize_maps
+from ..core import BaseCAM
 from ..errors import MethodError
+from ..explanation import CallContext, normalize_maps
 from ..targets import PerSampleCallables
 
 ScoreKind = Literal["probability", "logit"]

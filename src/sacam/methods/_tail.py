@@ -29,8 +29,9 @@ import torch
 
 from .._hooks import Capture
 from .._layers import LayerRef
-from ..core import BaseCAM, CallContext
+from ..core import BaseCAM
 from ..errors import LayerError, MethodError
+from ..explanation import CallContext
 from ._options import check_count
 from ._perturb import ScoreKind, target_scores
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import torch
 
-from ..core import CallContext, LayerData
+from ..explanation import CallContext, LayerData
 from ..registry import register_method
 from ._options import check_variant
 from ._perturb import PerturbationCAM, batch_target_scores, strongest_channels

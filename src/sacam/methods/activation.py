@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from .._layers import probe
-from ..core import BaseCAM, CallContext, LayerData
+from ..core import BaseCAM
 from ..errors import LayerError, MethodError, TargetError
+from ..explanation import CallContext, LayerData
 from ..registry import register_method
 
 

@@ -13,8 +13,9 @@ from typing import Any, Literal
 
 import torch
 
-from ..core import BaseCAM, CallContext, LayerData
+from ..core import BaseCAM
 from ..errors import InputError, MethodError
+from ..explanation import CallContext, LayerData
 from ..registry import get_method, list_methods, register_method
 from ._options import base_method, check_count, check_number
 

@@ -6,7 +6,8 @@ from typing import Any, Literal
 
 import torch
 
-from ..core import BaseCAM, CallContext, LayerData
+from ..core import BaseCAM
+from ..explanation import CallContext, LayerData
 from ..registry import register_method
 from ._options import check_seed, check_variant
 

@@ -7,8 +7,9 @@ from typing import Any, Literal
 import torch
 
 from .._projection import numpy_2d_projection, principal_projection
-from ..core import BaseCAM, CallContext, LayerData
+from ..core import BaseCAM
 from ..errors import MethodError
+from ..explanation import CallContext, LayerData
 from ..registry import register_method
 from ._options import check_bool, check_variant
 

@@ -17,8 +17,8 @@ from torch import nn
 
 from .._hooks import Capture, check_images, model_guard
 from .._layers import LayersLike, probe, resolve_layers
-from ..core import normalize_maps
 from ..errors import LayerError, MethodError
+from ..explanation import normalize_maps
 from ._options import check_count, check_seed
 
 __all__ = ["Concepts", "concepts", "find_classifier"]

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..core import CallContext, LayerData, normalize_maps
+from ..explanation import CallContext, LayerData, normalize_maps
 from ..registry import register_method
 from ._options import check_number
 from ._perturb import PerturbationCAM, strongest_channels

@@ -7,8 +7,9 @@ from typing import Any
 
 import torch
 
-from ..core import BaseCAM, CallContext, LayerData
+from ..core import BaseCAM
 from ..errors import MethodError
+from ..explanation import CallContext, LayerData
 from ..registry import register_method
 
 FEM_URL = "https://hal.science/hal-02963298/document"

@@ -9,8 +9,9 @@ from typing import Any
 
 import torch
 
-from ..core import BaseCAM, CallContext
+from ..core import BaseCAM
 from ..errors import MethodError, TargetError
+from ..explanation import CallContext
 from ..registry import register_method
 from ..targets import TargetsLike, class_indices
 from ._options import base_method
@@ -74,7 +75,7 @@ class FinerCAM(BaseCAM):
     Options: ``base`` (any registered method that accepts callable targets),
     ``base_options`` (a dict for it), ``alpha``, ``n_similar`` (cut to the number of other
     classes). Targets are class indices (``None`` = top-1), not callables. The
-    :class:`~sacam.core.Explanation` reports the class ``c`` and its probability, the
+    :class:`~sacam.explanation.Explanation` reports the class ``c`` and its probability, the
     Finer-CAM score as ``scores``, and the compared classes ``J`` in
     ``extras["finer_similar"]`` (``(B, n)``). Cost: one forward pass for the logits, then
     the base method's.

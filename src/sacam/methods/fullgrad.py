@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._locks import this_thread_only
-from ..core import BaseCAM, CallContext
+from ..core import BaseCAM
 from ..errors import MethodError
+from ..explanation import CallContext
 from ..registry import register_method
 from ..targets import TargetsLike, evaluate_scores, resolve_targets
 

@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 import torch
 
-from ..core import BaseCAM, CallContext, LayerData, spatial_dims
+from ..core import BaseCAM
+from ..explanation import CallContext, LayerData, spatial_dims
 from ..registry import register_method
 from ._options import check_variant
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from ..core import CallContext, LayerData, normalize_maps
 from ..errors import MethodError
+from ..explanation import CallContext, LayerData, normalize_maps
 from ..filters import gaussian_blur
 from ..registry import register_method
 from ._options import check_count

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._locks import this_thread_only
-from ..core import BaseCAM, CallContext, LayerData, normalize_maps
+from ..core import BaseCAM
 from ..errors import MethodError
+from ..explanation import CallContext, LayerData, normalize_maps
 from ..registry import register_method
 from ..targets import ScoreFn, evaluate_scores
 

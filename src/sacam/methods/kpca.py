@@ -7,8 +7,9 @@ from typing import Any, Literal
 
 import torch
 
-from ..core import BaseCAM, CallContext, LayerData
+from ..core import BaseCAM
 from ..errors import MethodError
+from ..explanation import CallContext, LayerData
 from ..registry import register_method
 
 Kernel = Literal["rbf", "linear", "poly", "sigmoid", "cosine"]

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core import BaseCAM, CallContext
+from ..core import BaseCAM
 from ..errors import LayerError, MethodError
-from ..explanation import output_map
+from ..explanation import CallContext, output_map
 from ..registry import register_method
 from ..targets import TargetsLike, evaluate_scores, resolve_targets
 from ._mha import AttentionTap, attention_of

@@ -12,8 +12,9 @@ from torch import nn
 
 from .._hooks import Capture
 from .._passes import stored_outputs
-from ..core import BaseCAM, CallContext, LayerData
+from ..core import BaseCAM
 from ..errors import LayerError, MethodError
+from ..explanation import CallContext, LayerData
 from ..registry import register_method
 from ..targets import evaluate_scores
 from ._options import check_number

@@ -7,7 +7,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from ..core import BaseCAM, CallContext, LayerData
+from ..core import BaseCAM
+from ..explanation import CallContext, LayerData
 from ..registry import register_method
 from ._options import check_count, check_number, check_variant
 from ._perturb import batch_target_scores

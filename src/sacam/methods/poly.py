@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._layers import LayerRef, ProbeRecord
-from ..core import CallContext, LayerData
 from ..errors import LayerError
+from ..explanation import CallContext, LayerData
 from ..registry import register_method
 from ._options import check_bool, check_count, check_number, check_variant
 from ._perturb import PerturbationCAM, strongest_channels, target_scores

@@ -9,8 +9,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from ..core import CallContext, LayerData
 from ..errors import MethodError
+from ..explanation import CallContext, LayerData
 from ..registry import register_method
 from ._perturb import PerturbationCAM
 from ._tail import LayerTail, Strategy, check_strategy

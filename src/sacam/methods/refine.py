@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 import torch
 
-from ..core import BaseCAM, CallContext, normalize_maps
-from ..explanation import largest_size
+from ..core import BaseCAM
+from ..explanation import CallContext, largest_size, normalize_maps
 from ..registry import register_method
 from ..targets import TargetsLike
 from ._options import base_method, check_variant
@@ -54,7 +54,7 @@ class RefineCAM(BaseCAM):
     text was not available to us; both libraries cite it for this product.
 
     Options: ``base`` (a registered method name), ``base_options`` (a dict for it),
-    ``variant``. The :class:`~sacam.core.Explanation` keeps the base's per-layer maps in
+    ``variant``. The :class:`~sacam.explanation.Explanation` keeps the base's per-layer maps in
     ``layer_maps``. Cost: the base method's, once for all layers.
 
     Example:

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from .._seeding import cpu_generator, seeded_noise
-from ..core import CallContext, LayerData
+from ..explanation import CallContext, LayerData
 from ..registry import register_method
 from ._options import check_count, check_number, check_seed, check_variant
 from ._perturb import PerturbationCAM, ScoreKind, channel_masks, strongest_channels

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..core import BaseCAM, CallContext, LayerData
+from ..core import BaseCAM
+from ..explanation import CallContext, LayerData
 from ..registry import register_method
 
 __all__ = ["SegEigenCAM", "max_abs_projection"]

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from .._speed.memory import passes_within
-from ..core import BaseCAM, CallContext
+from ..core import BaseCAM
 from ..errors import MethodError
+from ..explanation import CallContext
 from ..filters import gaussian_blur
 from ..registry import register_method
 from ..targets import PerSampleCallables, ScoreFn, TargetsLike, scored_output

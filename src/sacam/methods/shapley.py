@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..core import BaseCAM, CallContext, LayerData, spatial_dims
+from ..core import BaseCAM
 from ..errors import MethodError
+from ..explanation import CallContext, LayerData, spatial_dims
 from ..registry import register_method
 
 
@@ -38,7 +39,7 @@ class ShapleyCAM(BaseCAM):
 
     Cost: one forward pass and a backward pass that keeps its graph
     (``create_graph=True``), then a double backward to the layer for ``H A``
-    (``second_order = True``: the engine fills :attr:`~sacam.core.LayerData.hvp`).
+    (``second_order = True``: the engine fills :attr:`~sacam.explanation.LayerData.hvp`).
     Multiplying ``A`` by the rows of ``H`` uses the whole layer (every channel and
     position), as the paper does. Works with ``eigen_smooth=True``.
 

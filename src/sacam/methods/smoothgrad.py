@@ -7,7 +7,8 @@ from typing import Any, Literal
 import torch
 
 from .._seeding import cpu_generator, seeded_noise
-from ..core import BaseCAM, CallContext, LayerData, spatial_dims
+from ..core import BaseCAM
+from ..explanation import CallContext, LayerData, spatial_dims
 from ..registry import register_method
 from ._options import check_count, check_number, check_seed, check_variant
 from .gradient import gradcampp_alpha

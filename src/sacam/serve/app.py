@@ -42,8 +42,9 @@ from ..registry import list_methods
 from . import info, jobs, service
 from .deps import ServeState, passes_per_method, unavailable_methods
 from .guard import Guard
+from .progress import JobError
 from .results import ResultStore
-from .worker import JobError, ModelWorker
+from .worker import ModelWorker
 
 STATIC = resources.files("sacam.serve").joinpath("static")
 

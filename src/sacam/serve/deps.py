@@ -37,7 +37,8 @@ class ServeState:
         max_pixels: the decoded image limit, in pixels.
         default_method: the method the page preselects.
         unavailable: method -> why it cannot explain this model.
-        passes: method -> images the model processes for one map at the default layer.
+        passes: method -> forward passes (images through the model) for one map at the
+            automatic layer.
     """
 
     loaded: LoadedModel
@@ -61,7 +62,11 @@ def unavailable_methods(model: nn.Module) -> dict[str, str]:
 
 
 def passes_per_method(loaded: LoadedModel, facts: ModelFacts) -> dict[str, int]:
-    """Images the model processes for one map of each method at the automatic layer."""
+    """Forward passes of one map by each method at the automatic layer (images through the model).
+
+    Each method's :meth:`~sacam.core.BaseCAM.expected_rows`: the plan a job's progress counts
+    against (:mod:`sacam.serve.progress`) and, times the measured rate, the expected time.
+    """
     shape = facts.layer_shape(facts.default_layer)
     size = (loaded.preprocess.size, loaded.preprocess.size)
     out = {}

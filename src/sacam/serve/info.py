@@ -37,10 +37,11 @@ async def health(state: StateDep) -> dict[str, Any]:
 async def methods(state: StateDep) -> dict[str, Any]:
     """The registered CAM methods (registry order); ``default`` is preselected by the page.
 
-    ``expected_s`` is the method's images at the automatic layer times the seconds per
-    image the model thread has measured on earlier jobs (``None`` before the first).
+    ``passes`` is the method's forward passes (images through the model) for one map at
+    the automatic layer, ``expected_s`` those passes times the seconds per pass the model
+    thread has measured on earlier jobs (``None`` before the first).
     """
-    rate = state.worker.seconds_per_image
+    rate = state.worker.seconds_per_pass
     rows = []
     for name in list_methods():
         info = method_info(name)

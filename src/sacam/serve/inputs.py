@@ -1,6 +1,6 @@
 """Checking what a client sent: the image, the methods, the layer, the class.
 
-Each check raises an error with an HTTP status (:class:`~sacam.serve.worker.JobError`)
+Each check raises an error with an HTTP status (:class:`~sacam.serve.progress.JobError`)
 or one of sacam's own errors (answered 400), and quotes at most a short prefix of what
 was sent.
 """
@@ -22,7 +22,7 @@ from ..models import LoadedModel
 from ..registry import list_methods, method_info
 from ..targets import parse_class
 from .service import ModelFacts
-from .worker import JobError
+from .progress import JobError
 
 SHOWN_CHARS = 40
 """The most characters of a client's text an error message repeats."""

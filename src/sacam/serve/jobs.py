@@ -35,7 +35,7 @@ from .schemas import (
     TargetField,
 )
 from .service import ExplainInput
-from .worker import Job, JobCancelled, JobError
+from .progress import Job, JobCancelled, JobError
 
 router = APIRouter(prefix="/api")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..methods.attention import SALayerInspection
-from .worker import JobError
+from .progress import JobError
 
 EXPIRED = (
     "this result has expired: the server keeps only the last few results of each browser. "

@@ -23,15 +23,14 @@ import torch
 from PIL import Image
 
 from .. import list_layers
-from .._outputs import to_logits
 from ..api import build_method
 from ..errors import ModelError, TargetError
 from ..evaluation.faithfulness import deletion, insertion
 from ..methods.attention import SALayerInspection
-from ..models import LoadedModel
+from ..models import LoadedModel, output_logits
 from ..viz import overlay
+from .progress import JobError, Progress
 from .results import ResultStore, StoredResult
-from .worker import JobError, Progress
 
 MAX_ATTENTION_POSITIONS = 64 * 64
 """SA-CAM's attention is N×N over the layer's N positions: larger grids are refused."""
@@ -94,7 +93,7 @@ def model_facts(loaded: LoadedModel) -> ModelFacts:
     with torch.inference_mode():
         out = loaded.model(x)
         with contextlib.suppress(TargetError):  # a tuple, dict, .logits: its logits
-            out = to_logits(out)
+            out = output_logits(out)
     if not (isinstance(out, torch.Tensor) and out.ndim == 2):
         raise ModelError(
             "sacam serve needs a classifier whose output is (batch, classes) logits; "
@@ -152,8 +151,9 @@ def run_explain(
         methods: registered method names (checked).
         target: the class to explain, ``None`` for the top-1 class.
         layer: a listed layer label (checked).
-        progress: the job's progress reporter; the answer so far is published after
-            each method, so a client sees a fast method's map before a slow one ends.
+        progress: the job's progress reporter: one stage per method, planned at the
+            method's expected forward passes; the answer so far is published after each
+            method, so a client sees a fast method's map before a slow one ends.
         client: whose result it is (see :class:`~sacam.serve.results.ResultStore`).
 
     Returns:
@@ -163,8 +163,8 @@ def run_explain(
     _check_attention_size(methods, layer, shape)
     cams = [build_method(loaded.model, name, layer) for name in methods]
     size = (loaded.preprocess.size, loaded.preprocess.size)
-    rows = [cam.expected_rows(shape, size) for cam in cams]
-    progress.plan(([1] if source.stored is None else []) + rows)
+    passes = [cam.expected_rows(shape, size) for cam in cams]
+    progress.plan(([1] if source.stored is None else []) + passes)
     x, pixels, probs = _classified(loaded, facts, source, progress)
     cls = int(probs.argmax()) if target is None else target
     result = StoredResult(uuid.uuid4().hex, x, pixels, cls, layer, {}, {}, probs)
@@ -183,7 +183,7 @@ def run_explain(
     }
     first = 1 if source.stored is None else 0
     for k, (name, cam) in enumerate(zip(methods, cams, strict=True)):
-        progress.stage(first + k, name, rows[k])
+        progress.stage(first + k, name, passes[k])
         answer["maps"].append(_explain_one(cam, name, result, shape))
         progress.publish({**answer, "maps": list(answer["maps"])})
     store.put(client, result)
@@ -212,7 +212,7 @@ def _classified(
     progress.stage(0, "classifying", 1)
     x = loaded.preprocess.normalize(source.pixels)[None].to(facts.device)
     with torch.inference_mode():
-        logits = to_logits(loaded.model(x))
+        logits = output_logits(loaded.model(x))
     return x, source.pixels, torch.softmax(logits.float(), dim=1)[0].cpu()
 
 
@@ -320,7 +320,7 @@ def run_curves(
     step = math.ceil(h * w / steps)
     n = math.ceil(h * w / step)
     fractions = [min(t * step, h * w) / (h * w) for t in range(n + 1)]
-    progress.stages(2 * len(chosen))
+    progress.plan([n + 1] * (2 * len(chosen)))  # one pass per point of each curve
     out = []
     for k, name in enumerate(chosen):
         cam = stored.maps[name][None].to(stored.x.device)

@@ -5,14 +5,13 @@ was submitted (a ``ThreadPoolExecutor`` with one worker), so the event loop neve
 blocks on the model and requests never run the model concurrently.
 
 Progress and cancellation work with any method: while a job runs, a forward pre-hook
-on the root model raises :class:`JobCancelled` once the job is cancelled, and a forward
-hook counts the rows of each pass's output against an estimate the job gives per stage.
-Rows, not input images: the tail methods' "expand" passes (Ablation-CAM, FD-CAM,
-Recipro-CAM) feed one image and widen the batch at the layer, so the output has a row
-per edited copy and the count follows the work done. The hooks exist only while the job
-runs and are removed in ``finally``; sacam's engine
-restores the model's flags and removes its own hooks when the exception passes through
-it, so a cancelled job leaves the model as it was.
+on the root model raises :class:`~sacam.serve.progress.JobCancelled` once the job is
+cancelled, and a forward hook counts the forward passes of each call (one per row of its
+output; see :mod:`sacam.serve.progress`). The hooks exist only while the job runs and
+are removed in ``finally``; sacam's engine restores the model's flags and removes its
+own hooks when the exception passes through it, so a cancelled job leaves the model as
+it was. Each finished job updates the measured seconds per pass, which gives a method's
+expected time before it runs and a job's estimate before its first pass.
 
 The queue is bounded (``max_queue`` jobs waiting; one more is refused with
 :class:`QueueFull`), and a job's function, with whatever input it holds, is dropped
@@ -27,31 +26,13 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
-import torch
 from torch import nn
 
-from .._outputs import to_logits
-from ..errors import SacamError, TargetError
-
-JobStatus = Literal["queued", "running", "done", "error", "cancelled"]
-
-
-class JobCancelled(Exception):
-    """Raised inside a job's forward passes once the job has been cancelled."""
-
-
-class JobError(Exception):
-    """A job failed for a reason the client caused: an HTTP status and a message."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
+from ..errors import SacamError
+from .progress import Job, JobCancelled, JobError, Progress, passes_in
 
 
 class QueueFull(JobError):
@@ -67,153 +48,7 @@ class QueueFull(JobError):
         self.retry_after = retry_after
 
 
-@dataclass
-class Job:
-    """One unit of model work and what the client may ask about it.
-
-    Attributes:
-        id: random hex id (the client's handle; never a path).
-        kind: what the job does (``"explain"``, ``"curves"``, ...).
-        status: queued, running, done, error or cancelled.
-        stage: a short description of the current stage (e.g. the method running).
-        progress: estimated fraction done, in [0, 1]; 1 only when done.
-        result: the job's answer once done.
-        error: ``(status, message)`` once failed.
-        partial: what the job has published while running (e.g. the maps done so far).
-        owner: the client that started the job (``""``: unknown).
-        work_done: images (output rows) its forward passes have processed.
-        work_planned: images it plans to process in all (0 until it says).
-    """
-
-    id: str
-    kind: str
-    status: JobStatus = "queued"
-    stage: str = ""
-    progress: float = 0.0
-    result: Any = None
-    error: tuple[int, str] | None = None
-    partial: Any = None
-    owner: str = ""
-    work_done: int = 0
-    work_planned: int = 0
-    created: float = field(default_factory=time.monotonic)
-    started: float | None = None
-    finished: float | None = None
-    cancel_event: threading.Event = field(default_factory=threading.Event)
-    future: Future[Any] | None = None
-    _stages: int = 1
-    _stage_index: int = 0
-    _expected: int = 1
-    _seen: int = 0
-    _weights: list[int] | None = None
-    _fn: Any = None
-
-    def elapsed(self) -> float:
-        """Seconds the job has run (0 while queued)."""
-        if self.started is None:
-            return 0.0
-        return (self.finished or time.monotonic()) - self.started
-
-    def eta(self) -> float | None:
-        """Seconds left, from the work done so far (``None`` before any is done)."""
-        if self.status != "running" or self.progress <= 0.01:
-            return None
-        return self.elapsed() * (1 - self.progress) / self.progress
-
-    def snapshot(self) -> dict[str, Any]:
-        """The job as JSON-ready data (without its result)."""
-        out: dict[str, Any] = {
-            "job_id": self.id,
-            "kind": self.kind,
-            "status": self.status,
-            "stage": self.stage,
-            "progress": round(self.progress, 4),
-            "elapsed_s": round(self.elapsed(), 2),
-            "eta_s": None if (eta := self.eta()) is None else round(eta, 1),
-            "work_done": self.work_done,
-            "work_planned": self.work_planned,
-        }
-        if self.error is not None:
-            out["error"] = {"status": self.error[0], "message": self.error[1]}
-        return out
-
-
-class Progress:
-    """What a running job's function uses to report its stages.
-
-    A job declares its stages (:meth:`plan` with the images each stage's forward passes
-    are expected to process, or :meth:`stages` with a count of equal stages), then
-    starts each stage; the forward hook counts the rows the passes actually produced.
-    With a plan, progress is the share of the planned images done, so a stage of 500
-    passes weighs 500 times one of a single pass. Progress within a stage is capped
-    below its end, so the estimate never claims a stage is finished before it is.
-    """
-
-    def __init__(self, job: Job) -> None:
-        self._job = job
-
-    def stages(self, count: int) -> None:
-        """Declare the number of stages of the job (at least 1), all of equal weight."""
-        self._job._stages = max(1, int(count))
-        self._job._weights = None
-
-    def plan(self, expected_images: list[int]) -> None:
-        """Declare the stages by the images each is expected to process."""
-        weights = [max(1, int(n)) for n in expected_images] or [1]
-        self._job._stages = len(weights)
-        self._job._weights = weights
-        self._job.work_planned = sum(weights)
-
-    def stage(self, index: int, name: str, expected_images: int) -> None:
-        """Start stage ``index`` (0-based) named ``name``, expecting that many images."""
-        job = self._job
-        job._stage_index = index
-        job._expected = max(1, int(expected_images))
-        job._seen = 0
-        job.stage = name
-        job.progress = min(self._fraction(index, 0.0), 0.999)
-        self.check()
-
-    def publish(self, partial: Any) -> None:
-        """Make ``partial`` (JSON-ready) visible to clients polling the job."""
-        self._job.partial = partial
-
-    def _fraction(self, index: int, within: float) -> float:
-        job = self._job
-        if job._weights is None:
-            return (index + within) / job._stages
-        done = sum(job._weights[:index])
-        current = job._weights[index] if index < len(job._weights) else 0
-        return (done + within * current) / sum(job._weights)
-
-    def check(self) -> None:
-        """Raise :class:`JobCancelled` if the job was cancelled."""
-        if self._job.cancel_event.is_set():
-            raise JobCancelled(self._job.id)
-
-    def count(self, images: int) -> None:
-        """Record ``images`` processed by one forward pass (called by the hook)."""
-        job = self._job
-        job._seen += images
-        job.work_done += images
-        within = min(job._seen / job._expected, 0.99)
-        job.progress = min(self._fraction(job._stage_index, within), 0.999)
-
-
 JobFn = Callable[[Progress], Any]
-
-
-def _rows(output: Any, args: tuple[Any, ...]) -> int:
-    """Rows a forward pass processed.
-
-    Its logits' leading size (:func:`to_logits`'s rules for tuple, dict and ``.logits``
-    outputs), else its input's, else 1.
-    """
-    try:
-        return int(to_logits(output).shape[0])
-    except (TargetError, IndexError):
-        first = args[0] if args else None
-        return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() else 1
 
 
 class ModelWorker:
@@ -232,7 +67,7 @@ class ModelWorker:
         self.model = model
         self.max_jobs = max_jobs
         self.max_queue = max_queue
-        self.seconds_per_image: float | None = None
+        self.seconds_per_pass: float | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sacam-model")
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
@@ -246,6 +81,7 @@ class ModelWorker:
             QueueFull: ``max_queue`` jobs are already waiting.
         """
         job = Job(id=uuid.uuid4().hex, kind=kind, owner=owner, _fn=fn)
+        job.seconds_per_pass = self.seconds_per_pass
         with self._lock:
             if self._closed:
                 raise RuntimeError("the model worker is closed")
@@ -353,10 +189,10 @@ class ModelWorker:
         finally:
             job.finished = time.monotonic()
             job.partial = None
-            if job.work_done and job.status == "done":
-                rate = job.elapsed() / job.work_done
-                old = self.seconds_per_image
-                self.seconds_per_image = rate if old is None else 0.5 * (old + rate)
+            if job.passes_done and job.status == "done":
+                rate = job.elapsed() / job.passes_done
+                old = self.seconds_per_pass
+                self.seconds_per_pass = rate if old is None else 0.5 * (old + rate)
 
     def _call(self, job: Job, fn: JobFn) -> Any:
         progress = Progress(job)
@@ -365,7 +201,7 @@ class ModelWorker:
             progress.check()
 
         def count(_module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            progress.count(_rows(output, args))
+            progress.count(passes_in(output, args))
 
         handles = [
             self.model.register_forward_pre_hook(check),
@@ -391,7 +227,7 @@ class ModelWorker:
         finally:
             for handle in handles:
                 handle.remove()
+        progress.finish()
         job.result = result
-        job.progress = 1.0
         job.status = "done"
         return result
