@@ -229,17 +229,51 @@ def test_maps_come_as_each_method_ends_and_times_are_expected() -> None:
         info = c.get(f"/api/jobs/{job_id}").json()
         assert info["status"] == "running" and info["stage"] == "score-cam"
         assert [m["method"] for m in info["partial"]["maps"]] == ["grad-cam"]
-        # planned: 1 image to classify, then each method's images; done: the two passes
+        # planned: 1 pass to classify, then each method's passes, a finished stage at
+        # the passes it made (Grad-CAM: 1 of the 2 planned, its layer probe being known);
+        # done: the two passes
         try:
-            assert info["work_planned"] == 1 + grad + score
-            assert info["work_done"] == 2
-            assert info["progress"] == pytest.approx((1 + grad) / info["work_planned"], abs=1e-4)
+            assert info["passes_planned"] == 1 + 1 + score
+            assert info["passes_done"] == 2
+            assert info["progress"] == pytest.approx(2 / info["passes_planned"], abs=1e-4)
         finally:
             net.gate.set()
         wait_until(lambda: c.get(f"/api/jobs/{job_id}").json()["status"] == "done", "the job")
         after = {m["name"]: m for m in c.get("/api/methods").json()["methods"]}
         assert after["score-cam"]["expected_s"] >= after["grad-cam"]["expected_s"]
         assert after["score-cam"]["expected_s"] > 0
+
+
+def test_progress_counts_forward_passes_with_elapsed_and_estimate() -> None:
+    # the page says "score-cam · 2 of 10 passes · 0.1 s elapsed · about 1 s left": the
+    # passes are the images the model really took (counted here by a hook of the test's
+    # own), not methods or uploads, and the plan ends equal to them
+    loaded = gated_model()
+    net = loaded.model
+    rows: list[int] = []
+    with TestClient(create_app(loaded), base_url=LOCAL) as c:
+        planned = {m["name"]: m["passes"] for m in c.get("/api/methods").json()["methods"]}
+        counting = net.register_forward_hook(lambda _m, _a, out: rows.append(out.shape[0]))
+        try:
+            net.open_calls = net.calls + 2  # classifying and Grad-CAM; Score-CAM waits
+            job = c.post("/api/jobs/explain", **upload(red_green_png(), ("grad-cam", "score-cam")))
+            job_id = job.json()["job_id"]
+            wait_until(lambda: not net.gate.is_set(), "Score-CAM to reach the model")
+            info = c.get(f"/api/jobs/{job_id}").json()
+            net.gate.set()
+            wait_until(lambda: c.get(f"/api/jobs/{job_id}").json()["status"] == "done", "the job")
+            final = c.get(f"/api/jobs/{job_id}").json()
+        finally:
+            net.gate.set()
+            counting.remove()
+    assert info["stage"] == "score-cam" and info["passes_done"] == 2
+    left = info["passes_planned"] - info["passes_done"]
+    assert left == planned["score-cam"] > 2
+    # the estimate: the passes left at this job's rate so far (both numbers rounded)
+    rate = info["elapsed_s"] / info["passes_done"]
+    assert info["eta_s"] == pytest.approx(rate * left, abs=0.06 + 0.005 * left)
+    assert final["passes_done"] == final["passes_planned"] == sum(rows) > 2 + 6
+    assert final["progress"] == 1.0 and final["eta_s"] is None
 
 
 # ---------------------------------------------------------------------- thin pictures

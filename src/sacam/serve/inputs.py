@@ -21,8 +21,8 @@ from ..images import load_image
 from ..models import LoadedModel
 from ..registry import list_methods, method_info
 from ..targets import parse_class
-from .service import ModelFacts
 from .progress import JobError
+from .service import ModelFacts
 
 SHOWN_CHARS = 40
 """The most characters of a client's text an error message repeats."""
@@ -36,7 +36,7 @@ def short(text: str) -> str:
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     """Decode uploaded bytes as an RGB image, as the CLI reads files, with an HTTP status.
 
-    :func:`sacam.models.load_image` decides (the format comes from the content, never
+    :func:`sacam.images.load_image` decides (the format comes from the content, never
     from a file name; an image over ``max_pixels`` is refused before it is decoded, a
     large JPEG decoded at a reduced scale). When it refuses, the header tells which
     status fits: 415 when it is no image Pillow knows, 413 when it is too large, 400 when

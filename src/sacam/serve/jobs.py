@@ -21,6 +21,7 @@ from fastapi.responses import Response
 from . import service
 from .deps import ClientDep, ServeState, StateDep
 from .inputs import check_layer, check_methods, parse_target, prepare_pixels
+from .progress import Job, JobCancelled, JobError
 from .schemas import (
     ERRORS,
     NOT_FOUND,
@@ -35,7 +36,6 @@ from .schemas import (
     TargetField,
 )
 from .service import ExplainInput
-from .progress import Job, JobCancelled, JobError
 
 router = APIRouter(prefix="/api")
 

@@ -67,7 +67,7 @@ class MethodOut(BaseModel):
     url: str
     description: str
     slow: bool = Field(description="many forward passes (perturbation family, SESS): run as a job")
-    passes: int = Field(description="images the model processes for one map at the default layer")
+    passes: int = Field(description="forward passes of one map at the automatic layer")
     expected_s: float | None = Field(
         description="expected seconds at the default layer, from the measured rate (once known)"
     )
@@ -208,9 +208,10 @@ class AttentionOut(BaseModel):
 class JobOut(BaseModel):
     """A job's state; ``result`` once done (an explain or curves answer).
 
-    ``progress`` is the share of the planned work done: images through the model
-    (``work_done`` of ``work_planned``), so a method of 500 forward passes weighs 500
-    times one of a single pass.
+    ``progress`` is ``passes_done`` of ``passes_planned``: forward passes, one per image
+    through the model (a batch of 16 masked copies is 16), so a method of 500 passes
+    weighs 500 times one of a single pass. The plan comes from each method's expected
+    passes and is corrected as each stage ends; when the job is done the two are equal.
     """
 
     job_id: str
@@ -219,10 +220,14 @@ class JobOut(BaseModel):
     stage: str
     progress: float
     queue_position: int = Field(default=0, description="jobs to run before this one")
-    elapsed_s: float = 0.0
-    eta_s: float | None = Field(default=None, description="seconds left, estimated")
-    work_done: int = 0
-    work_planned: int = 0
+    elapsed_s: float = Field(default=0.0, description="seconds the job has run")
+    eta_s: float | None = Field(
+        default=None, description="seconds left: passes left at the rate so far (estimated)"
+    )
+    passes_done: int = Field(default=0, description="forward passes made so far")
+    passes_planned: int = Field(
+        default=0, description="forward passes planned in all (0: the job planned none)"
+    )
     error: dict[str, Any] | None = None
     partial: ExplainOut | None = Field(
         default=None, description="while an explain job runs: the maps finished so far"

@@ -36,7 +36,7 @@ function cost(m) {
   if (m.expected_s !== null && m.expected_s !== undefined) {
     return m.expected_s < 1 ? "< 1 s" : `~${seconds(m.expected_s)}`;
   }
-  return m.passes > 1 ? `${m.passes.toLocaleString()} images` : "1 pass";
+  return m.passes > 1 ? `${m.passes.toLocaleString()} passes` : "1 pass";
 }
 
 function showMethods(methods) {
@@ -121,10 +121,23 @@ function describe(info) {
     const ahead = info.queue_position;
     return ahead > 0 ? `waiting for the model: ${ahead} request${ahead === 1 ? "" : "s"} ahead` : "starting…";
   }
-  const parts = [`${info.stage} · ${Math.round(100 * info.progress)}%`, `${seconds(info.elapsed_s)} so far`];
-  if (info.eta_s !== null && info.eta_s !== undefined) parts.push(`about ${seconds(info.eta_s)} left`);
-  if (info.work_planned > 1) parts.push(`${info.work_done.toLocaleString()} of ${info.work_planned.toLocaleString()} images`);
+  // "grad-cam · 12 of 40 passes · 3.1 s elapsed · about 7 s left"
+  const parts = info.stage ? [info.stage] : [];
+  if (info.passes_planned > 0) {
+    const unit = info.passes_planned === 1 ? "pass" : "passes";
+    parts.push(`${info.passes_done.toLocaleString()} of ${info.passes_planned.toLocaleString()} ${unit}`);
+  } else {
+    parts.push(`${Math.round(100 * info.progress)}%`);
+  }
+  parts.push(`${elapsed(info.elapsed_s)} elapsed`);
+  if (info.eta_s !== null && info.eta_s !== undefined) {
+    parts.push(info.eta_s < 1 ? "under a second left" : `about ${seconds(info.eta_s)} left`);
+  }
   return parts.join(" · ");
+}
+
+function elapsed(s) {
+  return s < 10 ? `${s.toFixed(1)} s` : seconds(s);
 }
 
 function failure(error) {
