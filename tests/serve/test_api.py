@@ -18,6 +18,7 @@ from tests.support.serve import (
     colour_logits,
     colour_model,
     decode_data_url,
+    gated_model,
     png_bytes,
     red_green_png,
     require,
@@ -138,6 +139,28 @@ def test_explain_another_class_by_index_or_name(client) -> None:  # noqa: ANN001
         assert out["explained_class"]["probability"] == pytest.approx(p, rel=1e-5)
         grey = decode_data_url(out["maps"][0]["map"])
         assert (grey[:, :12] == 0).all() and (grey[:, 12:] == 255).all()
+
+
+def test_another_class_reuses_the_upload_and_its_classification() -> None:
+    loaded = gated_model()
+    net = loaded.model
+    with TestClient(create_app(loaded), base_url=LOCAL) as c:
+        first = post_explain(c, red_green_png(12)).json()
+        assert first["explained_class"]["name"] == "red"
+        calls = net.calls
+        job = c.post(
+            "/api/jobs/reexplain", json={"result_id": first["result_id"], "target": "green"}
+        )
+        assert job.status_code == 202, job.text
+        info = wait_job(c, job.json()["job_id"])
+    assert info["status"] == "done", info
+    out = info["result"]
+    assert out["explained_class"]["name"] == "green"
+    # the image is not sent or classified again: the model ran Grad-CAM's one pass only
+    assert net.calls - calls == info["passes_done"] == info["passes_planned"] == 1
+    assert out["predictions"] == first["predictions"] and out["image"] == first["image"]
+    grey = decode_data_url(out["maps"][0]["map"])
+    assert (grey[:, :12] == 0).all() and (grey[:, 12:] == 255).all()  # the green columns
 
 
 @pytest.mark.parametrize(

@@ -68,6 +68,35 @@ def test_queue_position_shows_and_a_reload_cancels_the_job(browser) -> None:  # 
         wait_until(lambda: done() == "done", "the other client's job to finish")
 
 
+def test_the_page_counts_forward_passes_while_a_job_runs(browser) -> None:  # noqa: ANN001
+    loaded = gated_model()
+    net = loaded.model
+    with live_server(create_app(loaded)) as base:
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(base + "/")
+        page.wait_for_selector("#samples button")
+        page.click("#samples button[data-sample='chelsea']")
+        page.check("#methods input[value='score-cam']")
+        page.wait_for_function("() => !document.querySelector('#explain').disabled")
+        passes = httpx.get(f"{base}/api/methods").json()["methods"]
+        planned = {m["name"]: m["passes"] for m in passes}
+        net.open_calls = net.calls + 2  # classifying and SA-CAM's pass; Score-CAM waits
+        page.click("#explain")
+        wait_until(lambda: not net.gate.is_set(), "Score-CAM to reach the model")
+        try:
+            page.wait_for_function(
+                "() => document.querySelector('#stage').textContent.startsWith('score-cam')"
+            )
+            stage = page.inner_text("#stage")
+        finally:
+            net.gate.set()
+        # classifying and SA-CAM made one pass each; Score-CAM's are still to come
+        total = 2 + planned["score-cam"]
+        assert stage.startswith(f"score-cam · 2 of {total} passes · "), stage
+        assert " s elapsed · " in stage and stage.endswith(" left"), stage
+        page.locator("#job").wait_for(state="hidden")
+
+
 def test_a_page_of_another_origin_cannot_start_a_job(browser) -> None:  # noqa: ANN001
     app = create_app(gated_model())
     worker = app.state.serve.worker

@@ -31,7 +31,7 @@ from tests.support.serve import (
 
 require("fastapi")
 from sacam import list_methods  # noqa: E402
-from sacam.models import sample_image  # noqa: E402
+from sacam.images import sample_image  # noqa: E402
 from sacam.registry import method_info  # noqa: E402
 from sacam.serve import create_app  # noqa: E402
 
@@ -224,8 +224,12 @@ def test_page_end_to_end(default_model, tmp_path) -> None:  # noqa: ANN001
             timeout=120_000,
         )
         assert float(page.get_attribute("#progress", "value") or 0) > 0
+        # "score-cam · 12 of 1,283 passes · 3.1 s elapsed · about 40 s left"
         stage = page.inner_text("#stage")
-        assert "so far" in stage and " images" in stage, stage
+        counts = re.match(r"score-cam · ([\d,]+) of ([\d,]+) passes · [\d.]+ s elapsed", stage)
+        assert counts is not None, stage
+        done, planned = (int(n.replace(",", "")) for n in counts.groups())
+        assert 1 <= done < planned and planned > 1000, stage  # a pass per masked channel
         page.click("#cancel")
         page.wait_for_function(
             "() => document.querySelector('#message').textContent === 'cancelled'", timeout=120_000
