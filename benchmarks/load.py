@@ -25,7 +25,13 @@ a 1 MB file that decodes to 108 MB) to ``POST /api/jobs/explain`` with a slow me
 (``--flood-method``, Score-CAM), all at once, against the server's bounded queue
 (``--max-queue``); it reports how many were accepted (202) and refused (429, with
 ``Retry-After``), p50/p95 of the accepted requests, ``/api/health`` latency during the
-flood, and the server's RSS before, at its peak and after every job was cancelled.
+flood, and the server's RSS before, at its peak during the flood and after every job was
+cancelled, against the bound the server's limits set: RSS before, plus the uploads'
+bodies, plus two decodes at a time (``sacam.serve.deps.DECODE_SLOTS``; one decode's
+peak is measured in a child process with the server's own ``prepare_pixels``), plus
+the flood method's memory budget (``max_memory_mb``), plus the queued jobs' model
+inputs. A queue that kept decoded uploads would exceed it by a decoded picture per
+waiting job.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -47,7 +54,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sacam.models import SAMPLE_IMAGES, sample_image
+from sacam.images import SAMPLE_IMAGES, sample_image
+from sacam.registry import method_info
+from sacam.serve.deps import DECODE_SLOTS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -256,10 +265,57 @@ def large_png(megapixels: float) -> bytes:
     return buf.getvalue()
 
 
+_DECODE_PEAK = """
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from sacam.images import DEFAULT_MAX_PIXELS
+from sacam.preprocess import Preprocess
+from sacam.serve.inputs import prepare_pixels
+
+data = Path(sys.argv[1]).read_bytes()
+status = lambda: dict(
+    line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines()
+)
+Path("/proc/self/clear_refs").write_text("5")  # the peak starts again from here
+before = int(status()["VmRSS"].split()[0])
+prepare_pixels(data, DEFAULT_MAX_PIXELS, SimpleNamespace(preprocess=Preprocess(size=224)))
+print(int(status()["VmHWM"].split()[0]) - before)
+"""
+
+
+def decode_peak_kib(data: bytes) -> int:
+    """Memory one upload takes while the server decodes and preprocesses it, in KiB.
+
+    Measured in a child process (its peak RSS over its RSS before), with the server's own
+    :func:`sacam.serve.inputs.prepare_pixels`.
+    """
+    with tempfile.NamedTemporaryFile(suffix=".png") as f:
+        f.write(data)
+        f.flush()
+        done = subprocess.run(
+            [sys.executable, "-c", _DECODE_PEAK, f.name], capture_output=True, text=True
+        )
+    if done.returncode != 0:
+        raise SystemExit(f"measuring one decode failed: {done.stderr[-500:]}")
+    return int(done.stdout.strip())
+
+
+def reset_peak(pid: int) -> bool:
+    """Restart a process's peak RSS (VmHWM) from its current RSS; ``False`` if not allowed."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 def _flood(proc: subprocess.Popen[str], base: str, args: argparse.Namespace) -> dict[str, Any]:
     """Send ``--flood`` large uploads at once; cancel what was accepted; measure memory."""
     data = large_png(args.flood_megapixels)
+    decode = decode_peak_kib(data)
     before = rss_kib(proc.pid)
+    peak_reset = reset_peak(proc.pid)
     health: list[float] = []
     stop = threading.Event()
     poller = threading.Thread(target=_poll_health, args=(base, stop, health))
@@ -291,7 +347,23 @@ def _flood(proc: subprocess.Popen[str], base: str, args: argparse.Namespace) -> 
         "bytes": len(data),
         "answers": answers,
         "health": health,
+        "decode_kib": decode,
+        "peak_reset": peak_reset,
         "mem": {"before": before, "during": peak_during, "after": rss_kib(proc.pid)},
+    }
+
+
+def flood_bound_kib(args: argparse.Namespace, f: dict[str, Any]) -> dict[str, int]:
+    """The parts of the flood's memory bound, in KiB (see the module docstring)."""
+    budget = method_info(args.flood_method).cls.option_defaults().get("max_memory_mb", 0)
+    budget_mb = budget if isinstance(budget, int | float) else 0
+    model_input = 3 * 224 * 224 * 4  # float32 pixels a queued job holds
+    return {
+        "RSS before": f["mem"]["before"]["VmRSS"],
+        f"{args.flood} upload bodies (2 copies while read)": 2 * args.flood * f["bytes"] // 1024,
+        f"{DECODE_SLOTS} decodes at a time": DECODE_SLOTS * f["decode_kib"],
+        f"{args.flood_method}'s memory budget": int(budget_mb * 1024),
+        f"{args.max_queue + 1} model inputs": (args.max_queue + 1) * model_input // 1024,
     }
 
 
@@ -319,9 +391,17 @@ def _report_flood(args: argparse.Namespace, f: dict[str, Any]) -> None:
         n = len(f["health"])
         print(f"| /api/health during the flood (n = {n}) | p50 {p50:.1f} ms, max {top:.1f} ms |")
     mem = f["mem"]
+    peak = mem["after"]["VmHWM"]
+    since = "during the flood" if f["peak_reset"] else "since start-up"
+    parts = flood_bound_kib(args, f)
+    bound = sum(parts.values())
     print(f"| RSS before | {mem['before']['VmRSS'] * mib:.0f} MiB |")
-    print(f"| peak RSS (VmHWM) | {mem['after']['VmHWM'] * mib:.0f} MiB |")
+    print(f"| peak RSS (VmHWM {since}) | {peak * mib:.0f} MiB |")
     print(f"| RSS after every job was cancelled | {mem['after']['VmRSS'] * mib:.0f} MiB |")
+    print(f"| one decode's peak (measured apart) | {f['decode_kib'] * mib:.0f} MiB |")
+    terms = " + ".join(f"{v * mib:.0f} ({k})" for k, v in parts.items())
+    print(f"| bound: {terms} | {bound * mib:.0f} MiB |")
+    print(f"| peak within the bound | {'yes' if peak <= bound else 'NO'} |")
     if other:
         raise SystemExit(1)
 

@@ -31,3 +31,9 @@ def test_flood_is_accepted_up_to_the_queue_and_refused_beyond() -> None:
     assert rows["other answers"].startswith("0")
     assert "Retry-After" in rows["refused (429)"]
     assert "MiB" in rows["RSS after every job was cancelled"]
+    # the peak during the flood stays within the sum of the server's limits
+    assert rows["peak within the bound"] == "yes"
+    bound = next(v for k, v in rows.items() if k.startswith("bound: "))
+    assert "decodes at a time" in next(k for k in rows if k.startswith("bound: "))
+    peak = next(v for k, v in rows.items() if k.startswith("peak RSS"))
+    assert int(peak.split()[0]) <= int(bound.split()[0])
