@@ -89,6 +89,24 @@ def test_health_methods_layers_samples(client) -> None:  # noqa: ANN001
     }
 
 
+def test_legrad_is_offered_only_for_models_with_attention_blocks(client) -> None:  # noqa: ANN001
+    from torch import nn
+
+    from sacam.serve.deps import unavailable_methods
+
+    legrad = {m["name"]: m for m in client.get("/api/methods").json()["methods"]}["legrad"]
+    assert legrad["available"] is False and "attention blocks" in legrad["note"]
+    cnn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    assert set(unavailable_methods(cnn)) == {"legrad"}
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    assert unavailable_methods(nn.Sequential(nn.Conv2d(3, 8, 4, 4), Block())) == {}
+
+
 def test_sample_photo_is_a_png(client) -> None:  # noqa: ANN001
     r = client.get("/api/samples/chelsea")
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"

@@ -129,7 +129,7 @@ def test_a_page_of_another_origin_cannot_start_a_job(browser) -> None:  # noqa: 
 
 def test_first_screen_is_accessible_and_fits_a_phone(browser) -> None:  # noqa: ANN001
     with live_server(create_app(gated_model())) as base:
-        for width in (390, 1440):
+        for width in (390, 1440, 1920):
             context = browser.new_context(viewport={"width": width, "height": 900}, bypass_csp=True)
             page = context.new_page()
             page.goto(base + "/")
@@ -172,3 +172,45 @@ def test_an_expired_result_says_so_and_offers_to_explain_again(browser) -> None:
         )
         page.click("#curves")
         page.locator("#auc-table").wait_for(state="visible")
+
+
+def tab_to(page, selector: str, presses: int = 80) -> None:  # noqa: ANN001
+    """Press Tab until the focused element matches ``selector`` (fails after ``presses``)."""
+    for _ in range(presses):
+        page.keyboard.press("Tab")
+        if page.evaluate("s => document.activeElement.matches(s)", selector):
+            return
+    raise AssertionError(f"Tab never reached {selector}")
+
+
+def test_the_page_works_from_the_keyboard_and_the_first_result_fits(browser) -> None:  # noqa: ANN001
+    # keyboard only: a sample photo, Explain, then another class; at 1440 x 900 the
+    # controls and the first map are on the first screen
+    with live_server(create_app(gated_model())) as base:
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(base + "/")
+        page.wait_for_selector("#samples button")
+        tab_to(page, "#samples button[data-sample='coffee']")
+        page.keyboard.press("Enter")
+        page.wait_for_function("() => !document.querySelector('#explain').disabled")
+        tab_to(page, "#explain")
+        page.keyboard.press("Enter")
+        page.wait_for_selector(".card[data-method='sa-cam'] img.overlay")
+        page.locator("#job").wait_for(state="hidden")
+        for selector in ("#explain", ".card[data-method='sa-cam']"):
+            box = page.locator(selector).bounding_box()
+            assert box is not None and box["y"] + box["height"] <= 900, (selector, box)
+            assert box["x"] + box["width"] <= 1440, (selector, box)
+        first = page.inner_text("#explained")
+        tab_to(page, "#predictions button:not(.active)")
+        page.keyboard.press("Enter")
+        page.wait_for_function(
+            "t => document.querySelector('#explained').textContent !== t", arg=first
+        )
+        page.locator("#job").wait_for(state="hidden")
+        tab_to(page, "#class-input")
+        page.keyboard.type("blue")
+        page.keyboard.press("Enter")
+        page.wait_for_function(
+            "() => document.querySelector('#explained').textContent.includes('blue')"
+        )
