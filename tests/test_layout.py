@@ -175,3 +175,65 @@ def test_the_shim_check_catches_a_shim(tmp_path: Path) -> None:
     real = tmp_path / "new.py"
     real.write_text("def f() -> None:\n    pass\n")
     assert not _defines_something(shim) and _defines_something(real)
+
+
+def _top_level_names(path: Path) -> set[str]:
+    """Names a module defines itself: functions, classes and assigned names."""
+    names: set[str] = set()
+    todo = list(ast.parse(path.read_text()).body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for t in targets:
+                names |= {n.id for n in ast.walk(t) if isinstance(n, ast.Name)}
+        elif isinstance(node, ast.If | ast.Try):
+            todo += (
+                node.body + node.orelse + [s for h in getattr(node, "handlers", []) for s in h.body]
+            )
+    return names
+
+
+def _borrowed_imports(src: Path = SRC) -> list[str]:
+    """``from sacam.X import N`` where ``N`` is neither defined in X nor a submodule of it.
+
+    Package ``__init__`` files are facades: a name may be imported from a package, but
+    never from a plain module that only imported it itself.
+    """
+    files = {_module_name(p, src): p for p in src.rglob("*.py")}
+    found: list[str] = []
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            target = files.get(mod)
+            if target is None or target.name == "__init__.py":
+                continue
+            own = _top_level_names(target)
+            found += [
+                f"{name} imports {a.name} from {mod}" for a in node.names if a.name not in own
+            ]
+    return found
+
+
+def test_every_import_names_the_module_that_defines_it() -> None:
+    borrowed = _borrowed_imports()
+    assert not borrowed, borrowed
+
+
+def test_the_borrowed_import_check_catches_one(tmp_path: Path) -> None:
+    pkg = tmp_path / "sacam"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from .b import g\n")
+    (pkg / "a.py").write_text("def f() -> None:\n    pass\n")
+    (pkg / "b.py").write_text("from .a import f\n\ndef g() -> None:\n    f()\n")
+    (pkg / "c.py").write_text("from .b import f, g\nfrom . import g as h\n")
+    assert _borrowed_imports(pkg) == ["sacam.c imports f from sacam.b"]

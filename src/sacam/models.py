@@ -34,26 +34,17 @@ from torch import nn
 from ._modelfile import TRUST_HINT, check_pt2, is_torchscript
 from ._outputs import to_logits
 from .errors import ModelError
-from .images import SAMPLE_IMAGES, load_image, sample_image
-from .preprocess import IMAGENET_MEAN, IMAGENET_STD, TF_LITE_MEAN, TF_LITE_STD, Preprocess
+from .preprocess import TF_LITE_MEAN, TF_LITE_STD, Preprocess
 
 __all__ = [
     "ARCHITECTURES",
     "EFFICIENTNET_LITE",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "SAMPLE_IMAGES",
-    "TF_LITE_MEAN",
-    "TF_LITE_STD",
     "LoadedModel",
-    "Preprocess",
     "check_device",
     "imagenet_class_names",
     "imagenet_classes",
-    "load_image",
     "load_model",
     "output_logits",
-    "sample_image",
     "with_preprocess",
 ]
 

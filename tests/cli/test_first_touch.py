@@ -151,7 +151,7 @@ def test_runs_for_two_classes_or_layers_keep_their_files(tmp_path, capsys) -> No
 def test_folder_mode_names_a_chosen_class_and_layer(tmp_path, capsys) -> None:
     folder = tmp_path / "photos"
     folder.mkdir()
-    sacam.models.sample_image("chelsea").save(folder / "cat.png")
+    sacam.images.sample_image("chelsea").save(folder / "cat.png")
     args = ["explain", str(folder), "--method", "grad-cam", "--target", "tiger cat"]
     assert main([*args, "--layer", "_blocks.15", "--out", str(tmp_path / "o")]) == 0
     assert (tmp_path / "o" / "cat_grad-cam_tiger-cat_blocks.15.png").is_file()
@@ -161,8 +161,8 @@ def test_folder_mode_names_a_chosen_class_and_layer(tmp_path, capsys) -> None:
 def test_folder_mode_writes_predictions_and_leaves_no_lock(tmp_path, capsys) -> None:
     folder = tmp_path / "photos"
     folder.mkdir()
-    sacam.models.sample_image("chelsea").save(folder / "cat.png")
-    sacam.models.sample_image("coffee").save(folder / "cup.png")
+    sacam.images.sample_image("chelsea").save(folder / "cat.png")
+    sacam.images.sample_image("coffee").save(folder / "cup.png")
     out = tmp_path / "out"
     assert main(["explain", str(folder), "--method", "cam", "--out", str(out)]) == 0
     text = capsys.readouterr().out

@@ -9,7 +9,7 @@ from torch import nn
 import sacam
 from sacam.errors import InputError, MethodError, ModelError, TargetError
 from sacam.evaluation import faithfulness, road
-from sacam.models import Preprocess
+from sacam.preprocess import Preprocess
 from tests.support.nets import F64_ATOL, in_double, small_cnn
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from sacam.errors import InputError
 from sacam.images import load_image
-from sacam.models import load_image as load_image_from_models
+from sacam.images import load_image as load_image_from_models
 from tests.support.files import blank_1bit_png
 
 

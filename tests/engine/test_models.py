@@ -12,16 +12,9 @@ import torch
 
 import sacam
 from sacam.errors import InputError, ModelError
-from sacam.models import (
-    TF_LITE_MEAN,
-    TF_LITE_STD,
-    Preprocess,
-    check_device,
-    imagenet_class_names,
-    load_image,
-    load_model,
-    sample_image,
-)
+from sacam.images import load_image, sample_image
+from sacam.models import check_device, imagenet_class_names, load_model
+from sacam.preprocess import TF_LITE_MEAN, TF_LITE_STD, Preprocess
 from tests.support.files import exported_cnn, pickled_sample_inputs, pickled_weight, rewrite_archive
 from tests.support.nets import small_cnn
 

@@ -14,7 +14,7 @@ from sacam.api import build_method
 from sacam.errors import MethodError
 from sacam.evaluation import adversarial, adversarial_metrics
 from sacam.evaluation.registry import arrow, metric_info, value_info, written_names
-from sacam.models import Preprocess
+from sacam.preprocess import Preprocess
 from tests.support.runs import colour_folder, run_config
 
 PLAIN = Preprocess(size=2, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))

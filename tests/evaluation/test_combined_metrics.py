@@ -12,7 +12,7 @@ import torch
 import sacam
 from sacam.evaluation import BenchmarkConfig, MetricBatch, combined, metric_info, road
 from sacam.evaluation.faithfulness import confidence_change
-from sacam.models import Preprocess
+from sacam.preprocess import Preprocess
 from tests.support.nets import GapNet
 from tests.support.runs import colour_folder, run_config
 

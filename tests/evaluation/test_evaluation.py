@@ -21,7 +21,7 @@ from sacam.evaluation import (
     sanity,
 )
 from sacam.evaluation.runner import execution, run_benchmark
-from sacam.models import Preprocess
+from sacam.preprocess import Preprocess
 from tests.support.nets import colour_net, small_cnn
 from tests.support.runs import colour_folder, run_config
 

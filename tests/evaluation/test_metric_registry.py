@@ -82,7 +82,7 @@ def test_a_new_metric_is_one_decorated_function(tmp_path) -> None:
         lm = sacam.models.load_model("tests.support.nets:colour_net")
         pre = sacam.models.with_preprocess(lm, size=32).preprocess
         r = next(r for r in rows if r["method"] == "grad-cam" and r["image"] == "img0.png")
-        x = pre(sacam.models.load_image(data / "img0.png"))[None]
+        x = pre(sacam.images.load_image(data / "img0.png"))[None]
         maps = sacam.explain(lm.model, x, method="grad-cam")
         expected = float(maps.max() / maps.sum())
         assert float(r["value"]) == pytest.approx(expected, rel=1e-4)

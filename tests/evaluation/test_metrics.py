@@ -11,7 +11,7 @@ from torch import nn
 from sacam.evaluation.faithfulness import confidence_change, deletion, insertion
 from sacam.evaluation.stats import MeanAccumulator
 from sacam.filters import gaussian_blur
-from sacam.models import Preprocess
+from sacam.preprocess import Preprocess
 
 
 class PixelLogit(nn.Module):

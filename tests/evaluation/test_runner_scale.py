@@ -17,7 +17,7 @@ from sacam.errors import InputError
 from sacam.evaluation import faithfulness, run_benchmark
 from sacam.evaluation.runner import data as data_mod
 from sacam.evaluation.runner import execution
-from sacam.models import Preprocess
+from sacam.preprocess import Preprocess
 from tests.support.nets import colour_net
 from tests.support.runs import TINTS, colour_folder, run_config
 
@@ -104,7 +104,7 @@ def test_imagenet_val_layout_boxes_feed_the_pointing_games(tmp_path) -> None:
         sacam.models.load_model("tests.support.nets:colour_net"), size=32
     )
     for it in ds.items:
-        x = lm.preprocess(sacam.models.load_image(it.path))[None]
+        x = lm.preprocess(sacam.images.load_image(it.path))[None]
         maps = sacam.explain(lm.model, x, method="grad-cam")[0]
         expected = float(maps[:, :16].sum() / maps.sum())
         got = values[(it.name, "grad-cam", "energy_pointing_game")]

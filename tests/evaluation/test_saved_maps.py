@@ -39,7 +39,7 @@ def test_saved_maps_are_float16_shards_keyed_by_image_and_method(tmp_path) -> No
         sacam.models.load_model("tests.support.nets:colour_net"), size=32
     )
     x = torch.stack(
-        [lm.preprocess(sacam.models.load_image(data / f"img{i}.png")) for i in range(5)]
+        [lm.preprocess(sacam.images.load_image(data / f"img{i}.png")) for i in range(5)]
     )
     expected = sacam.explain(lm.model, x, method="grad-cam")
     maps, classes, _ = MapReader(out / "maps").load("grad-cam", [f"img{i}.png" for i in range(5)])
@@ -67,7 +67,7 @@ def test_from_maps_scores_new_metrics_without_recomputing(tmp_path, monkeypatch)
     for method in ("grad-cam", "random"):
         names = [f"img{i}.png" for i in range(3)]
         maps, classes, _ = reader.load(method, names)
-        x = torch.stack([lm.preprocess(sacam.models.load_image(data / n)) for n in names])
+        x = torch.stack([lm.preprocess(sacam.images.load_image(data / n)) for n in names])
         gini = complexity.gini(maps)
         auc = faithfulness.deletion(lm.model, x, maps, classes, steps=8).auc
         for i, name in enumerate(names):
@@ -121,7 +121,7 @@ def test_layer_and_method_options_reach_every_map(tmp_path) -> None:
     assert code == 0
     lm = sacam.models.with_preprocess(sacam.models.load_model("tests.support.nets:small_cnn"))
     names = [f"img{i}.png" for i in range(3)]
-    x = torch.stack([lm.preprocess(sacam.models.load_image(data / n)) for n in names])
+    x = torch.stack([lm.preprocess(sacam.images.load_image(data / n)) for n in names])
     reader = MapReader(out / "maps")
     for method, options in (("grad-cam", {}), ("random", {"seed": 5})):
         expected = sacam.explain(lm.model, x, method=method, layer="0", **options)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import sacam
-from sacam.models import sample_image
+from sacam.images import sample_image
 
 LAYERS = [None, "_blocks.15"]
 PHOTOS = ("chelsea", "coffee")

@@ -177,7 +177,7 @@ def test_expand_cap_gives_the_head_many_more_rows_than_whole_passes(default_mode
     from sacam._speed.memory import expand_cap, measured_cap
 
     model = logits_model(default_model.model)
-    x = default_model.preprocess(sacam.models.sample_image("chelsea"))
+    x = default_model.preprocess(sacam.images.sample_image("chelsea"))
     whole = measured_cap(model, x, 512.0)
     head = expand_cap(model, x, "_swish", 1, 512.0)
     assert head >= 10 * whole

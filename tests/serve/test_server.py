@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from sacam.models import Preprocess, load_model
+from sacam.models import load_model
+from sacam.preprocess import Preprocess
 from tests.support.serve import SlowNet, live_server, red_green_png, require
 
 require("fastapi")

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from sacam.evaluation.config import BenchmarkConfig
-from sacam.models import Preprocess
+from sacam.preprocess import Preprocess
 
 from .nets import colour_net
 

@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from sacam.models import LoadedModel, Preprocess, load_model
+from sacam.models import LoadedModel, load_model
+from sacam.preprocess import Preprocess
 from tests.support.nets import colour_net
 
 COLOURS = ["red", "green", "blue", "dark", "bright"]

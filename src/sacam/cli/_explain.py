@@ -16,7 +16,8 @@ from .._outputs import to_logits
 from ..api import build_method
 from ..errors import InputError, SacamError
 from ..evaluation.explain_folder import output_stem
-from ..models import SAMPLE_IMAGES, LoadedModel, load_image
+from ..images import SAMPLE_IMAGES, load_image
+from ..models import LoadedModel
 from ..viz import overlay, save_grid
 from ._args import (
     EXIT_IMAGE,

@@ -42,7 +42,7 @@ from .._hooks import model_guard
 from .._outputs import OutputTransform, logits_model
 from ..core import predict
 from ..errors import InputError
-from ..models import Preprocess
+from ..preprocess import Preprocess
 
 AdversaryKind = Literal["fgsm", "pgd"]
 MapAttackKind = Literal["random", "pgd", "topk", "com"]

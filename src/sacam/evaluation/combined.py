@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..models import Preprocess
+from ..preprocess import Preprocess
 from .faithfulness import batch_confidence, explanation_images
 from .registry import MetricBatch, MetricOutput, register_metric
 from .road import road_curves

@@ -31,7 +31,7 @@ from .._speed.tuner import check_inputs_per_pass
 from ..core import predict
 from ..errors import InputError
 from ..filters import gaussian_blur
-from ..models import Preprocess
+from ..preprocess import Preprocess
 from ..targets import class_indices
 from .curves import CurveResult, curve, pixel_rank, tuned_plan
 from .registry import MetricBatch, MetricOutput, register_metric
@@ -141,7 +141,7 @@ def explanation_images(
     """``E = x ⊙ L``: in pixel space when a ``preprocess`` is given (the Average Drop masks).
 
     A map of ones gives the images themselves, bit for bit
-    (:meth:`~sacam.models.Preprocess.multiply_pixels`).
+    (:meth:`~sacam.preprocess.Preprocess.multiply_pixels`).
     """
     m = maps[:, None].to(images.dtype)
     if preprocess is None:

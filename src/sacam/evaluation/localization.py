@@ -31,7 +31,7 @@ from PIL import Image
 from scipy import ndimage
 
 from ..errors import InputError
-from ..models import Preprocess
+from ..preprocess import Preprocess
 from .registry import MetricBatch, MetricOutput, register_metric
 
 Box = tuple[float, float, float, float]

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import SacamError
-from ..models import Preprocess
+from ..preprocess import Preprocess
 from .config import BenchmarkConfig
 
 Need = Literal["annotations", "gradients", "attacks", "method"]

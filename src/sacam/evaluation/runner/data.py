@@ -30,7 +30,9 @@ from pathlib import Path, PurePosixPath
 import torch
 
 from ...errors import InputError
-from ...models import Preprocess, imagenet_classes, load_image
+from ...images import load_image
+from ...models import imagenet_classes
+from ...preprocess import Preprocess
 from ..localization import Annotation, Box
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
