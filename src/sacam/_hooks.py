@@ -21,6 +21,7 @@ from torch import nn
 from ._layers import LayerRef
 from ._locks import Hook, model_lock, this_thread_only
 from .errors import InputError, LayerError
+from .tokens import Layout
 
 __all__ = ["Capture", "check_images", "model_guard"]
 
@@ -124,8 +125,9 @@ class Capture:
     Calls are counted modulo the module's calls per forward pass, so one capture serves
     several forward passes in a row (each pass overwrites what the previous one stored).
     With ``edit``, the hook returns ``edit(label, output)`` in place of the output and
-    stores nothing (used for ablations); hooks exist only inside the ``with`` block and
-    act only on forward passes of the thread that entered it.
+    stores nothing (used for ablations; for a token or channel-last layer, ``edit`` sees
+    and returns maps ``(B, C, h, w)``, see :mod:`sacam.tokens`); hooks exist only inside
+    the ``with`` block and act only on forward passes of the thread that entered it.
     """
 
     def __init__(
@@ -168,6 +170,7 @@ class Capture:
 
     def _make_hook(self, refs: list[LayerRef]) -> Hook:
         wanted = {ref.call: ref.label for ref in refs}
+        layouts = {ref.call: ref.layout for ref in refs}
         n_calls = max(1, refs[0].n_calls)
 
         def hook(module: nn.Module, _inp: object, out: object) -> torch.Tensor | None:
@@ -184,6 +187,10 @@ class Capture:
                     "layer whose output is a tensor"
                 )
             if self.edit is not None:
+                layout = layouts[k]
+                if isinstance(layout, Layout) and layout.kind != "channels_first":
+                    # the edit sees and returns maps (B, C, h, w); the net gets its layout
+                    return layout.from_maps(self.edit(wanted[k], layout.to_maps(out)), out)
                 return self.edit(wanted[k], out)
             if self.with_grad:
                 kept = out if out.requires_grad else out.detach().requires_grad_(True)

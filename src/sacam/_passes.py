@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import torch
 
 from ._hooks import Capture
-from ._layers import LayerRef
+from ._layers import LayerRef, ambiguity_message
 from .errors import LayerError
 from .targets import ScoreFn, TargetsLike, evaluate_scores, resolve_targets
+from .tokens import Layout
 
 __all__ = ["LayerPass", "gradient_pass", "layer_pass", "layer_tensors", "stored_outputs"]
 
@@ -193,9 +194,15 @@ def layer_tensors(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """A layer's ``(A, dy/dA, H A)`` after ``reshape``, checked to have the input's ``ndim``.
 
-    Token outputs ``(B, N, C)`` need ``reshape`` (e.g. to ``(B, C, h, w)``); ``None``
-    entries stay ``None``.
+    Without ``reshape``, the layout sacam recognised at the layer (``ref.layout``, see
+    :mod:`sacam.tokens`) turns token and channel-last outputs into ``(B, C, h, w)``; a
+    layer whose layout is ambiguous is refused. ``None`` entries stay ``None``.
     """
+    if reshape is None and ndim == 4:
+        if isinstance(ref.layout, tuple):
+            raise LayerError(ambiguity_message(ref))
+        if isinstance(ref.layout, Layout) and ref.layout.kind != "channels_first":
+            reshape = ref.layout.to_maps
     a, g, h = (t if t is None or reshape is None else reshape(t) for t in tensors)
     assert a is not None  # activations are always given
     if a.ndim != ndim:
@@ -206,6 +213,6 @@ def layer_tensors(
             )
         raise LayerError(
             f"layer {ref.label!r} outputs shape {tuple(a.shape)}, not (B, K, h, w): pick a "
-            "convolutional layer, or pass reshape_transform for token outputs"
+            "convolutional or token layer, or pass reshape_transform for other outputs"
         )
     return a, g, h
