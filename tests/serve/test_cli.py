@@ -117,3 +117,38 @@ def test_serve_command_prints_the_url_and_answers() -> None:
                 proc.kill()
         err = proc.stderr.read()
     assert proc.returncode == 0 and "Traceback" not in err, err
+
+
+def test_serve_answers_to_the_address_it_listens_on() -> None:
+    # bound to 127.0.0.2 (any loopback address), the page answers to that address and to
+    # localhost, and refuses another host name
+    require("fastapi")
+    httpx = require("httpx")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "sacam.cli", "serve", "--host", "127.0.0.2", "--port", "0"]
+    command += ["--model", "tests.support.nets:colour_net"]
+    with subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            url = proc.stdout.readline().strip().rsplit(" ", 1)[1]
+            assert url.startswith("http://127.0.0.2:"), url
+            port = url.rstrip("/").rsplit(":", 1)[1]
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    first = httpx.get(url + "api/health", timeout=10)
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline and proc.poll() is None
+                    time.sleep(0.05)
+            assert first.status_code == 200  # Host: 127.0.0.2:PORT
+            for host, status in ((f"localhost:{port}", 200), ("evil.example", 400)):
+                r = httpx.get(url + "api/health", headers={"host": host}, timeout=10)
+                assert r.status_code == status, host
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            finally:
+                proc.kill()

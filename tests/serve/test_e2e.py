@@ -129,10 +129,17 @@ def test_page_end_to_end(default_model, tmp_path) -> None:  # noqa: ANN001
 
         # another colour map: the overlays and the colour bar follow
         jet = cards.nth(1).locator("img.overlay").get_attribute("src")
+        bar_start = (  # the colour bar's colour of 0
+            "() => Array.from(document.querySelector('#colorbar').getContext('2d')"
+            ".getImageData(0, 0, 1, 1).data.slice(0, 3))"
+        )
+        assert page.evaluate(bar_start) == [0, 0, 128]  # jet's dark blue
         page.select_option("#cmap", "viridis")
         page.wait_for_function(
             "src => document.querySelectorAll('.card img.overlay')[1].src !== src", arg=jet
         )
+        # matplotlib's viridis(0) is (68, 1, 84); the page draws a polynomial fit of it
+        assert np.abs(np.array(page.evaluate(bar_start)) - [68, 1, 84]).max() <= 4
         page.select_option("#cmap", "jet")
 
         # click another class: the maps now explain it, without sending the image again
