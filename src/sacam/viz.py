@@ -1,4 +1,4 @@
-"""Pictures: a map over its image, and grids of images × methods, saved as PNG."""
+"""Pictures: a map over its image, grids of images × methods saved as PNG, detections."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 
 from .errors import MethodError  # noqa: E402
 
@@ -188,6 +188,100 @@ def save_attention(
         for ax in axes:
             ax.axis("off")
     return Path(path)
+
+
+class DetectionLike(Protocol):
+    """What :func:`draw_detections` reads of a detection (``sacam.detection.DetectionRecord``)."""
+
+    box: tuple[float, float, float, float]
+    label: int
+    score: float
+    map: torch.Tensor
+
+
+#: box colours by label (matplotlib's tab10), as 0-255 RGB
+BOX_COLOURS = [
+    tuple(round(255 * c) for c in matplotlib.colormaps["tab10"](i)[:3]) for i in range(10)
+]
+
+
+def draw_detections(
+    image: ImageLike,
+    records: Sequence[DetectionLike],
+    *,
+    combined: bool = True,
+    class_names: Sequence[str] | Mapping[int, str] | None = None,
+    colours: Mapping[int, tuple[int, int, int]] | None = None,
+    width: int = 2,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+) -> Image.Image:
+    """Detections drawn over their maps: each box with its label and score.
+
+    Args:
+        image: the picture, at the maps' size (PIL, ``(3, H, W)`` tensor in [0, 1], or
+            ``(H, W, 3)`` array).
+        records: the detections with their maps, e.g. from
+            :func:`sacam.detection.explain_detections` (``box`` in ``xyxy`` pixels).
+        combined: one picture with the element-wise maximum of the maps and every box;
+            ``False``: one panel per detection (its own map and box), side by side.
+        class_names: names of the labels (a list indexed by label, or a dict).
+        colours: RGB colour of each label's boxes (default: matplotlib's tab10 by label).
+        width: the outline's width in pixels.
+        cmap: colour map of the maps, as in :func:`overlay`.
+        alpha: opacity of the maps, as in :func:`overlay`.
+
+    Returns:
+        The picture (``combined``), or the panels in one row; the image alone when there
+        are no records.
+
+    Example:
+        >>> import torch
+        >>> from types import SimpleNamespace as R
+        >>> rec = R(box=(2.0, 2.0, 9.0, 9.0), label=1, score=0.9, map=torch.rand(16, 16))
+        >>> draw_detections(torch.rand(3, 16, 16), [rec, rec], combined=False).size
+        (32, 16)
+    """
+    rgb = to_rgb_array(image)
+    if not records:
+        return Image.fromarray((rgb * 255).round().astype(np.uint8))
+    if combined:
+        joint = torch.stack([r.map.detach().float().cpu() for r in records]).amax(0)
+        picture = overlay(rgb, joint, cmap=cmap, alpha=alpha)
+        for r in records:
+            _draw_box(picture, r, class_names, colours, width)
+        return picture
+    panels = []
+    for r in records:
+        panel = overlay(rgb, r.map, cmap=cmap, alpha=alpha)
+        _draw_box(panel, r, class_names, colours, width)
+        panels.append(np.asarray(panel))
+    return Image.fromarray(np.concatenate(panels, axis=1))
+
+
+def _draw_box(
+    picture: Image.Image,
+    record: DetectionLike,
+    names: Sequence[str] | Mapping[int, str] | None,
+    colours: Mapping[int, tuple[int, int, int]] | None,
+    width: int,
+) -> None:
+    """One detection's outline, and its caption on a patch of the box colour above it."""
+    label = int(record.label)
+    colour = colours[label] if colours and label in colours else BOX_COLOURS[label % 10]
+    x1, y1, x2, y2 = (round(float(v)) for v in record.box)
+    draw = ImageDraw.Draw(picture)
+    draw.rectangle((x1, y1, x2, y2), outline=colour, width=width)
+    if isinstance(names, Mapping):
+        name = names.get(label, str(label))
+    else:
+        name = names[label] if names is not None and 0 <= label < len(names) else str(label)
+    caption = f"{name} {float(record.score):.2f}"
+    left, top, right, bottom = draw.textbbox((x1, y1), caption)
+    shift = bottom - top + 2
+    ty = y1 - shift if y1 - shift >= 0 else y1
+    draw.rectangle((x1, ty, x1 + right - left + 2, ty + shift), fill=colour)
+    draw.text((x1 + 1, ty), caption, fill=(255, 255, 255))
 
 
 class ConceptsLike(Protocol):
