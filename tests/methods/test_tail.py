@@ -143,6 +143,7 @@ def test_auto_batch_feeds_expand_the_memory_cap_and_repeat_the_fastest(images, m
     from sacam._speed.tuner import Plan, Tuner
     from sacam.methods import _perturb
 
+    monkeypatch.setattr(_perturb, "unmeasured_rows", lambda *a: None)  # measure, always
     monkeypatch.setattr(_perturb, "measured_cap", lambda *a: 5)
     monkeypatch.setattr(_perturb, "expand_cap", lambda *a: 5)
     monkeypatch.setattr(_perturb, "tuner_for", lambda *a, **k: Tuner.fixed(Plan(2, False)))
@@ -154,6 +155,41 @@ def test_auto_batch_feeds_expand_the_memory_cap_and_repeat_the_fastest(images, m
         sacam.explain(net, images[:1], method="ablation-cam", layer="net.1", strategy=strategy)
         sizes[strategy] = seen[2:]  # after the engine's two clean passes
     assert sizes == {"expand": [1, 1], "repeat": [2, 2, 2, 2]}
+
+
+@pytest.mark.parametrize("method", ["recipro-cam", "ablation-cam", "fd-cam"])
+def test_rows_that_surely_fit_skip_the_memory_measurement(method, images, monkeypatch) -> None:
+    # small_cnn on 16×16 at net.1 (8 × 16 × 16): every row of an image fits one expanded
+    # pass by a pessimistic estimate, so no memory is measured and each image's rows go
+    # in one pass; with a budget too small for that estimate, the memory is measured
+    from sacam._speed import memory
+    from sacam.methods import _perturb
+
+    measured: list[int] = []
+    real = memory.measure_memory
+
+    def counting(*args, **kwargs):
+        measured.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(memory, "measure_memory", counting)
+    monkeypatch.setattr(memory, "_COSTS", type(memory._COSTS)())  # nothing cached
+    monkeypatch.setenv("SACAM_CACHE_DIR", "")  # nor on disk
+    net = _Counted().eval().double()  # float64: passes of other sizes round alike
+    images = images.double()
+    seen: list[int] = []
+    net.net[0].register_forward_hook(lambda m, i, o: seen.append(o.shape[0]))
+    one = sacam.explain(net, images[:1], method=method, layer="net.1", strategy="expand")
+    rows = {"recipro-cam": 16 * 16, "ablation-cam": 8, "fd-cam": 16}[method]
+    assert not measured and seen[2:] == [1]  # the front ran once for all the rows
+    found = _perturb.unmeasured_rows(net, images[0], "net.1", 0, 1024.0, rows)
+    assert found is not None and found[0] == rows
+    assert _perturb.unmeasured_rows(net, images[0], "net.1", 0, 1e-3, rows) is None
+    again = sacam.explain(
+        net, images[:1], method=method, layer="net.1", strategy="expand", max_memory_mb=1e-3
+    )
+    assert measured  # a tight budget measures
+    assert torch.allclose(one, again, atol=1e-9)  # other passes, the same map
 
 
 def test_tail_estimate_reads_the_layer_and_what_follows_it_from_the_probe() -> None:

@@ -68,3 +68,13 @@ def test_tail_strategies_time_expand_and_repeat() -> None:
     expand, repeat = float(cells[2]), float(cells[4])
     assert expand > 0 and repeat > 0, cells
     assert float(cells[-1]) < 1e-4, "the two strategies give the same maps"
+
+
+def test_first_call_times_two_calls_on_an_unseen_model() -> None:
+    out = run_tool(
+        "first_call.py", "--models", "resnet18", "--methods", "recipro-cam", "--size", "64",
+    )  # fmt: skip
+    cells = _row(out, "| resnet18 | recipro-cam |")
+    first, second = (float(c.split()[0]) for c in cells[2:4])
+    assert first > 0 and second > 0 and math.isfinite(float(cells[4]))
+    assert cells[5] == "yes"  # both calls gave the same bits

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .._layers import LayerRef
+from .._outputs import probabilities
 from .._speed.allocator import release_free_memory
 from .._speed.memory import (
     MEASURE_BATCH,
@@ -25,6 +26,7 @@ from .._speed.memory import (
     fixed_batch,
     measured_cap,
     passes_within,
+    unmeasured_rows,
 )
 from .._speed.tuner import PerPass, Plan, Tuner, check_inputs_per_pass, sync, tuner_for
 from ..core import BaseCAM
@@ -39,7 +41,8 @@ Build = Callable[[int, int], tuple[torch.Tensor, torch.Tensor | None]]
 def target_scores(output: torch.Tensor, ctx: CallContext, b: int, kind: ScoreKind) -> torch.Tensor:
     """Score of sample ``b``'s target on every row of ``output`` (copies of that sample).
 
-    For class targets: the softmax probability (``kind="probability"``) or the logit of the
+    For class targets: the probability (``kind="probability"``: softmax, or sigmoid for
+    one-logit and multi-label outputs, :func:`sacam._outputs.probabilities`) or the logit of the
     class; for callable targets: the callable's score, whatever ``kind``.
     """
     if ctx.class_idx is None:
@@ -50,14 +53,14 @@ def target_scores(output: torch.Tensor, ctx: CallContext, b: int, kind: ScoreKin
     c = int(ctx.class_idx[b])
     if kind == "logit":
         return output[:, c]
-    return torch.softmax(output.float(), dim=1)[:, c]
+    return probabilities(ctx.model, output)[:, c]
 
 
 def batch_target_scores(output: torch.Tensor, ctx: CallContext, kind: ScoreKind) -> torch.Tensor:
     """Like :func:`target_scores`, for a batch whose row ``b`` belongs to sample ``b``."""
     if ctx.class_idx is None:
         return ctx.score_fn(output)
-    values = torch.softmax(output.float(), dim=1) if kind == "probability" else output
+    values = probabilities(ctx.model, output) if kind == "probability" else output
     return values.gather(1, ctx.class_idx[:, None].to(output.device))[:, 0]
 
 
@@ -224,6 +227,10 @@ class PerturbationCAM(BaseCAM):
         top = self.top_channels
         return 2 + (top if top else shape[1]) * self.rows_per_channel()
 
+    def scored_channels(self, k: int) -> int:
+        """How many of a layer's ``k`` channels a call scores (``top_channels``, at most ``k``)."""
+        return k if self.top_channels is None else min(self.top_channels, k)
+
     def rows_per_channel(self) -> int:
         """Masked inputs or edited rows per scored channel (one)."""
         return 1
@@ -248,7 +255,9 @@ class PerturbationCAM(BaseCAM):
             return Tuner.fixed(Plan(cap, False), even=False)
         return tuner_for(ctx.model, ctx.images[0], "perturbation", cap, even=False)
 
-    def tail_batches(self, ctx: CallContext, ref: LayerRef) -> tuple[int, int]:
+    def tail_batches(
+        self, ctx: CallContext, ref: LayerRef, rows: int, strategy: str
+    ) -> tuple[int, int]:
         """Rows per pass of the network after layer ``ref``: ``(expand, repeat)``.
 
         ``"repeat"`` passes are whole forward passes: the best plan of :meth:`tuner`
@@ -256,13 +265,23 @@ class PerturbationCAM(BaseCAM):
         batch, so more rows per pass cost less per row: with ``inputs_per_pass="auto"``
         they take as many rows as the network after the layer holds within
         ``max_memory_mb`` (never fewer than whole passes would). An explicit
-        ``inputs_per_pass``, or a model that takes a fixed batch, sets both.
+        ``inputs_per_pass``, or a model that takes a fixed batch, sets both. Where a
+        pessimistic estimate puts all ``rows`` of an image (the most any image needs) in
+        one expanded pass within the budget and ``strategy`` may expand, nothing is measured
+        (:func:`sacam._speed.memory.unmeasured_rows`).
         """
+        auto = self.inputs_per_pass == "auto" and fixed_batch(ctx.model) is None
+        if auto and strategy != "repeat":
+            found = unmeasured_rows(
+                ctx.model, ctx.images[0], ref.name, ref.call, self.max_memory_mb, rows
+            )
+            if found is not None:
+                return found
         repeat = self.tuner(ctx).best().inputs_per_pass
-        if self.inputs_per_pass != "auto" or fixed_batch(ctx.model) is not None:
+        if not auto:
             return repeat, repeat
-        rows = expand_cap(ctx.model, ctx.images[0], ref.name, ref.call, self.max_memory_mb)
-        return rows, repeat
+        cap = expand_cap(ctx.model, ctx.images[0], ref.name, ref.call, self.max_memory_mb)
+        return cap, repeat
 
     def perturbed(
         self,

@@ -96,7 +96,9 @@ class AblationCAM(PerturbationCAM):
         acts = layer.activations
         y = batch_target_scores(ctx.output, ctx, "logit").float()  # as y_k
         out = torch.zeros(acts.shape[:2], dtype=torch.float32, device=acts.device)
-        batches = self.tail_batches(ctx, layer.ref)  # measured before the ablation hook exists
+        batches = self.tail_batches(
+            ctx, layer.ref, self.scored_channels(acts.shape[1]), self.strategy
+        )  # measured before the ablation hook exists
         tail = LayerTail(
             "ablation-cam", layer.ref, ctx, self.strategy, batches=batches, bf16=self.bf16
         )

@@ -126,7 +126,9 @@ class FDCAM(PerturbationCAM):
         """``s_i = y(on_i) + y − y(off_i)`` of every channel group, ``(B, K)``, layer dtype."""
         acts = layer.activations
         b_count, k = acts.shape[:2]
-        batches = self.tail_batches(ctx, layer.ref)  # measured before the hook exists
+        batches = self.tail_batches(
+            ctx, layer.ref, 2 * self.scored_channels(acts.shape[1]), self.strategy
+        )  # measured before the hook exists
         out = torch.zeros(b_count, k, dtype=acts.dtype, device=acts.device)
         tail = LayerTail("fd-cam", layer.ref, ctx, self.strategy, batches=batches, bf16=self.bf16)
         with tail:

@@ -127,7 +127,9 @@ class ReciproCAM(PerturbationCAM):
         acts = layer.activations
         b_count, _, h, w = acts.shape
         n = h * w
-        batches = self.tail_batches(ctx, layer.ref)  # measured before the hook exists
+        batches = self.tail_batches(
+            ctx, layer.ref, n, self.strategy
+        )  # measured before the hook exists
         out = torch.zeros(b_count, n, dtype=torch.float32, device=acts.device)
         tail = LayerTail(
             "recipro-cam", layer.ref, ctx, self.strategy, batches=batches, bf16=self.bf16
