@@ -71,6 +71,7 @@ def _row(model_name: str, method: str, size: int) -> dict[str, object]:
     import torch
 
     import sacam
+    import sacam.models
 
     torch.set_num_threads(1)
     if model_name == "resnet18":
