@@ -45,7 +45,8 @@ def _sample(out: torch.Tensor) -> torch.Tensor:
     if flat.numel() == 0:
         return torch.zeros(SAMPLES, device=out.device)
     idx = torch.linspace(0, flat.numel() - 1, SAMPLES, device=out.device).long()
-    return flat[idx].float()
+    # float32 steps round the last index up past the end above 2**24 elements
+    return flat[idx.clamp_(max=flat.numel() - 1)].float()
 
 
 def record_forward(
