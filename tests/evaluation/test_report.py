@@ -6,6 +6,9 @@ import contextlib
 import math
 import re
 
+import numpy as np
+import pytest
+
 import sacam
 from sacam.evaluation import run_benchmark
 from sacam.evaluation.runner import figures, report
@@ -115,6 +118,16 @@ def test_intervals_stay_within_a_bounded_metrics_range() -> None:
     assert 0.0 <= lo < 0.75 < hi <= 1.0
     assert format_interval({"mean": 0.75, "ci_low": lo, "ci_high": hi}).startswith("0.750 [")
     assert all(math.isnan(v) for v in bootstrap_interval([0.5]))
+
+
+@pytest.mark.parametrize("values", [[0.1] * 3, [0.3] * 10, [0.1, 0.1, 0.1, 0.2], [0.0, 1.0]])
+def test_an_interval_never_leaves_the_values_range_by_rounding(values) -> None:
+    from sacam.evaluation.runner.summary import bootstrap_interval
+
+    # averaging copies of 0.1 gives 0.10000000000000002, past the largest value
+    assert float(np.mean([0.1] * 3)) > 0.1
+    lo, hi = bootstrap_interval(values)
+    assert min(values) <= lo <= hi <= max(values)
 
 
 def test_the_star_needs_a_paired_interval_against_the_runner_up() -> None:

@@ -129,6 +129,10 @@ METRIC_SETTINGS = {
 def bootstrap_interval(values: list[float], seed: int = 0) -> tuple[float, float]:
     """95% percentile bootstrap interval of the mean (NaN for fewer than two values).
 
+    The interval lies within the values' own range, so a bounded metric's interval never
+    leaves its bounds: the resampled means can only stray from it by rounding (three
+    copies of 0.1 average to 0.10000000000000002), and the ends are clipped to it.
+
     Example:
         >>> lo, hi = bootstrap_interval([0.0, 1.0, 1.0, 1.0])
         >>> 0.0 <= lo <= 0.75 <= hi <= 1.0
@@ -139,7 +143,7 @@ def bootstrap_interval(values: list[float], seed: int = 0) -> tuple[float, float
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
     means = vals[rng.integers(0, len(vals), (BOOTSTRAP_RESAMPLES, len(vals)))].mean(1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
+    lo, hi = np.clip(np.percentile(means, [2.5, 97.5]), vals.min(), vals.max())
     return float(lo), float(hi)
 
 
