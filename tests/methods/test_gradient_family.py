@@ -17,13 +17,8 @@ from torch import nn
 import sacam
 from sacam.explanation import normalize_maps
 from tests.support.calls import layer_data
+from tests.support.hand import A, W, explain_feat, grid, hook_count, norm
 from tests.support.nets import FlatNet, GapNet
-
-# Two 2×2 channels: A0 = [[1, 2], [3, 4]], A1 = [[0, 1], [1, 0]].
-A = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[0.0, 1.0], [1.0, 0.0]]]])
-
-
-W = [[1.0, 2.0], [3.0, -1.0]]
 
 
 @pytest.mark.parametrize("method", ["cam", "grad-cam"])
@@ -126,38 +121,14 @@ V = torch.tensor([[[0.5, -1.0], [2.0, 1.0]], [[1.5, 0.25], [-0.5, 3.0]]])
 S = torch.tensor([[[[1.0, -2.0], [3.0, 0.5]], [[-1.0, 2.0], [0.5, -3.0]]]])
 
 
-def _hooks(model: nn.Module) -> int:
-    return sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-        for m in model.modules()
-    )
-
-
-def _norm(rows: list[list[float]]) -> torch.Tensor:
-    """ReLU then min-max of a hand-computed raw map, as the engine does."""
-    flat = [max(v, 0.0) for r in rows for v in r]
-    lo, hi = min(flat), max(flat)
-    return torch.tensor([[(max(v, 0.0) - lo) / (hi - lo) for v in r] for r in rows])
-
-
-def _grid(f) -> list[list[float]]:
-    return [[f(i, j) for j in range(2)] for i in range(2)]
-
-
 def _flat_net() -> FlatNet:
     return FlatNet(torch.stack([V.flatten(), -V.flatten()]))
-
-
-def _explain(net: nn.Module, x: torch.Tensor, method: str, target: int = 0, **kw) -> torch.Tensor:
-    return sacam.explain(net, x, method=method, layer="feat", targets=target, upsample=False, **kw)[
-        0
-    ]
 
 
 def test_xgradcam_on_gap_net_equals_gradcam() -> None:
     # constant gradient g_k: w_k = Σ A g / Σ A = g_k, so the map is Grad-CAM's:
     # class 0: A0/4 + A1/2 ∝ [[1, 4], [5, 4]] -> [[0, .75], [1, .75]]
-    m = _explain(GapNet(W), A, "xgrad-cam")
+    m = explain_feat(GapNet(W), A, "xgrad-cam")
     assert torch.allclose(m, torch.tensor([[0.0, 0.75], [1.0, 0.75]]), atol=1e-6)
 
 
@@ -167,22 +138,22 @@ def test_xgradcam_with_varying_gradient() -> None:
         sum(float(a[k, i, j] * V[k, i, j]) for i in range(2) for j in range(2)) / float(a[k].sum())
         for k in range(2)
     ]
-    expect = _norm(_grid(lambda i, j: sum(w[k] * float(a[k, i, j]) for k in range(2))))
-    assert torch.allclose(_explain(_flat_net(), A, "xgrad-cam"), expect, atol=1e-6)
+    expect = norm(grid(lambda i, j: sum(w[k] * float(a[k, i, j]) for k in range(2))))
+    assert torch.allclose(explain_feat(_flat_net(), A, "xgrad-cam"), expect, atol=1e-6)
 
 
 def test_xgradcam_zero_sum_channel_and_library_variant() -> None:
     x = A.clone()
     x[0, 1] = torch.tensor([[1.0, -1.0], [0.0, 0.0]])  # channel 1 sums to 0
     # paper: channel 1 gets weight 0 -> map = w0 A0 -> minmax(A0)
-    m = _explain(_flat_net(), x, "xgrad-cam")
+    m = explain_feat(_flat_net(), x, "xgrad-cam")
     assert torch.allclose(m, torch.tensor([[0.0, 1 / 3], [2 / 3, 1.0]]), atol=1e-6)
     # pytorch-grad-cam: w1 = Σ A g / (0 + 1e-7) = (1.5 - 0.25) / 1e-7 dominates
     num1 = float(V[1, 0, 0] * 1.0 + V[1, 0, 1] * -1.0)  # 1.5 - 0.25 = 1.25
     w0 = float((A[0, 0] * V[0]).sum() / A[0, 0].sum())
     w1 = num1 / (0.0 + 1e-7)
-    expect = _norm(_grid(lambda i, j: w0 * float(x[0, 0, i, j]) + w1 * float(x[0, 1, i, j])))
-    got = _explain(_flat_net(), x, "xgrad-cam", variant="pytorch-grad-cam")
+    expect = norm(grid(lambda i, j: w0 * float(x[0, 0, i, j]) + w1 * float(x[0, 1, i, j])))
+    got = explain_feat(_flat_net(), x, "xgrad-cam", variant="pytorch-grad-cam")
     assert torch.allclose(got, expect, atol=1e-5)
 
 
@@ -195,14 +166,16 @@ def test_xgradcam_zero_sum_channel_and_library_variant() -> None:
     ],
 )
 def test_elementwise_methods_by_loops(method: str, term) -> None:
-    expect = _norm(
-        _grid(lambda i, j: sum(term(float(V[k, i, j]), float(S[0, k, i, j])) for k in range(2)))
+    expect = norm(
+        grid(lambda i, j: sum(term(float(V[k, i, j]), float(S[0, k, i, j])) for k in range(2)))
     )
-    assert torch.allclose(_explain(_flat_net(), S, method), expect, atol=1e-6)
+    assert torch.allclose(explain_feat(_flat_net(), S, method), expect, atol=1e-6)
 
 
 def test_elementwise_methods_differ_on_signed_activations() -> None:
-    maps = [_explain(_flat_net(), S, m) for m in ("layer-cam", "hires-cam", "grad-cam-elementwise")]
+    maps = [
+        explain_feat(_flat_net(), S, m) for m in ("layer-cam", "hires-cam", "grad-cam-elementwise")
+    ]
     assert not torch.allclose(maps[0], maps[1], atol=1e-3)
     assert not torch.allclose(maps[1], maps[2], atol=1e-3)
 
@@ -265,13 +238,13 @@ def _smooth_reference(x: torch.Tensor, n: int, spread: float, seed: int, variant
                 alpha = d2 / den if d2 != 0 and den != 0 else 0.0
                 wk += alpha * max(d1, 0.0)
         weights.append(wk)
-    return _norm(_grid(lambda i, j: sum(weights[k] * float(a[k, i, j]) for k in range(K))))
+    return norm(grid(lambda i, j: sum(weights[k] * float(a[k, i, j]) for k in range(K))))
 
 
 @pytest.mark.parametrize("variant", ["paper", "mean-weights", "torchcam"])
 def test_smooth_gradcampp_by_loops(variant: str) -> None:
     x = A + 0.5
-    got = _explain(
+    got = explain_feat(
         SquareNet(V), x, "smooth-grad-cam++", n_samples=3, std_spread=0.2, seed=4, variant=variant
     )
     assert torch.allclose(got, _smooth_reference(x, 3, 0.2, 4, variant), atol=1e-5)
@@ -279,8 +252,8 @@ def test_smooth_gradcampp_by_loops(variant: str) -> None:
 
 def test_smooth_gradcampp_is_gradcampp_when_the_gradient_ignores_the_input() -> None:
     # FlatNet is linear: every noisy copy has the gradient V, so the averages are V's powers
-    plain = _explain(_flat_net(), A, "grad-cam++")
-    smooth = _explain(_flat_net(), A, "smooth-grad-cam++", n_samples=5, std_spread=0.5)
+    plain = explain_feat(_flat_net(), A, "grad-cam++")
+    smooth = explain_feat(_flat_net(), A, "smooth-grad-cam++", n_samples=5, std_spread=0.5)
     assert torch.allclose(plain, smooth, atol=1e-6)
 
 
@@ -298,14 +271,14 @@ def test_smooth_gradcampp_is_seeded(cnn, images) -> None:
 
 def test_smooth_gradcampp_leaves_no_grad_and_no_hook(cnn, images) -> None:
     sacam.explain(cnn, images, method="smooth-grad-cam++", n_samples=2)
-    assert all(p.grad is None for p in cnn.parameters()) and _hooks(cnn) == 0
+    assert all(p.grad is None for p in cnn.parameters()) and hook_count(cnn) == 0
 
 
 def test_smooth_gradcampp_absolute_std() -> None:
     # std=0: every copy is the clean image, so it is Grad-CAM++ on SquareNet
     x = A + 0.5
-    smooth = _explain(SquareNet(V), x, "smooth-grad-cam++", n_samples=2, std=0.0)
-    assert torch.allclose(smooth, _explain(SquareNet(V), x, "grad-cam++"), atol=1e-6)
+    smooth = explain_feat(SquareNet(V), x, "smooth-grad-cam++", n_samples=2, std=0.0)
+    assert torch.allclose(smooth, explain_feat(SquareNet(V), x, "grad-cam++"), atol=1e-6)
 
 
 class CurvedNet(nn.Module):

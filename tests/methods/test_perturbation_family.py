@@ -21,37 +21,8 @@ from sacam.errors import MethodError
 from sacam.evaluation.faithfulness import deletion
 from sacam.filters import gaussian_blur
 from tests.support.groupcam_float import groupcam_stable_parts_agree
+from tests.support.hand import A, W, explain_feat, grid, hook_count, norm
 from tests.support.nets import GapNet, small_cnn
-
-# Two 2×2 channels: A0 = [[1, 2], [3, 4]], A1 = [[0, 1], [1, 0]].
-A = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[0.0, 1.0], [1.0, 0.0]]]])
-
-
-W = [[1.0, 2.0], [3.0, -1.0]]
-
-
-def _hooks(model: nn.Module) -> int:
-    return sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-        for m in model.modules()
-    )
-
-
-def _norm(rows: list[list[float]]) -> torch.Tensor:
-    """ReLU then min-max of a hand-computed raw map, as the engine does."""
-    flat = [max(v, 0.0) for r in rows for v in r]
-    lo, hi = min(flat), max(flat)
-    return torch.tensor([[(max(v, 0.0) - lo) / (hi - lo) for v in r] for r in rows])
-
-
-def _grid(f) -> list[list[float]]:
-    return [[f(i, j) for j in range(2)] for i in range(2)]
-
-
-def _explain(net: nn.Module, x: torch.Tensor, method: str, target: int = 0, **kw) -> torch.Tensor:
-    return sacam.explain(net, x, method=method, layer="feat", targets=target, upsample=False, **kw)[
-        0
-    ]
 
 
 def _softmax0(logits: list[float]) -> float:
@@ -95,8 +66,8 @@ def test_sscam_by_loops() -> None:
             noisy = [[mask[i][j] + std * float(noise[i, j]) for j in range(2)] for i in range(2)]
             total += _softmax0(_masked_logits(noisy))
         w.append(total / n)
-    expect = _norm(_grid(lambda i, j: w[0] * float(A[0, 0, i, j]) + w[1] * float(A[0, 1, i, j])))
-    got = _explain(GapNet(W), A, "ss-cam", n_samples=n, std=std, seed=seed)
+    expect = norm(grid(lambda i, j: w[0] * float(A[0, 0, i, j]) + w[1] * float(A[0, 1, i, j])))
+    got = explain_feat(GapNet(W), A, "ss-cam", n_samples=n, std=std, seed=seed)
     assert torch.allclose(got, expect, atol=1e-6)
 
 
@@ -112,14 +83,14 @@ def test_sscam_torchcam_variant_by_loops() -> None:
             total += _masked_logits(noisy)[0]
         mean_logit.append(total / n)
     w0 = _softmax0(mean_logit)
-    expect = _norm(_grid(lambda i, j: w0 * float(A[0, 0, i, j]) + (1 - w0) * float(A[0, 1, i, j])))
-    got = _explain(GapNet(W), A, "ss-cam", n_samples=n, std=std, seed=seed, variant="torchcam")
+    expect = norm(grid(lambda i, j: w0 * float(A[0, 0, i, j]) + (1 - w0) * float(A[0, 1, i, j])))
+    got = explain_feat(GapNet(W), A, "ss-cam", n_samples=n, std=std, seed=seed, variant="torchcam")
     assert torch.allclose(got, expect, atol=1e-6)
 
 
 def test_sscam_without_noise_is_scorecam() -> None:
-    a = _explain(GapNet(W), A, "ss-cam", n_samples=2, std=0.0)
-    assert torch.allclose(a, _explain(GapNet(W), A, "score-cam"), atol=1e-6)
+    a = explain_feat(GapNet(W), A, "ss-cam", n_samples=2, std=0.0)
+    assert torch.allclose(a, explain_feat(GapNet(W), A, "score-cam"), atol=1e-6)
 
 
 def test_sscam_is_seeded(cnn, images) -> None:
@@ -159,8 +130,8 @@ def test_iscam_by_hand() -> None:
     n = 4
     logits = [(13 / 6, 19 / 4), (9 / 4, 13 / 4)]
     w = [sum(_softmax0([i / n * l0, i / n * l1]) for i in range(1, n + 1)) / n for l0, l1 in logits]
-    expect = _norm(_grid(lambda i, j: w[0] * float(A[0, 0, i, j]) + w[1] * float(A[0, 1, i, j])))
-    got = _explain(GapNet(W), A, "is-cam", n_samples=n)
+    expect = norm(grid(lambda i, j: w[0] * float(A[0, 0, i, j]) + w[1] * float(A[0, 1, i, j])))
+    got = explain_feat(GapNet(W), A, "is-cam", n_samples=n)
     assert torch.allclose(got, expect, atol=1e-6)
 
 
@@ -171,19 +142,19 @@ def test_iscam_torchcam_variant_by_hand() -> None:
     coeff = [i * (i + 1) / 2 / n for i in range(1, n + 1)]  # 1/3, 1, 2
     mean_logit = [sum(c * l0 for c in coeff) / n for l0 in (13 / 6, 9 / 4)]
     w0 = _softmax0(mean_logit)
-    expect = _norm(_grid(lambda i, j: w0 * float(A[0, 0, i, j]) + (1 - w0) * float(A[0, 1, i, j])))
-    got = _explain(GapNet(W), A, "is-cam", n_samples=n, variant="torchcam")
+    expect = norm(grid(lambda i, j: w0 * float(A[0, 0, i, j]) + (1 - w0) * float(A[0, 1, i, j])))
+    got = explain_feat(GapNet(W), A, "is-cam", n_samples=n, variant="torchcam")
     assert torch.allclose(got, expect, atol=1e-6)
 
 
 def test_ablationcam_by_hand() -> None:
     # class 0: y = mean(A0) + 2 mean(A1) = 2.5 + 1 = 3.5; zeroing A0 leaves 1, zeroing
     # A1 leaves 2.5: w = (2.5/3.5, 1/3.5) ∝ (5, 2); 5 A0 + 2 A1 = [[5, 12], [17, 20]]
-    m0 = _explain(GapNet(W), A, "ablation-cam", target=0)
+    m0 = explain_feat(GapNet(W), A, "ablation-cam", target=0)
     assert torch.allclose(m0, torch.tensor([[0.0, 7 / 15], [12 / 15, 1.0]]), atol=1e-6)
     # class 1: y = 7.5 - 0.5 = 7; zeroing A0 leaves -0.5, zeroing A1 leaves 7.5:
     # w = (7.5/7, -0.5/7); 7.5 A0 - 0.5 A1 = [[7.5, 14.5], [22, 30]]
-    m1 = _explain(GapNet(W), A, "ablation-cam", target=1)
+    m1 = explain_feat(GapNet(W), A, "ablation-cam", target=1)
     assert torch.allclose(m1, torch.tensor([[0.0, 7 / 22.5], [14.5 / 22.5, 1.0]]), atol=1e-6)
 
 
@@ -194,12 +165,12 @@ def test_ablationcam_pytorch_grad_cam_fill() -> None:
     fill = 1.0 - 1e7
     y_k = [fill + 2 * means[1], means[0] + 2 * fill]
     w = [(y - yk) / y for yk in y_k]
-    expect = _norm(_grid(lambda i, j: w[0] * float(x[0, 0, i, j]) + w[1] * float(x[0, 1, i, j])))
-    got = _explain(GapNet(W), x, "ablation-cam", variant="pytorch-grad-cam")
+    expect = norm(grid(lambda i, j: w[0] * float(x[0, 0, i, j]) + w[1] * float(x[0, 1, i, j])))
+    got = explain_feat(GapNet(W), x, "ablation-cam", variant="pytorch-grad-cam")
     assert torch.allclose(got, expect, atol=1e-5)
     # the paper zeroes: w = ((y - 2·1.5)/y, (y - 3.5)/y) = (3.5/6.5, 3/6.5)
-    paper = _explain(GapNet(W), x, "ablation-cam")
-    ref = _norm(_grid(lambda i, j: 3.5 * float(x[0, 0, i, j]) + 3.0 * float(x[0, 1, i, j])))
+    paper = explain_feat(GapNet(W), x, "ablation-cam")
+    ref = norm(grid(lambda i, j: 3.5 * float(x[0, 0, i, j]) + 3.0 * float(x[0, 1, i, j])))
     assert torch.allclose(paper, ref, atol=1e-6)
 
 
@@ -242,9 +213,9 @@ def test_ablationcam_leaves_no_hook_even_when_a_pass_raises() -> None:
 
     with pytest.raises(Boom):
         sacam.explain(net, A, method="ablation-cam", layer="feat", targets=target)
-    assert _hooks(net) == 0
+    assert hook_count(net) == 0
     sacam.explain(net, A, method="ablation-cam", layer="feat", targets=0)
-    assert _hooks(net) == 0
+    assert hook_count(net) == 0
 
 
 def test_ablationcam_refuses_a_reshape_transform() -> None:
@@ -268,8 +239,8 @@ def test_groupcam_by_loops() -> None:
         return _softmax0(_gap_logits(masked, WG))
 
     s = [p0(M0) - 0.5, p0(M1) - 0.5]
-    expect = _norm(_grid(lambda i, j: s[0] * M0[i][j] + s[1] * M1[i][j]))
-    got = _explain(
+    expect = norm(grid(lambda i, j: s[0] * M0[i][j] + s[1] * M1[i][j]))
+    got = explain_feat(
         net, A, "group-cam", denoise_quantile=None, baseline=lambda x: torch.zeros_like(x)
     )
     assert torch.allclose(got, expect, atol=1e-6)
@@ -307,7 +278,7 @@ def test_groupcam_denoising_and_default_blur_by_loops() -> None:
     ]
     s0 = _softmax0(_gap_logits(mixed, WG)) - base_p
     assert s0 > 0
-    got = _explain(net, A, "group-cam")
+    got = explain_feat(net, A, "group-cam")
     assert torch.allclose(got, torch.tensor(mask), atol=1e-6)
     # and the blur itself
     ref = torch.tensor(blurred)
@@ -413,10 +384,10 @@ def test_groupcam_batch_equals_single_calls_up_to_float_rounding(cnn, images) ->
 def test_top_channels_one_keeps_the_strongest_channel(method: str, options: dict) -> None:
     # channel means 2.5 (A0) and 0.5 (A1): only A0 is scored, with a positive weight
     # (ablation: y = 2.5 + 2 · 0.5 = 3.5, y_0 = 1, w_0 = 5/7), so the map is minmax(A0)
-    got = _explain(GapNet(W), A, method, top_channels=1, **options)
+    got = explain_feat(GapNet(W), A, method, top_channels=1, **options)
     assert torch.allclose(got, torch.tensor([[0.0, 1 / 3], [2 / 3, 1.0]]), atol=1e-6)
-    full = _explain(GapNet(W), A, method, **options)
-    assert torch.allclose(full, _explain(GapNet(W), A, method, top_channels=2, **options))
+    full = explain_feat(GapNet(W), A, method, **options)
+    assert torch.allclose(full, explain_feat(GapNet(W), A, method, top_channels=2, **options))
 
 
 def test_gaussian_blur_cache_survives_meta_and_inference_mode_first_calls() -> None:

@@ -4,33 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 import sacam
+from tests.support.hand import A, W, explain_feat, grid, norm
 from tests.support.nets import GapNet
-
-# Two 2×2 channels: A0 = [[1, 2], [3, 4]], A1 = [[0, 1], [1, 0]].
-A = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[0.0, 1.0], [1.0, 0.0]]]])
-
-
-W = [[1.0, 2.0], [3.0, -1.0]]
-
-
-def _norm(rows: list[list[float]]) -> torch.Tensor:
-    """ReLU then min-max of a hand-computed raw map, as the engine does."""
-    flat = [max(v, 0.0) for r in rows for v in r]
-    lo, hi = min(flat), max(flat)
-    return torch.tensor([[(max(v, 0.0) - lo) / (hi - lo) for v in r] for r in rows])
-
-
-def _grid(f) -> list[list[float]]:
-    return [[f(i, j) for j in range(2)] for i in range(2)]
-
-
-def _explain(net: nn.Module, x: torch.Tensor, method: str, target: int = 0, **kw) -> torch.Tensor:
-    return sacam.explain(net, x, method=method, layer="feat", targets=target, upsample=False, **kw)[
-        0
-    ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
@@ -71,8 +48,8 @@ def test_random_is_reproducible_and_seed_dependent(cnn, images) -> None:
 
 def test_random_weights_variant_by_hand() -> None:
     w = 2 * torch.rand(2, generator=torch.Generator().manual_seed(0)) - 1
-    expect = _norm(
-        _grid(lambda i, j: float(w[0]) * float(A[0, 0, i, j]) + float(w[1]) * float(A[0, 1, i, j]))
+    expect = norm(
+        grid(lambda i, j: float(w[0]) * float(A[0, 0, i, j]) + float(w[1]) * float(A[0, 1, i, j]))
     )
-    got = _explain(GapNet(W), A, "random", variant="weights")
+    got = explain_feat(GapNet(W), A, "random", variant="weights")
     assert torch.allclose(got, expect, atol=1e-6)
