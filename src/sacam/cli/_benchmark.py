@@ -29,6 +29,7 @@ from ._args import (
     unit_float,
 )
 from ._demo import SAMPLES, data_source, demo_labels, write_demo_set
+from ._model import add_preprocess_options, read_class_names
 
 
 def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
@@ -42,10 +43,11 @@ def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
         "data_dir",
         type=data_source,
         help="images: a folder with labels.csv (file,class_index), class sub-folders "
-        "(WordNet ids or class indices), or ImageNet val with LOC_val_solution.csv; "
+        "(WordNet ids, class indices or --class-names), or ImageNet val with LOC_val_solution.csv; "
         "'samples': a built-in demo set of 4 labelled photos (no download)",
     )
     add_model_options(bench)
+    add_preprocess_options(bench)  # --class-names, --size, --mean, --std as in explain
     add_method_options(bench, "grad-cam grad-cam++ sa-cam; with --from-maps: the saved ones")
     add_list_option(
         bench,
@@ -80,12 +82,6 @@ def _add_run_options(bench: argparse.ArgumentParser) -> None:
     )
     bench.add_argument(
         "--limit", type=int_at_least(1), default=None, help="first N images of the folder"
-    )
-    bench.add_argument(
-        "--size",
-        type=int_at_least(1),
-        default=None,
-        help="side in pixels of the model's input (default: the model's own, else 224)",
     )
     bench.add_argument("--out", type=out_dir, default=Path("sacam-benchmark"), help="output folder")
     bench.add_argument(
@@ -230,6 +226,9 @@ def _benchmark_config(args: argparse.Namespace) -> BenchmarkConfig:
         from_maps=args.from_maps,
         layer=args.layers,
         image_size=args.size,
+        mean=None if args.mean is None else tuple(args.mean),
+        std=None if args.std is None else tuple(args.std),
+        class_names=read_class_names(args.class_names),
     )
     if args.epsilons is not None:
         config.epsilons = tuple(dict.fromkeys(e / 255 for e in args.epsilons))
@@ -252,6 +251,13 @@ def _benchmark_runs(args: argparse.Namespace) -> list[BenchmarkConfig]:
 
     if args.from_maps is not None:
         raise SacamError("--from-maps scores one run's maps: it does not combine with --preset")
+    given = [f for f in ("class_names", "mean", "std") if getattr(args, f) is not None]
+    if given:
+        flags = ", ".join("--" + f.replace("_", "-") for f in given)
+        raise SacamError(
+            f"--preset {args.preset} uses its own models with their own preprocessing and "
+            f"class names: drop {flags} (or run without --preset)"
+        )
     base = _benchmark_config(args)
     return expand_preset(
         args.preset,
@@ -263,14 +269,23 @@ def _benchmark_runs(args: argparse.Namespace) -> list[BenchmarkConfig]:
 
 
 def time_line(summary: dict[str, Any], wall_s: float) -> str:
-    """Where this command's time went: the maps (the table's time column) and the rest."""
+    """Where this command's time went: maps, each metric and the rest, adding up to the wall.
+
+    With the run's clock (``summary["timing"]``, this command's own seconds) it is three
+    lines: the wall time as maps + the rest, the rest part by part (each metric, predicting,
+    loading, writing, and what no part timed), and the same per image processed. Without
+    it, the maps' seconds come from the summary's time column.
+    """
+    timing = summary.get("timing") or {}
+    methods = len(summary["table"]) or 1
+    if timing.get("seconds"):
+        return _clock_lines(timing, wall_s, methods)
     images = int(summary["settings"]["images"]) or 1
     maps_s = sum(
         mean * images
         for t in summary["table"].values()
         if math.isfinite(mean := t.get("time_s", {}).get("mean", math.nan))
     )
-    methods = len(summary["table"]) or 1
     if maps_s > wall_s:  # a resumed run: most maps were made by an earlier command
         return (
             f"time: {wall_s:.1f} s for this command (resumed); the maps of all "
@@ -281,6 +296,30 @@ def time_line(summary: dict[str, Any], wall_s: float) -> str:
         f"and method) + {wall_s - maps_s:.1f} s loading, predicting, scoring the metrics and "
         f"writing; {wall_s / images:.2f} s per image for {methods} method(s)"
     )
+
+
+def _clock_lines(timing: dict[str, Any], wall_s: float, methods: int) -> str:
+    """The three lines of :func:`time_line` from the run's clock."""
+    seconds: dict[str, float] = dict(timing["seconds"])
+    maps_s = seconds.pop("maps", 0.0)
+    metrics = {k.removeprefix("metric:"): v for k, v in seconds.items() if k.startswith("metric:")}
+    others = {k: v for k, v in seconds.items() if not k.startswith("metric:")}
+    other_s = max(0.0, wall_s - maps_s - sum(seconds.values()))
+    parts = [f"{v:.1f} s {k}" for k, v in metrics.items()]
+    parts += [f"{v:.1f} s {k}" for k, v in others.items()]
+    parts.append(f"{other_s:.1f} s other (waiting for decoded images, progress bars)")
+    n = int(timing.get("images", 0))
+    lines = [
+        f"time: {wall_s:.1f} s = {maps_s:.1f} s computing maps + {wall_s - maps_s:.1f} s the "
+        f"rest, for {n} image(s) × {methods} method(s) computed by this command",
+        "the rest: " + "; ".join(parts),
+    ]
+    if n:
+        rest_s = wall_s - maps_s - sum(metrics.values())
+        each = [f"{maps_s / n:.3f} s maps"] + [f"{v / n:.3f} s {k}" for k, v in metrics.items()]
+        each.append(f"{rest_s / n:.3f} s loading, predicting, writing and other")
+        lines.append(f"per image: {wall_s / n:.3f} s = " + " + ".join(each))
+    return "\n".join(lines)
 
 
 def benchmark_command(args: argparse.Namespace) -> int:

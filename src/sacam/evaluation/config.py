@@ -65,6 +65,11 @@ class BenchmarkConfig:
             ``explanation_attack`` metrics.
         step_fraction: their step ``a = step_fraction · ε``.
         adv_iterations: PGD steps of the adversarial examples (``adversarial``).
+        mean, std: per-channel normalisation of [0, 1] pixels (None: the model's own,
+            else ImageNet's), for a model of your own.
+        class_names: the model's class names in class-index order (None: the ImageNet
+            names for 1000-class models); class folders and ``labels.csv`` may then name
+            their classes by these names, and ``predictions.csv`` shows them.
     """
 
     data_dir: Path
@@ -73,6 +78,9 @@ class BenchmarkConfig:
     weights: str | None = None
     layer: list[str] | None = None
     image_size: int | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    class_names: list[str] | None = None
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     metrics: list[str] = field(default_factory=lambda: ["default"])
     limit: int | None = None

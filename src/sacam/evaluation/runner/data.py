@@ -11,6 +11,9 @@ Layouts of ``DATA_DIR`` (the first that applies):
 3. class sub-folders (torchvision's ImageFolder): folder names are WordNet ids
    (``n01440764``) or class indices (``0``, ``17``); images anywhere below them.
 
+With the model's class names given (``--class-names``), a ``class_index`` cell or a
+class folder may also name its class, in any case (``tabby``, ``Tabby``).
+
 Every row is validated; a bad one raises :class:`~sacam.errors.InputError` naming the file
 and the line.
 """
@@ -22,7 +25,7 @@ import io
 import os
 import re
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -59,17 +62,22 @@ class Dataset:
     annotations: dict[str, Annotation] = field(default_factory=dict)
 
 
-def discover(data_dir: Path, limit: int | None = None) -> Dataset:
-    """Find and validate the images of ``data_dir`` (see the module docstring)."""
+def discover(
+    data_dir: Path, limit: int | None = None, class_names: Sequence[str] | None = None
+) -> Dataset:
+    """Find and validate the images of ``data_dir`` (see the module docstring).
+
+    ``class_names`` lets ``labels.csv`` and class folders name classes by these names.
+    """
     if not data_dir.is_dir():
         raise InputError(f"DATA_DIR {data_dir} is not a folder")
     if (data_dir / "labels.csv").is_file():
-        ds = Dataset(read_labels_csv(data_dir), "labels.csv")
+        ds = Dataset(read_labels_csv(data_dir, class_names), "labels.csv")
     elif (data_dir / "LOC_val_solution.csv").is_file():
         items, boxes = read_imagenet_val(data_dir)
         ds = Dataset(items, "imagenet-val", boxes)
     else:
-        ds = Dataset(read_class_folders(data_dir), "class folders")
+        ds = Dataset(read_class_folders(data_dir, class_names), "class folders")
     if limit is not None:
         ds.items = ds.items[:limit]
     return ds
@@ -114,16 +122,28 @@ def _safe_name(data_dir: Path, file: str, where: str) -> str:
     return os.path.normpath(posix).replace(os.sep, "/")
 
 
-def _class_index(text: str, where: str) -> int:
+def _named_class(text: str, names: Sequence[str] | None) -> int | None:
+    """The index of the class named ``text`` (any case) among ``names``, or None."""
+    key = text.strip().casefold()
+    return next((i for i, n in enumerate(names or ()) if n.strip().casefold() == key), None)
+
+
+def _class_index(text: str, where: str, names: Sequence[str] | None = None) -> int:
     value = text.strip()
-    if not re.fullmatch(r"\+?\d+", value):
+    if re.fullmatch(r"\+?\d+", value):
+        return int(value)
+    named = _named_class(value, names)
+    if named is not None:
+        return named
+    if names:
         raise InputError(
-            f"{where}: class_index {text!r} is not a class index (an integer 0, 1, ...)"
+            f"{where}: class_index {text!r} is neither a class index (0, 1, ...) nor one of "
+            f"the {len(names)} class names (e.g. {names[0]!r})"
         )
-    return int(value)
+    raise InputError(f"{where}: class_index {text!r} is not a class index (an integer 0, 1, ...)")
 
 
-def read_labels_csv(data_dir: Path) -> list[Item]:
+def read_labels_csv(data_dir: Path, class_names: Sequence[str] | None = None) -> list[Item]:
     """Rows of ``labels.csv``: UTF-8 (a BOM is fine), columns ``file,class_index``."""
     path = data_dir / "labels.csv"
     reader = csv.reader(io.StringIO(_decode_text(path), newline=""))
@@ -144,7 +164,8 @@ def read_labels_csv(data_dir: Path) -> list[Item]:
         if name in seen:
             raise InputError(f"{where}: {name} is listed twice (first on line {seen[name]})")
         seen[name] = line
-        items.append(Item(name, data_dir / name, _class_index(row[ci], where), where))
+        label = _class_index(row[ci], where, class_names)
+        items.append(Item(name, data_dir / name, label, where))
     if not items:
         raise InputError(f"{path} lists no images")
     return items
@@ -154,8 +175,8 @@ def _wnid_index() -> dict[str, int]:
     return {wnid: i for i, (wnid, _) in enumerate(imagenet_classes())}
 
 
-def read_class_folders(data_dir: Path) -> list[Item]:
-    """Images in class sub-folders named by WordNet id or class index."""
+def read_class_folders(data_dir: Path, class_names: Sequence[str] | None = None) -> list[Item]:
+    """Images in class sub-folders named by WordNet id, class index or class name."""
     folders = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise InputError(
@@ -172,9 +193,13 @@ def read_class_folders(data_dir: Path) -> list[Item]:
             label = wnids[folder.name]
         elif folder.name.isdigit():
             label = int(folder.name)
+        elif (named := _named_class(folder.name, class_names)) is not None:
+            label = named
         else:
+            by_name = " or by one of the --class-names" if class_names else ""
             raise InputError(
-                f"{where}: class folders are named by WordNet id (n01440764) or class index (0)"
+                f"{where}: class folders are named by WordNet id (n01440764) or class index "
+                f"(0){by_name}"
             )
         files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         for p in files:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ..._outputs import to_logits
 from ...errors import InputError, SacamError
-from ...models import LoadedModel, load_model
+from ...models import LoadedModel, load_model, with_preprocess
 from ...registry import method_info
 from ..config import RENAMED_SETTINGS, BenchmarkConfig
 from ..localization import annotation_mask, load_annotations
@@ -37,9 +37,10 @@ from ..registry import (
     list_metrics,
     metric_info,
 )
+from .clock import MAPS, Clock, metric_part
 from .data import Item, Loaded, batches, check_labels, discover
 from .grid import run_grids
-from .maps import MapReader, MapWriter
+from .maps import MapReader, MapWriter, drop_unsaved
 from .predictions import load_predictions, predict_batch, predict_missing
 from .report import write_report
 from .state import Run, check_methods
@@ -126,14 +127,17 @@ def _check_settings(out: Path, settings: dict[str, Any], defaults: dict[str, Any
 
 
 def load_run_model(config: BenchmarkConfig) -> LoadedModel:
-    """The run's model on its device, at ``config.image_size`` when given."""
-    return load_model(
+    """The run's model on its device, with the config's input size, mean, std and names."""
+    lm = load_model(
         config.model,
         weights=config.weights,
         device=config.device,
         trust_model_file=config.trust_model_file,
         size=config.image_size,
+        class_names=config.class_names,
     )
+    changes = {k: tuple(v) for k in ("mean", "std") if (v := getattr(config, k)) is not None}
+    return with_preprocess(lm, **changes) if changes else lm
 
 
 def _targets(run: Run, items: list[Item]) -> torch.Tensor:
@@ -173,20 +177,28 @@ def _maps(
     if maps.is_cuda:
         torch.cuda.synchronize(maps.device)  # the time is the map's, not the queue's
     time_s = (time.perf_counter() - t0) / len(items)
+    run.clock.add(MAPS, time_s * len(items))
     if run.writer is not None:
         run.writer.write(method, names, classes, maps, time_s)
     return maps, classes.to(x.device, non_blocking=True), time_s
 
 
-def score(metrics: list[MetricInfo], batch: MetricBatch) -> MetricOutput:
-    """Every chosen per-image metric on one batch, merged into one output."""
+def score(
+    metrics: list[MetricInfo], batch: MetricBatch, clock: Clock | None = None
+) -> MetricOutput:
+    """Every chosen per-image metric on one batch, merged into one output.
+
+    With a ``clock``, each metric's seconds are charged to it (see :mod:`.clock`).
+    """
     merged = MetricOutput({}, {})
+    clock = clock or Clock()
     for info in metrics:
         if info.unit != "image":
             continue
         if "annotations" in info.needs and batch.masks is None:
             continue
-        out = info.fn(batch)
+        with clock.part(metric_part(info.name), batch.images.device):
+            out = info.fn(batch)
         merged.values.update(out.values)
         merged.curves.update(out.curves)
     return merged
@@ -209,22 +221,9 @@ def _score_loaded(run: Run, method: str, loaded: Loaded) -> list[PairResult]:
         masks=None if masks is None else masks.to(x.device),
         has_mask=has_mask,
     )
-    out = score(run.metrics, batch)
+    out = score(run.metrics, batch, run.clock)
     names = [it.name for it in loaded.items]
     return pair_results(names, method, out.values, out.curves, time_s)
-
-
-def _drop_unsaved(run: Run, method: str, loaded: Loaded) -> None:
-    """Move the images without a saved map from ``loaded.items`` to ``loaded.failed``."""
-    assert run.reader is not None
-    keep = [i for i, it in enumerate(loaded.items) if run.reader.has(method, it.name)]
-    for i, it in enumerate(loaded.items):
-        if i not in keep:
-            error = f"InputError: no saved map of {it.name!r} for {method!r} in {run.reader.root}"
-            loaded.failed.append((it, error))
-    loaded.items = [loaded.items[i] for i in keep]
-    loaded.pixels = loaded.pixels[keep]
-    loaded.sizes = [loaded.sizes[i] for i in keep]
 
 
 def score_batch(run: Run, method: str, loaded: Loaded) -> BatchOutcome:
@@ -234,7 +233,7 @@ def score_batch(run: Run, method: str, loaded: Loaded) -> BatchOutcome:
     results store (saved maps go to ``run.writer``), so the caller records the outcome.
     """
     if run.reader is not None:
-        _drop_unsaved(run, method, loaded)
+        drop_unsaved(run.reader, method, loaded)
     outcome = BatchOutcome([], [(item.name, error) for item, error in loaded.failed])
     if loaded.items:
         try:
@@ -295,7 +294,8 @@ def local_engine(run: Run) -> None:
         pin = cfg.device.startswith("cuda")
         for loaded in batches(todo, run.lm.preprocess, cfg.images_per_step, cfg.workers, 2, pin):
             loaded.pixels = loaded.pixels.to(cfg.device, non_blocking=True)  # once, not per method
-            predict_batch(cfg.out, loaded, run.lm, cfg.device, run.predictions)
+            with run.clock.part("predicting", loaded.pixels.device):
+                predict_batch(cfg.out, loaded, run.lm, cfg.device, run.predictions)
             for method, part in method_parts(loaded, missing):
                 record(run, method, score_batch(run, method, part))
                 bars[method].update(len(part.items) + len(part.failed))
@@ -305,7 +305,7 @@ def local_engine(run: Run) -> None:
 
 
 def _prepare(config: BenchmarkConfig, progress: bool | None) -> Run:
-    dataset = discover(config.data_dir, config.limit)
+    dataset = discover(config.data_dir, config.limit, config.class_names)
     if config.annotations is not None:
         dataset.annotations.update(load_annotations(config.annotations))
     metrics = select_metrics(config.metrics, bool(dataset.annotations))
@@ -359,16 +359,25 @@ def run_benchmark(
     """
     config.out.mkdir(parents=True, exist_ok=True)
     with RunLock(config.out):
+        t0 = time.perf_counter()
         run = _prepare(config, progress)
+        run.clock.add("loading", time.perf_counter() - t0)
+        run.clock.images = len(missing_by_method(run.dataset.items, config.methods, run.done)[0])
         if engine is None or engine is local_engine:
             local_engine(run)
         else:
-            predict_missing(run)  # the rows it scores need their top-1 classes
-            engine(run)
-        grid_names = run_grids(run) if any(m.unit == "grid" for m in run.metrics) else []
-        summary = summarize(run, grid_names)
-        write_report(run, summary)
-    return summary
+            with run.clock.part("predicting"):
+                predict_missing(run)  # the rows it scores need their top-1 classes
+            with run.clock.part("maps and metrics (engine)"):
+                engine(run)
+        grid_names: list[str] = []
+        if any(m.unit == "grid" for m in run.metrics):
+            with run.clock.part("grid metrics"):
+                grid_names = run_grids(run)
+        with run.clock.part("writing the summary and report"):
+            summary = summarize(run, grid_names)
+            write_report(run, summary)
+    return summary | {"timing": run.clock.as_dict()}
 
 
 __all__ = [

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ...errors import InputError
+from .data import Loaded
 
 
 def _method_dir(root: Path, method: str) -> Path:
@@ -109,3 +110,15 @@ class MapReader:
             classes.append(int(data["classes"][i]))
             times.append(float(data["time_s"][i]))
         return torch.stack(maps), torch.tensor(classes), sum(times) / len(times)
+
+
+def drop_unsaved(reader: MapReader, method: str, loaded: Loaded) -> None:
+    """Move the images without a saved map from ``loaded.items`` to ``loaded.failed``."""
+    keep = [i for i, it in enumerate(loaded.items) if reader.has(method, it.name)]
+    for i, it in enumerate(loaded.items):
+        if i not in keep:
+            error = f"InputError: no saved map of {it.name!r} for {method!r} in {reader.root}"
+            loaded.failed.append((it, error))
+    loaded.items = [loaded.items[i] for i in keep]
+    loaded.pixels = loaded.pixels[keep]
+    loaded.sizes = [loaded.sizes[i] for i in keep]

@@ -23,7 +23,7 @@ from .data import Item, Loaded, batches
 from .state import Run
 from .store import append_lines, drop_cut_line
 
-FIELDS = ["file", "label", "top1", "prob", "label_prob"]
+FIELDS = ["file", "label", "top1", "prob", "label_prob", "label_name", "top1_name"]
 Predictions = dict[str, dict[str, str]]
 
 
@@ -52,20 +52,31 @@ def predict_batch(
     with torch.inference_mode():
         p = torch.softmax(to_logits(lm.model(x)).float(), 1).cpu()
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
     path = out / "predictions.csv"
-    if not path.exists() or path.stat().st_size == 0:
+    fresh = not path.exists() or path.stat().st_size == 0
+    fields = FIELDS if fresh else _header(path)
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    if fresh:
         w.writeheader()
     for item, row in zip(new.items, p, strict=True):
+        top1 = int(row.argmax())
         known[item.name] = rec = {
             "file": item.name,
             "label": str(item.label),
-            "top1": str(int(row.argmax())),
+            "top1": str(top1),
             "prob": f"{float(row.max()):.6f}",
             "label_prob": f"{float(row[item.label]):.6f}",
+            "label_name": lm.class_name(item.label),
+            "top1_name": lm.class_name(top1),
         }
         w.writerow(rec)
     append_lines(path, buf.getvalue())
+
+
+def _header(path: Path) -> list[str]:
+    """The columns of an existing ``predictions.csv`` (a file of an older run has fewer)."""
+    with path.open(encoding="utf-8", newline="") as f:
+        return next(csv.reader(f), FIELDS)
 
 
 def predict_missing(run: Run, skip: list[Item] | None = None) -> None:

@@ -16,6 +16,7 @@ from ...models import LoadedModel
 from ...registry import method_info
 from ..config import BenchmarkConfig
 from ..registry import MetricInfo
+from .clock import Clock
 from .data import Dataset
 from .maps import MapReader, MapWriter
 from .store import ResultsStore
@@ -60,6 +61,7 @@ class Run:
     cams: dict[str, Callable[..., torch.Tensor]] = field(default_factory=dict)
     reader: MapReader | None = None
     writer: MapWriter | None = None
+    clock: Clock = field(default_factory=Clock)
 
     def options(self, method: str) -> dict[str, Any]:
         """The method's options; ``seed`` is the run's unless given (for seeded methods)."""
