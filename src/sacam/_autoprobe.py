@@ -2,7 +2,8 @@
 
 :func:`record_forward` runs the model once with a forward hook on every submodule and
 records each call's output shape and a small sample of its values. :func:`unfit_calls`
-runs it once more on a fixed noise image of the same shape and lists the calls the
+(needed by the automatic layer choice only) runs it once more on a fixed noise image of
+the same shape and lists the calls the
 automatic layer choice must skip: an output without the input's batch size (windows of a
 Swin block, region proposals), one that does not change with the image (a relative
 position bias table), one that *is* the model's output up to resizing (a segmentation
@@ -24,7 +25,7 @@ from ._outputs import to_logits
 from .errors import SacamError
 from .tokens import Layout, Resolved
 
-__all__ = ["SeenForward", "record_forward", "unfit_calls"]
+__all__ = ["NoiseSpec", "SeenForward", "record_forward", "unfit_calls"]
 
 SAMPLES = 16  # values sampled from each output to tell whether it changed
 
@@ -38,6 +39,32 @@ class SeenForward:
     samples: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
     kept: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
     output: torch.Tensor | None = None
+    output_shape: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    """The input of the probe's second pass: a fixed noise image like the probed batch."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    device: torch.device
+    low: float
+    high: float
+
+    @classmethod
+    def like(cls, images: torch.Tensor) -> NoiseSpec:
+        """Shape, dtype, device and value range of ``images``."""
+        lo, hi = float(images.min()), float(images.max())
+        lo, hi = (lo, hi) if hi > lo else (lo - 1.0, lo + 1.0)
+        return cls(tuple(images.shape), images.dtype, images.device, lo, hi)
+
+    def image(self) -> torch.Tensor:
+        """The noise batch (its own generator: the user's random state is untouched)."""
+        gen = torch.Generator().manual_seed(0)
+        noise = torch.rand(self.shape, generator=gen, dtype=torch.float32)
+        noise = noise * (self.high - self.low) + self.low
+        return noise.to(device=self.device, dtype=self.dtype)
 
 
 def _sample(out: torch.Tensor) -> torch.Tensor:
@@ -91,30 +118,25 @@ def record_forward(
     seen.order = tuple(order)
     try:
         seen.output = to_logits(output)
+        seen.output_shape = tuple(seen.output.shape)
     except SacamError:
         seen.output = None
     return seen
 
 
-def _noise_like(images: torch.Tensor) -> torch.Tensor:
-    """A fixed noise image of ``images``' shape, spread like them (the user's RNG untouched)."""
-    gen = torch.Generator().manual_seed(0)
-    noise = torch.rand(images.shape, generator=gen, dtype=torch.float32)
-    lo, hi = float(images.min()), float(images.max())
-    lo, hi = (lo, hi) if hi > lo else (lo - 1.0, lo + 1.0)
-    return (noise * (hi - lo) + lo).to(device=images.device, dtype=images.dtype)
-
-
 def unfit_calls(
-    model: nn.Module, images: torch.Tensor, first: SeenForward, layouts: tuple[Resolved, ...]
+    model: nn.Module, noise: NoiseSpec, first: SeenForward, layouts: tuple[Resolved, ...]
 ) -> dict[int, str]:
-    """Calls of ``first.order`` the automatic layer choice skips, with the reason (module doc)."""
-    batch = images.shape[0]
+    """Calls of ``first.order`` the automatic layer choice skips, with the reason (module doc).
+
+    Runs the second pass (on ``noise.image()``); the model must be in eval mode.
+    """
+    batch = noise.shape[0]
     unfit: dict[int, str] = {}
     for i, (_, _, shape) in enumerate(first.order):
         if shape is not None and (len(shape) == 0 or shape[0] != batch):
             unfit[i] = f"its batch size is not the input's ({batch})"
-    out_shape = tuple(first.output.shape) if first.output is not None else None
+    out_shape = first.output_shape
     keep = {
         (n, c)
         for i, (n, c, s) in enumerate(first.order)
@@ -122,7 +144,7 @@ def unfit_calls(
     }
     grad = any(_is_moved(layouts, i) for i, (n, c, _) in enumerate(first.order) if (n, c) in keep)
     try:
-        second = record_forward(model, _noise_like(images), keep, grad)
+        second = record_forward(model, noise.image(), keep, grad)
     except (RuntimeError, ValueError, SacamError):
         return unfit  # the model does not take the noise image: skip these checks
     for i, (n, c, s) in enumerate(first.order):

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from ._autoprobe import record_forward, unfit_calls
+from ._autoprobe import NoiseSpec, SeenForward, record_forward, unfit_calls
 from ._locks import model_lock
 from .errors import LayerError
 from .tokens import Layout, Resolved, WithLayout, layout_candidates, resolve_layouts
@@ -55,15 +55,33 @@ class ProbeRecord:
     """What one probe forward saw: (name, call, output shape) in completion order.
 
     ``layouts`` (parallel to ``order``) is each output's layout
-    (:func:`sacam.tokens.resolve_layouts`) and ``unfit`` maps the calls the automatic
-    choice skips to the reason (:func:`sacam._autoprobe.unfit_calls`).
+    (:func:`sacam.tokens.resolve_layouts`); :meth:`unfit` maps the calls the automatic
+    choice skips to the reason (:func:`sacam._autoprobe.unfit_calls`), from a second pass
+    run the first time it is asked for.
     """
 
     order: tuple[tuple[str, int, tuple[int, ...] | None], ...]
     calls: dict[str, int]
     input_shape: tuple[int, ...] = ()
     layouts: tuple[Resolved, ...] = ()
-    unfit: dict[int, str] = field(default_factory=dict)
+    first: SeenForward | None = None
+    noise: NoiseSpec | None = None
+    _unfit: dict[str, dict[int, str]] = field(default_factory=dict)
+
+    def unfit(self, model: nn.Module) -> dict[int, str]:
+        """The calls the automatic choice skips (the probe's second pass, run once)."""
+        if "calls" not in self._unfit:
+            if self.first is None or self.noise is None:
+                return {}
+            with model_lock(model):
+                flags = [(m, m.training) for m in model.modules()]
+                try:
+                    model.eval()
+                    self._unfit["calls"] = unfit_calls(model, self.noise, self.first, self.layouts)
+                finally:
+                    for m, training in flags:
+                        m.training = training
+        return self._unfit["calls"]
 
     def index(self, name: str, call: int) -> int | None:
         """Position of ``(name, call)`` in ``order``, or ``None``."""
@@ -86,9 +104,9 @@ _PROBES: weakref.WeakKeyDictionary[nn.Module, dict[tuple, ProbeRecord]] = (
 def probe(model: nn.Module, images: torch.Tensor) -> ProbeRecord:
     """Run (or reuse) the probe: every module call, its output shape and layout.
 
-    Two forward passes, cached per model and input shape: one of ``images`` and one of a
-    fixed noise image of the same shape, which tells which outputs depend on the image
-    (see :func:`sacam._autoprobe.unfit_calls`).
+    One forward pass of ``images``, cached per model and input shape; the automatic layer
+    choice adds a second one, of a fixed noise image of the same shape, which tells which
+    outputs depend on the image (:meth:`ProbeRecord.unfit`).
     """
     with model_lock(model):
         return _probe_locked(model, images)
@@ -103,16 +121,17 @@ def _probe_locked(model: nn.Module, images: torch.Tensor) -> ProbeRecord:
     try:
         model.eval()  # a probe must not update batch-norm statistics
         seen = record_forward(model, images)
-        modules = dict(model.named_modules())
-        layouts: tuple[Resolved, ...] = ()
-        if images.ndim == 4:
-            calls = [(modules[n], s) for n, _, s in seen.order]
-            layouts = tuple(resolve_layouts(calls, (images.shape[2], images.shape[3])))
-        unfit = unfit_calls(model, images, seen, layouts)
     finally:
         for m, training in flags:
             m.training = training
-    record = ProbeRecord(seen.order, seen.calls, tuple(images.shape), layouts, unfit)
+    seen.output = None  # the record keeps shapes and samples, not tensors
+    modules = dict(model.named_modules())
+    layouts: tuple[Resolved, ...] = ()
+    if images.ndim == 4:
+        calls = [(modules[n], s) for n, _, s in seen.order]
+        layouts = tuple(resolve_layouts(calls, tuple(images.shape)))
+    noise = NoiseSpec.like(images)
+    record = ProbeRecord(seen.order, seen.calls, tuple(images.shape), layouts, seen, noise)
     per_model[key] = record
     return record
 
@@ -134,9 +153,10 @@ def auto_layer(model: nn.Module, record: ProbeRecord, ndim: int = 4) -> LayerRef
     """
     modules = dict(model.named_modules())
     fallback: int | None = None
+    unfit = record.unfit(model)
     for i in reversed(range(len(record.order))):
         name, call, shape = record.order[i]
-        if i in record.unfit or not _is_grid(record, i, ndim):
+        if i in unfit or not _is_grid(record, i, ndim):
             continue
         layout = record.layouts[i] if ndim == 4 else None
         if isinstance(layout, Layout) and layout.kind != "channels_first":
@@ -146,6 +166,11 @@ def auto_layer(model: nn.Module, record: ProbeRecord, ndim: int = 4) -> LayerRef
         return _ref(modules, record, i)
     if fallback is not None:
         return _ref(modules, record, fallback)
+    if ndim != 4:
+        raise LayerError(
+            f"found no layer with a {ndim}-D output of spatial size above 1 to explain; pass "
+            "layer= (a module or its dotted name)"
+        )
     raise LayerError(
         "found no layer whose output is a grid of the image to explain; pass layer= (a "
         "module or its dotted name) and, for outputs sacam cannot read as (B, C, h, w), a "

@@ -237,20 +237,22 @@ Resolved = Layout | tuple[Layout, ...] | None  # one layout, several candidates,
 
 
 def resolve_layouts(
-    calls: list[tuple[nn.Module, tuple[int, ...] | None]], size: tuple[int, int]
+    calls: list[tuple[nn.Module, tuple[int, ...] | None]], input_shape: tuple[int, ...]
 ) -> list[Resolved]:
     """The layout of every call's output, in forward order (see the module doc).
 
-    ``calls`` are ``(module, output shape)`` in the order the calls finish, ``size`` the
-    input's ``(H, W)``. A call gets one :class:`Layout`, a tuple of the candidates when
-    they stay ambiguous, or ``None`` (not a grid). What settles an ambiguity, in order: the
-    module's type, the grids of the outputs before it, the layout of the output just
-    before it when the module is element-wise (an activation, dropout), and the prefix
-    counts of the other token outputs.
+    ``calls`` are ``(module, output shape)`` in the order the calls finish, ``input_shape``
+    the input's ``(B, C, H, W)`` (``channels_first``, as a model takes images). A call gets
+    one :class:`Layout`, a tuple of the candidates when they stay ambiguous, or ``None``
+    (not a grid). What settles an ambiguity, in order: the module's type, the grids of the
+    outputs before it, the layout of the output just before it (the input, for the first
+    call) when the module is element-wise (an activation, dropout), and the prefix counts
+    of the other token outputs.
     """
     out: list[Resolved] = []
+    size = (input_shape[2], input_shape[3])
     seen: set[tuple[int, int]] = set()
-    before: tuple[tuple[int, ...] | None, Resolved] = (None, None)
+    before: tuple[tuple[int, ...] | None, Resolved] = (input_shape, Layout("channels_first", size))
     for module, shape in calls:
         found = _one_layout(module, shape, size, seen)
         if isinstance(found, tuple) and _elementwise(module) and before[0] == shape:
