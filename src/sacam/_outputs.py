@@ -15,6 +15,13 @@ them all the same way, here:
 Anything else is refused with an error that names what the output holds and suggests
 ``output_transform=``.
 
+What the logits mean (:func:`probabilities`): ``activation="softmax"`` (one class per
+image, the default), ``"sigmoid"`` (independent labels, multi-label classifiers) or
+``"none"`` (the output already holds probabilities). Without an explicit ``activation``,
+sacam picks one only where it is certain: a one-logit output is a sigmoid (a binary
+classifier), and an output that *is* the output of an ``nn.Sigmoid`` module (seen by a
+forward hook on the first pass) holds probabilities; anything else is read as softmax.
+
 The engine does not convert at every call site: it wraps the user's model once in
 :class:`LogitsModel`, an ``nn.Module`` whose forward calls the user's model and converts
 its output. The user's model is its child, not changed (no attribute set): forward hooks
@@ -27,15 +34,29 @@ wrapper with :func:`unwrap`, so a wrapper shares everything with the model it wr
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Literal
 
 import torch
 from torch import nn
 
 from .errors import TargetError
 
-__all__ = ["LogitsModel", "OutputTransform", "logits_model", "to_logits", "unwrap"]
+__all__ = [
+    "ACTIVATIONS",
+    "Activation",
+    "LogitsModel",
+    "OutputTransform",
+    "activation_of",
+    "check_activation",
+    "logits_model",
+    "probabilities",
+    "to_logits",
+    "unwrap",
+]
 
 OutputTransform = Callable[[object], torch.Tensor]
+Activation = Literal["softmax", "sigmoid", "none"]
+ACTIVATIONS: tuple[Activation, ...] = ("softmax", "sigmoid", "none")
 
 _HINT = (
     "pass output_transform= (a callable from the model's output to the (B, classes) tensor "
@@ -110,12 +131,27 @@ def to_logits(output: object, output_transform: OutputTransform | None = None) -
     )
 
 
+def check_activation(activation: object) -> Activation | None:
+    """``activation`` if it is ``None`` or one of :data:`ACTIVATIONS`, else a clear error."""
+    if activation is None:
+        return None
+    for known in ACTIVATIONS:
+        if activation == known:
+            return known
+    raise TargetError(
+        f"activation must be 'softmax' (one class per image), 'sigmoid' (independent "
+        f"labels) or 'none' (the output holds probabilities), got {activation!r}"
+    )
+
+
 class LogitsModel(nn.Module):
     """The user's model, with its output turned into logits by :func:`to_logits`.
 
     Args:
         model: the user's model (its child ``model``; left unchanged).
         output_transform: see :func:`to_logits`.
+        activation: what the logits mean (see the module doc); ``None``: decided from
+            the output (:func:`activation_of`).
 
     Example:
         >>> import torch
@@ -127,7 +163,12 @@ class LogitsModel(nn.Module):
         [[2.0, 2.0, 2.0]]
     """
 
-    def __init__(self, model: nn.Module, output_transform: OutputTransform | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        output_transform: OutputTransform | None = None,
+        activation: Activation | None = None,
+    ) -> None:
         super().__init__()
         if output_transform is not None and not callable(output_transform):
             raise TargetError(
@@ -136,17 +177,80 @@ class LogitsModel(nn.Module):
             )
         self.model = model
         self.output_transform = output_transform
+        self.activation = check_activation(activation)
+        #: whether the output is an nn.Sigmoid's output (``None`` until the first forward)
+        self.sigmoid_output: bool | None = None
 
     def forward(self, *args: object, **kwargs: object) -> torch.Tensor:
         """Run the user's model and return :func:`to_logits` of its output."""
-        return to_logits(self.model(*args, **kwargs), self.output_transform)
+        if self.sigmoid_output is not None or self.activation is not None:
+            return to_logits(self.model(*args, **kwargs), self.output_transform)
+        sigmoids = [m for m in self.model.modules() if isinstance(m, nn.Sigmoid)]
+        seen: list[torch.Tensor] = []
+        handles = [m.register_forward_hook(lambda _m, _i, out: seen.append(out)) for m in sigmoids]
+        try:
+            logits = to_logits(self.model(*args, **kwargs), self.output_transform)
+        finally:
+            for h in handles:
+                h.remove()
+        self.sigmoid_output = any(out is logits for out in seen)
+        return logits
 
 
-def logits_model(model: nn.Module, output_transform: OutputTransform | None = None) -> LogitsModel:
-    """``model`` wrapped in a :class:`LogitsModel` (a wrapper without a transform is reused)."""
-    if isinstance(model, LogitsModel) and output_transform is None:
+def activation_of(model: nn.Module, logits: torch.Tensor) -> Activation:
+    """What ``logits`` of ``model`` mean: the explicit choice, else what is certain, else softmax.
+
+    ``model`` is the engine's :class:`LogitsModel` (a plain module: softmax unless the
+    output has one logit). See the module doc for the rules.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> plain = nn.Identity()
+        >>> activation_of(plain, torch.zeros(2, 1)), activation_of(plain, torch.zeros(2, 5))
+        ('sigmoid', 'softmax')
+        >>> net = LogitsModel(nn.Sequential(nn.Linear(3, 4), nn.Sigmoid()))
+        >>> activation_of(net, net(torch.zeros(1, 3)))
+        'none'
+    """
+    if isinstance(model, LogitsModel):
+        if model.activation is not None:
+            return model.activation
+        if model.sigmoid_output:
+            return "none"
+    if logits.ndim == 2 and logits.shape[1] == 1:
+        return "sigmoid"
+    return "softmax"
+
+
+def probabilities(model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
+    """Class probabilities ``(B, classes)`` (float32) of ``logits``, by :func:`activation_of`.
+
+    Softmax over classes, an independent sigmoid per label, or the output as it is.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> probabilities(nn.Identity(), torch.tensor([[0.0]])).tolist()
+        [[0.5]]
+    """
+    kind = activation_of(model, logits)
+    if kind == "softmax":
+        return torch.softmax(logits.float(), 1)
+    if kind == "sigmoid":
+        return torch.sigmoid(logits.float())
+    return logits.float()
+
+
+def logits_model(
+    model: nn.Module,
+    output_transform: OutputTransform | None = None,
+    activation: Activation | None = None,
+) -> LogitsModel:
+    """``model`` wrapped in a :class:`LogitsModel` (a wrapper without options is reused)."""
+    if isinstance(model, LogitsModel) and output_transform is None and activation is None:
         return model
-    return LogitsModel(model, output_transform)
+    return LogitsModel(model, output_transform, activation)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -49,7 +49,7 @@ from torch import nn
 
 from ._hooks import check_images, model_guard
 from ._layers import LayerRef, LayersLike, ProbeRecord, probe, resolve_layers
-from ._outputs import LogitsModel, OutputTransform, logits_model
+from ._outputs import Activation, LogitsModel, OutputTransform, logits_model
 from ._passes import gradient_pass, layer_pass, layer_tensors
 from ._projection import principal_projection
 from .errors import InputError, MethodError, ModelError
@@ -140,6 +140,12 @@ class BaseCAM:
             ``logits``, a dict its ``"logits"`` entry (else its only tensor value) and a
             tuple or list its first element (:func:`sacam._outputs.to_logits`). Targets
             (callables included) see the converted output.
+        activation: what the output's scores mean, for the probabilities a call reports
+            and the methods that score probabilities (Recipro-CAM, Score-CAM, ...):
+            ``"softmax"`` (one class per image), ``"sigmoid"`` (independent labels: a
+            multi-label classifier) or ``"none"`` (the output holds probabilities). ``None``
+            decides from the model: sigmoid for a one-logit output, ``"none"`` for an
+            ``nn.Sigmoid``'s output, else softmax (:func:`sacam._outputs.activation_of`).
 
     5-D inputs ``(B, C, T, H, W)`` (3D CNNs, video) are explained by the methods that set
     ``volumes = True`` (:func:`volume_methods`: the gradient and decomposition
@@ -170,6 +176,7 @@ class BaseCAM:
         eval_mode: bool = True,
         eigen_smooth: bool = False,
         output_transform: OutputTransform | None = None,
+        activation: Activation | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise MethodError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -192,7 +199,7 @@ class BaseCAM:
         self.model = model
         self.output_transform = output_transform
         # every forward pass of the engine and of the methods goes through this wrapper
-        self.logits_model: LogitsModel = logits_model(model, output_transform)
+        self.logits_model: LogitsModel = logits_model(model, output_transform, activation)
         self.layer = layer
         self.reshape_transform = reshape_transform
         self.fusion = fusion

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._layers import LayerRef
+from ._outputs import probabilities
 from .targets import ScoreFn
 
 __all__ = [
@@ -207,12 +208,14 @@ def collect(
 ) -> Explanation:
     """The :class:`Explanation` of a call: its maps, and what its context knows.
 
-    The probability of the explained class is the softmax of the logits (classification
-    outputs ``(B, classes)`` with class targets only).
+    The probability of the explained class is :func:`sacam._outputs.probabilities` of the
+    logits: their softmax, or their sigmoid for one-logit and multi-label outputs, or the
+    output itself where it holds probabilities (classification outputs ``(B, classes)``
+    with class targets only).
     """
     probs = None
     if ctx.class_idx is not None and ctx.output.ndim == 2:
-        probs = torch.softmax(ctx.output.float(), 1).gather(1, ctx.class_idx[:, None])[:, 0]
+        probs = probabilities(ctx.model, ctx.output).gather(1, ctx.class_idx[:, None])[:, 0]
     return Explanation(
         maps=maps,
         layer_maps=layer_maps,

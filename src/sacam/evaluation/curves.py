@@ -17,7 +17,7 @@ from torch import nn
 
 from .._hooks import model_guard
 from .._layers import probe
-from .._outputs import logits_model
+from .._outputs import logits_model, probabilities
 from .._speed.memory import device_budget_mb, memory_cap
 from .._speed.tuner import PerPass, Plan, Tuner, check_inputs_per_pass, sync, tuner_for
 from ..errors import InputError
@@ -121,7 +121,7 @@ def _curve_passes(
             fmt = torch.channels_last if plan.channels_last else torch.contiguous_format
             x = _perturbed(start, finish, rank, thresholds, lo, hi, fmt)
             logits = model(x)
-            probs[lo:hi] = torch.softmax(logits.float(), 1).gather(1, classes[img, None])[:, 0]
+            probs[lo:hi] = probabilities(model, logits).gather(1, classes[img, None])[:, 0]
             if timed and hi - lo == plan.inputs_per_pass:
                 tuner.record(plan, 1000 * (sync(device) - t0) / (hi - lo))
             lo = hi
