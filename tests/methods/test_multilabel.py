@@ -1,4 +1,4 @@
-"""Sigmoid outputs: multi-label classifiers, one-logit binary models, models ending in nn.Sigmoid."""
+"""Sigmoid outputs: multi-label classifiers, one-logit binary models, nn.Sigmoid at the end."""
 
 from __future__ import annotations
 
