@@ -192,6 +192,32 @@ def test_rows_that_surely_fit_skip_the_memory_measurement(method, images, monkey
     assert torch.allclose(one, again, atol=1e-9)  # other passes, the same map
 
 
+def test_many_rows_go_in_passes_of_what_surely_fits(images, monkeypatch) -> None:
+    # Recipro-CAM at net.1 on 16×16 edits 256 rows; with a budget where fewer but at
+    # least 64 surely fit, the rows go in passes of that many, still unmeasured
+    from sacam._speed import memory
+    from sacam.methods import _perturb
+
+    monkeypatch.setattr(memory, "measure_memory", lambda *a, **k: pytest.fail("measured"))
+    net = _Counted().eval()
+    budgets = [2.0**e for e in range(-4, 8)]
+    found = {b: _perturb.unmeasured_rows(net, images[0], "net.1", 0, b, 256) for b in budgets}
+    budget, (rows, _) = next((b, f) for b, f in found.items() if f and 64 <= f[0] < 256)
+    assert found[budgets[0]] is None  # the smallest budget: too few rows, measure
+    seen: list[int] = []
+    net.net[0].register_forward_hook(lambda m, i, o: seen.append(o.shape[0]))
+    passes = []
+    for mb in (budgets[-1], budget):  # all 256 rows in one pass; then `rows` at a time
+        seen.clear()
+        sacam.explain(
+            net, images[:1], method="recipro-cam", layer="net.1", strategy="expand",
+            max_memory_mb=mb,
+        )  # fmt: skip
+        passes.append(len(seen))  # the same clean passes, and the front once per pass
+    assert found[budgets[-1]] == (256, found[budgets[-1]][1])
+    assert passes[1] - passes[0] == math.ceil(256 / rows) - 1
+
+
 def test_tail_estimate_reads_the_layer_and_what_follows_it_from_the_probe() -> None:
     # small_cnn on 16×16: layer "1" outputs 8×16×16; after it come 16×8×8 (conv, norm,
     # ReLU, dropout), 16 (pool, flatten) and 5 (linear)

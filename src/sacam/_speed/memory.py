@@ -125,6 +125,7 @@ HEADROOM = 0.8
 MEASURE_BUDGET_MB = 256  # the measurement's own passes stay within this (shape estimate)
 BUILD_INPUTS = 3  # perturbed inputs, masks and a temporary a method builds per sample
 UNMEASURED_SCALE = 4.0  # how far a pass may exceed its shape estimate, when not measured
+UNMEASURED_ROWS = 64  # rows per expanded pass that make measuring memory unnecessary
 
 
 def _status_kb(field: str) -> int | None:
@@ -336,16 +337,17 @@ def expand_cap(
 def unmeasured_rows(
     model: nn.Module, sample: torch.Tensor, name: str, call: int, budget_mb: float, rows: int
 ) -> tuple[int, int] | None:
-    """``(rows, whole)`` when all ``rows`` fit one expanded pass without measuring memory.
+    """``(rows per expanded pass, whole passes per batch)`` without measuring memory, or None.
 
-    The memory measurement costs about twenty single-input passes, more than a call of a
-    tail method on one image at a layer near the head (Recipro-CAM's 7 × 7 rows). When a
-    pessimistic shape estimate (:data:`UNMEASURED_SCALE` times the shape estimate of the
-    whole pass and of the network after the layer, plus :data:`BUILD_INPUTS` copies of the
-    layer's output per row) puts the whole pass of the image and all ``rows`` within the
-    budget, nothing is measured: the rows go in one pass, and ``whole`` (whole passes per
-    batch, used only where a model cannot run an expanded pass) comes from the same
-    estimate, at most :data:`MEASURE_BATCH`. ``None`` when the rows may not fit.
+    The memory measurement costs about twenty single-input passes: more than a call of a
+    tail method on one image near the head (Recipro-CAM's 7 × 7 rows). A pessimistic
+    shape estimate (:data:`UNMEASURED_SCALE` times the shape estimate of the whole pass
+    and of the network after the layer, plus :data:`BUILD_INPUTS` copies of the layer's
+    output per row) gives how many rows surely fit the budget beside the image's whole
+    pass. When that is all ``rows`` of an image, or at least :data:`UNMEASURED_ROWS`,
+    nothing is measured; whole passes per batch (used only where a model cannot run an
+    expanded pass) come from the same estimate, at most :data:`MEASURE_BATCH`. ``None``
+    when fewer fit: then the memory is measured.
     """
     record = probe(unwrap(model), sample[None])
     found = tail_estimate(record, name, call)
@@ -355,14 +357,10 @@ def unmeasured_rows(
     size = sample.element_size()
     whole_pass = UNMEASURED_SCALE * bytes_per_sample(record, tuple(sample.shape))
     per_row = size * (BUILD_INPUTS * layer + UNMEASURED_SCALE * 3 * after)
-    room = HEADROOM * budget_mb * 2**20
-    if whole_pass + rows * per_row > room:
+    room = HEADROOM * budget_mb * 2**20 - whole_pass
+    fit = math.floor(room / per_row) if per_row > 0 else rows
+    if fit < min(rows, UNMEASURED_ROWS):
         return None
-    whole = max(
-        1,
-        min(
-            MEASURE_BATCH,
-            math.floor(room / (whole_pass + BUILD_INPUTS * size * math.prod(sample.shape))),
-        ),
-    )
-    return max(1, rows), whole
+    per_input = whole_pass + BUILD_INPUTS * size * math.prod(sample.shape)
+    whole = max(1, min(MEASURE_BATCH, math.floor((room + whole_pass) / per_input)))
+    return max(1, min(rows, fit)), whole
