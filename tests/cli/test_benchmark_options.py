@@ -189,3 +189,20 @@ def test_a_resumed_run_counts_only_its_own_time(tmp_path, capsys) -> None:
     assert "0 image(s) × 1 method(s) computed by this command" in text
     assert "per image:" not in text
     assert "time: " in text and " 0.0 s computing maps" in text
+
+
+def test_an_engine_run_names_its_maps_and_metrics_as_one_part() -> None:
+    from sacam.cli._benchmark import time_line
+    from sacam.evaluation.runner.clock import ENGINE
+
+    timing = {"seconds": {"loading": 2.0, "predicting": 1.0, ENGINE: 6.0}, "images": 4}
+    text = time_line({"settings": {"images": 4}, "table": {"a": {}}, "timing": timing}, 10.0)
+    first, rest, each = text.splitlines()
+    assert first.startswith(f"time: 10.0 s = 6.0 s {ENGINE} + 4.0 s the rest, for 4 image(s)")
+    assert rest.endswith(
+        "2.0 s loading; 1.0 s predicting; 1.0 s other (waiting for decoded images, progress bars)"
+    )
+    assert (
+        each == f"per image: 2.500 s = 1.500 s {ENGINE} + 1.000 s loading, predicting, "
+        "writing and other"
+    )

@@ -300,23 +300,28 @@ def time_line(summary: dict[str, Any], wall_s: float) -> str:
 
 def _clock_lines(timing: dict[str, Any], wall_s: float, methods: int) -> str:
     """The three lines of :func:`time_line` from the run's clock."""
+    from ..evaluation.runner.clock import ENGINE, MAPS, METRIC
+
     seconds: dict[str, float] = dict(timing["seconds"])
-    maps_s = seconds.pop("maps", 0.0)
-    metrics = {k.removeprefix("metric:"): v for k, v in seconds.items() if k.startswith("metric:")}
-    others = {k: v for k, v in seconds.items() if not k.startswith("metric:")}
+    on_engine = ENGINE in seconds and MAPS not in seconds
+    first = ENGINE if on_engine else "computing maps"
+    maps_s = seconds.pop(ENGINE if on_engine else MAPS, 0.0)
+    metrics = {k.removeprefix(METRIC): v for k, v in seconds.items() if k.startswith(METRIC)}
+    others = {k: v for k, v in seconds.items() if not k.startswith(METRIC)}
     other_s = max(0.0, wall_s - maps_s - sum(seconds.values()))
     parts = [f"{v:.1f} s {k}" for k, v in metrics.items()]
     parts += [f"{v:.1f} s {k}" for k, v in others.items()]
     parts.append(f"{other_s:.1f} s other (waiting for decoded images, progress bars)")
     n = int(timing.get("images", 0))
     lines = [
-        f"time: {wall_s:.1f} s = {maps_s:.1f} s computing maps + {wall_s - maps_s:.1f} s the "
+        f"time: {wall_s:.1f} s = {maps_s:.1f} s {first} + {wall_s - maps_s:.1f} s the "
         f"rest, for {n} image(s) × {methods} method(s) computed by this command",
         "the rest: " + "; ".join(parts),
     ]
     if n:
         rest_s = wall_s - maps_s - sum(metrics.values())
-        each = [f"{maps_s / n:.3f} s maps"] + [f"{v / n:.3f} s {k}" for k, v in metrics.items()]
+        each = [f"{maps_s / n:.3f} s {first}"]
+        each += [f"{v / n:.3f} s {k}" for k, v in metrics.items()]
         each.append(f"{rest_s / n:.3f} s loading, predicting, writing and other")
         lines.append(f"per image: {wall_s / n:.3f} s = " + " + ".join(each))
     return "\n".join(lines)

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 import torch
 
 MAPS = "maps"
+#: An engine other than the local one (Ray) times its maps and metrics as one part.
+ENGINE = "maps and metrics on the engine"
+METRIC = "metric:"
 
 
 @dataclass
@@ -56,4 +59,4 @@ class Clock:
 
 def metric_part(name: str) -> str:
     """The clock's part name of a metric: ``metric:deletion``."""
-    return f"metric:{name}"
+    return f"{METRIC}{name}"

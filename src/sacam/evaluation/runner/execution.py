@@ -37,7 +37,7 @@ from ..registry import (
     list_metrics,
     metric_info,
 )
-from .clock import MAPS, Clock, metric_part
+from .clock import ENGINE, MAPS, Clock, metric_part
 from .data import Item, Loaded, batches, check_labels, discover
 from .grid import run_grids
 from .maps import MapReader, MapWriter, drop_unsaved
@@ -368,7 +368,7 @@ def run_benchmark(
         else:
             with run.clock.part("predicting"):
                 predict_missing(run)  # the rows it scores need their top-1 classes
-            with run.clock.part("maps and metrics (engine)"):
+            with run.clock.part(ENGINE):
                 engine(run)
         grid_names: list[str] = []
         if any(m.unit == "grid" for m in run.metrics):
