@@ -46,6 +46,7 @@ MID_LAYER = "_blocks.10"
 FAMILIES = ("attention", "gradient", "activation", "perturbation", "decomposition")
 COLUMNS = 8
 TILE_INCHES = 1.45
+TITLE_INCHES = 0.5
 DPI = 80
 COLOURS = 160
 
@@ -151,7 +152,7 @@ def draw(gallery: Gallery, pixels: list[torch.Tensor], photos: list[int], title:
     nrows = len(chunks) * len(photos)
     cols = min(COLUMNS, len(methods) + 1)
     fig, axes = plt.subplots(
-        nrows, cols, figsize=(TILE_INCHES * cols, TILE_INCHES * nrows + 0.5), squeeze=False
+        nrows, cols, figsize=(TILE_INCHES * cols, TILE_INCHES * nrows + TITLE_INCHES), squeeze=False
     )
     for p_rank, p in enumerate(photos):
         for c_rank, chunk in enumerate(chunks):
@@ -170,12 +171,13 @@ def draw(gallery: Gallery, pixels: list[torch.Tensor], photos: list[int], title:
                     ax.set_title(f"{label(method)}\n{tile.seconds:.3f} s", fontsize=6.5)
             for ax in row:
                 ax.axis("off")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout(pad=0.3, h_pad=0.4, w_pad=0.2)
+    fig.suptitle(title, fontsize=9, y=1.0, va="top")
+    height = TILE_INCHES * nrows + TITLE_INCHES
+    fig.tight_layout(pad=0.3, h_pad=0.4, w_pad=0.2, rect=(0, 0, 1, 1 - TITLE_INCHES / height))
     return fig
 
 
-def _wrap(text: str, width: int = 24) -> str:
+def _wrap(text: str, width: int = 26) -> str:
     words, lines, line = text.split(), [], ""
     for w in words:
         if line and len(line) + len(w) + 1 > width:
@@ -183,7 +185,7 @@ def _wrap(text: str, width: int = 24) -> str:
             line = w
         else:
             line = f"{line} {w}".strip()
-    return "\n".join([*lines, line][:4])
+    return "\n".join([*lines, line][:6])
 
 
 def times_table(galleries: list[Gallery]) -> str:
