@@ -81,6 +81,52 @@ class SemanticSegmentationTarget:
         return (output[:, self.category] * mask).flatten(1).sum(1)
 
 
+@dataclass(frozen=True, eq=False)
+class InstanceMaskTarget:
+    """Sum of one class's scores over the pixels of one instance, for ``(B, K, H, W)`` outputs.
+
+    ``mask`` is a boolean ``(H, W)`` mask on the output grid (the same instance pixels for
+    every image) or ``(B, H, W)`` (one instance per image), e.g. an instance mask of a
+    segmentation or detection dataset, resized to the output's size.
+
+    Example:
+        >>> import torch
+        >>> out = torch.arange(8.0).view(1, 2, 2, 2)  # class 1 scores [[4, 5], [6, 7]]
+        >>> InstanceMaskTarget(1, torch.tensor([[True, False], [False, True]]))(out)
+        tensor([11.])
+    """
+
+    category: int
+    mask: torch.Tensor
+
+    def __post_init__(self) -> None:
+        """Check the mask: boolean, 2-D or 3-D, not empty."""
+        m = self.mask
+        if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or m.ndim not in (2, 3):
+            raise TargetError(
+                "InstanceMaskTarget needs a boolean mask (H, W) or (B, H, W), got "
+                f"{type(m).__name__ if not isinstance(m, torch.Tensor) else (m.dtype, m.ndim)}"
+            )
+        if not bool(m.flatten(-2).any(-1).all()):
+            raise TargetError("InstanceMaskTarget's mask is empty: it selects no pixel")
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        """Return, per sample, the sum of ``category``'s scores over the instance's pixels."""
+        if output.ndim != 4 or tuple(self.mask.shape[-2:]) != tuple(output.shape[-2:]):
+            raise TargetError(
+                f"InstanceMaskTarget's mask {tuple(self.mask.shape)} does not fit the output "
+                f"{tuple(output.shape)}: it needs a (B, K, H, W) output and a mask of its "
+                "(H, W) (resize the mask to the output's size)"
+            )
+        if self.mask.ndim == 3 and self.mask.shape[0] != output.shape[0]:
+            raise TargetError(
+                f"InstanceMaskTarget has {self.mask.shape[0]} masks for a batch of "
+                f"{output.shape[0]} images"
+            )
+        mask = self.mask.to(device=output.device, dtype=output.dtype)
+        return (output[:, self.category] * mask).flatten(1).sum(1)
+
+
 def parse_class(
     text: str, class_names: Sequence[str], n_classes: int | None = None, *, what: str = "target"
 ) -> int:
@@ -140,7 +186,8 @@ def _class_indices(
         if output.ndim != 2:
             raise TargetError(
                 f"the model output has shape {tuple(output.shape)}, so there is no top-1 class "
-                "to explain: pass targets (a callable returning one score per sample)"
+                "to explain"
+                + (_pixels(output) or ": pass targets (a callable returning one score per sample)")
             )
         return output.argmax(dim=1), None  # in range by construction: nothing to read back
     batch = output.shape[0]
@@ -164,6 +211,12 @@ def _class_indices(
         raise TargetError(f"got {host.numel()} target classes for a batch of {batch} images")
     if output.ndim < 2:
         raise TargetError(f"class targets need an output with a class axis, got {output.ndim}-D")
+    if output.ndim > 2:
+        raise TargetError(
+            f"a class index is a target for (B, classes) outputs; this model outputs "
+            f"{tuple(output.shape)}, a score per class and position, and a class index does "
+            f"not say which positions to explain{_pixels(output)}"
+        )
     values = tuple(int(i) for i in host.tolist())  # host ints: the check reads them back once
     n_classes = output.shape[1]
     bad = [i for i in values if not 0 <= i < n_classes]
@@ -174,6 +227,18 @@ def _class_indices(
         )
     idx = host.to(device=output.device, non_blocking=True).clone()
     return idx, values
+
+
+def _pixels(output: torch.Tensor) -> str:
+    """For a segmentation output: the targets that name pixels (an error message's end)."""
+    if output.ndim != 4:
+        return ""
+    return (
+        ": pass targets=SemanticSegmentationTarget(class, mask) or "
+        "InstanceMaskTarget(class, bool_mask) (sacam.targets) with an (H, W) mask of the "
+        "output's size, or explain every predicted class with "
+        "sacam.labels.explain_segmentation(model, images)"
+    )
 
 
 def resolve_targets(
