@@ -69,17 +69,24 @@ class TinyDetector(nn.Module):
     logits (background first). :meth:`raw` returns the head's output, :meth:`decode` turns
     it into boxes and class probabilities, and ``forward`` returns one dict per image with
     ``boxes`` ``(n, 4)`` (``xyxy`` pixels), ``labels`` ``(n,)`` (1 to ``classes``; 0 is the
-    background) and ``scores`` ``(n,)``, after a score threshold and non-maximum
-    suppression, as torchvision's detectors in eval mode. The scores keep their autograd
-    graph: only the choice of boxes (thresholding, suppression) is not differentiable.
+    background) and ``scores`` ``(n,)``, after a score threshold, the ``max_detections``
+    best and non-maximum suppression, as torchvision's detectors in eval mode. The scores
+    keep their autograd graph: only the choice of boxes (thresholding, suppression) is not
+    differentiable.
     """
 
     def __init__(
-        self, classes: int = 2, width: int = 32, score_threshold: float = 0.05, nms_iou: float = 0.5
+        self,
+        classes: int = 2,
+        width: int = 32,
+        score_threshold: float = 0.05,
+        nms_iou: float = 0.5,
+        max_detections: int = 100,
     ) -> None:
         super().__init__()
         self.stride, self.classes = 8, classes
         self.score_threshold, self.nms_iou = score_threshold, nms_iou
+        self.max_detections = max_detections
         half = max(1, width // 2)
         self.backbone = nn.Sequential(
             nn.Conv2d(3, half, 3, stride=2, padding=1),
@@ -123,6 +130,8 @@ class TinyDetector(nn.Module):
         for img_boxes, img_probs in zip(boxes, probs, strict=True):
             scores, labels = img_probs[:, 1:].max(dim=1)
             keep = torch.nonzero(scores >= self.score_threshold)[:, 0]
+            best = torch.argsort(scores[keep].detach(), descending=True)
+            keep = keep[best[: self.max_detections]]
             kept = keep[nms(img_boxes[keep], scores[keep], labels[keep], self.nms_iou)]
             out.append(
                 {"boxes": img_boxes[kept], "labels": labels[kept] + 1, "scores": scores[kept]}

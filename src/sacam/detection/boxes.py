@@ -68,15 +68,23 @@ def nms(
         >>> nms(b, torch.tensor([0.9, 0.8, 0.7]), torch.tensor([1, 1, 2]), 0.5).tolist()
         [0, 2]
     """
-    order = torch.argsort(scores.detach(), descending=True)
-    kept: list[int] = []
     plain = boxes.detach()
-    for i in order.tolist():
-        same = [k for k in kept if int(labels[k]) == int(labels[i])]
-        if same and float(box_iou(plain[same], plain[i]).max()) > iou:
-            continue
-        kept.append(i)
-    return torch.tensor(kept, dtype=torch.long, device=boxes.device)
+    lo = torch.maximum(plain[:, None, :2], plain[None, :, :2])
+    hi = torch.minimum(plain[:, None, 2:4], plain[None, :, 2:4])
+    inter = (hi - lo).clamp_min(0).prod(-1)
+    area = (plain[:, 2:4] - plain[:, :2]).clamp_min(0).prod(-1)
+    union = area[:, None] + area[None, :] - inter
+    overlap = torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(inter)) > iou
+    overlap &= labels[:, None] == labels[None, :]
+    remaining = torch.argsort(scores.detach(), descending=True)
+    kept: list[torch.Tensor] = []
+    while remaining.numel():  # one step per kept box
+        best, rest = remaining[0], remaining[1:]
+        kept.append(best)
+        remaining = rest[~overlap[best, rest]]
+    if not kept:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    return torch.stack(kept)
 
 
 @dataclass(frozen=True)
