@@ -87,6 +87,7 @@ EXPECTED_OUTPUT = {
     "tutorials/transformers.md": ["torch.Size([2, 32, 32])", "torch.Size([2, 4, 4])"],
     "tutorials/own-model.md": ["torch.Size([2, 224, 224])", "features.0 (2, 16, 112, 112)", "True"],
     "tutorials/segmentation.md": ["torch.Size([1, 64, 64])", "None tensor(["],
+    "tutorials/multi-label.md": ["2 (20, 16)", "0 (4, 4)"],
     "tutorials/web-app.md": ["espresso ['grad-cam']"],
 }
 

@@ -308,7 +308,7 @@ def ambiguity_message(ref: LayerRef) -> str:
         else f"with_layout({ref.label!r}, 'channels_first')"
     )
     return (
-        f"layer {ref.label!r}'s output reads as several layouts: "
+        f"the output of layer {ref.label!r} reads as several layouts: "
         f"{'; '.join(c.describe() for c in cands)}. sacam does not guess: pass "
         f"layer=sacam.tokens.{example} (or a reshape_transform)"
     )
