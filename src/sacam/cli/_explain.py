@@ -33,6 +33,13 @@ from ._args import (
 from ._benchmark import add_engine_options, ray_engine_options
 from ._classes import resolve_target
 from ._model import add_preprocess_options, cli_model
+from ._tasks import (
+    TASK_METHOD,
+    add_task_options,
+    check_task_options,
+    detection_command,
+    segmentation_command,
+)
 
 GRID_ROWS = 8
 PREDICTIONS_SHOWN = 20
@@ -85,6 +92,7 @@ def add_explain_parser(sub: argparse._SubParsersAction) -> None:
         help="folder mode with --engine ray: Ray workers",
     )
     add_engine_options(ex)
+    add_task_options(ex)
 
 
 def method_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -271,6 +279,10 @@ def _explain_step(
 
 def explain_command(args: argparse.Namespace) -> int:
     """Run ``sacam explain``; returns the exit code."""
+    check_task_options(args)
+    if args.task != "classification":
+        task = detection_command if args.task == "detection" else segmentation_command
+        return task(args, list(dict.fromkeys(args.methods or [TASK_METHOD])))
     methods = list(dict.fromkeys(args.methods or [default_method()]))
     if len(args.images) == 1 and Path(args.images[0]).is_dir():
         return _explain_folder(args, methods)

@@ -1,0 +1,390 @@
+"""``sacam explain --task detection|segmentation``: detectors and segmenters on the command line.
+
+``--task detection`` runs the detector once per image, lists its detections above
+``--score-threshold`` and explains each (:func:`sacam.detection.explain`): one line per
+detection, a picture with every box over its map (:func:`sacam.viz.draw_detections`) and
+each detection's overlay and map (``.npy``). ``--method`` defaults to Grad-CAM for these
+tasks (:data:`TASK_METHOD`). The output convention is read from the
+model's answer: torchvision's list of dicts, or a YOLO-style dense tensor read as
+``--box-format``, ``--objectness`` and ``--dense-layout`` say. ``--task segmentation``
+explains each class present in the predicted mask
+(:class:`sacam.targets.SemanticSegmentationTarget` over that class's pixels).
+Boxes are pixels of the model's input: the image after ``--size`` and ``--resize``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import detection
+from ..api import explain_full
+from ..errors import InputError, SacamError
+from ..images import SAMPLE_IMAGES, load_image
+from ..models import LoadedModel
+from ..targets import SemanticSegmentationTarget
+from ..viz import draw_detections, overlay
+from ._args import EXIT_IMAGE, unit_float
+from ._classes import resolve_target
+from ._model import cli_model
+
+TASKS = ("classification", "detection", "segmentation")
+TASK_METHOD = "grad-cam"
+"""The default method of detection and segmentation: one pass and one gradient per map,
+on the object in the detection tests; SA-CAM's default temperature spreads its attention
+over a small detector's coarse grid, to a constant map on some images."""
+
+
+def box_arg(text: str) -> detection.Box:
+    """An argparse type: ``x1,y1,x2,y2`` pixels with ``x2 > x1`` and ``y2 > y1``."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 4 or not all(np.isfinite(values)):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a box: give four numbers x1,y1,x2,y2 (pixels), e.g. 10,20,50,60"
+        )
+    x1, y1, x2, y2 = values
+    if x2 <= x1 or y2 <= y1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a box: x2 must exceed x1 and y2 exceed y1 (corners, not a size)"
+        )
+    return x1, y1, x2, y2
+
+
+def add_task_options(parser: argparse.ArgumentParser) -> None:
+    """``--task`` and the detection options of ``sacam explain``."""
+    parser.add_argument(
+        "--task",
+        choices=TASKS,
+        default="classification",
+        help="what the model does: classification (default), detection (boxes: torchvision "
+        "dicts or a YOLO-style tensor) or segmentation (a (B, classes, H, W) score map); "
+        f"detection and segmentation default to --method {TASK_METHOD}",
+    )
+    parser.add_argument(
+        "--score-threshold",
+        type=unit_float,
+        default=0.5,
+        help="detection: the least score of a detection to explain (default: 0.5)",
+    )
+    parser.add_argument(
+        "--box",
+        type=box_arg,
+        default=None,
+        metavar="X1,Y1,X2,Y2",
+        help="detection: explain only the detection that best overlaps this box (pixels of "
+        "the model's input)",
+    )
+    parser.add_argument(
+        "--box-format",
+        choices=["xywh", "xyxy"],
+        default="xywh",
+        help="detection, YOLO-style output: the box columns, centre and size (xywh, the "
+        "default) or corners (xyxy)",
+    )
+    parser.add_argument(
+        "--objectness",
+        action="store_true",
+        help="detection, YOLO-style output: a column after the box holds objectness (YOLOv5)",
+    )
+    parser.add_argument(
+        "--dense-layout",
+        choices=["auto", "bnd", "bdn"],
+        default="auto",
+        help="detection, YOLO-style output: (B, N, D) rows or (B, D, N) (default: auto)",
+    )
+
+
+def check_task_options(args: argparse.Namespace) -> None:
+    """Refuse detection options given to another task, and folder options to these tasks."""
+    if args.task != "classification":
+        folder = len(args.images) == 1 and Path(args.images[0]).is_dir()
+        flag = next((f for f, on in (("a folder", folder), ("--engine ray", args.engine == "ray"),
+                     ("--save-maps", args.save_maps), ("--workers", args.workers is not None))
+                     if on), None)  # fmt: skip
+        if flag is not None:
+            raise SacamError(
+                f"--task {args.task} explains image files (it writes each map as .npy): "
+                f"{flag} is for classifiers"
+            )
+    if args.task == "detection":
+        return
+    given = [
+        flag
+        for flag, dest, default in (
+            ("--score-threshold", "score_threshold", 0.5),
+            ("--box", "box", None),
+            ("--box-format", "box_format", "xywh"),
+            ("--objectness", "objectness", False),
+            ("--dense-layout", "dense_layout", "auto"),
+        )
+        if getattr(args, dest) != default
+    ]
+    if given:
+        raise SacamError(f"{', '.join(given)} apply to --task detection only")
+
+
+def _class_name(loaded: LoadedModel, label: int) -> str:
+    """``"cat (3)"`` with class names, else ``"class 3"``."""
+    names = loaded.class_names
+    return f"{names[label]} ({label})" if 0 <= label < len(names) else f"class {label}"
+
+
+def _label(text: str, loaded: LoadedModel) -> int:
+    """A ``--target`` class: an index as the model numbers it, or a name of --class-names."""
+    if text.strip().lstrip("+-").isdigit():
+        value = int(text)
+        if value < 0:
+            raise SacamError(f"--target {text}: a class index is 0 or more")
+        return value
+    if not loaded.class_names:
+        raise SacamError(
+            f"--target {text!r} names a class, but the model has no class names: give an "
+            "index, or the names with --class-names FILE"
+        )
+    return resolve_target(text, loaded.class_names)
+
+
+def _images(args: argparse.Namespace, loaded: LoadedModel) -> list[tuple[str, torch.Tensor]]:
+    """The readable images as (unique name, [0, 1] pixels); an unreadable one is reported."""
+    sources = list(args.images) or [f"sample:{s}" for s in SAMPLE_IMAGES]
+    size = loaded.preprocess.size
+    found: list[tuple[str, torch.Tensor]] = []
+    for src in sources:
+        stem = src.split(":", 1)[1] if src.startswith("sample:") else Path(src).stem
+        name, k = stem, 1
+        while name in {n for n, _ in found}:
+            k += 1
+            name = f"{stem}-{k}"
+        try:
+            image = load_image(src, draft_size=(size, size))
+        except InputError as exc:
+            print(f"sacam: error: {exc}", file=sys.stderr)
+            continue
+        found.append((name, loaded.preprocess.pixels(image)))
+    return found
+
+
+def dense_format(args: argparse.Namespace) -> detection.DenseFormat:
+    """The :class:`~sacam.detection.DenseFormat` of the dense-output options."""
+    return detection.DenseFormat(
+        box_format=args.box_format, objectness=args.objectness, layout=args.dense_layout
+    )
+
+
+def describe_output(output: object) -> str:
+    """What a model returned, in a few words: ``a tensor (1, 10)``, ``a list of 2 dicts``."""
+    if isinstance(output, torch.Tensor):
+        return f"a tensor {tuple(output.shape)}"
+    if isinstance(output, list | tuple):
+        kinds = sorted({type(o).__name__ for o in output})
+        return f"a {type(output).__name__} of {len(output)} ({', '.join(kinds) or 'nothing'})"
+    return f"a {type(output).__name__}"
+
+
+def check_detector(loaded: LoadedModel, x: torch.Tensor, dense: detection.DenseFormat) -> str:
+    """``"torchvision"`` or ``"dense"``: the model's output convention, or a clear error."""
+    with torch.inference_mode():
+        output = loaded.model(x)
+    if isinstance(output, list | tuple) and output and all(isinstance(o, dict) for o in output):
+        detection.detections_of(output)  # checks the keys
+        return "torchvision"
+    tensor = output[0] if isinstance(output, list | tuple) and output else output
+    if isinstance(tensor, torch.Tensor) and tensor.ndim == 3:
+        dense.predictions(tensor)  # checks the layout and the columns
+        return "dense"
+    raise SacamError(
+        f"--task detection needs a detector, but the model returned {describe_output(output)}; "
+        "expected a list of dicts with boxes, labels and scores (torchvision) or a "
+        "(B, N, D) / (B, D, N) tensor of boxes and class scores (YOLO-style)"
+    )
+
+
+def _chosen(
+    found: list[detection.Detection], box: detection.Box | None
+) -> list[tuple[int, detection.Detection]]:
+    """The detections to explain, numbered from 1: all, or the one best overlapping ``box``."""
+    numbered = list(enumerate(found, start=1))
+    if box is None or not numbered:
+        return numbered
+    boxes = torch.tensor([d.box for d in found])
+    iou = detection.box_iou(boxes, torch.tensor(box))
+    best = int(iou.argmax())
+    return [numbered[best]] if float(iou[best]) > 0 else []
+
+
+def detection_command(args: argparse.Namespace, methods: list[str]) -> int:
+    """``sacam explain --task detection``: every detection of every image, explained."""
+    loaded = cli_model(args)
+    label = None if args.target is None else _label(args.target, loaded)
+    dense = dense_format(args)
+    images = _images(args, loaded)
+    if not images:
+        return EXIT_IMAGE
+    out = _out(args)
+    first = loaded.preprocess.normalize(images[0][1])[None].to(args.device)
+    kind = check_detector(loaded, first, dense)
+    print(f"model {loaded.name} ({kind} detections), method(s) {', '.join(methods)}")
+    written = 0
+    for name, pixels in images:
+        x = loaded.preprocess.normalize(pixels)[None].to(args.device)
+        found = detection.detect(
+            loaded.model,
+            x,
+            score_threshold=args.score_threshold,
+            classes=None if label is None else [label],
+            dense=dense,
+        )
+        chosen = _chosen(found, args.box)
+        if not chosen:
+            print(f"{name}: {_nothing(args, len(found))}")
+        for method in methods:
+            written += _explain_image(args, loaded, x, pixels, name, method, chosen, out)
+    print(f"wrote {written} file(s) to {out}/")
+    return EXIT_IMAGE if len(images) < len(args.images) else 0
+
+
+def _nothing(args: argparse.Namespace, n_found: int) -> str:
+    if args.box is not None and n_found:
+        return f"none of the {n_found} detection(s) overlaps the box {list(args.box)}"
+    return f"no detection scores {args.score_threshold} or more"
+
+
+def _out(args: argparse.Namespace) -> Path:
+    out: Path = args.out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SacamError(f"cannot create the output folder {out}: {exc}") from None
+    return out
+
+
+def _explain_image(
+    args: argparse.Namespace,
+    loaded: LoadedModel,
+    x: torch.Tensor,
+    pixels: torch.Tensor,
+    name: str,
+    method: str,
+    chosen: Sequence[tuple[int, detection.Detection]],
+    out: Path,
+) -> int:
+    """Explain ``chosen`` detections of one image with one method; returns files written."""
+    options = _method_options(args).get(method, {})
+    records: list[Any] = []  # DetectionRecords (frozen: read-only for viz's protocol)
+    written = 0
+    for k, found in chosen:
+        start = time.perf_counter()
+        ex = detection.explain(
+            loaded.model, x, found.target(), method, _layer(args), dense=dense_format(args),
+            **options,
+        )  # fmt: skip
+        elapsed = time.perf_counter() - start
+        cam = ex.maps[0].detach().float().cpu()
+        records.append(detection.DetectionRecord(found.box, found.label, found.score, cam))
+        cls = _class_name(loaded, found.label)
+        stem = f"{name}_det{k}_{_safe(cls.split(' (')[0])}_{method}"
+        overlay(pixels, cam, cmap=args.cmap, alpha=args.alpha).save(out / f"{stem}.png")
+        np.save(out / f"{stem}.npy", cam.numpy().astype(np.float16))
+        box = ", ".join(f"{v:.1f}" for v in found.box)
+        print(
+            f"{name} #{k}: {cls} {found.score:.3f} box [{box}], {method} at "
+            f"{'+'.join(ex.layers)}, {elapsed:.2f} s -> {out / stem}.png"
+        )
+        written += 2
+    picture = draw_detections(
+        pixels, records, class_names=_names(loaded), cmap=args.cmap, alpha=args.alpha
+    )
+    picture.save(out / f"{name}_detections_{method}.png")
+    return written + 1
+
+
+def _names(loaded: LoadedModel) -> dict[int, str]:
+    return dict(enumerate(loaded.class_names))
+
+
+def _safe(text: str) -> str:
+    """A class name fit for a file name."""
+    kept = "".join(c if c.isalnum() or c in "-." else "-" for c in text.strip())
+    return kept.strip("-")[:40] or "class"
+
+
+def _method_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    options: dict[str, dict[str, Any]] = {}
+    for method, key, value in args.method_option:
+        options.setdefault(method, {})[key] = value
+    return options
+
+
+def _layer(args: argparse.Namespace) -> str | list[str] | None:
+    layers = args.layers
+    return layers if layers is None or len(layers) > 1 else layers[0]
+
+
+def segmentation_command(args: argparse.Namespace, methods: list[str]) -> int:
+    """``sacam explain --task segmentation``: each class present in the predicted mask."""
+    loaded = cli_model(args)
+    label = None if args.target is None else _label(args.target, loaded)
+    images = _images(args, loaded)
+    if not images:
+        return EXIT_IMAGE
+    out = _out(args)
+    print(f"model {loaded.name} (segmentation), method(s) {', '.join(methods)}")
+    written = 0
+    for name, pixels in images:
+        x = loaded.preprocess.normalize(pixels)[None].to(args.device)
+        with torch.inference_mode():
+            scores = loaded.model(x)
+        if not (isinstance(scores, torch.Tensor) and scores.ndim == 4):
+            raise SacamError(
+                f"--task segmentation needs a model whose output is a (B, classes, H, W) "
+                f"score map; the model returned {describe_output(scores)}"
+            )
+        mask = scores[0].argmax(0)
+        present = [c for c in mask.unique().tolist() if label is None or c == label]
+        if not present:
+            print(f"{name}: class {label} is not in the predicted mask")
+        for method in methods:
+            for cls in present:
+                written += _explain_class(args, loaded, x, pixels, name, method, cls, mask)
+    print(f"wrote {written} file(s) to {out}/")
+    return EXIT_IMAGE if len(images) < len(args.images) else 0
+
+
+def _explain_class(
+    args: argparse.Namespace,
+    loaded: LoadedModel,
+    x: torch.Tensor,
+    pixels: torch.Tensor,
+    name: str,
+    method: str,
+    cls: int,
+    mask: torch.Tensor,
+) -> int:
+    """One class's map of a segmentation (its pixels of the predicted mask); files written."""
+    target = SemanticSegmentationTarget(cls, (mask == cls).float())
+    options = _method_options(args).get(method, {})
+    start = time.perf_counter()
+    ex = explain_full(loaded.model, x, method, _layer(args), target, **options)
+    elapsed = time.perf_counter() - start
+    cam = ex.maps[0].detach().float().cpu()
+    label = _class_name(loaded, cls)
+    stem = f"{name}_{_safe(label.split(' (')[0])}_{method}"
+    overlay(pixels, cam, cmap=args.cmap, alpha=args.alpha).save(args.out / f"{stem}.png")
+    np.save(args.out / f"{stem}.npy", cam.numpy().astype(np.float16))
+    share = float((mask == cls).float().mean())
+    print(
+        f"{name}: {label} {share:.1%} of the pixels, {method} at "
+        f"{'+'.join(ex.layers)}, {elapsed:.2f} s -> {args.out / stem}.png"
+    )
+    return 2
