@@ -69,25 +69,7 @@ ReshapeTransform = Callable[[torch.Tensor], torch.Tensor]
 # set by BaseCAM.explain_graph for the duration of one call (per thread / task)
 _KEEP_GRAPH: ContextVar[bool] = ContextVar("sacam_keep_graph", default=False)
 
-__all__ = ["BaseCAM", "predict", "volume_methods"]
-
-
-def predict(
-    model: nn.Module, images: torch.Tensor, output_transform: OutputTransform | None = None
-) -> torch.Tensor:
-    """Top-1 class of each image (eval mode, no graph), as an ordinary tensor.
-
-    The model's output is read as logits by :func:`sacam._outputs.to_logits`
-    (``output_transform`` for outputs it cannot read).
-
-    Example:
-        >>> from torch import nn
-        >>> predict(nn.Flatten(), torch.tensor([[[[0.0, 2.0, 1.0]]]])).tolist()
-        [1]
-    """
-    with model_guard(model), torch.inference_mode():
-        top = logits_model(model, output_transform)(images).argmax(1)
-    return top.clone()  # an ordinary tensor, usable outside inference mode
+__all__ = ["BaseCAM", "volume_methods"]
 
 
 def volume_methods() -> list[str]:

@@ -31,8 +31,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ._hooks import model_guard
 from ._modelfile import TRUST_HINT, check_pt2, is_torchscript
-from ._outputs import to_logits
+from ._outputs import OutputTransform, logits_model, to_logits
 from .errors import ModelError
 from .preprocess import TF_LITE_MEAN, TF_LITE_STD, Preprocess
 
@@ -45,6 +46,7 @@ __all__ = [
     "imagenet_classes",
     "load_model",
     "output_logits",
+    "predict",
     "with_preprocess",
 ]
 
@@ -365,3 +367,21 @@ def _n_outputs(model: nn.Module, pre: Preprocess, device: str | torch.device) ->
 def with_preprocess(loaded: LoadedModel, **changes: object) -> LoadedModel:
     """A copy of ``loaded`` with some preprocessing fields changed (e.g. ``resize="squash"``)."""
     return replace(loaded, preprocess=replace(loaded.preprocess, **changes))  # type: ignore[arg-type]
+
+
+def predict(
+    model: nn.Module, images: torch.Tensor, output_transform: OutputTransform | None = None
+) -> torch.Tensor:
+    """Top-1 class of each image (eval mode, no graph), as an ordinary tensor.
+
+    The model's output is read as logits by :func:`sacam._outputs.to_logits`
+    (``output_transform`` for outputs it cannot read).
+
+    Example:
+        >>> from torch import nn
+        >>> predict(nn.Flatten(), torch.tensor([[[[0.0, 2.0, 1.0]]]])).tolist()
+        [1]
+    """
+    with model_guard(model), torch.inference_mode():
+        top = logits_model(model, output_transform)(images).argmax(1)
+    return top.clone()  # an ordinary tensor, usable outside inference mode

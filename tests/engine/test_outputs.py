@@ -17,11 +17,11 @@ from torch import nn
 import sacam
 from sacam._locks import model_lock
 from sacam._outputs import LogitsModel, logits_model, to_logits, unwrap
-from sacam.core import predict
 from sacam.evaluation.adversarial import explanation_attack
 from sacam.evaluation.faithfulness import confidence_change, deletion, insertion
 from sacam.evaluation.road import road
 from sacam.evaluation.sanity import sanity_check
+from sacam.models import predict
 from sacam.preprocess import Preprocess
 from tests.support.nets import small_cnn
 

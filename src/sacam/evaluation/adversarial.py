@@ -40,8 +40,8 @@ from torch import nn
 
 from .._hooks import model_guard
 from .._outputs import OutputTransform, logits_model
-from ..core import predict
 from ..errors import InputError
+from ..models import predict
 from ..preprocess import Preprocess
 
 AdversaryKind = Literal["fgsm", "pgd"]

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 
 from ..api import build_method
-from ..core import BaseCAM, predict
+from ..core import BaseCAM
+from ..models import predict
 from .adversarial import (
     ADVERSARY_KINDS,
     MAP_ATTACK_KINDS,

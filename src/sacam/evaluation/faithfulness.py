@@ -28,9 +28,9 @@ from torch import nn
 from .._hooks import model_guard
 from .._outputs import OutputTransform, logits_model
 from .._speed.tuner import check_inputs_per_pass
-from ..core import predict
 from ..errors import InputError
 from ..filters import gaussian_blur
+from ..models import predict
 from ..preprocess import Preprocess
 from ..targets import class_indices
 from .curves import CurveResult, curve, pixel_rank, tuned_plan
