@@ -186,3 +186,26 @@ def test_segmentation_explains_each_predicted_class(pictures, tmp_path, capsys) 
         cam = np.load(tmp_path / f"scene0_class-{cls}_grad-cam.npy")
         assert cam.shape == (64, 64)
     assert len(list(tmp_path.glob("*.npy"))) == len(present)
+
+
+def test_serve_takes_the_task_and_its_options(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("fastapi")
+    import sacam.serve
+
+    seen: dict = {}
+    monkeypatch.setattr(sacam.serve, "serve", lambda model, **kw: seen.update(kw, model=model))
+    names = tmp_path / "names.txt"
+    names.write_text("background\nred\nblue\n")
+    args = ["serve", "--model", DETECTOR, "--task", "detection", "--box-format", "xyxy"]
+    assert main([*args, "--size", "64", "--class-names", str(names)]) == 0
+    assert seen["task"] == "detection" and seen["model"] == DETECTOR
+    assert seen["dense"].box_format == "xyxy" and not seen["dense"].objectness
+    assert seen["size"] == 64 and seen["class_names"] == ["background", "red", "blue"]
+    seen.clear()
+    assert main(["serve", "--model", DETECTOR]) == 0
+    assert seen["task"] == "classification" and seen["dense"] is None
+
+
+def test_serve_refuses_dense_options_without_detection(capsys) -> None:
+    assert main(["serve", "--box-format", "xyxy"]) == 2
+    assert "--box-format and --objectness apply to --task detection only" in capsys.readouterr().err

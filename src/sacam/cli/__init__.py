@@ -39,6 +39,7 @@ from ._args import (
 from ._benchmark import add_benchmark_parser, benchmark_command
 from ._explain import add_explain_parser, explain_command
 from ._methods import methods_text
+from ._tasks import add_serve_task_options, serve_task_options
 
 WEB_MODULES = {"fastapi", "starlette", "uvicorn", "multipart", "python_multipart", "pydantic"}
 
@@ -85,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
         help="another host name the page may be reached by (repeatable; "
         "localhost, 127.0.0.1 and the --host address always are)",
     )
+    add_serve_task_options(srv)
 
     meth = sub.add_parser("methods", help="list the registered CAM methods, or one's options")
     meth.add_argument(
@@ -153,6 +155,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_upload_mb=args.max_upload_mb,
             max_queue=args.max_queue,
             allowed_hosts=args.allowed_host,
+            **serve_task_options(args),
         )
     except KeyboardInterrupt:  # pragma: no cover - Ctrl+C
         pass

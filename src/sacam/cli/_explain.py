@@ -12,7 +12,7 @@ import torch
 from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
-from .._outputs import to_logits
+from .._outputs import probabilities
 from ..api import build_method
 from ..errors import InputError, SacamError
 from ..evaluation.explain_folder import output_stem
@@ -33,13 +33,8 @@ from ._args import (
 from ._benchmark import add_engine_options, ray_engine_options
 from ._classes import resolve_target
 from ._model import add_preprocess_options, cli_model
-from ._tasks import (
-    TASK_METHOD,
-    add_task_options,
-    check_task_options,
-    detection_command,
-    segmentation_command,
-)
+from ._segment import segmentation_command
+from ._tasks import TASK_METHOD, add_task_options, check_task_options, detection_command
 
 GRID_ROWS = 8
 PREDICTIONS_SHOWN = 20
@@ -62,6 +57,14 @@ def add_explain_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="class index or class name, in any case, e.g. 285 or 'egyptian cat' "
         "(default: each image's top-1 class)",
+    )
+    ex.add_argument(
+        "--activation",
+        choices=["softmax", "sigmoid", "none"],
+        default=None,
+        help="what the model's scores mean: softmax (one class per image), sigmoid "
+        "(independent labels) or none (probabilities); default: sigmoid for one logit, "
+        "none after an nn.Sigmoid, else softmax",
     )
     ex.add_argument(
         "--out", type=out_dir, default="sacam-out", help="output folder (default: sacam-out)"
@@ -96,10 +99,13 @@ def add_explain_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def method_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """``--method-option`` as ``{method: {key: value}}``."""
+    """``--method-option`` as ``{method: {key: value}}``; ``--activation`` for every method."""
     options: dict[str, dict[str, Any]] = {}
     for method, key, value in args.method_option:
         options.setdefault(method, {})[key] = value
+    if getattr(args, "activation", None) is not None:
+        for method in args.methods or [default_method()]:
+            options.setdefault(method, {}).setdefault("activation", args.activation)
     return options
 
 
@@ -253,8 +259,9 @@ def _explain_step(
     target: int | None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, list[Shot]]]:
     """One step: top-5 printed per image, then each method's maps with what they explain."""
+    wrapped = next(iter(cams.values())).logits_model  # with the methods' --activation
     with torch.inference_mode():
-        probs = torch.softmax(to_logits(loaded.model(x)).float(), dim=1)
+        probs = probabilities(wrapped, wrapped(x))
     top = probs.topk(min(5, probs.shape[1]), dim=1)
     targets = target if target is not None else top.indices[:, 0]
     for b, name in enumerate(names):

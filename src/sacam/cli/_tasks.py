@@ -8,7 +8,7 @@ tasks (:data:`TASK_METHOD`). The output convention is read from the
 model's answer: torchvision's list of dicts, or a YOLO-style dense tensor read as
 ``--box-format``, ``--objectness`` and ``--dense-layout`` say. ``--task segmentation``
 explains each class present in the predicted mask
-(:class:`sacam.targets.SemanticSegmentationTarget` over that class's pixels).
+(:mod:`sacam.cli._segment`).
 Boxes are pixels of the model's input: the image after ``--size`` and ``--resize``.
 """
 
@@ -25,15 +25,13 @@ import numpy as np
 import torch
 
 from .. import detection
-from ..api import explain_full
 from ..errors import InputError, SacamError
 from ..images import SAMPLE_IMAGES, load_image
 from ..models import LoadedModel
-from ..targets import SemanticSegmentationTarget
 from ..viz import draw_detections, overlay
-from ._args import EXIT_IMAGE, unit_float
+from ._args import EXIT_IMAGE, existing_file, int_at_least, unit_float
 from ._classes import resolve_target
-from ._model import cli_model
+from ._model import cli_model, read_class_names
 
 TASKS = ("classification", "detection", "segmentation")
 TASK_METHOD = "grad-cam"
@@ -105,6 +103,45 @@ def add_task_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_serve_task_options(parser: argparse.ArgumentParser) -> None:
+    """``sacam serve``'s ``--task``, input size, class names and dense-output options."""
+    parser.add_argument(
+        "--task",
+        choices=TASKS[:2],
+        default="classification",
+        help="classification (default) or detection: the page lists the detections and "
+        "explains the one you click",
+    )
+    parser.add_argument(
+        "--size", type=int_at_least(1), default=None, help="side in pixels of the model's input"
+    )
+    parser.add_argument(
+        "--class-names", type=existing_file, default=None, metavar="FILE",
+        help="text file of class names, one per line in label order",
+    )  # fmt: skip
+    parser.add_argument(
+        "--box-format", choices=["xywh", "xyxy"], default="xywh",
+        help="detection, YOLO-style output: the box columns (default: xywh)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--objectness", action="store_true",
+        help="detection, YOLO-style output: a column after the box holds objectness (YOLOv5)",
+    )  # fmt: skip
+
+
+def serve_task_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :func:`sacam.serve.serve` for ``--task`` and its options."""
+    if args.task != "detection" and (args.box_format != "xywh" or args.objectness):
+        raise SacamError("--box-format and --objectness apply to --task detection only")
+    dense = detection.DenseFormat(box_format=args.box_format, objectness=args.objectness)
+    return {
+        "task": args.task,
+        "dense": dense if args.task == "detection" else None,
+        "size": args.size,
+        "class_names": read_class_names(args.class_names),
+    }
+
+
 def check_task_options(args: argparse.Namespace) -> None:
     """Refuse detection options given to another task, and folder options to these tasks."""
     if args.task != "classification":
@@ -134,13 +171,13 @@ def check_task_options(args: argparse.Namespace) -> None:
         raise SacamError(f"{', '.join(given)} apply to --task detection only")
 
 
-def _class_name(loaded: LoadedModel, label: int) -> str:
+def class_name(loaded: LoadedModel, label: int) -> str:
     """``"cat (3)"`` with class names, else ``"class 3"``."""
     names = loaded.class_names
     return f"{names[label]} ({label})" if 0 <= label < len(names) else f"class {label}"
 
 
-def _label(text: str, loaded: LoadedModel) -> int:
+def task_label(text: str, loaded: LoadedModel) -> int:
     """A ``--target`` class: an index as the model numbers it, or a name of --class-names."""
     if text.strip().lstrip("+-").isdigit():
         value = int(text)
@@ -155,7 +192,7 @@ def _label(text: str, loaded: LoadedModel) -> int:
     return resolve_target(text, loaded.class_names)
 
 
-def _images(args: argparse.Namespace, loaded: LoadedModel) -> list[tuple[str, torch.Tensor]]:
+def load_images(args: argparse.Namespace, loaded: LoadedModel) -> list[tuple[str, torch.Tensor]]:
     """The readable images as (unique name, [0, 1] pixels); an unreadable one is reported."""
     sources = list(args.images) or [f"sample:{s}" for s in SAMPLE_IMAGES]
     size = loaded.preprocess.size
@@ -226,12 +263,12 @@ def _chosen(
 def detection_command(args: argparse.Namespace, methods: list[str]) -> int:
     """``sacam explain --task detection``: every detection of every image, explained."""
     loaded = cli_model(args)
-    label = None if args.target is None else _label(args.target, loaded)
+    label = None if args.target is None else task_label(args.target, loaded)
     dense = dense_format(args)
-    images = _images(args, loaded)
+    images = load_images(args, loaded)
     if not images:
         return EXIT_IMAGE
-    out = _out(args)
+    out = out_folder(args)
     first = loaded.preprocess.normalize(images[0][1])[None].to(args.device)
     kind = check_detector(loaded, first, dense)
     print(f"model {loaded.name} ({kind} detections), method(s) {', '.join(methods)}")
@@ -260,7 +297,7 @@ def _nothing(args: argparse.Namespace, n_found: int) -> str:
     return f"no detection scores {args.score_threshold} or more"
 
 
-def _out(args: argparse.Namespace) -> Path:
+def out_folder(args: argparse.Namespace) -> Path:
     out: Path = args.out
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -280,20 +317,20 @@ def _explain_image(
     out: Path,
 ) -> int:
     """Explain ``chosen`` detections of one image with one method; returns files written."""
-    options = _method_options(args).get(method, {})
+    options = options_of(args).get(method, {})
     records: list[Any] = []  # DetectionRecords (frozen: read-only for viz's protocol)
     written = 0
     for k, found in chosen:
         start = time.perf_counter()
         ex = detection.explain(
-            loaded.model, x, found.target(), method, _layer(args), dense=dense_format(args),
+            loaded.model, x, found.target(), method, layer_of(args), dense=dense_format(args),
             **options,
         )  # fmt: skip
         elapsed = time.perf_counter() - start
         cam = ex.maps[0].detach().float().cpu()
         records.append(detection.DetectionRecord(found.box, found.label, found.score, cam))
-        cls = _class_name(loaded, found.label)
-        stem = f"{name}_det{k}_{_safe(cls.split(' (')[0])}_{method}"
+        cls = class_name(loaded, found.label)
+        stem = f"{name}_det{k}_{file_safe(cls.split(' (')[0])}_{method}"
         overlay(pixels, cam, cmap=args.cmap, alpha=args.alpha).save(out / f"{stem}.png")
         np.save(out / f"{stem}.npy", cam.numpy().astype(np.float16))
         box = ", ".join(f"{v:.1f}" for v in found.box)
@@ -313,78 +350,19 @@ def _names(loaded: LoadedModel) -> dict[int, str]:
     return dict(enumerate(loaded.class_names))
 
 
-def _safe(text: str) -> str:
+def file_safe(text: str) -> str:
     """A class name fit for a file name."""
     kept = "".join(c if c.isalnum() or c in "-." else "-" for c in text.strip())
     return kept.strip("-")[:40] or "class"
 
 
-def _method_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+def options_of(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     options: dict[str, dict[str, Any]] = {}
     for method, key, value in args.method_option:
         options.setdefault(method, {})[key] = value
     return options
 
 
-def _layer(args: argparse.Namespace) -> str | list[str] | None:
+def layer_of(args: argparse.Namespace) -> str | list[str] | None:
     layers = args.layers
     return layers if layers is None or len(layers) > 1 else layers[0]
-
-
-def segmentation_command(args: argparse.Namespace, methods: list[str]) -> int:
-    """``sacam explain --task segmentation``: each class present in the predicted mask."""
-    loaded = cli_model(args)
-    label = None if args.target is None else _label(args.target, loaded)
-    images = _images(args, loaded)
-    if not images:
-        return EXIT_IMAGE
-    out = _out(args)
-    print(f"model {loaded.name} (segmentation), method(s) {', '.join(methods)}")
-    written = 0
-    for name, pixels in images:
-        x = loaded.preprocess.normalize(pixels)[None].to(args.device)
-        with torch.inference_mode():
-            scores = loaded.model(x)
-        if not (isinstance(scores, torch.Tensor) and scores.ndim == 4):
-            raise SacamError(
-                f"--task segmentation needs a model whose output is a (B, classes, H, W) "
-                f"score map; the model returned {describe_output(scores)}"
-            )
-        mask = scores[0].argmax(0)
-        present = [c for c in mask.unique().tolist() if label is None or c == label]
-        if not present:
-            print(f"{name}: class {label} is not in the predicted mask")
-        for method in methods:
-            for cls in present:
-                written += _explain_class(args, loaded, x, pixels, name, method, cls, mask)
-    print(f"wrote {written} file(s) to {out}/")
-    return EXIT_IMAGE if len(images) < len(args.images) else 0
-
-
-def _explain_class(
-    args: argparse.Namespace,
-    loaded: LoadedModel,
-    x: torch.Tensor,
-    pixels: torch.Tensor,
-    name: str,
-    method: str,
-    cls: int,
-    mask: torch.Tensor,
-) -> int:
-    """One class's map of a segmentation (its pixels of the predicted mask); files written."""
-    target = SemanticSegmentationTarget(cls, (mask == cls).float())
-    options = _method_options(args).get(method, {})
-    start = time.perf_counter()
-    ex = explain_full(loaded.model, x, method, _layer(args), target, **options)
-    elapsed = time.perf_counter() - start
-    cam = ex.maps[0].detach().float().cpu()
-    label = _class_name(loaded, cls)
-    stem = f"{name}_{_safe(label.split(' (')[0])}_{method}"
-    overlay(pixels, cam, cmap=args.cmap, alpha=args.alpha).save(args.out / f"{stem}.png")
-    np.save(args.out / f"{stem}.npy", cam.numpy().astype(np.float16))
-    share = float((mask == cls).float().mean())
-    print(
-        f"{name}: {label} {share:.1%} of the pixels, {method} at "
-        f"{'+'.join(ex.layers)}, {elapsed:.2f} s -> {args.out / stem}.png"
-    )
-    return 2

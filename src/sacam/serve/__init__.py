@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import uvicorn
 
+from ..detection import DenseFormat
 from ..errors import SacamError
 from ..models import load_model
 from .app import create_app
@@ -31,6 +32,10 @@ def serve(
     max_upload_mb: float = 20.0,
     max_queue: int = 8,
     allowed_hosts: Sequence[str] = (),
+    task: str = "classification",
+    dense: DenseFormat | None = None,
+    size: int | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> None:
     """Load a model once and serve the page and API until interrupted.
 
@@ -49,12 +54,35 @@ def serve(
             ``127.0.0.1``, ``::1`` and ``host`` always are); a request that names
             another host is refused, so that no other site can reach the app through a
             name of its own that resolves to this machine.
+        task: ``"classification"`` or ``"detection"`` (:func:`create_app`).
+        dense: a detector's YOLO-style output format (:func:`create_app`).
+        size: the side of the model's input (:func:`~sacam.models.load_model`).
+        class_names: the class names (:func:`~sacam.models.load_model`).
     """
     if not 0 <= port <= 65535:
         raise SacamError(f"--port must be between 0 and 65535, got {port}")
-    loaded = load_model(model, weights=weights, device=device, trust_model_file=trust_model_file)
+    loaded = load_model(
+        model, weights=weights, device=device, trust_model_file=trust_model_file, size=size,
+        class_names=class_names,
+    )  # fmt: skip
     hosts = [*allowed_hosts] + ([] if host in ("0.0.0.0", "::", "") else [host])
-    app = create_app(loaded, max_upload_mb=max_upload_mb, max_queue=max_queue, allowed_hosts=hosts)
+    app = create_app(
+        loaded, max_upload_mb=max_upload_mb, max_queue=max_queue, allowed_hosts=hosts,
+        task=task, dense=dense,
+    )  # fmt: skip
+    sock = _bind(host, port)
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"sacam serve: model {loaded.name} on {device}; open http://{shown}:{bound}/", flush=True)
+    _notes(host, allowed_hosts)
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (a clear error when it cannot be)."""
     sock: socket.socket | None = None
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -65,9 +93,11 @@ def serve(
         if sock is not None:
             sock.close()
         raise SacamError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    bound = sock.getsockname()[1]
-    shown = f"[{host}]" if ":" in host else host
-    print(f"sacam serve: model {loaded.name} on {device}; open http://{shown}:{bound}/", flush=True)
+    return sock
+
+
+def _notes(host: str, allowed_hosts: Sequence[str]) -> None:
+    """Warn of a page reachable from other machines."""
     if host not in ("127.0.0.1", "localhost", "::1"):
         print("sacam serve: note: the page has no authentication", file=sys.stderr)
     if host in ("0.0.0.0", "::") and not allowed_hosts:
@@ -76,7 +106,3 @@ def serve(
             "localhost; name this machine with --allowed-host NAME to reach it from elsewhere",
             file=sys.stderr,
         )
-    try:
-        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
-    finally:
-        sock.close()

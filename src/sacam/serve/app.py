@@ -12,7 +12,9 @@ Routes (the OpenAPI document is at ``/openapi.json``):
   job; ``GET /api/jobs/{id}`` polls its queue position, progress, the maps done so far
   and its result, ``DELETE /api/jobs/{id}`` cancels;
 - ``GET /api/results/{id}/attention``: SA-CAM's attention row of one layer position
-  (:mod:`sacam.serve.jobs`).
+  (:mod:`sacam.serve.jobs`);
+- for a detector (``task="detection"``): ``POST /api/detect`` lists an image's detections,
+  ``POST /api/jobs/explain-detection`` explains one (:mod:`sacam.serve.detect`).
 
 All model work runs on one worker thread (:mod:`sacam.serve.worker`) with a bounded
 queue (429 with ``Retry-After`` when full), so the event loop stays free: ``/api/health``
@@ -26,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from importlib import resources
 
 from fastapi import FastAPI, HTTPException, Request
@@ -35,12 +38,14 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
+from ..detection import DenseFormat
 from ..errors import SacamError
 from ..images import DEFAULT_MAX_PIXELS
 from ..models import LoadedModel
 from ..registry import list_methods
-from . import info, jobs, service
+from . import detect, info, jobs, service
 from .deps import ServeState, passes_per_method, unavailable_methods
+from .detect import detection_facts
 from .guard import Guard
 from .progress import JobError
 from .results import ResultStore
@@ -58,6 +63,8 @@ def create_app(
     results_mb: float = 512.0,
     max_queue: int = 8,
     allowed_hosts: Sequence[str] = (),
+    task: str = "classification",
+    dense: DenseFormat | None = None,
 ) -> FastAPI:
     """Build the web app around a loaded model.
 
@@ -72,13 +79,15 @@ def create_app(
         allowed_hosts: host names the app answers to besides ``localhost``,
             ``127.0.0.1`` and ``::1`` (e.g. the machine's name when it listens on all
             interfaces); requests naming another host get 400.
+        task: ``"classification"`` or ``"detection"`` (:mod:`sacam.serve.detect`).
+        dense: how to read a detector's YOLO-style dense output.
 
     Returns:
         the FastAPI application (an ASGI app: run it with uvicorn, or test it with
         ``fastapi.testclient.TestClient(app, base_url="http://127.0.0.1")``).
     """
-    _check_limits(max_upload_mb, max_pixels, keep_results, results_mb, max_queue)
-    state = _start(loaded, max_upload_mb, max_pixels, keep_results, results_mb, max_queue)
+    limits = (max_upload_mb, max_pixels, keep_results, results_mb, max_queue)
+    state = _start(loaded, *limits, task, dense)  # the limits checked first
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -100,17 +109,29 @@ def create_app(
         limit_text=f"{max_upload_mb:g} MB",
         allowed_hosts=allowed_hosts,
     )
-    _add_error_handlers(app)
-    app.add_api_route("/", _index, include_in_schema=False, methods=["GET"])
-    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
-    app.include_router(info.router)
-    app.include_router(jobs.router)
+    _add_routes(app)
     return app
 
 
+def _add_routes(app: FastAPI) -> None:
+    """The error handlers, the page, its static files and the API routes."""
+    _add_error_handlers(app)
+    app.add_api_route("/", _index, include_in_schema=False, methods=["GET"])
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    for router in (info.router, jobs.router, detect.router):
+        app.include_router(router)
+
+
 def _check_limits(
-    max_upload_mb: float, max_pixels: int, keep_results: int, results_mb: float, max_queue: int
+    max_upload_mb: float,
+    max_pixels: int,
+    keep_results: int,
+    results_mb: float,
+    max_queue: int,
+    task: str = "classification",
 ) -> None:
+    if task not in ("classification", "detection"):
+        raise SacamError(f"task must be 'classification' or 'detection', got {task!r}")
     for name, value in (("max_upload_mb", max_upload_mb), ("results_mb", results_mb)):
         if not (isinstance(value, int | float) and 0 < value < math.inf):
             raise SacamError(f"{name} must be a positive number, got {value!r}")
@@ -130,11 +151,17 @@ def _start(
     keep_results: int,
     results_mb: float,
     max_queue: int,
+    task: str = "classification",
+    dense: DenseFormat | None = None,
 ) -> ServeState:
     """Start the model thread and measure the model on it (its layers, classes, passes)."""
+    _check_limits(max_upload_mb, max_pixels, keep_results, results_mb, max_queue, task)
     worker = ModelWorker(loaded.model, max_queue=max_queue)
+    probe = (
+        service.model_facts if task == "classification" else partial(detection_facts, dense=dense)
+    )
     try:
-        facts_job = worker.submit("start-up", lambda _progress: service.model_facts(loaded))
+        facts_job = worker.submit("start-up", lambda _progress: probe(loaded))
         assert facts_job.future is not None
         facts: service.ModelFacts = facts_job.future.result()
         passes_job = worker.submit("start-up", lambda _p: passes_per_method(loaded, facts))
@@ -150,10 +177,18 @@ def _start(
         store=ResultStore(keep_results, int(results_mb * 2**20)),
         max_upload_mb=max_upload_mb,
         max_pixels=max_pixels,
-        default_method="sa-cam" if "sa-cam" in list_methods() else list_methods()[0],
+        default_method=_default_method(task),
         unavailable=unavailable_methods(loaded.model),
         passes=passes,
+        task=task,
+        dense=dense,
     )
+
+
+def _default_method(task: str) -> str:
+    """SA-CAM for a classifier; Grad-CAM for a detector (one pass and one gradient a map)."""
+    wanted = "sa-cam" if task == "classification" else "grad-cam"
+    return wanted if wanted in list_methods() else list_methods()[0]
 
 
 def _add_error_handlers(app: FastAPI) -> None:

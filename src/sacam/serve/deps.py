@@ -14,6 +14,7 @@ from fastapi import Depends, Request
 from torch import nn
 
 from ..api import build_method
+from ..detection import DenseFormat
 from ..models import LoadedModel
 from ..registry import list_methods
 from .results import ResultStore
@@ -39,6 +40,8 @@ class ServeState:
         unavailable: method -> why it cannot explain this model.
         passes: method -> forward passes (images through the model) for one map at the
             automatic layer.
+        task: ``"classification"`` or ``"detection"`` (:mod:`sacam.serve.detect`).
+        dense: how to read a detector's YOLO-style dense output.
     """
 
     loaded: LoadedModel
@@ -51,6 +54,8 @@ class ServeState:
     unavailable: dict[str, str] = field(default_factory=dict)
     passes: dict[str, int] = field(default_factory=dict)
     decode_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(DECODE_SLOTS))
+    task: str = "classification"
+    dense: DenseFormat | None = None
 
 
 def unavailable_methods(model: nn.Module) -> dict[str, str]:

@@ -30,6 +30,7 @@ async def health(state: StateDep) -> dict[str, Any]:
         "jobs_pending": state.worker.pending(),
         "max_queue": state.worker.max_queue or 0,
         "max_upload_mb": state.max_upload_mb,
+        "task": state.task,
     }
 
 

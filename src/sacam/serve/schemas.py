@@ -56,6 +56,7 @@ class HealthOut(BaseModel):
     jobs_pending: int
     max_queue: int
     max_upload_mb: float
+    task: str = Field(default="classification", description="classification or detection")
 
 
 class MethodOut(BaseModel):
