@@ -53,6 +53,7 @@ COLOURS = 160
 #: Smaller settings of the slowest methods, so the whole gallery takes minutes on a laptop.
 REDUCED: dict[str, dict[str, object]] = {
     "smooth-grad-cam++": {"n_samples": 8},
+    "sess": {"num_scales": 4},
     "ss-cam": {"n_samples": 4, "top_channels": 256},
     "is-cam": {"n_samples": 4, "top_channels": 256},
     "opti-cam": {"steps": 20},
