@@ -169,3 +169,54 @@ def test_a_classifier_is_refused_as_a_detector() -> None:
 
     with pytest.raises(ModelError, match="needs a detector, but the model returned Tensor"):
         create_app(colour_model(), task="detection")
+
+
+def test_the_page_draws_boxes_and_explains_the_clicked_one() -> None:
+    from tests.support.serve import (
+        CHROMIUM,
+        live_server,
+        serious_accessibility_problems,
+        sync_playwright,
+    )
+
+    png, _, _ = scene_png()
+    start = sync_playwright()
+    with live_server(create_app(detector_model(), task="detection")) as base, start() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        context = browser.new_context(viewport={"width": 1440, "height": 900}, bypass_csp=True)
+        page = context.new_page()
+        page.goto(base + "/")
+        page.wait_for_function(
+            "() => document.querySelector('#explain').textContent === 'Detect objects'"
+        )
+        assert page.is_checked("#methods input[value='grad-cam']")
+        assert page.is_hidden("#curves-section")
+        page.set_input_files("#file-input", files=[
+            {"name": "scene.png", "mimeType": "image/png", "buffer": png}
+        ])  # fmt: skip
+        page.wait_for_function("() => !document.querySelector('#explain').disabled")
+        page.click("#explain")
+        page.wait_for_selector("#detection-view .box")
+        assert page.locator("#detection-view .box").count() == 2
+        assert page.locator("#detections button").count() == 2
+        first = page.locator("#detection-view .box").nth(0)
+        label = first.get_attribute("aria-label") or ""
+        assert label.startswith("explain detection 1: ")
+        first.click()
+        page.wait_for_selector("#maps .card[data-method='grad-cam'] img")
+        text = page.text_content("#detection-explained") or ""
+        assert text.startswith("Maps explain detection 1: ")
+        assert first.get_attribute("aria-pressed") == "true"
+        one = page.get_attribute("#maps .card[data-method='grad-cam'] img.overlay", "src")
+        assert one and one.startswith("data:image/png;base64,")
+        page.focus("#detections li:nth-child(2) button")  # by keyboard: the second detection
+        page.keyboard.press("Enter")
+        page.wait_for_function(
+            "() => document.querySelector('#detection-explained').textContent"
+            ".startsWith('Maps explain detection 2: ')"
+        )
+        page.wait_for_selector("#maps .card[data-method='grad-cam'] img")
+        two = page.get_attribute("#maps .card[data-method='grad-cam'] img.overlay", "src")
+        assert two and two != one
+        assert serious_accessibility_problems(page) == []
+        browser.close()

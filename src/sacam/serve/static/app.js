@@ -3,6 +3,7 @@
 
 import { clearCharts, drawCurves } from "./charts.js";
 import { $, api, el, say, seconds, state } from "./common.js";
+import { setupDetection } from "./detect.js";
 import { applyColours, downloadJson, drawColorbar, mapCard, originalCard, pendingCard } from "./maps.js";
 
 const FAMILY_ORDER = ["attention", "gradient", "activation", "decomposition", "transformer", "baseline", "perturbation"];
@@ -16,6 +17,7 @@ async function init() {
       api("/api/health"), api("/api/methods"), api("/api/layers"), api("/api/samples"), api("/api/classes"),
     ]);
     $("#model-info").textContent = `model ${health.model} on ${health.device} · sacam ${health.version}`;
+    if (health.task === "detection") setupDetection({ runJob, render, chosenMethods, busy });
     showMethods(methods);
     layers = layerList;
     showLayers(false);
@@ -187,6 +189,7 @@ function busy() {
 }
 
 async function explain() {
+  if (state.detect) { state.detect(); return; }  // a detector's page (detect.js)
   if (!state.image || busy()) return;
   const form = new FormData();
   form.append("image", state.image, state.imageName || "image");
