@@ -28,6 +28,7 @@ from ._args import (
     positive_float,
     unit_float,
 )
+from ._benchmark_tasks import add_benchmark_task_options, apply_task_options, print_task_summary
 from ._demo import SAMPLES, data_source, demo_labels, write_demo_set
 from ._model import add_preprocess_options, read_class_names
 
@@ -59,6 +60,7 @@ def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
     )
     _add_run_options(bench)
     _add_metric_settings(bench)
+    add_benchmark_task_options(bench)
     add_engine_options(bench)
 
 
@@ -238,6 +240,7 @@ def _benchmark_config(args: argparse.Namespace) -> BenchmarkConfig:
         config.methods = list(dict.fromkeys(args.methods))
     elif args.from_maps is not None:
         config.methods = MapReader(args.from_maps).methods()
+    apply_task_options(args, config)
     return config
 
 
@@ -356,6 +359,9 @@ def benchmark_command(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_INTERRUPTED
+        if config.task != "classification":
+            print_task_summary(summary, str(config.out), time.perf_counter() - start)
+            continue
         print(render_markdown(summary))
         print(time_line(summary, time.perf_counter() - start))
         print(

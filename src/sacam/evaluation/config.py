@@ -16,6 +16,7 @@ from ..errors import InputError
 ROAD_PERCENTAGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
 EPSILONS = tuple(e / 255 for e in (0.5, 1.0, 2.0, 4.0, 8.0))
 DEFAULT_METHODS = ("grad-cam", "grad-cam++", "sa-cam")
+TASKS = ("classification", "detection", "segmentation")
 
 # settings renamed since: a run.json written with the old name resumes
 RENAMED_SETTINGS = {"curve_batch_size": "curve_inputs_per_pass"}
@@ -70,6 +71,11 @@ class BenchmarkConfig:
         class_names: the model's class names in class-index order (None: the ImageNet
             names for 1000-class models); class folders and ``labels.csv`` may then name
             their classes by these names, and ``predictions.csv`` shows them.
+        task: ``"classification"``, or ``"detection"`` / ``"segmentation"`` (one map per
+            annotated object, :mod:`sacam.evaluation.runner.tasks`).
+        min_iou: detection and segmentation: the least IoU of a prediction with an
+            object for it to count as found (else the object is missed).
+        score_threshold: detection: the least score of a detection that may match.
     """
 
     data_dir: Path
@@ -111,10 +117,17 @@ class BenchmarkConfig:
     from_maps: Path | None = None
     trust_model_file: bool = False
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    task: Literal["classification", "detection", "segmentation"] = "classification"
+    min_iou: float = 0.5
+    score_threshold: float = 0.5
 
     def __post_init__(self) -> None:
         check_inputs_per_pass(self.images_per_step, "images_per_step", InputError, auto=False)
         check_inputs_per_pass(self.curve_inputs_per_pass, "curve_inputs_per_pass", InputError)
+        if self.task not in TASKS:
+            raise InputError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if not 0.0 <= self.min_iou <= 1.0:
+            raise InputError(f"min_iou must be in [0, 1], got {self.min_iou}")
 
     def method_layer(self) -> str | list[str] | None:
         """The ``layer`` argument of the methods: one name, a list, or None."""

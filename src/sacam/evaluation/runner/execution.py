@@ -46,6 +46,7 @@ from .report import write_report
 from .state import Run, check_methods
 from .store import PairResult, ResultsStore, RunLock, pair_results
 from .summary import summarize
+from .tasks import run_task_benchmark
 
 Engine = Callable[[Run], None]
 
@@ -357,6 +358,8 @@ def run_benchmark(
         >>> cfg.images_per_step, cfg.metrics
         (16, ['default'])
     """
+    if config.task != "classification":  # one map per annotated object: its own loop
+        return run_task_benchmark(config, progress=progress)
     config.out.mkdir(parents=True, exist_ok=True)
     with RunLock(config.out):
         t0 = time.perf_counter()

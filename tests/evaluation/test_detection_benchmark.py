@@ -1,0 +1,231 @@
+"""Benchmarks of a detector and a segmenter: one map per annotated object, scored per object.
+
+The detector is :func:`tests.support.detectors.trained_detector` (coloured squares, class
+1 reddish, class 2 bluish, 64×64), the segmenter :func:`tests.support.segmenters.
+trained_segmenter` (a red and a blue square, 32×32); their datasets are scenes written
+here as PNG files with the true boxes or class masks. Each dataset also holds one object
+the model cannot find (an annotation on a plain background): it must be counted as
+missed, not scored and not dropped. The pointing game runs with no tolerance, so its
+random baseline is the object's share of the image.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sacam.cli import main
+from sacam.errors import SacamError
+from sacam.evaluation.config import BenchmarkConfig
+from sacam.evaluation.runner import run_benchmark
+from sacam.evaluation.runner.task_data import read_detection
+from tests.support.detectors import scenes
+from tests.support.segmenters import square_scenes
+
+DETECTOR = "tests.support.task_models:detector"
+SEGMENTER = "tests.support.segmenters:segmenter"
+PLAIN = ["--mean", "0", "0", "0", "--std", "1", "1", "1"]
+FAST = {"tolerance": 0.0, "steps": 16, "curve_inputs_per_pass": 64}
+
+
+def _png(image: torch.Tensor, path: Path) -> None:
+    arr = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(arr).save(path)
+
+
+@pytest.fixture(scope="module")
+def detection_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    """12 scenes of one or two squares and a plain grey image with one (absent) object."""
+    root = tmp_path_factory.mktemp("detection-set")
+    images, boxes, labels = scenes(12, seed=11, objects=(1, 2))
+    rows = []
+    for i, image in enumerate(images):
+        _png(image, root / f"scene{i:02d}.png")
+        for box, label in zip(boxes[i].tolist(), labels[i].tolist(), strict=True):
+            rows.append([f"scene{i:02d}.png", label, *box])
+    _png(torch.full((3, 64, 64), 0.5), root / "plain.png")
+    rows.append(["plain.png", 1, 10.0, 10.0, 26.0, 26.0])
+    with (root / "annotations.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "label", "x0", "y0", "x1", "y1"])
+        writer.writerows(rows)
+    return root, len(rows)
+
+
+def _config(data: Path, out: Path, **changes: Any) -> BenchmarkConfig:
+    settings: dict[str, Any] = {
+        "out": out,
+        "model": DETECTOR,
+        "image_size": 64,
+        "mean": (0.0, 0.0, 0.0),
+        "std": (1.0, 1.0, 1.0),
+        "methods": ["grad-cam", "random"],
+        "task": "detection",
+        "layer": ["backbone"],
+        **FAST,
+    }
+    return BenchmarkConfig(data, **(settings | changes))
+
+
+def _rows(out: Path) -> list[dict[str, str]]:
+    with (out / "results.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _mean(rows: list[dict[str, str]], method: str, column: str) -> float:
+    values = [float(r[column]) for r in rows if r["method"] == method and r[column] != ""]
+    return sum(values) / len(values)
+
+
+@pytest.fixture(scope="module")
+def detection_run(detection_set, tmp_path_factory) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    data, _ = detection_set
+    out = tmp_path_factory.mktemp("detection-run")
+    summary = run_benchmark(_config(data, out), progress=False)
+    return summary, _rows(out)
+
+
+def test_one_row_per_object_and_method_and_the_missed_counted(detection_set, detection_run):
+    _, n_objects = detection_set
+    summary, rows = detection_run
+    assert len(rows) == 2 * n_objects
+    for method in ("grad-cam", "random"):
+        mine = [r for r in rows if r["method"] == method]
+        assert len(mine) == n_objects
+        plain = [r for r in mine if r["image"] == "plain.png"]
+        assert len(plain) == 1 and plain[0]["status"] == "missed"
+        assert plain[0]["pointing_game"] == plain[0]["deletion"] == ""
+        missed = sum(r["status"] == "missed" for r in mine)
+        assert summary["table"][method]["missed"] == missed
+        assert summary["table"][method]["explained"] == n_objects - missed
+    assert summary["objects"] == n_objects and 1 <= summary["missed"] <= 3
+    assert (detection_run[0]["values"]) == [
+        "pointing_game",
+        "energy_pointing_game",
+        "deletion",
+        "insertion",
+    ]
+
+
+def test_grad_cam_points_at_the_detected_objects(detection_run):
+    summary, rows = detection_run
+    baseline = _mean(rows, "grad-cam", "pointing_baseline")  # box area / image area
+    explained = [r for r in rows if r["status"] == "explained"]
+    assert all(0.0 <= float(r["energy_pointing_game"]) <= 1.0 for r in explained)
+    assert all(float(r["iou"]) >= 0.5 and float(r["score"]) >= 0.5 for r in explained)
+    grad = summary["table"]["grad-cam"]
+    assert baseline < 0.1
+    assert grad["pointing_game"]["mean"] >= 0.7 > 5 * baseline
+    assert grad["energy_pointing_game"]["mean"] > 5 * _mean(rows, "grad-cam", "energy_baseline")
+    assert summary["table"]["random"]["pointing_game"]["mean"] < 0.3
+
+
+def test_deleting_grad_cams_pixels_first_drops_the_detection_faster(detection_run):
+    summary, _ = detection_run
+    grad, rand = summary["table"]["grad-cam"], summary["table"]["random"]
+    assert grad["deletion"]["mean"] + grad["deletion"]["ci95"] < rand["deletion"]["mean"]
+    assert 0.0 <= grad["insertion"]["mean"] <= 1.0
+
+
+def test_an_annotation_file_with_labels_by_name_or_json(tmp_path) -> None:
+    (tmp_path / "a.json").write_text('{"x.png": [{"label": "Blue", "box": [1, 2, 5, 6]}]}')
+    assert read_detection(tmp_path / "a.json", ["background", "red", "blue"]) == {
+        "x.png": [(2, (1.0, 2.0, 5.0, 6.0))]
+    }
+    (tmp_path / "b.csv").write_text("file,x0,y0,x1,y1\nx.png,1,2,5,6\n")
+    with pytest.raises(SacamError, match="label missing"):
+        read_detection(tmp_path / "b.csv")
+
+
+def test_metrics_that_do_not_apply_are_refused(detection_set, tmp_path) -> None:
+    data, _ = detection_set
+    with pytest.raises(SacamError, match="confidence does not apply to --task detection"):
+        run_benchmark(_config(data, tmp_path, metrics=["confidence"]), progress=False)
+
+
+def test_sacam_benchmark_task_detection(detection_set, tmp_path, capsys) -> None:
+    data, _ = detection_set
+    out = tmp_path / "run"
+    args = ["benchmark", str(data), "--model", DETECTOR, "--task", "detection", "--size", "64"]
+    args += [*PLAIN, "--methods", "grad-cam", "--layer", "backbone", "--tolerance", "0"]
+    args += ["--metrics", "pointing", "energy_pointing", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    rows = _rows(out)
+    assert len(rows) == detection_set[1]
+    missed = sum(r["status"] == "missed" for r in rows)
+    assert f"{missed} missed" in printed and "| grad-cam |" in printed
+    assert "deletion" not in rows[0]
+    assert _mean(rows, "grad-cam", "pointing_game") >= 0.7
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--min-iou", "0.3"], "--min-iou apply to --task detection or segmentation"),
+        (["--task", "detection", "--metrics", "deletion", "sanity"], "sanity does not apply"),
+        (["--task", "detection", "--engine", "ray"], "--engine ray run classifiers only"),
+    ],
+)
+def test_bad_task_options_say_what_to_do(detection_set, tmp_path, capsys, extra, message):
+    data, _ = detection_set
+    args = ["benchmark", str(data), "--model", DETECTOR, "--size", "64", *PLAIN, *extra]
+    code = main([*args, "--out", str(tmp_path / "run")])
+    assert code != 0
+    assert message in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def segmentation_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    """8 scenes with a red and a blue square and their masks; a dark image with one object."""
+    root = tmp_path_factory.mktemp("segmentation-set")
+    x, y = square_scenes(8, seed=5)
+    lines = ["file,mask"]
+    for i in range(len(x)):
+        _png(x[i], root / f"s{i}.png")
+        Image.fromarray(y[i].numpy().astype(np.uint8), mode="L").save(root / f"m{i}.png")
+        lines.append(f"s{i}.png,m{i}.png")
+    _png(torch.zeros(3, 32, 32), root / "dark.png")
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:16, 8:16] = 2
+    Image.fromarray(mask, mode="L").save(root / "dark-mask.png")
+    lines.append("dark.png,dark-mask.png")
+    (root / "annotations.csv").write_text("\n".join(lines) + "\n")
+    return root, 2 * len(x) + 1
+
+
+def test_segmentation_benchmark_scores_each_class_in_its_mask(segmentation_set, tmp_path):
+    data, n_objects = segmentation_set
+    config = _config(
+        data, tmp_path, model=SEGMENTER, image_size=32, task="segmentation", layer=["features"]
+    )
+    summary = run_benchmark(config, progress=False)
+    rows = _rows(tmp_path)
+    assert len(rows) == 2 * n_objects
+    dark = [r for r in rows if r["image"] == "dark.png"]
+    assert [r["status"] for r in dark] == ["missed", "missed"] and summary["missed"] == 1
+    grad, rand = summary["table"]["grad-cam"], summary["table"]["random"]
+    baseline = _mean(rows, "grad-cam", "pointing_baseline")  # 8×8 of 32×32: 1/16
+    assert baseline == pytest.approx(1 / 16)
+    assert grad["pointing_game"]["mean"] >= 0.9 > 5 * baseline
+    energy_baseline = _mean(rows, "grad-cam", "energy_baseline")
+    assert grad["energy_pointing_game"]["mean"] > 0.5 > 5 * energy_baseline
+    assert grad["deletion"]["mean"] + grad["deletion"]["ci95"] < rand["deletion"]["mean"]
+
+
+def test_sacam_benchmark_task_segmentation(segmentation_set, tmp_path, capsys) -> None:
+    data, n_objects = segmentation_set
+    args = ["benchmark", str(data), "--model", SEGMENTER, "--task", "segmentation"]
+    args += ["--size", "32", *PLAIN, "--methods", "grad-cam", "--layer", "features"]
+    args += ["--metrics", "pointing", "--tolerance", "0", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    assert "1 missed" in capsys.readouterr().out
+    rows = _rows(tmp_path / "run")
+    assert len(rows) == n_objects
+    assert _mean(rows, "grad-cam", "pointing_game") >= 0.9
