@@ -70,6 +70,7 @@ EXPECTED_FILES = {
         "runs/python/summary.md",
         "runs/stability/results.csv",
     ],
+    "tutorials/detection.md": ["found/scene_detections_grad-cam.png"],
     "tutorials/ray.md": [
         "runs/ray/results.csv",
         "runs/ray/report.html",
@@ -89,6 +90,7 @@ EXPECTED_OUTPUT = {
     "tutorials/segmentation.md": ["torch.Size([1, 64, 64])", "None tensor(["],
     "tutorials/multi-label.md": ["2 (20, 16)", "0 (4, 4)"],
     "tutorials/web-app.md": ["espresso ['grad-cam']"],
+    "tutorials/detection.md": ["(torchvision detections)", "grad-cam at backbone"],
 }
 
 FENCE = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```\s*$", re.S | re.M)
