@@ -154,6 +154,27 @@ def test_bad_detection_requests_are_refused(client, body, status, message) -> No
     assert response.status_code == status and message in response.json()["detail"]
 
 
+def test_a_dense_detector_is_served_by_its_format() -> None:
+    from sacam.detection import DenseFormat
+    from tests.support.task_models import dense_detector
+
+    pre = Preprocess(size=64, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    loaded = load_model(dense_detector(), preprocess=pre, class_names=["red", "blue"])
+    app = create_app(loaded, task="detection", dense=DenseFormat(box_format="xyxy"))
+    png, boxes, labels = scene_png()
+    with TestClient(app, base_url=LOCAL) as c:
+        found = detect(c, png).json()
+        # dense labels are class columns: torchvision's label 1 is column 0
+        assert sorted(d["label"] + 1 for d in found["detections"]) == sorted(labels)
+        for d in found["detections"]:
+            assert d["name"] == ["red", "blue"][d["label"]]
+            true = boxes[labels.index(d["label"] + 1)]
+            assert np.allclose(d["box"], true, atol=3.0)
+            body = {"result_id": found["result_id"], "index": d["index"], "layer": "net.backbone"}
+            row, col = peak(explain(c, body))
+            assert true[0] - 1 <= col <= true[2] + 1 and true[1] - 1 <= row <= true[3] + 1
+
+
 def test_a_classifier_server_has_no_detections() -> None:
     from tests.support.serve import colour_model, red_green_png
 

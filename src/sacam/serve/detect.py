@@ -29,7 +29,7 @@ from .. import detection
 from ..errors import ModelError
 from ..models import LoadedModel
 from ..viz import overlay
-from .deps import ClientDep, StateDep
+from .deps import ClientDep, ServeState, StateDep
 from .inputs import check_layer, check_methods, prepare_pixels
 from .progress import JobError, Progress
 from .results import ResultStore, StoredResult
@@ -172,10 +172,15 @@ def run_explain_detection(
     dense: detection.DenseFormat | None,
     progress: Progress,
     *,
+    passes: dict[str, int] | None = None,
     client: str = "",
 ) -> dict[str, Any]:
-    """Explain one detection with each method; the maps are kept as a new result."""
-    progress.plan([1] * len(methods))
+    """Explain one detection with each method; the maps are kept as a new result.
+
+    ``passes`` (method -> forward passes of one map) plans the job's progress.
+    """
+    planned = [(passes or {}).get(name, 1) for name in methods]
+    progress.plan(planned)
     result = DetectionResult(
         uuid.uuid4().hex, stored.x, stored.pixels, found.label, layer, {}, {},
         detections=stored.detections,
@@ -197,7 +202,7 @@ def run_explain_detection(
         "box": list(found.box),
     }
     for k, name in enumerate(methods):
-        progress.stage(k, name, 1)
+        progress.stage(k, name, planned[k])
         start = time.perf_counter()
         ex = detection.explain(loaded.model, stored.x, found.target(), name, layer, dense=dense)
         elapsed = time.perf_counter() - start
@@ -218,7 +223,7 @@ def run_explain_detection(
     return answer
 
 
-def _detector_only(state: Any) -> None:
+def _detector_only(state: ServeState) -> None:
     if state.task != "detection":
         raise JobError(400, "this server explains a classifier: start it with --task detection")
 
@@ -269,6 +274,6 @@ async def explain_detection_job(
     layer = check_layer(body.layer, state.facts)
     fn = partial(
         run_explain_detection, state.loaded, state.facts, state.store, stored, found,
-        methods, layer, state.dense, client=client,
+        methods, layer, state.dense, passes=state.passes, client=client,
     )  # fmt: skip
     return state.worker.describe(state.worker.submit("explain", fn, owner=client))
