@@ -31,6 +31,7 @@ from torch import nn
 from ... import detection
 from ..._outputs import logits_model, to_logits
 from ...api import explain_full
+from ...errors import ModelError
 from ...filters import gaussian_blur
 from ...targets import SemanticSegmentationTarget
 from ..config import BenchmarkConfig
@@ -63,7 +64,7 @@ def match_detections(
     model: nn.Module, x: torch.Tensor, objects: Sequence[TaskObject], config: BenchmarkConfig
 ) -> list[Match]:
     """Each object's best-overlapping detection of its label (module docstring)."""
-    found = detection.detect(model, x, score_threshold=config.score_threshold)
+    found = detection.detect(model, x, score_threshold=config.score_threshold, max_detections=100)
     matches = []
     for obj in objects:
         assert obj.box is not None
@@ -86,8 +87,9 @@ def match_segments(
     with torch.inference_mode():
         logits = to_logits(model(x))
     if logits.ndim != 4:
-        raise ValueError(
-            f"--task segmentation needs a (B, classes, H, W) score map, got {tuple(logits.shape)}"
+        raise ModelError(
+            f"--task segmentation needs a model whose output is a (B, classes, H, W) score "
+            f"map; it returned {tuple(logits.shape)}: use --task detection or classification"
         )
     predicted = logits[0].argmax(0)
     probs = torch.softmax(logits[0].float(), 0)
