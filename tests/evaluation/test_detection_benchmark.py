@@ -24,7 +24,7 @@ from sacam.cli import main
 from sacam.errors import SacamError
 from sacam.evaluation.config import BenchmarkConfig
 from sacam.evaluation.runner import run_benchmark
-from sacam.evaluation.runner.task_data import read_detection
+from sacam.evaluation.runner.task_data import read_detection, read_images
 from tests.support.detectors import scenes
 from tests.support.segmenters import square_scenes
 
@@ -141,6 +141,12 @@ def test_an_annotation_file_with_labels_by_name_or_json(tmp_path) -> None:
     (tmp_path / "b.csv").write_text("file,x0,y0,x1,y1\nx.png,1,2,5,6\n")
     with pytest.raises(SacamError, match="label missing"):
         read_detection(tmp_path / "b.csv")
+    (tmp_path / "c.csv").write_text("file,label,x0,y0,x1,y1\nx.png,1,5,2,1,6\n")
+    with pytest.raises(SacamError, match=r"line 2: box .* needs x1 > x0"):
+        read_detection(tmp_path / "c.csv")
+    (tmp_path / "d.csv").write_text("file,label,x0,y0,x1,y1\n../x.png,1,1,2,5,6\n")
+    with pytest.raises(SacamError, match="outside DATA_DIR"):
+        read_images(tmp_path, "detection", tmp_path / "d.csv")
 
 
 def test_metrics_that_do_not_apply_are_refused(detection_set, tmp_path) -> None:

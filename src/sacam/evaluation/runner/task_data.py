@@ -32,6 +32,7 @@ from PIL import Image
 from ...errors import InputError
 from ...preprocess import Preprocess
 from ..localization import Box, boxes_to_mask, load_annotations, transform_box
+from .data import _safe_name
 
 BACKGROUND, IGNORE = 0, 255
 
@@ -148,7 +149,7 @@ def read_images(
             )
         entries = [(file, (), a.mask_path) for file, a in masks.items()]
     for file, boxes, mask in sorted(entries):
-        path = data_dir / file
+        path = data_dir / _safe_name(data_dir, file, str(annotations))
         if not path.is_file():
             raise InputError(f"{annotations}: {file} is not an image in {data_dir}")
         if mask is not None and not mask.is_file():
