@@ -171,9 +171,33 @@ def test_sacam_benchmark_task_detection(detection_set, tmp_path, capsys) -> None
     assert _mean(rows, "grad-cam", "pointing_game") >= 0.7
 
 
+def test_a_yolo_style_detector_read_by_the_dense_options(detection_set, tmp_path, capsys):
+    data, n_objects = detection_set
+    # the dense output's class columns count from 0: class 1 is column 0, class 2 column 1
+    lines = (data / "annotations.csv").read_text().splitlines()
+    shifted = [lines[0]]
+    for line in lines[1:]:
+        file, label, *box = line.split(",")
+        shifted.append(",".join([file, str(int(label) - 1), *box]))
+    (tmp_path / "dense.csv").write_text("\n".join(shifted) + "\n")
+    args = ["benchmark", str(data), "--model", "tests.support.task_models:dense_detector"]
+    args += ["--annotations", str(tmp_path / "dense.csv")]
+    args += ["--task", "detection", "--box-format", "xyxy", "--size", "64", *PLAIN]
+    args += ["--methods", "grad-cam", "--layer", "net.backbone", "--tolerance", "0"]
+    args += ["--metrics", "pointing", "deletion", "--steps", "8", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    rows = _rows(tmp_path / "run")
+    assert len(rows) == n_objects
+    explained = [r for r in rows if r["status"] == "explained"]
+    assert len(explained) >= n_objects - 3
+    assert _mean(rows, "grad-cam", "pointing_game") >= 0.7
+    assert all(0.0 <= float(r["deletion"]) <= 1.0 for r in explained)
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
+        (["--objectness"], "--objectness apply to --task detection only"),
         (["--min-iou", "0.3"], "--min-iou apply to --task detection or segmentation"),
         (["--task", "detection", "--metrics", "deletion", "sanity"], "sanity does not apply"),
         (["--task", "detection", "--engine", "ray"], "--engine ray run classifiers only"),

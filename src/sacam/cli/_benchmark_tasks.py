@@ -17,6 +17,11 @@ if TYPE_CHECKING:
     from ..evaluation.config import BenchmarkConfig
 
 _DEFAULTS = (("--min-iou", "min_iou", 0.5), ("--score-threshold", "score_threshold", 0.5))
+_DENSE = (
+    ("--box-format", "box_format", "xywh"),
+    ("--objectness", "objectness", False),
+    ("--dense-layout", "dense_layout", "auto"),
+)
 
 
 def add_benchmark_task_options(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +49,7 @@ def add_benchmark_task_options(parser: argparse.ArgumentParser) -> None:
         default=0.5,
         help="detection: the least score of a detection that may match (default: 0.5)",
     )
+    _add_dense_options(parser)
     parser.add_argument(
         "--tolerance",
         type=float,
@@ -53,11 +59,35 @@ def add_benchmark_task_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_dense_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--box-format",
+        choices=["xywh", "xyxy"],
+        default="xywh",
+        help="detection, YOLO-style output: the box columns, centre and size (xywh, the "
+        "default) or corners (xyxy)",
+    )
+    parser.add_argument(
+        "--objectness",
+        action="store_true",
+        help="detection, YOLO-style output: a column after the box holds objectness (YOLOv5)",
+    )
+    parser.add_argument(
+        "--dense-layout",
+        choices=["auto", "bnd", "bdn"],
+        default="auto",
+        help="detection, YOLO-style output: (B, N, D) rows or (B, D, N) (default: auto)",
+    )
+
+
 def apply_task_options(args: argparse.Namespace, config: BenchmarkConfig) -> None:
     """Copy the task options into ``config``; refuse those that do not apply."""
     if args.tolerance < 0:
         raise SacamError(f"--tolerance is a distance in pixels, 0 or more; got {args.tolerance}")
     config.tolerance = args.tolerance
+    dense = [flag for flag, dest, default in _DENSE if getattr(args, dest) != default]
+    if dense and args.task != "detection":
+        raise SacamError(f"{', '.join(dense)} apply to --task detection only")
     if args.task == "classification":
         given = [flag for flag, dest, default in _DEFAULTS if getattr(args, dest) != default]
         if given:
@@ -76,6 +106,9 @@ def apply_task_options(args: argparse.Namespace, config: BenchmarkConfig) -> Non
     config.task = args.task
     config.min_iou = args.min_iou
     config.score_threshold = args.score_threshold
+    config.box_format = args.box_format
+    config.objectness = args.objectness
+    config.dense_layout = args.dense_layout
 
 
 def print_task_summary(summary: dict[str, Any], out: str, wall_s: float) -> None:

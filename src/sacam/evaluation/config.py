@@ -76,6 +76,8 @@ class BenchmarkConfig:
         min_iou: detection and segmentation: the least IoU of a prediction with an
             object for it to count as found (else the object is missed).
         score_threshold: detection: the least score of a detection that may match.
+        box_format, objectness, dense_layout: detection, YOLO-style tensor outputs: how
+            to read them (:class:`sacam.detection.DenseFormat`).
     """
 
     data_dir: Path
@@ -120,6 +122,9 @@ class BenchmarkConfig:
     task: Literal["classification", "detection", "segmentation"] = "classification"
     min_iou: float = 0.5
     score_threshold: float = 0.5
+    box_format: Literal["xywh", "xyxy"] = "xywh"
+    objectness: bool = False
+    dense_layout: Literal["auto", "bnd", "bdn"] = "auto"
 
     def __post_init__(self) -> None:
         check_inputs_per_pass(self.images_per_step, "images_per_step", InputError, auto=False)

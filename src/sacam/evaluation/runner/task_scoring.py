@@ -46,6 +46,11 @@ TASK_METRICS = ("pointing", "energy_pointing", "deletion", "insertion")
 Scorer = Callable[[object], torch.Tensor]
 
 
+def dense(config: BenchmarkConfig) -> detection.DenseFormat:
+    """How the run reads a YOLO-style detector's tensor output."""
+    return detection.DenseFormat(config.box_format, config.objectness, config.dense_layout)
+
+
 @dataclass
 class Match:
     """An object and what the model predicts for it: the target to explain, or None (missed).
@@ -64,7 +69,9 @@ def match_detections(
     model: nn.Module, x: torch.Tensor, objects: Sequence[TaskObject], config: BenchmarkConfig
 ) -> list[Match]:
     """Each object's best-overlapping detection of its label (module docstring)."""
-    found = detection.detect(model, x, score_threshold=config.score_threshold, max_detections=100)
+    found = detection.detect(
+        model, x, score_threshold=config.score_threshold, max_detections=100, dense=dense(config)
+    )
     matches = []
     for obj in objects:
         assert obj.box is not None
@@ -129,26 +136,29 @@ class SegmentScores:
 
 
 def explain_matches(
-    model: nn.Module, x: torch.Tensor, matches: Sequence[Match], method: str, task: str,
+    model: nn.Module,
+    x: torch.Tensor,
+    matches: Sequence[Match],
+    method: str,
     config: BenchmarkConfig,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """The maps ``(k, S, S)`` of the matched objects of one image (``x`` is ``(1, C, S, S)``)."""
     targets = [m.target for m in matches]
     xs = x.expand(len(targets), *x.shape[1:])
     options = config.method_options.get(method, {})
     layer = config.method_layer()
-    if task == "detection":
-        ex = detection.explain(model, xs, targets, method, layer, **options)
+    if config.task == "detection":
+        ex = detection.explain(model, xs, targets, method, layer, dense=dense(config), **options)
     else:
         ex = explain_full(model, xs, method, layer, targets, **options)
     return ex.maps.detach().float()
 
 
-def scorer(matches: Sequence[Match], task: str) -> Scorer:
+def scorer(matches: Sequence[Match], config: BenchmarkConfig) -> Scorer:
     """The ``output_transform`` scoring each matched prediction (one column per match)."""
     targets = [m.target for m in matches]
-    if task == "detection":
-        return detection.DetectionScores(targets)
+    if config.task == "detection":
+        return detection.DetectionScores(targets, dense(config))
     return SegmentScores(targets)
 
 
@@ -157,7 +167,6 @@ def score_maps(
     x: torch.Tensor,
     maps: torch.Tensor,
     matches: Sequence[Match],
-    task: str,
     config: BenchmarkConfig,
 ) -> dict[str, torch.Tensor]:
     """Per-object values ``(k,)`` of the chosen metrics (:data:`TASK_METRICS`) of the maps."""
@@ -172,7 +181,7 @@ def score_maps(
     if not curves:
         return values
     k = len(matches)
-    wrapped = logits_model(model, scorer(matches, task), activation="none")
+    wrapped = logits_model(model, scorer(matches, config), activation="none")
     xs = x.expand(k, *x.shape[1:])
     step = step_size(x.shape[-2], x.shape[-1], config.steps)
     rank = pixel_rank(maps, config.seed)

@@ -125,9 +125,9 @@ def _image_rows(lm: LoadedModel, image: TaskImage, config: BenchmarkConfig) -> l
         time_s = math.nan
         if found:
             t0 = time.perf_counter()
-            maps = explain_matches(lm.model, x, found, method, config.task, config)
+            maps = explain_matches(lm.model, x, found, method, config)
             time_s = (time.perf_counter() - t0) / len(found)
-            values = score_maps(lm.model, x, maps, found, config.task, config)
+            values = score_maps(lm.model, x, maps, found, config)
         for k, match in enumerate(matches):
             rows.append(_row(image.name, k, match, method, config, values, found, time_s))
     return rows
