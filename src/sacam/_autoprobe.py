@@ -27,7 +27,7 @@ from .tokens import Layout, Resolved
 
 __all__ = ["NoiseSpec", "SeenForward", "record_forward", "unfit_calls"]
 
-SAMPLES = 16  # values sampled from each output to tell whether it changed
+SAMPLES = 256  # values sampled from each output (fixed random places) to tell a change
 
 
 @dataclass
@@ -68,12 +68,17 @@ class NoiseSpec:
 
 
 def _sample(out: torch.Tensor) -> torch.Tensor:
+    """Values of ``out`` at fixed pseudo-random places, all within it.
+
+    Evenly spaced places could all fall on the same border pixel of every channel (a
+    padding's zeros), which would read as an output that does not change.
+    """
     flat = out.detach().reshape(-1)
     if flat.numel() == 0:
         return torch.zeros(SAMPLES, device=out.device)
-    idx = torch.linspace(0, flat.numel() - 1, SAMPLES, device=out.device).long()
-    # float32 steps round the last index up past the end above 2**24 elements
-    return flat[idx.clamp_(max=flat.numel() - 1)].float()
+    gen = torch.Generator().manual_seed(flat.numel())
+    idx = torch.randint(flat.numel(), (SAMPLES,), generator=gen).to(out.device)
+    return flat[idx].float()
 
 
 def record_forward(

@@ -114,3 +114,18 @@ def test_the_probe_leaves_the_model_and_the_rng_as_they_were() -> None:
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     torch.manual_seed(123)
     assert torch.equal(torch.rand(3), expected)  # the probe's noise image has its own generator
+
+
+def test_a_padded_grid_is_seen_to_change_with_the_image() -> None:
+    # zero padding's border is the same for every image: a probe that sampled only border
+    # pixels (16 evenly spaced values of a (1, 240, 32, 32) output all land on pixel (0, 0)
+    # of a channel) would take the padded grid for a constant table
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 240, 1),
+        nn.ZeroPad2d(1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(240, 2),
+    )
+    assert sacam.explain_full(net, torch.rand(1, 3, 30, 30), method="grad-cam").layers == ["1"]
