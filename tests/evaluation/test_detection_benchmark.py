@@ -259,3 +259,54 @@ def test_sacam_benchmark_task_segmentation(segmentation_set, tmp_path, capsys) -
     rows = _rows(tmp_path / "run")
     assert len(rows) == n_objects
     assert _mean(rows, "grad-cam", "pointing_game") >= 0.9
+
+
+def test_instances_each_get_their_own_map(tmp_path) -> None:
+    """Two red squares (one class, two instances) and scenes' squares as instances.
+
+    Each instance is matched alone. Layer-CAM keeps the target's gradient where it is, so
+    each twin's map lies on that twin; Grad-CAM pools the gradient into one weight per
+    channel, so its map of either twin lights both alike (about half the energy on each).
+    """
+    x, y = square_scenes(4, seed=9)
+    two = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(3)) * 0.2
+    two[:, 0:8, 0:8] = two[:, 24:32, 24:32] = 0.0
+    two[0, 0:8, 0:8] = two[0, 24:32, 24:32] = 1.0
+    rows = ["file,mask,label"]
+    for i in range(len(x)):
+        _png(x[i], tmp_path / f"s{i}.png")
+        for label in (1, 2):
+            Image.fromarray(((y[i] == label).numpy() * 255).astype(np.uint8)).save(
+                tmp_path / f"s{i}-{label}.png"
+            )
+            rows.append(f"s{i}.png,s{i}-{label}.png,{label}")
+    _png(two, tmp_path / "two.png")
+    for k, (r, c) in enumerate([(0, 0), (24, 24)]):
+        mask = np.zeros((32, 32), np.uint8)
+        mask[r : r + 8, c : c + 8] = 255
+        Image.fromarray(mask).save(tmp_path / f"two-{k}.png")
+        rows.append(f"two.png,two-{k}.png,1")
+    (tmp_path / "annotations.csv").write_text("\n".join(rows) + "\n")
+    config = _config(
+        tmp_path,
+        tmp_path / "out",
+        model=SEGMENTER,
+        image_size=32,
+        task="segmentation",
+        layer=["features"],
+        methods=["grad-cam", "layer-cam"],
+        metrics=["pointing", "energy_pointing"],
+    )
+    summary = run_benchmark(config, progress=False)
+    results = _rows(tmp_path / "out")
+    assert len(results) == 2 * (2 * len(x) + 2) and summary["missed"] == 0
+    pair = [r for r in results if r["image"] == "two.png" and r["method"] == "layer-cam"]
+    # each instance is found alone (IoU 1 with its own square, not 1/2 with the pair) ...
+    assert [float(r["iou"]) for r in pair] == [1.0, 1.0]
+    # ... and its Layer-CAM map has most of its energy on it, not on its twin
+    assert all(float(r["energy_pointing_game"]) > 0.8 for r in pair)
+    assert [float(r["pointing_game"]) for r in pair] == [1.0, 1.0]
+    pooled = [r for r in results if r["image"] == "two.png" and r["method"] == "grad-cam"]
+    assert all(0.3 < float(r["energy_pointing_game"]) < 0.7 for r in pooled)
+    for method in ("grad-cam", "layer-cam"):
+        assert summary["table"][method]["pointing_game"]["mean"] >= 0.8

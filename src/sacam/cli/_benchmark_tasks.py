@@ -34,7 +34,8 @@ def add_benchmark_task_options(parser: argparse.ArgumentParser) -> None:
         default="classification",
         help="classification (default); detection or segmentation: one map per annotated "
         "object of --annotations (file,label,x0,y0,x1,y1 boxes; file,mask class-index "
-        "masks), scored with pointing, energy_pointing, deletion and insertion",
+        "masks or file,mask,label instances), scored with pointing, energy_pointing, "
+        "deletion and insertion",
     )
     parser.add_argument(
         "--min-iou",

@@ -14,7 +14,10 @@ A label is a class index as the model numbers it, or a class name of ``--class-n
 A segmentation dataset pairs each image with a mask image of class indices (a PNG of
 mode ``L`` or ``P``, same size as the image; 0 is background and 255 "ignore", neither is
 scored): the masks CSV of the classifier's pointing game, ``file,mask`` (mask paths
-relative to the annotations file), or JSON ``{"file": {"mask": "m.png"}}``.
+relative to the annotations file), or JSON ``{"file": {"mask": "m.png"}}``. Instances
+instead: one binary mask per object (non-zero: the object) with its class, CSV
+``file,mask,label`` (one row per instance) or JSON
+``{"file": [{"label": 1, "mask": "i1.png"}, ...]}``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +51,7 @@ class TaskObject:
     label: int
     box: Box | None
     mask: torch.Tensor
+    instance: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,13 +59,14 @@ class TaskImage:
     """One image of a detection or segmentation dataset: its name, path and annotation.
 
     ``boxes`` holds ``(label, box)`` in original pixels (detection); ``mask`` the path of
-    the class-index mask (segmentation).
+    the class-index mask (segmentation), or ``instances`` ``(label, mask path)`` pairs.
     """
 
     name: str
     path: Path
     boxes: tuple[tuple[int, Box], ...] = ()
     mask: Path | None = None
+    instances: tuple[tuple[int, Path], ...] = ()
 
 
 def annotations_file(data_dir: Path, given: Path | None) -> Path:
@@ -135,29 +140,66 @@ def read_images(
 ) -> list[TaskImage]:
     """The annotated images of a detection or segmentation dataset, checked, in file order."""
     images: list[TaskImage] = []
-    entries: list[tuple[str, tuple[tuple[int, Box], ...], Path | None]]
     if task == "detection":
         found = read_detection(annotations, names)
-        entries = [(file, tuple(objects), None) for file, objects in found.items()]
+        entries = [TaskImage(file, Path(), boxes=tuple(objs)) for file, objs in found.items()]
     else:
-        masks = load_annotations(annotations)
-        without = [f for f, a in masks.items() if a.mask_path is None]
-        if without:
-            raise InputError(
-                f"{annotations}: segmentation needs a mask per image (file,mask rows); "
-                f"{without[0]} has boxes"
-            )
-        entries = [(file, (), a.mask_path) for file, a in masks.items()]
-    for file, boxes, mask in sorted(entries):
-        path = data_dir / _safe_name(data_dir, file, str(annotations))
+        entries = _segmentation_entries(annotations, names)
+    for entry in sorted(entries, key=lambda e: e.name):
+        path = data_dir / _safe_name(data_dir, entry.name, str(annotations))
         if not path.is_file():
-            raise InputError(f"{annotations}: {file} is not an image in {data_dir}")
-        if mask is not None and not mask.is_file():
-            raise InputError(f"{annotations}: the mask {mask} of {file} does not exist")
-        images.append(TaskImage(file, path, boxes, mask))
+            raise InputError(f"{annotations}: {entry.name} is not an image in {data_dir}")
+        for mask in [entry.mask, *(m for _, m in entry.instances)]:
+            if mask is not None and not mask.is_file():
+                raise InputError(f"{annotations}: the mask {mask} of {entry.name} does not exist")
+        images.append(replace(entry, path=path))
     if not images:
         raise InputError(f"{annotations} lists no images")
     return images
+
+
+def _segmentation_entries(annotations: Path, names: Sequence[str] | None) -> list[TaskImage]:
+    """Class masks (``file,mask``) or instances (``file,mask,label``) per image."""
+    instances = read_instances(annotations, names)
+    if instances is not None:
+        return [TaskImage(file, Path(), instances=tuple(i)) for file, i in instances.items()]
+    masks = load_annotations(annotations)
+    without = [f for f, a in masks.items() if a.mask_path is None]
+    if without:
+        raise InputError(
+            f"{annotations}: segmentation needs a mask per image (file,mask rows) or per "
+            f"instance (file,mask,label rows); {without[0]} has boxes"
+        )
+    return [TaskImage(file, Path(), mask=a.mask_path) for file, a in masks.items()]
+
+
+def read_instances(
+    path: Path, names: Sequence[str] | None = None
+) -> dict[str, list[tuple[int, Path]]] | None:
+    """``{file: [(label, mask path), ...]}`` of an instance file; None for class masks."""
+    out: dict[str, list[tuple[int, Path]]] = {}
+    if path.suffix.lower() == ".json":
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or not any(isinstance(v, list) for v in data.values()):
+            return None
+        for file, objects in data.items():
+            where = f"{path}: {file}"
+            if not isinstance(objects, list) or not all(
+                isinstance(o, dict) and {"label", "mask"} <= o.keys() for o in objects
+            ):
+                raise InputError(f"{where}: list the instances as [{{'label': 1, 'mask': ...}}]")
+            out[file] = [
+                (_label(o["label"], where, names), path.parent / o["mask"]) for o in objects
+            ]
+        return out
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not {"file", "mask", "label"} <= set(reader.fieldnames or []):
+            return None
+        for line, row in enumerate(reader, start=2):
+            label = _label(row["label"], f"{path}, line {line}", names)
+            out.setdefault(row["file"], []).append((label, path.parent / row["mask"]))
+    return out
 
 
 def detection_objects(
@@ -172,9 +214,26 @@ def detection_objects(
     return objects
 
 
+def _read_mask(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("L"))
+
+
+def _binary(region: np.ndarray, preprocess: Preprocess) -> torch.Tensor:
+    """A bool ``(H, W)`` region of the original image at the model input's size."""
+    picture = Image.fromarray((region * 255).astype(np.uint8)).convert("RGB")
+    return preprocess.pixels(picture)[0] > 0.5
+
+
 def segmentation_objects(image: TaskImage, preprocess: Preprocess) -> list[TaskObject]:
-    """One object per class in the image's mask (not background, not ignore), at input size."""
-    assert image.mask is not None
+    """Each class of the image's mask (not background nor ignore), or each instance.
+
+    The regions are at the model input's size.
+    """
+    if image.mask is None:
+        return [
+            TaskObject(label, None, _binary(_read_mask(m) > 0, preprocess), instance=True)
+            for label, m in image.instances
+        ]
     classes = np.asarray(Image.open(image.mask))
     if classes.ndim != 2:
         raise InputError(
@@ -185,8 +244,7 @@ def segmentation_objects(image: TaskImage, preprocess: Preprocess) -> list[TaskO
     for c in sorted(int(v) for v in np.unique(classes)):
         if c in (BACKGROUND, IGNORE):
             continue
-        region = Image.fromarray(((classes == c) * 255).astype(np.uint8)).convert("RGB")
-        mask = preprocess.pixels(region)[0] > 0.5
+        mask = _binary(classes == c, preprocess)
         if mask.any():
             objects.append(TaskObject(c, None, mask))
     return objects

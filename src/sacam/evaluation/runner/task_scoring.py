@@ -8,7 +8,9 @@ Each annotated object is matched to what the model predicts on the clean image:
   own box, followed across perturbed copies by label and IoU);
 - segmentation: the pixels the model labels with the object's class, if their IoU with
   the true class mask is at least ``min_iou``; its map explains the class's scores over
-  those pixels (:class:`~sacam.targets.SemanticSegmentationTarget`).
+  those pixels (:class:`~sacam.targets.SemanticSegmentationTarget`). For an instance, the
+  predicted pixels are the connected parts of the class's region that touch the instance
+  (:class:`~sacam.targets.InstanceMaskTarget`).
 
 An object without a match is *missed*: it gets no map and no metric values, and is
 counted. A matched object's map is scored against the true region: the pointing game
@@ -23,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
@@ -33,7 +36,7 @@ from ..._outputs import logits_model, to_logits
 from ...api import explain_full
 from ...errors import ModelError
 from ...filters import gaussian_blur
-from ...targets import SemanticSegmentationTarget
+from ...targets import InstanceMaskTarget, SemanticSegmentationTarget
 from ..config import BenchmarkConfig
 from ..curves import curve, pixel_rank
 from ..faithfulness import step_size
@@ -103,26 +106,44 @@ def match_segments(
     matches = []
     for obj in objects:
         region = predicted == obj.label
+        if obj.instance:
+            region = _components_on(region, obj.mask)
         at_input = F.interpolate(region[None, None].float(), size=obj.mask.shape, mode="nearest")
         pred = at_input[0, 0].bool().cpu()
         union = int((pred | obj.mask).sum())
         iou = int((pred & obj.mask).sum()) / union if union else 0.0
         if region.any() and iou >= config.min_iou:
             score = float(probs[obj.label][region].mean())
-            target = SemanticSegmentationTarget(obj.label, region.float())
+            target: Any = SemanticSegmentationTarget(obj.label, region.float())
+            if obj.instance:
+                target = InstanceMaskTarget(obj.label, region)
             matches.append(Match(obj, target, score, iou))
         else:
             matches.append(Match(obj, None, float("nan"), iou))
     return matches
 
 
+def _components_on(region: torch.Tensor, instance: torch.Tensor) -> torch.Tensor:
+    """The connected parts of a predicted class ``region`` that touch the ``instance``.
+
+    ``region`` is on the output grid, ``instance`` at the input size (resized to the grid).
+    """
+    grid = F.interpolate(instance[None, None].float(), size=region.shape, mode="nearest")
+    parts, _ = ndimage.label(region.cpu().numpy())
+    touched = np.unique(parts[grid[0, 0].bool().numpy() & (parts > 0)])
+    return torch.from_numpy(np.isin(parts, touched)).to(region.device)
+
+
 class SegmentScores:
     """An ``output_transform``: each target's mean class probability over its pixels.
+
+    The targets are :class:`~sacam.targets.SemanticSegmentationTarget` or
+    :class:`~sacam.targets.InstanceMaskTarget` with a 2-D mask.
 
     Column ``t`` is ``mean(softmax(output)[:, c_t] over region_t)``, one row per image.
     """
 
-    def __init__(self, targets: Sequence[SemanticSegmentationTarget]) -> None:
+    def __init__(self, targets: Sequence[SemanticSegmentationTarget | InstanceMaskTarget]) -> None:
         self.targets = list(targets)
 
     def __call__(self, output: object) -> torch.Tensor:
@@ -130,7 +151,7 @@ class SegmentScores:
         probs = torch.softmax(to_logits(output).float(), 1)
         cols = []
         for t in self.targets:
-            region = t.mask.to(probs.device)
+            region = t.mask.to(probs.device, torch.float32)
             cols.append((probs[:, t.category] * region).flatten(1).sum(1) / region.sum())
         return torch.stack(cols, 1)
 
