@@ -27,7 +27,7 @@ def test_cli_defaults_write_pngs(tmp_path, capsys) -> None:
 
 def test_cli_several_methods_make_a_grid(tmp_path, capsys) -> None:
     src = tmp_path / "cat.png"
-    from sacam.models import sample_image
+    from sacam.images import sample_image
 
     sample_image("chelsea").save(src)
     out = tmp_path / "out"
@@ -182,7 +182,9 @@ def test_resize_squash_reaches_the_model_in_both_explain_modes(tmp_path, capsys)
     import torch
 
     from sacam.api import build_method
-    from sacam.models import TF_LITE_MEAN, TF_LITE_STD, Preprocess, load_model, sample_image
+    from sacam.images import sample_image
+    from sacam.models import load_model
+    from sacam.preprocess import TF_LITE_MEAN, TF_LITE_STD, Preprocess
 
     img = sample_image("chelsea")  # 451 x 300: crop and squash differ
     lm = load_model()

@@ -182,7 +182,7 @@ def test_score_base_options_reach_the_base(cnn, images) -> None:
 
 
 def test_default_model_sacam_looks_at_the_cat(default_model) -> None:
-    from sacam.models import sample_image
+    from sacam.images import sample_image
 
     x = default_model.preprocess(sample_image("chelsea"))[None]
     m = sacam.explain(default_model.model, x, method="sa-cam")[0]
