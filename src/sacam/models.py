@@ -33,7 +33,7 @@ from torch import nn
 
 from ._hooks import model_guard
 from ._modelfile import TRUST_HINT, check_pt2, is_torchscript
-from ._outputs import OutputTransform, logits_model, to_logits
+from ._outputs import OutputTransform, logits_model, probabilities, to_logits
 from .errors import ModelError
 from .preprocess import TF_LITE_MEAN, TF_LITE_STD, Preprocess
 
@@ -42,6 +42,7 @@ __all__ = [
     "EFFICIENTNET_LITE",
     "LoadedModel",
     "check_device",
+    "class_probabilities",
     "imagenet_class_names",
     "imagenet_classes",
     "load_model",
@@ -385,3 +386,25 @@ def predict(
     with model_guard(model), torch.inference_mode():
         top = logits_model(model, output_transform)(images).argmax(1)
     return top.clone()  # an ordinary tensor, usable outside inference mode
+
+
+def class_probabilities(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Class probabilities ``(B, classes)`` (float32) of ``model`` on a batch, no graph.
+
+    The output is read as logits as every method reads it, then turned into
+    probabilities as the model's output means them: softmax over classes; an independent
+    sigmoid per label for a one-logit output; the output itself after an ``nn.Sigmoid``
+    (:func:`sacam._outputs.probabilities`). The caller sets the model's mode.
+
+    Example:
+        >>> from torch import nn
+        >>> x = torch.full((1, 2, 1, 1), 2.0)
+        >>> class_probabilities(nn.Flatten(), x).tolist()  # softmax of two equal logits
+        [[0.5, 0.5]]
+        >>> multi_label = nn.Sequential(nn.Flatten(), nn.Sigmoid())  # its output: sigmoid(2)
+        >>> [round(p, 4) for p in class_probabilities(multi_label, x)[0].tolist()]
+        [0.8808, 0.8808]
+    """
+    wrapped = logits_model(model)
+    with torch.inference_mode():
+        return probabilities(wrapped, wrapped(images))

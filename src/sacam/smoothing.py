@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ._hooks import check_images, model_guard
+from ._outputs import probabilities
 from ._projection import principal_projection
 from .core import BaseCAM
 from .errors import MethodError
@@ -140,7 +141,7 @@ def _fixed_targets(
         output, _, class_idx, scores = scored_output(cam.logits_model, images, targets)
     probs = None
     if class_idx is not None and output.ndim == 2:
-        probs = torch.softmax(output.float(), 1).gather(1, class_idx[:, None])[:, 0]
+        probs = probabilities(cam.logits_model, output).gather(1, class_idx[:, None])[:, 0]
     return scores, class_idx, probs
 
 

@@ -140,3 +140,26 @@ def test_accumulator() -> None:
     assert acc.compute()["mean"] == 5.0 and math.isnan(acc.compute()["ci95"])
     acc.reset()
     assert acc.compute()["n"] == 0
+
+
+def test_confidence_and_road_read_a_multi_label_model_through_its_sigmoid() -> None:
+    """A model ending in nn.Sigmoid outputs probabilities: the metrics take them as they are."""
+    from sacam.evaluation.road import road
+    from sacam.models import class_probabilities
+
+    torch.manual_seed(0)
+    head = nn.Linear(4, 4)
+    nn.init.constant_(head.bias, 4.0)  # every label likely: no softmax row could say so
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), head, nn.Sigmoid()
+    ).eval()
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        out = net(x)
+    assert torch.allclose(class_probabilities(net, x), out)  # not a softmax of them
+    ones = torch.ones(2, 16, 16)
+    change = confidence_change(net, x, ones, targets=torch.tensor([1, 2]))
+    assert torch.allclose(change["average_drop"], torch.zeros(2), atol=1e-4)  # E = x itself
+    pre = Preprocess(size=16, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    result = road(net, x, torch.rand(2, 16, 16), pre, targets=torch.tensor([1, 2]))
+    assert float(result.morf.min()) > 0.5 and float(result.lerf.min()) > 0.5

@@ -29,10 +29,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .._outputs import to_logits
 from ..api import build_method
 from ..errors import InputError, SacamError
-from ..models import load_model, with_preprocess
+from ..models import class_probabilities, load_model, with_preprocess
 from ..viz import overlay
 from .runner.data import IMAGE_SUFFIXES, Item, batches
 from .runner.store import RunLock
@@ -151,7 +150,7 @@ def explain_batch(ex: Explainer, items: list[Item]) -> list[tuple[str, str, str]
         return failures
     x = pre.normalize(loaded.pixels).to(job.device)
     with torch.no_grad():
-        probs = torch.softmax(to_logits(ex.lm.model(x)).float(), dim=1)
+        probs = class_probabilities(ex.lm.model, x)
     p1, top1 = (t.cpu() for t in probs.max(1))
     _append_rows(
         job.out / PREDICTIONS,

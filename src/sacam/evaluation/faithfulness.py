@@ -7,7 +7,7 @@ to the runner. ROAD lives in :mod:`sacam.evaluation.road`.
 Conventions (from the evaluation protocols):
 
 - the class is each sample's top-1 on the clean image unless ``targets`` are given;
-- scores are softmax probabilities;
+- scores are the class's probabilities (softmax; sigmoid for multi-label outputs);
 - maps are ``(B, H, W)`` in [0, 1] at the input size (as :func:`sacam.explain` returns);
 - the model's output is read as logits as the methods read it (tuple, dict, ``.logits``;
   ``output_transform=`` for anything else, :func:`sacam._outputs.to_logits`);
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .._hooks import model_guard
-from .._outputs import OutputTransform, logits_model
+from .._outputs import OutputTransform, logits_model, probabilities
 from .._speed.tuner import check_inputs_per_pass
 from ..errors import InputError
 from ..filters import gaussian_blur
@@ -72,7 +72,7 @@ def _probs(
     for start in range(0, x.shape[0], images_per_pass):
         chunk = slice(start, start + images_per_pass)
         logits = model(x[chunk])
-        out.append(torch.softmax(logits.float(), 1).gather(1, classes[chunk, None])[:, 0])
+        out.append(probabilities(model, logits).gather(1, classes[chunk, None])[:, 0])
     return torch.cat(out)
 
 
@@ -190,9 +190,9 @@ def deletion(
     """Deletion AUC (Petsiuk et al., RISE, https://arxiv.org/abs/1806.07421); lower is better.
 
     Pixels are removed in decreasing saliency (all channels at once), ``step`` per
-    iteration, replaced by zeros of the normalised tensor (the dataset mean); the softmax
-    probability of the class at each of the ``n + 1`` points is integrated by the
-    trapezoid rule over [0, 1]. Default step: the image width (224 pixels for 224×224,
+    iteration, replaced by zeros of the normalised tensor (the dataset mean); the
+    probability of the class (softmax, or sigmoid for multi-label outputs) at each of the
+    ``n + 1`` points is integrated by the trapezoid rule over [0, 1]. Default step: the image width (224 pixels for 224×224,
     n = 224); ``steps=n`` trades precision for speed. The perturbed images go through
     the model ``inputs_per_pass`` at a time (``"auto"``: the size and memory format the
     curves' first passes measure fastest).

@@ -26,6 +26,7 @@ from torch import nn
 from .._hooks import model_guard
 from .._outputs import OutputTransform, logits_model
 from ..errors import InputError
+from ..models import class_probabilities
 from ..preprocess import Preprocess
 from .config import ROAD_PERCENTAGES
 from .faithfulness import check_inputs, target_classes
@@ -159,7 +160,7 @@ def road(
     seed: int = 0,
     output_transform: OutputTransform | None = None,
 ) -> RoadResult:
-    """ROAD MoRF and LeRF curves (softmax probability of the class after imputation).
+    """ROAD MoRF and LeRF curves (the class's probability after imputation).
 
     Args:
         model: the classifier.
@@ -213,7 +214,7 @@ def road_curves(
                 batch.append(preprocess.normalize(filled.clamp(0, 1)))
         x = torch.stack(batch).to(images.device)
         with model_guard(model), torch.inference_mode():
-            probs = torch.softmax(model(x).float(), 1)[:, int(classes[b])].cpu()
+            probs = class_probabilities(model, x)[:, int(classes[b])].cpu()
         morf[b] = probs[0::2]
         lerf[b] = probs[1::2]
     return RoadResult(tuple(percentages), morf, lerf)

@@ -27,7 +27,7 @@ from ..api import build_method
 from ..errors import ModelError, TargetError
 from ..evaluation.faithfulness import deletion, insertion
 from ..methods.attention import SALayerInspection
-from ..models import LoadedModel, output_logits
+from ..models import LoadedModel, class_probabilities, output_logits
 from ..viz import overlay
 from .progress import JobError, Progress
 from .results import ResultStore, StoredResult
@@ -211,9 +211,7 @@ def _classified(
     assert source.pixels is not None
     progress.stage(0, "classifying", 1)
     x = loaded.preprocess.normalize(source.pixels)[None].to(facts.device)
-    with torch.inference_mode():
-        logits = output_logits(loaded.model(x))
-    return x, source.pixels, torch.softmax(logits.float(), dim=1)[0].cpu()
+    return x, source.pixels, class_probabilities(loaded.model, x)[0].cpu()
 
 
 def _explain_one(

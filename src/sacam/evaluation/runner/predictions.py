@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..._outputs import to_logits
-from ...models import LoadedModel
+from ...models import LoadedModel, class_probabilities
 from .data import Item, Loaded, batches
 from .state import Run
 from .store import append_lines, drop_cut_line
@@ -50,7 +49,7 @@ def predict_batch(
         return
     x = lm.preprocess.normalize(new.pixels.to(device))
     with torch.inference_mode():
-        p = torch.softmax(to_logits(lm.model(x)).float(), 1).cpu()
+        p = class_probabilities(lm.model, x).cpu()
     buf = io.StringIO()
     path = out / "predictions.csv"
     fresh = not path.exists() or path.stat().st_size == 0
