@@ -54,8 +54,10 @@ COLOURS = 160
 REDUCED: dict[str, dict[str, object]] = {
     "smooth-grad-cam++": {"n_samples": 8},
     "sess": {"num_scales": 4},
-    "ss-cam": {"n_samples": 4, "top_channels": 256},
-    "is-cam": {"n_samples": 4, "top_channels": 256},
+    "score-cam": {"top_channels": 256},
+    "ss-cam": {"n_samples": 2, "top_channels": 128},
+    "is-cam": {"n_samples": 2, "top_channels": 128},
+    "poly-cam": {"top_channels": 256},
     "opti-cam": {"steps": 20},
 }
 
