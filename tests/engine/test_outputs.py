@@ -21,8 +21,8 @@ from sacam.evaluation.adversarial import explanation_attack
 from sacam.evaluation.faithfulness import confidence_change, deletion, insertion
 from sacam.evaluation.road import road
 from sacam.evaluation.sanity import sanity_check
-from sacam.models import predict
 from sacam.preprocess import Preprocess
+from sacam.scores import predict
 from tests.support.nets import small_cnn
 
 # token-model methods (family "transformer") read outputs on a ViT: tests/test_legrad.py

@@ -202,7 +202,7 @@ def test_white_box_attacks_move_the_map_more_than_noise(kind) -> None:
     net = _tanh_net(8)
     cam = build_method(net, "grad-cam", "0")
     x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
-    c = sacam.models.predict(net, x)
+    c = sacam.scores.predict(net, x)
     clean = cam(x, c)
     fn = lambda i, t: cam.explain_graph(i, t).maps  # noqa: E731
     common = dict(eps=16 / 255, iterations=16, k=5, classes=c)

@@ -145,7 +145,7 @@ def test_accumulator() -> None:
 def test_confidence_and_road_read_a_multi_label_model_through_its_sigmoid() -> None:
     """A model ending in nn.Sigmoid outputs probabilities: the metrics take them as they are."""
     from sacam.evaluation.road import road
-    from sacam.models import class_probabilities
+    from sacam.scores import class_probabilities
 
     torch.manual_seed(0)
     head = nn.Linear(4, 4)

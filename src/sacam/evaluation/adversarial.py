@@ -41,8 +41,8 @@ from torch import nn
 from .._hooks import model_guard
 from .._outputs import OutputTransform, logits_model
 from ..errors import InputError
-from ..models import predict
 from ..preprocess import Preprocess
+from ..scores import predict
 
 AdversaryKind = Literal["fgsm", "pgd"]
 MapAttackKind = Literal["random", "pgd", "topk", "com"]

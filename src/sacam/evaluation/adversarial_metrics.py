@@ -15,7 +15,7 @@ import torch
 
 from ..api import build_method
 from ..core import BaseCAM
-from ..models import predict
+from ..scores import predict
 from .adversarial import (
     ADVERSARY_KINDS,
     MAP_ATTACK_KINDS,

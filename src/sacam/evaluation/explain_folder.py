@@ -31,7 +31,8 @@ from tqdm import tqdm
 
 from ..api import build_method
 from ..errors import InputError, SacamError
-from ..models import class_probabilities, load_model, with_preprocess
+from ..models import load_model, with_preprocess
+from ..scores import class_probabilities
 from ..viz import overlay
 from .runner.data import IMAGE_SUFFIXES, Item, batches
 from .runner.store import RunLock

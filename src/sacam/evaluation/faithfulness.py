@@ -30,8 +30,8 @@ from .._outputs import OutputTransform, logits_model, probabilities
 from .._speed.tuner import check_inputs_per_pass
 from ..errors import InputError
 from ..filters import gaussian_blur
-from ..models import predict
 from ..preprocess import Preprocess
+from ..scores import predict
 from ..targets import class_indices
 from .curves import CurveResult, curve, pixel_rank, tuned_plan
 from .registry import MetricBatch, MetricOutput, register_metric
@@ -192,10 +192,10 @@ def deletion(
     Pixels are removed in decreasing saliency (all channels at once), ``step`` per
     iteration, replaced by zeros of the normalised tensor (the dataset mean); the
     probability of the class (softmax, or sigmoid for multi-label outputs) at each of the
-    ``n + 1`` points is integrated by the trapezoid rule over [0, 1]. Default step: the image width (224 pixels for 224×224,
-    n = 224); ``steps=n`` trades precision for speed. The perturbed images go through
-    the model ``inputs_per_pass`` at a time (``"auto"``: the size and memory format the
-    curves' first passes measure fastest).
+    ``n + 1`` points is integrated by the trapezoid rule over [0, 1]. Default step: the
+    image width (224 pixels for 224×224, n = 224); ``steps=n`` trades precision for speed.
+    The perturbed images go through the model ``inputs_per_pass`` at a time (``"auto"``:
+    the size and memory format the curves' first passes measure fastest).
     """
     check_inputs(images, maps)
     model = logits_model(model, output_transform)

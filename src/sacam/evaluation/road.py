@@ -26,8 +26,8 @@ from torch import nn
 from .._hooks import model_guard
 from .._outputs import OutputTransform, logits_model
 from ..errors import InputError
-from ..models import class_probabilities
 from ..preprocess import Preprocess
+from ..scores import class_probabilities
 from .config import ROAD_PERCENTAGES
 from .faithfulness import check_inputs, target_classes
 from .registry import MetricBatch, MetricOutput, register_metric

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import torch
 
 from ..errors import TargetError
-from ..models import output_logits
+from ..scores import output_logits
 
 JobStatus = Literal["queued", "running", "done", "error", "cancelled"]
 
@@ -215,7 +215,7 @@ class Progress:
 def passes_in(output: Any, args: tuple[Any, ...]) -> int:
     """Forward passes one call of the model made: one per row of its output.
 
-    The logits' leading size (:func:`sacam.models.output_logits` reads tuple, dict and
+    The logits' leading size (:func:`sacam.scores.output_logits` reads tuple, dict and
     ``.logits`` outputs), else the input's, else 1.
     """
     try:

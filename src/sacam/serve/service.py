@@ -27,7 +27,8 @@ from ..api import build_method
 from ..errors import ModelError, TargetError
 from ..evaluation.faithfulness import deletion, insertion
 from ..methods.attention import SALayerInspection
-from ..models import LoadedModel, class_probabilities, output_logits
+from ..models import LoadedModel
+from ..scores import class_probabilities, output_logits
 from ..viz import overlay
 from .progress import JobError, Progress
 from .results import ResultStore, StoredResult

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ...models import LoadedModel, class_probabilities
+from ...models import LoadedModel
+from ...scores import class_probabilities
 from .data import Item, Loaded, batches
 from .state import Run
 from .store import append_lines, drop_cut_line
