@@ -49,21 +49,22 @@ class NoiseSpec:
     shape: tuple[int, ...]
     dtype: torch.dtype
     device: torch.device
-    low: float
-    high: float
+    low: torch.Tensor  # 0-d, on the device: read only when the noise is made
+    high: torch.Tensor
 
     @classmethod
     def like(cls, images: torch.Tensor) -> NoiseSpec:
-        """Shape, dtype, device and value range of ``images``."""
-        lo, hi = float(images.min()), float(images.max())
-        lo, hi = (lo, hi) if hi > lo else (lo - 1.0, lo + 1.0)
-        return cls(tuple(images.shape), images.dtype, images.device, lo, hi)
+        """Shape, dtype, device and value range of ``images`` (nothing read back yet)."""
+        x = images.detach()
+        return cls(tuple(images.shape), images.dtype, images.device, x.amin(), x.amax())
 
     def image(self) -> torch.Tensor:
         """The noise batch (its own generator: the user's random state is untouched)."""
+        lo, hi = float(self.low), float(self.high)
+        lo, hi = (lo, hi) if hi > lo else (lo - 1.0, lo + 1.0)
         gen = torch.Generator().manual_seed(0)
         noise = torch.rand(self.shape, generator=gen, dtype=torch.float32)
-        noise = noise * (self.high - self.low) + self.low
+        noise = noise * (hi - lo) + lo
         return noise.to(device=self.device, dtype=self.dtype)
 
 
