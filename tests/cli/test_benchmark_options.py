@@ -165,7 +165,8 @@ def test_the_time_lines_add_up_to_the_wall_time(tmp_path, capsys, monkeypatch) -
         if line.startswith(("time:", "the rest:", "per image:"))
     }
     total, maps, rest = _seconds(lines["time"])[:3]
-    assert total <= outer and abs(total - maps - rest) <= 0.1 + 1e-9  # rounding to 0.1 s
+    # the printed total is rounded to 0.1 s, so it may exceed the measured wall time by 0.05
+    assert total <= outer + 0.05 + 1e-9 and abs(total - maps - rest) <= 0.1 + 1e-9
     items = lines["the rest"].split(": ", 1)[1].split("; ")
     parts = {name: float(v) for v, name in (item.split(" s ", 1) for item in items)}
     assert {"confidence", "complexity", "loading", "predicting"} <= parts.keys()
