@@ -250,3 +250,29 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow a model file that runs code while loading (TorchScript, pickles)",
     )
+
+
+def add_dense_options(parser: argparse.ArgumentParser, *, layout: bool = True) -> None:
+    """How a YOLO-style detector's dense output reads: box format, objectness, layout.
+
+    ``layout=False`` leaves out ``--dense-layout`` (the web app reads the layout itself).
+    """
+    parser.add_argument(
+        "--box-format",
+        choices=["xywh", "xyxy"],
+        default="xywh",
+        help="detection, YOLO-style output: the box columns, centre and size (xywh, the "
+        "default) or corners (xyxy)",
+    )
+    parser.add_argument(
+        "--objectness",
+        action="store_true",
+        help="detection, YOLO-style output: a column after the box holds objectness (YOLOv5)",
+    )
+    if layout:
+        parser.add_argument(
+            "--dense-layout",
+            choices=["auto", "bnd", "bdn"],
+            default="auto",
+            help="detection, YOLO-style output: (B, N, D) rows or (B, D, N) (default: auto)",
+        )

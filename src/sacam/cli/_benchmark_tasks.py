@@ -11,7 +11,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SacamError
-from ._args import unit_float
+from ._args import add_dense_options, unit_float
 
 if TYPE_CHECKING:
     from ..evaluation.config import BenchmarkConfig
@@ -50,34 +50,13 @@ def add_benchmark_task_options(parser: argparse.ArgumentParser) -> None:
         default=0.5,
         help="detection: the least score of a detection that may match (default: 0.5)",
     )
-    _add_dense_options(parser)
+    add_dense_options(parser)
     parser.add_argument(
         "--tolerance",
         type=float,
         default=15.0,
         help="pointing game: pixels of the model input between the map's maximum and the "
         "object that still count as a hit (default: 15)",
-    )
-
-
-def _add_dense_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--box-format",
-        choices=["xywh", "xyxy"],
-        default="xywh",
-        help="detection, YOLO-style output: the box columns, centre and size (xywh, the "
-        "default) or corners (xyxy)",
-    )
-    parser.add_argument(
-        "--objectness",
-        action="store_true",
-        help="detection, YOLO-style output: a column after the box holds objectness (YOLOv5)",
-    )
-    parser.add_argument(
-        "--dense-layout",
-        choices=["auto", "bnd", "bdn"],
-        default="auto",
-        help="detection, YOLO-style output: (B, N, D) rows or (B, D, N) (default: auto)",
     )
 
 

@@ -29,7 +29,7 @@ from ..errors import InputError, SacamError
 from ..images import SAMPLE_IMAGES, load_image
 from ..models import LoadedModel
 from ..viz import draw_detections, overlay
-from ._args import EXIT_IMAGE, existing_file, int_at_least, unit_float
+from ._args import EXIT_IMAGE, add_dense_options, existing_file, int_at_least, unit_float
 from ._classes import resolve_target
 from ._model import cli_model, read_class_names
 
@@ -83,24 +83,7 @@ def add_task_options(parser: argparse.ArgumentParser) -> None:
         help="detection: explain only the detection that best overlaps this box (pixels of "
         "the model's input)",
     )
-    parser.add_argument(
-        "--box-format",
-        choices=["xywh", "xyxy"],
-        default="xywh",
-        help="detection, YOLO-style output: the box columns, centre and size (xywh, the "
-        "default) or corners (xyxy)",
-    )
-    parser.add_argument(
-        "--objectness",
-        action="store_true",
-        help="detection, YOLO-style output: a column after the box holds objectness (YOLOv5)",
-    )
-    parser.add_argument(
-        "--dense-layout",
-        choices=["auto", "bnd", "bdn"],
-        default="auto",
-        help="detection, YOLO-style output: (B, N, D) rows or (B, D, N) (default: auto)",
-    )
+    add_dense_options(parser)
 
 
 def add_serve_task_options(parser: argparse.ArgumentParser) -> None:
@@ -119,14 +102,7 @@ def add_serve_task_options(parser: argparse.ArgumentParser) -> None:
         "--class-names", type=existing_file, default=None, metavar="FILE",
         help="text file of class names, one per line in label order",
     )  # fmt: skip
-    parser.add_argument(
-        "--box-format", choices=["xywh", "xyxy"], default="xywh",
-        help="detection, YOLO-style output: the box columns (default: xywh)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--objectness", action="store_true",
-        help="detection, YOLO-style output: a column after the box holds objectness (YOLOv5)",
-    )  # fmt: skip
+    add_dense_options(parser, layout=False)
 
 
 def serve_task_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from .._speed.tuner import check_inputs_per_pass
 from ..errors import InputError
+from ..models import LoadedModel, load_model, with_preprocess
 
 ROAD_PERCENTAGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
 EPSILONS = tuple(e / 255 for e in (0.5, 1.0, 2.0, 4.0, 8.0))
@@ -150,3 +151,17 @@ class BenchmarkConfig:
         d["epsilons"] = list(self.epsilons)
         d["annotations"] = str(self.annotations) if self.annotations else None
         return d
+
+
+def load_run_model(config: BenchmarkConfig) -> LoadedModel:
+    """The run's model on its device, with the config's input size, mean, std and names."""
+    lm = load_model(
+        config.model,
+        weights=config.weights,
+        device=config.device,
+        trust_model_file=config.trust_model_file,
+        size=config.image_size,
+        class_names=config.class_names,
+    )
+    changes = {k: tuple(v) for k in ("mean", "std") if (v := getattr(config, k)) is not None}
+    return with_preprocess(lm, **changes) if changes else lm

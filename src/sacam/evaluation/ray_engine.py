@@ -39,14 +39,14 @@ from tqdm import tqdm
 
 from .._speed.allocator import keep_freed_memory
 from ..errors import SacamError
-from .config import BenchmarkConfig
+from .config import BenchmarkConfig, load_run_model
 from .explain_folder import Engine as ExplainEngine
 from .explain_folder import Explainer, ExplainJob, explain_batch
 from .localization import Annotation
 from .registry import metric_info
 from .runner import execution
 from .runner.data import Dataset, Item, batches
-from .runner.execution import BatchOutcome, Engine, load_run_model, record, score_batch
+from .runner.execution import BatchOutcome, Engine, record, score_batch
 from .runner.maps import MapReader, MapWriter
 from .runner.state import Run
 from .runner.store import PairResult, ResultsStore

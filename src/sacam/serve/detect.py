@@ -34,21 +34,15 @@ from .inputs import check_layer, check_methods, prepare_pixels
 from .progress import JobError, Progress
 from .results import ResultStore, StoredResult
 from .schemas import ERRORS, NOT_FOUND, ImageField, JobOut, MethodName
-from .service import ModelFacts, map_image, model_device, png_data_url, spatial_layers
+from .service import ModelFacts, map_image, png_data_url, probe_model
 
 router = APIRouter(prefix="/api")
 
 
 def detection_facts(loaded: LoadedModel, dense: detection.DenseFormat | None) -> ModelFacts:
     """Probe a detector once: its layers and that its output is a detection output."""
-    device = model_device(loaded)
+    device, layers, out = probe_model(loaded)
     size = loaded.preprocess.size
-    x = torch.zeros(1, 3, size, size, device=device)
-    layers = tuple(spatial_layers(loaded.model, x))
-    if not layers:
-        raise ModelError("the model has no layer with a 4-D output of spatial size above 1")
-    with torch.inference_mode():
-        out = loaded.model(x)
     try:
         detection.detections_of(out, dense)
     except Exception as error:

@@ -83,8 +83,10 @@ def spatial_layers(model: torch.nn.Module, x: torch.Tensor) -> list[tuple[str, t
     ]
 
 
-def model_facts(loaded: LoadedModel) -> ModelFacts:
-    """Probe the model once: its layers, its automatic layer, its number of classes."""
+def probe_model(
+    loaded: LoadedModel,
+) -> tuple[torch.device, tuple[tuple[str, tuple[int, ...]], ...], Any]:
+    """One forward pass of a blank input: the device, the spatial layers and the raw output."""
     device = model_device(loaded)
     size = loaded.preprocess.size
     x = torch.zeros(1, 3, size, size, device=device)
@@ -92,7 +94,14 @@ def model_facts(loaded: LoadedModel) -> ModelFacts:
     if not layers:
         raise ModelError("the model has no layer with a 4-D output of spatial size above 1")
     with torch.inference_mode():
-        out = loaded.model(x)
+        return device, layers, loaded.model(x)
+
+
+def model_facts(loaded: LoadedModel) -> ModelFacts:
+    """Probe the model once: its layers, its automatic layer, its number of classes."""
+    device, layers, out = probe_model(loaded)
+    size = loaded.preprocess.size
+    with torch.inference_mode():
         with contextlib.suppress(TargetError):  # a tuple, dict, .logits: its logits
             out = output_logits(out)
     if not (isinstance(out, torch.Tensor) and out.ndim == 2):

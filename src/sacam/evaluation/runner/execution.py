@@ -25,9 +25,9 @@ from tqdm import tqdm
 
 from ..._outputs import to_logits
 from ...errors import InputError, SacamError
-from ...models import LoadedModel, load_model, with_preprocess
+from ...models import LoadedModel
 from ...registry import method_info
-from ..config import RENAMED_SETTINGS, BenchmarkConfig
+from ..config import RENAMED_SETTINGS, BenchmarkConfig, load_run_model
 from ..localization import annotation_mask, load_annotations
 from ..registry import (
     MetricBatch,
@@ -125,20 +125,6 @@ def _check_settings(out: Path, settings: dict[str, Any], defaults: dict[str, Any
                 "--out, the same settings, or delete it"
             )
     run_file.write_text(json.dumps(current, indent=1))
-
-
-def load_run_model(config: BenchmarkConfig) -> LoadedModel:
-    """The run's model on its device, with the config's input size, mean, std and names."""
-    lm = load_model(
-        config.model,
-        weights=config.weights,
-        device=config.device,
-        trust_model_file=config.trust_model_file,
-        size=config.image_size,
-        class_names=config.class_names,
-    )
-    changes = {k: tuple(v) for k in ("mean", "std") if (v := getattr(config, k)) is not None}
-    return with_preprocess(lm, **changes) if changes else lm
 
 
 def _targets(run: Run, items: list[Item]) -> torch.Tensor:

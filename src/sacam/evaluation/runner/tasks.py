@@ -32,9 +32,9 @@ from tqdm import tqdm
 
 from ...errors import SacamError
 from ...images import load_image
-from ...models import LoadedModel, load_model, with_preprocess
+from ...models import LoadedModel
 from ...registry import method_info
-from ..config import BenchmarkConfig
+from ..config import BenchmarkConfig, load_run_model
 from ..stats import format_mean_ci, mean_ci
 from .store import RunLock
 from .task_data import (
@@ -78,19 +78,6 @@ def task_metrics(names: list[str], task: str) -> list[str]:
                 f"{', '.join(TASK_METRICS)} per object"
             )
     return list(dict.fromkeys(chosen))
-
-
-def _load(config: BenchmarkConfig) -> LoadedModel:
-    lm = load_model(
-        config.model,
-        weights=config.weights,
-        device=config.device,
-        trust_model_file=config.trust_model_file,
-        size=config.image_size,
-        class_names=config.class_names,
-    )
-    changes = {k: tuple(v) for k in ("mean", "std") if (v := getattr(config, k)) is not None}
-    return with_preprocess(lm, **changes) if changes else lm
 
 
 def _refuse_classifier_options(config: BenchmarkConfig) -> None:
@@ -244,7 +231,7 @@ def run_task_benchmark(config: BenchmarkConfig, *, progress: bool | None = None)
     config.out.mkdir(parents=True, exist_ok=True)
     with RunLock(config.out):
         torch.manual_seed(config.seed)
-        lm = _load(config)
+        lm = load_run_model(config)
         rows: list[dict[str, Any]] = []
         disable = None if progress is None else not progress
         for image in tqdm(images, unit="img", desc=config.task, disable=disable):
