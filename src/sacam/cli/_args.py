@@ -75,12 +75,17 @@ def int_at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
-def unit_float(text: str) -> float:
-    """An argparse type: a float in [0, 1]."""
+def _number(text: str) -> float:
+    """``float(text)``, or the argparse error that says it is not a number."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def unit_float(text: str) -> float:
+    """An argparse type: a float in [0, 1]."""
+    value = _number(text)
     if not 0.0 <= value <= 1.0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"{text} is outside [0, 1]")
     return value
@@ -105,10 +110,7 @@ def port(text: str) -> int:
 
 def positive_float(text: str) -> float:
     """An argparse type: a finite float above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = _number(text)
     if not 0.0 < value < float("inf"):  # also refuses nan
         raise argparse.ArgumentTypeError(f"{text} is not a positive number")
     return value

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from importlib import resources
 
@@ -86,8 +87,8 @@ def create_app(
         the FastAPI application (an ASGI app: run it with uvicorn, or test it with
         ``fastapi.testclient.TestClient(app, base_url="http://127.0.0.1")``).
     """
-    limits = (max_upload_mb, max_pixels, keep_results, results_mb, max_queue)
-    state = _start(loaded, *limits, task, dense)  # the limits checked first
+    limits = _Limits(max_upload_mb, max_pixels, keep_results, results_mb, max_queue)
+    state = _start(loaded, limits, task, dense)  # the limits checked first
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -122,41 +123,39 @@ def _add_routes(app: FastAPI) -> None:
         app.include_router(router)
 
 
-def _check_limits(
-    max_upload_mb: float,
-    max_pixels: int,
-    keep_results: int,
-    results_mb: float,
-    max_queue: int,
-    task: str = "classification",
-) -> None:
-    if task not in ("classification", "detection"):
-        raise SacamError(f"task must be 'classification' or 'detection', got {task!r}")
-    for name, value in (("max_upload_mb", max_upload_mb), ("results_mb", results_mb)):
-        if not (isinstance(value, int | float) and 0 < value < math.inf):
-            raise SacamError(f"{name} must be a positive number, got {value!r}")
-    for name, count in (
-        ("max_pixels", max_pixels),
-        ("keep_results", keep_results),
-        ("max_queue", max_queue),
-    ):
-        if not (isinstance(count, int) and count > 0):
-            raise SacamError(f"{name} must be a positive int, got {count!r}")
+@dataclass(frozen=True)
+class _Limits:
+    """What one server may hold: uploads, pixels, kept results and waiting jobs."""
+
+    max_upload_mb: float
+    max_pixels: int
+    keep_results: int
+    results_mb: float
+    max_queue: int
+
+    def check(self, task: str) -> None:
+        """Refuse a task other than the two served, and limits that are not positive."""
+        if task not in ("classification", "detection"):
+            raise SacamError(f"task must be 'classification' or 'detection', got {task!r}")
+        for name in ("max_upload_mb", "results_mb"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0 < value < math.inf):
+                raise SacamError(f"{name} must be a positive number, got {value!r}")
+        for name in ("max_pixels", "keep_results", "max_queue"):
+            count = getattr(self, name)
+            if not (isinstance(count, int) and count > 0):
+                raise SacamError(f"{name} must be a positive int, got {count!r}")
 
 
 def _start(
     loaded: LoadedModel,
-    max_upload_mb: float,
-    max_pixels: int,
-    keep_results: int,
-    results_mb: float,
-    max_queue: int,
+    limits: _Limits,
     task: str = "classification",
     dense: DenseFormat | None = None,
 ) -> ServeState:
     """Start the model thread and measure the model on it (its layers, classes, passes)."""
-    _check_limits(max_upload_mb, max_pixels, keep_results, results_mb, max_queue, task)
-    worker = ModelWorker(loaded.model, max_queue=max_queue)
+    limits.check(task)
+    worker = ModelWorker(loaded.model, max_queue=limits.max_queue)
     probe = (
         service.model_facts if task == "classification" else partial(detection_facts, dense=dense)
     )
@@ -174,9 +173,9 @@ def _start(
         loaded=loaded,
         facts=facts,
         worker=worker,
-        store=ResultStore(keep_results, int(results_mb * 2**20)),
-        max_upload_mb=max_upload_mb,
-        max_pixels=max_pixels,
+        store=ResultStore(limits.keep_results, int(limits.results_mb * 2**20)),
+        max_upload_mb=limits.max_upload_mb,
+        max_pixels=limits.max_pixels,
         default_method=_default_method(task),
         unavailable=unavailable_methods(loaded.model),
         passes=passes,
