@@ -21,6 +21,7 @@ import platform
 import re
 import statistics
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -280,7 +281,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for m in args.methods
         if m in REDUCED
     ]
-    note = "\n* fewer samples or steps: " + ", ".join(reduced) if reduced else ""
+    note = (
+        "\n" + textwrap.fill("* fewer samples or steps: " + ", ".join(reduced), 110)
+        if reduced
+        else ""
+    )
     named = ", ".join(f"{p}: {lm.class_name(c)}" for p, c in zip(photos, classes, strict=True))
     for g in galleries:
         name = "default" if g.layer == DEFAULT else g.layer.strip("_").replace(".", "")
