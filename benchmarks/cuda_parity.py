@@ -33,7 +33,8 @@ import torch
 
 import sacam
 from sacam.evaluation.faithfulness import deletion, insertion
-from sacam.models import SAMPLE_IMAGES, LoadedModel, load_model, sample_image
+from sacam.images import SAMPLE_IMAGES, sample_image
+from sacam.models import LoadedModel, load_model
 
 # one forward (or more) per channel or per mask: one photo at a 320-channel layer
 COSTLY = {

@@ -22,11 +22,13 @@ import sys
 import tempfile
 import time
 
+import torch
+
 METHODS = ("recipro-cam", "ablation-cam", "score-cam")
 MODELS = ("efficientnet-lite0", "resnet18")
 
 
-def resnet18() -> object:
+def resnet18() -> torch.nn.Module:
     """A ResNet-18-shaped network (basic blocks 2-2-2-2, 64 to 512 channels), seeded."""
     import torch
     from torch import nn

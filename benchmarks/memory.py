@@ -56,7 +56,8 @@ def child(spec: dict) -> dict:
     import sacam
     from sacam._speed import memory
     from sacam._speed.allocator import keep_freed_memory, release_free_memory
-    from sacam.models import load_model, sample_image
+    from sacam.images import sample_image
+    from sacam.models import load_model
 
     torch.set_num_threads(spec["threads"])
     if spec["keep_freed"]:

@@ -77,7 +77,8 @@ def forwards(method: str, options: dict) -> int:
 
 def images(batch: int) -> torch.Tensor:
     """A batch of the scikit-image sample photos, preprocessed for the default model."""
-    from sacam.models import SAMPLE_IMAGES, load_model, sample_image
+    from sacam.images import SAMPLE_IMAGES, sample_image
+    from sacam.models import load_model
 
     pre = load_model().preprocess
     pics = [pre(sample_image(SAMPLE_IMAGES[i % len(SAMPLE_IMAGES)])) for i in range(batch)]

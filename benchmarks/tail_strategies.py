@@ -31,7 +31,8 @@ import sacam
 from sacam._outputs import logits_model
 from sacam._speed.memory import measured_cap
 from sacam._speed.store import cpu_name
-from sacam.models import SAMPLE_IMAGES, load_model, sample_image
+from sacam.images import SAMPLE_IMAGES, sample_image
+from sacam.models import load_model
 
 METHODS = ("recipro-cam", "ablation-cam", "fd-cam")
 

@@ -41,6 +41,7 @@ SKIP_REASONS = {
     "needs a running server",
     "needs a Ray cluster",
     "runs for hours",
+    "needs your own detector and dataset",
 }
 
 # What each page must have written (files, relative to its working folder) and printed.

@@ -241,7 +241,7 @@ def update_page(page: Path, table: str, machine: str) -> None:
         pattern = re.compile(rf"(<!-- gallery:{name} -->\n).*?(\n<!-- /gallery:{name} -->)", re.S)
         if not pattern.search(text):
             raise SystemExit(f"{page} has no <!-- gallery:{name} --> ... markers")
-        text = pattern.sub(lambda m, b=body: m.group(1) + b + m.group(2), text)
+        text = pattern.sub(r"\g<1>" + body.replace("\\", "\\\\") + r"\g<2>", text)
     page.write_text(text, encoding="utf-8")
 
 

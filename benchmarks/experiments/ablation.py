@@ -29,7 +29,8 @@ import sacam
 from sacam.evaluation.faithfulness import confidence_change, deletion, insertion
 from sacam.evaluation.registry import value_directions
 from sacam.evaluation.stats import MeanAccumulator
-from sacam.models import load_image, load_model
+from sacam.images import load_image
+from sacam.models import load_model
 
 SA = "sa-cam"
 PRESETS: dict[str, list[tuple[str, str, dict]]] = {

@@ -9,7 +9,8 @@ import argparse
 from pathlib import Path
 
 import sacam
-from sacam.models import SAMPLE_IMAGES, load_model, sample_image
+from sacam.images import SAMPLE_IMAGES, sample_image
+from sacam.models import load_model
 from sacam.viz import save_attention, save_grid
 
 

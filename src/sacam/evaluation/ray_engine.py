@@ -305,7 +305,9 @@ def _stream(
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # sacam's own bar counts the images
     ctx.execution_options.preserve_order = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # a dead worker is one error line of sacam's: Ray Data's own report of it (a traceback
+    # logged from one of its threads) would print it a second time, at length
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
     workers = min(options.workers or _default_workers(ray, options), len(rows))
     mapped = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
         actor,
