@@ -4,71 +4,29 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 import sacam
 from sacam.errors import TargetError
 from sacam.labels import explain_segmentation
 from sacam.targets import InstanceMaskTarget
-
-SIZE, SIDE = 32, 8
-CLASSES = 3  # background, red square, blue square
-
-
-def scenes(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dark noisy images with a red and a blue square at random cells; their label maps."""
-    x = torch.rand(n, 3, SIZE, SIZE, generator=gen) * 0.2
-    labels = torch.zeros(n, SIZE, SIZE, dtype=torch.long)
-    cells = [(r, c) for r in range(0, SIZE, SIDE) for c in range(0, SIZE, SIDE)]
-    for i in range(n):
-        for k, j in enumerate(torch.randperm(len(cells), generator=gen)[:2].tolist()):
-            r, c = cells[j]
-            x[i, :, r : r + SIDE, c : c + SIDE] = 0.0
-            x[i, 2 * k, r : r + SIDE, c : c + SIDE] = 1.0  # red (class 1), blue (class 2)
-            labels[i, r : r + SIDE, c : c + SIDE] = k + 1
-    return x, labels
-
-
-class Segmenter(nn.Module):
-    """Three convolutions and a 1×1 classifier; a dict output like torchvision's."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(8, 8, 3, padding=1),
-            nn.ReLU(),
-        )
-        self.classifier = nn.Conv2d(8, CLASSES, 1)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"out": self.classifier(self.features(x))}
+from tests.support.segmenters import SIZE, SquareSegmenter, square_scenes, trained_segmenter
 
 
 @pytest.fixture(scope="module")
-def segmenter() -> Segmenter:
-    torch.manual_seed(0)
-    net = Segmenter()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(150):
-        x, y = scenes(8, gen)
-        opt.zero_grad()
-        nn.functional.cross_entropy(net(x)["out"], y).backward()
-        opt.step()
-    return net.eval()
+def segmenter() -> SquareSegmenter:
+    """The segmenter trained on red and blue squares (classes 1 and 2)."""
+    return trained_segmenter()
 
 
-def test_the_segmenter_learnt_the_squares(segmenter: Segmenter) -> None:
-    x, y = scenes(16, torch.Generator().manual_seed(1))
+def test_the_segmenter_learnt_the_squares(segmenter: SquareSegmenter) -> None:
+    x, y = square_scenes(16, seed=1)
     with torch.no_grad():
         predicted = segmenter(x)["out"].argmax(1)
     assert float((predicted == y).float().mean()) > 0.97
 
 
-def test_each_class_map_lands_on_its_object(segmenter: Segmenter) -> None:
-    x, y = scenes(8, torch.Generator().manual_seed(2))
+def test_each_class_map_lands_on_its_object(segmenter: SquareSegmenter) -> None:
+    x, y = square_scenes(8, seed=2)
     maps = explain_segmentation(segmenter, x, "grad-cam", classes=[1, 2])
     inside = []
     for i, per_class in enumerate(maps):
@@ -82,8 +40,8 @@ def test_each_class_map_lands_on_its_object(segmenter: Segmenter) -> None:
     assert sum(inside) / len(inside) > 0.5
 
 
-def test_the_instance_target_is_the_class_score_over_the_mask(segmenter: Segmenter) -> None:
-    x, y = scenes(2, torch.Generator().manual_seed(3))
+def test_the_instance_target_is_the_class_score_over_the_mask(segmenter: SquareSegmenter) -> None:
+    x, y = square_scenes(2, seed=3)
     masks = y == 1  # (B, H, W): one instance per image
     out = sacam.explain_full(segmenter, x, "grad-cam", targets=InstanceMaskTarget(1, masks))
     with torch.no_grad():
@@ -92,7 +50,9 @@ def test_the_instance_target_is_the_class_score_over_the_mask(segmenter: Segment
     assert out.layers == ["features"]  # not the classifier, whose output is the model's
 
 
-def test_a_class_index_on_a_segmentation_output_says_what_to_pass(segmenter: Segmenter) -> None:
+def test_a_class_index_on_a_segmentation_output_says_what_to_pass(
+    segmenter: SquareSegmenter,
+) -> None:
     x = torch.rand(1, 3, SIZE, SIZE)
     with pytest.raises(TargetError, match=r"\(1, 3, 32, 32\).*SemanticSegmentationTarget"):
         sacam.explain(segmenter, x, "grad-cam", targets=1)
