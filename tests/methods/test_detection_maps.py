@@ -93,22 +93,25 @@ ONE = scenes(12, seed=8, objects=(1,))
 TWO = scenes(12, seed=7, objects=(2,), distinct=True)
 FEW = (TWO[0][:6], TWO[1][:6], TWO[2][:6])
 
+# the least hit rate of each case, on every CPU the detector may be trained on; Eigen-CAM's
+# first principal component ignores the class, and its rate moved between 0.75 and 1.0
+# with the CPU kernels the training ran on (the others stayed at 0.83 to 1.0)
 CASES = [
-    pytest.param("grad-cam", {}, TWO, id="grad-cam"),
-    pytest.param("hires-cam", {}, TWO, id="hires-cam"),
-    pytest.param("sa-cam", {"temperature": 30.0}, TWO, id="sa-cam"),
-    pytest.param("recipro-cam", {}, FEW, id="recipro-cam"),
-    pytest.param("eigen-cam", {"center": True}, ONE, id="eigen-cam-one-object"),
+    pytest.param("grad-cam", {}, TWO, 0.8, id="grad-cam"),
+    pytest.param("hires-cam", {}, TWO, 0.8, id="hires-cam"),
+    pytest.param("sa-cam", {"temperature": 30.0}, TWO, 0.8, id="sa-cam"),
+    pytest.param("recipro-cam", {}, FEW, 0.8, id="recipro-cam"),
+    pytest.param("eigen-cam", {"center": True}, ONE, 0.6, id="eigen-cam-one-object"),
 ]
 
 
-@pytest.mark.parametrize(("method", "options", "data"), CASES)
+@pytest.mark.parametrize(("method", "options", "data", "least"), CASES)
 def test_maps_of_detections_point_at_their_objects(
-    method: str, options: dict[str, Any], data: Scenes
+    method: str, options: dict[str, Any], data: Scenes, least: float
 ) -> None:
     net = trained_detector()
     hit, baseline = pointing_game(net, data, method, "backbone", **options)
-    assert hit >= 0.8 and hit >= 3 * baseline, (method, hit, baseline)
+    assert hit >= least and hit >= 5 * baseline, (method, hit, baseline)
 
 
 def test_grad_cam_plus_plus_points_above_chance() -> None:
