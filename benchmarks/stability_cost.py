@@ -24,11 +24,11 @@ from typing import Any
 import torch
 
 from sacam.api import build_method
-from sacam.scores import predict
 from sacam.evaluation import adversarial
 from sacam.evaluation.runner.data import discover
 from sacam.images import load_image
 from sacam.models import load_model
+from sacam.scores import predict
 
 
 def _timed(fn: Callable[[], object], device: str, repeat: int) -> float:
