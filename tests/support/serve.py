@@ -26,16 +26,16 @@ from tests.support.nets import colour_net
 COLOURS = ["red", "green", "blue", "dark", "bright"]
 
 
-def require(name: str) -> ModuleType:
-    """Import an optional test dependency of the web app.
+def require(name: str, extras: str = "serve,serve-test") -> ModuleType:
+    """Import an optional test dependency (by default one of the web app's).
 
-    Without the ``serve`` extras the web tests are skipped on a developer's machine, but
-    under CI (``CI`` set, as ``.ci/run`` does) a missing piece fails the run.
+    Without its extras the tests are skipped on a developer's machine, but under CI
+    (``CI`` set, as ``.ci/run`` does) a missing piece fails the run.
     """
     try:
         return importlib.import_module(name)
     except ImportError as exc:
-        message = f"{name} is not installed ({exc}): pip install -e '.[serve,serve-test]'"
+        message = f"{name} is not installed ({exc}): pip install -e '.[{extras}]'"
         if os.environ.get("CI"):
             pytest.fail(message, pytrace=False)
         pytest.skip(message, allow_module_level=True)
