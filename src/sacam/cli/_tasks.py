@@ -34,10 +34,9 @@ from ._classes import resolve_target
 from ._model import cli_model, read_class_names
 
 TASKS = ("classification", "detection", "segmentation")
-TASK_METHOD = "grad-cam"
-"""The default method of detection and segmentation: one pass and one gradient per map,
-on the object in the detection tests; SA-CAM's default temperature spreads its attention
-over a small detector's coarse grid, to a constant map on some images."""
+TASK_METHOD = detection.DEFAULT_METHOD
+"""The default method of detection and segmentation: Grad-CAM, as in the Python API
+(:data:`sacam.detection.DEFAULT_METHOD`, which says why)."""
 
 
 def box_arg(text: str) -> detection.Box:

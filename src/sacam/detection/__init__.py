@@ -22,7 +22,7 @@ Reference boxes are always ``xyxy`` pixels, whatever the model's own box format.
 """
 
 from .boxes import BoxFormat, DenseFormat, box_iou, detections_of, nms, to_xyxy
-from .maps import Detection, DetectionRecord, detect, explain, explain_detections
+from .maps import DEFAULT_METHOD, Detection, DetectionRecord, detect, explain, explain_detections
 from .targets import (
     NO_GRADIENT,
     Box,
@@ -34,6 +34,7 @@ from .targets import (
 )
 
 __all__ = [
+    "DEFAULT_METHOD",
     "NO_GRADIENT",
     "Box",
     "BoxFormat",

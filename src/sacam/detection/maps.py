@@ -21,14 +21,33 @@ from ..explanation import Explanation
 from .boxes import DenseFormat, detections_of, nms
 from .targets import NO_GRADIENT, Box, ClassTarget, DetectionScores, DetectionTarget, Target
 
-__all__ = ["Detection", "DetectionRecord", "detect", "explain", "explain_detections"]
+__all__ = [
+    "DEFAULT_METHOD",
+    "Detection",
+    "DetectionRecord",
+    "detect",
+    "explain",
+    "explain_detections",
+]
+
+DEFAULT_METHOD = "grad-cam"
+"""The method that explains a detection when none is named: here, in ``sacam explain
+--task detection`` and in ``sacam serve --task detection``.
+
+Grad-CAM: the score of one detection is read at one cell of the detector's grid, so its
+Grad-CAM map is positive on that object's cells and negative over the background. SA-CAM
+diffuses that map along its attention, and at its default temperature the background's
+negative evidence outweighs the object's cells, which can leave no positive value (a
+constant map). A larger ``temperature`` keeps SA-CAM on the object, where its map comes
+close to Grad-CAM's (see the detection tutorial).
+"""
 
 
 def explain(
     model: nn.Module,
     images: torch.Tensor,
     targets: Target | Sequence[Target],
-    method: str = "sa-cam",
+    method: str = DEFAULT_METHOD,
     layer: LayersLike = None,
     *,
     dense: DenseFormat | None = None,
@@ -41,7 +60,9 @@ def explain(
         model: the detector (left as it was, as by :func:`sacam.explain`).
         images: ``(B, C, H, W)`` batch, as the detector takes it.
         targets: one target for every image, or one per image.
-        method: a registered method (:func:`sacam.list_methods`).
+        method: a registered method (:func:`sacam.list_methods`); by default
+            :data:`DEFAULT_METHOD`, Grad-CAM. SA-CAM needs a larger ``temperature`` on a
+            detector (``temperature=50``, say) to stay on the object.
         layer: the layer to explain (a module or dotted name): the detector's backbone
             output, say; ``None`` picks the last 4-D layer, often a head.
         dense: how to read a dense (YOLO-style) output.
@@ -199,7 +220,7 @@ def detect(
 def explain_detections(
     model: nn.Module,
     image: torch.Tensor,
-    method: str = "sa-cam",
+    method: str = DEFAULT_METHOD,
     layer: LayersLike = None,
     *,
     score_threshold: float = 0.5,
@@ -214,7 +235,8 @@ def explain_detections(
 
     The detections come from :func:`detect` (same options); each is explained by its
     :meth:`Detection.target` (label and box, IoU at least ``min_iou``; dense outputs: its
-    prediction index) with :func:`explain`, ``batch_size`` detections per call.
+    prediction index) with :func:`explain`, ``batch_size`` detections per call, by
+    ``method`` (by default :data:`DEFAULT_METHOD`, Grad-CAM) with ``method_options``.
 
     Returns:
         One :class:`DetectionRecord` per detection, best first (none if nothing passes).

@@ -39,7 +39,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
-from ..detection import DenseFormat
+from ..detection import DEFAULT_METHOD, DenseFormat
 from ..errors import SacamError
 from ..images import DEFAULT_MAX_PIXELS
 from ..models import LoadedModel
@@ -186,7 +186,7 @@ def _start(
 
 def _default_method(task: str) -> str:
     """SA-CAM for a classifier; Grad-CAM for a detector (one pass and one gradient a map)."""
-    wanted = "sa-cam" if task == "classification" else "grad-cam"
+    wanted = "sa-cam" if task == "classification" else DEFAULT_METHOD
     return wanted if wanted in list_methods() else list_methods()[0]
 
 
