@@ -35,7 +35,8 @@ def add_benchmark_task_options(parser: argparse.ArgumentParser) -> None:
         help="classification (default); detection or segmentation: one map per annotated "
         "object of --annotations (file,label,x0,y0,x1,y1 boxes; file,mask class-index "
         "masks or file,mask,label instances), scored with pointing, energy_pointing, "
-        "deletion and insertion",
+        "deletion and insertion; rerun into the same --out to resume, failures.csv lists "
+        "images that could not be scored, report.html shows the table and examples",
     )
     parser.add_argument(
         "--min-iou",
@@ -97,4 +98,5 @@ def print_task_summary(summary: dict[str, Any], out: str, wall_s: float) -> None
 
     print(render_task_markdown(summary))
     print(f"time: {wall_s:.1f} s for {summary['objects']} object(s)")
-    print(f"wrote results.csv (one row per object and method), summary.md, summary.json to {out}/")
+    files = ", ".join(summary["files"])
+    print(f"wrote {files} to {out}/ (results.csv: one row per object and method)")

@@ -4,8 +4,8 @@
 - :mod:`.execution`: the loop over methods and batches, scoring with the metric registry;
 - :mod:`.store`: crash-safe results files and the folder lock; :mod:`.maps`: saved maps;
 - :mod:`.summary`, :mod:`.figures`, :mod:`.report`: what a run reports.
-- :mod:`.tasks` (with :mod:`.task_data`, :mod:`.task_scoring`): detection and segmentation
-  runs, one map per annotated object.
+- :mod:`.tasks` (with :mod:`.task_data`, :mod:`.task_scoring`, :mod:`.task_store`,
+  :mod:`.task_report`): detection and segmentation runs, one map per annotated object.
 """
 
 from .execution import run_benchmark, select_metrics

@@ -12,12 +12,10 @@ pair's latest failure once).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,7 +25,7 @@ from ..._outputs import to_logits
 from ...errors import InputError, SacamError
 from ...models import LoadedModel
 from ...registry import method_info
-from ..config import RENAMED_SETTINGS, BenchmarkConfig, load_run_model
+from ..config import BenchmarkConfig, load_run_model
 from ..localization import annotation_mask, load_annotations
 from ..registry import (
     MetricBatch,
@@ -45,6 +43,7 @@ from .predictions import load_predictions, predict_batch, predict_missing
 from .report import write_report
 from .state import Run, check_methods
 from .store import PairResult, ResultsStore, RunLock, pair_results
+from .store import check_settings as _check_settings
 from .summary import summarize
 from .tasks import run_task_benchmark
 
@@ -94,37 +93,6 @@ def progress_disabled(progress: bool | None) -> bool | None:
         (False, True, None)
     """
     return None if progress is None else not progress
-
-
-def _check_settings(out: Path, settings: dict[str, Any], defaults: dict[str, Any]) -> None:
-    """Refuse a folder written with other settings, naming them.
-
-    A setting the earlier run's ``run.json`` does not have (added to sacam since) counts as
-    its default, so a folder made by an older version resumes when nothing changed.
-    """
-    run_file = out / "run.json"
-    current = json.loads(json.dumps(settings))
-    if run_file.exists():
-        previous = json.loads(run_file.read_text())
-        for old, new in RENAMED_SETTINGS.items():
-            if old in previous:
-                previous.setdefault(new, previous.pop(old))
-        base = json.loads(json.dumps(defaults))
-        for key, value in base.items():
-            previous.setdefault(key, value)
-        differ = sorted(
-            k for k in current.keys() | previous.keys() if current.get(k) != previous.get(k)
-        )
-        if differ:
-            shown = "; ".join(
-                f"{k}: {previous.get(k, '(none)')!r} then, {current.get(k, '(none)')!r} now"
-                for k in differ[:4]
-            )
-            raise SacamError(
-                f"{out} holds results of a run with other settings ({shown}); use another "
-                "--out, the same settings, or delete it"
-            )
-    run_file.write_text(json.dumps(current, indent=1))
 
 
 def _targets(run: Run, items: list[Item]) -> torch.Tensor:

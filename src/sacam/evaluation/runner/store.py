@@ -8,6 +8,8 @@
 - :class:`RunLock` keeps a second process off the folder: an exclusive ``flock`` on
   ``.sacam.lock`` (released by the OS when the holder dies, so a stale file is simply
   taken over), with the holder's PID in it for the message.
+- :func:`check_settings` refuses a folder whose ``run.json`` holds other settings, naming
+  them, and writes the current ones.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import torch
 
-from ...errors import InputError
+from ...errors import InputError, SacamError
+from ..config import RENAMED_SETTINGS
 
 RESULT_FIELDS = ["image", "method", "metric", "value"]
 FAILURE_FIELDS = ["image", "method", "error"]
@@ -51,7 +55,7 @@ def drop_cut_line(path: Path) -> bool:
     return True
 
 
-def _replace_rows(path: Path, header: list[str], rows: Iterable[Sequence[str]]) -> None:
+def replace_rows(path: Path, header: list[str], rows: Iterable[Sequence[str]]) -> None:
     """Rewrite the CSV ``path`` as ``header`` and ``rows``, through a temporary file.
 
     A kill leaves the old file or the new one; lines end as appended lines do (LF).
@@ -72,6 +76,37 @@ def append_lines(path: Path, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+
+
+def check_settings(out: Path, settings: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """Refuse a folder written with other settings, naming them; else write ``run.json``.
+
+    A setting the earlier run's ``run.json`` does not have (added to sacam since) counts as
+    its default, so a folder made by an older version resumes when nothing changed.
+    """
+    run_file = out / "run.json"
+    current = json.loads(json.dumps(settings))
+    if run_file.exists():
+        previous = json.loads(run_file.read_text())
+        for old, new in RENAMED_SETTINGS.items():
+            if old in previous:
+                previous.setdefault(new, previous.pop(old))
+        base = json.loads(json.dumps(defaults))
+        for key, value in base.items():
+            previous.setdefault(key, value)
+        differ = sorted(
+            k for k in current.keys() | previous.keys() if current.get(k) != previous.get(k)
+        )
+        if differ:
+            shown = "; ".join(
+                f"{k}: {previous.get(k, '(none)')!r} then, {current.get(k, '(none)')!r} now"
+                for k in differ[:4]
+            )
+            raise SacamError(
+                f"{out} holds results of a run with other settings ({shown}); use another "
+                "--out, the same settings, or delete it"
+            )
+    run_file.write_text(json.dumps(current, indent=1))
 
 
 @dataclass
@@ -122,9 +157,7 @@ class ResultsStore:
         done = {(r["image"], r["method"]) for r in rows if r["metric"] == "time_s"}
         kept = [r for r in rows if (r["image"], r["method"]) in done]
         if len(kept) != len(rows):
-            _replace_rows(
-                self.results, RESULT_FIELDS, ([r[k] for k in RESULT_FIELDS] for r in kept)
-            )
+            replace_rows(self.results, RESULT_FIELDS, ([r[k] for k in RESULT_FIELDS] for r in kept))
         return done
 
     def write(self, pairs: Iterable[PairResult]) -> None:
@@ -152,7 +185,7 @@ class ResultsStore:
             rows = list(csv.reader(f))
         kept = [r for r in rows[1:] if len(r) < 2 or (r[0], r[1]) not in pairs]
         if len(kept) != len(rows) - 1:
-            _replace_rows(self.failures, FAILURE_FIELDS, kept)
+            replace_rows(self.failures, FAILURE_FIELDS, kept)
 
     def failure(self, image: str, method: str, error: str) -> None:
         """Record a failed pair (whole line)."""

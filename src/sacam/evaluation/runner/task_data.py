@@ -248,3 +248,13 @@ def segmentation_objects(image: TaskImage, preprocess: Preprocess) -> list[TaskO
         if mask.any():
             objects.append(TaskObject(c, None, mask))
     return objects
+
+
+def object_count(image: TaskImage, preprocess: Preprocess) -> int:
+    """How many objects (rows per method) an image has: boxes, instances or mask classes.
+
+    A class mask is read for it (a class its resizing leaves empty is no object).
+    """
+    if image.mask is not None:
+        return len(segmentation_objects(image, preprocess))
+    return len(image.instances) or len(image.boxes)

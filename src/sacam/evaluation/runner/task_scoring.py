@@ -36,12 +36,14 @@ from ..._outputs import logits_model, to_logits
 from ...api import explain_full
 from ...errors import ModelError
 from ...filters import gaussian_blur
+from ...images import load_image
+from ...models import LoadedModel
 from ...targets import InstanceMaskTarget, SemanticSegmentationTarget
 from ..config import BenchmarkConfig
 from ..curves import curve, pixel_rank
 from ..faithfulness import step_size
 from ..localization import energy_pointing_game, pointing_game
-from .task_data import TaskObject
+from .task_data import TaskImage, TaskObject, detection_objects, segmentation_objects
 
 TASK_METRICS = ("pointing", "energy_pointing", "deletion", "insertion")
 """The registry's metrics a detection or segmentation run scores, per object."""
@@ -226,3 +228,21 @@ def baselines(obj: TaskObject, tolerance: float) -> dict[str, float]:
     mask = obj.mask.cpu().numpy()
     near = ndimage.distance_transform_edt(~mask) <= tolerance
     return {"pointing_baseline": float(near.mean()), "energy_baseline": float(mask.mean())}
+
+
+def match_image(
+    lm: LoadedModel, image: TaskImage, config: BenchmarkConfig
+) -> tuple[torch.Tensor, torch.Tensor, list[Match]]:
+    """One image read and its objects matched to the model's predictions.
+
+    Returns the ``(3, S, S)`` pixels in [0, 1], the model input ``(1, C, S, S)`` on the
+    run's device, and one :class:`Match` per annotated object.
+    """
+    picture = load_image(str(image.path))
+    pixels = lm.preprocess.pixels(picture)
+    x = lm.preprocess.normalize(pixels)[None].to(config.device)
+    if config.task == "detection":
+        objects = detection_objects(image, picture.size, lm.preprocess)
+        return pixels, x, match_detections(lm.model, x, objects, config)
+    objects = segmentation_objects(image, lm.preprocess)
+    return pixels, x, match_segments(lm.model, x, objects, config)
