@@ -60,9 +60,8 @@ def explain(
         model: the detector (left as it was, as by :func:`sacam.explain`).
         images: ``(B, C, H, W)`` batch, as the detector takes it.
         targets: one target for every image, or one per image.
-        method: a registered method (:func:`sacam.list_methods`); by default
-            :data:`DEFAULT_METHOD`, Grad-CAM. SA-CAM needs a larger ``temperature`` on a
-            detector (``temperature=50``, say) to stay on the object.
+        method: a registered method (:func:`sacam.list_methods`), by default
+            :data:`DEFAULT_METHOD`; SA-CAM keeps to the object with ``temperature=50``.
         layer: the layer to explain (a module or dotted name): the detector's backbone
             output, say; ``None`` picks the last 4-D layer, often a head.
         dense: how to read a dense (YOLO-style) output.
