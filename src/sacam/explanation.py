@@ -62,6 +62,13 @@ class LayerData:
     gradients: torch.Tensor | None
     hvp: torch.Tensor | None = None
 
+    @property
+    def grads(self) -> torch.Tensor:
+        """``gradients``, for methods the engine always gives them (gradient methods)."""
+        if self.gradients is None:  # pragma: no cover - the engine always provides them
+            raise RuntimeError(f"{self.ref.label}: a gradient method was called without gradients")
+        return self.gradients
+
 
 @dataclass
 class CallContext:

@@ -9,7 +9,7 @@ import pytest
 from sacam.cli import _parser
 from sacam.errors import InputError, SacamError
 from sacam.evaluation.config import BenchmarkConfig
-from sacam.evaluation.runner.execution import _check_settings
+from sacam.evaluation.runner.store import check_settings
 
 
 @pytest.mark.parametrize("command", [["explain"], ["benchmark", "."]])
@@ -48,8 +48,8 @@ def test_a_run_folder_written_with_the_old_curve_setting_name_resumes(tmp_path) 
     old["curve_batch_size"] = old.pop("curve_inputs_per_pass")
     (config.out / "run.json").write_text(json.dumps(old))
     defaults = BenchmarkConfig(tmp_path).settings()
-    _check_settings(config.out, config.settings(), defaults)  # the same settings: resumes
+    check_settings(config.out, config.settings(), defaults)  # the same settings: resumes
     old["curve_batch_size"] = 8
     (config.out / "run.json").write_text(json.dumps(old))
     with pytest.raises(SacamError, match="curve_inputs_per_pass: 8 then, 'auto' now"):
-        _check_settings(config.out, config.settings(), defaults)
+        check_settings(config.out, config.settings(), defaults)

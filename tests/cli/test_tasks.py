@@ -144,6 +144,8 @@ def test_default_method_is_grad_cam_and_methods_add_up(pictures, tmp_path, capsy
         (["--task", "detection", "--score-threshold", "2"], "outside [0, 1]"),
         (["--box", "1,2,3,4"], "--box apply to --task detection only"),
         (["--task", "detection", "--save-maps"], "--save-maps is for classifiers"),
+        (["--task", "detection", "--activation", "sigmoid"], "--activation is for classifiers"),
+        (["--task", "segmentation", "--activation", "none"], "--activation is for classifiers"),
         (["--task", "detect"], "invalid choice: 'detect'"),
     ],
 )

@@ -23,7 +23,7 @@ from PIL import Image
 from sacam.cli import _parser
 from sacam.cli._benchmark import _benchmark_config
 from sacam.evaluation.config import BenchmarkConfig
-from sacam.evaluation.runner.execution import _check_settings as check_settings
+from sacam.evaluation.runner.store import check_settings
 from sacam.registry import list_methods
 
 ROOT = Path(__file__).resolve().parents[2]

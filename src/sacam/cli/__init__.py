@@ -33,6 +33,7 @@ from ._args import (
     device_arg,
     install_hint,
     int_at_least,
+    model_source,
     port,
     positive_float,
 )
@@ -146,9 +147,7 @@ def _serve(args: argparse.Namespace) -> int:
         ) from None
     try:
         serve(
-            args.model,
-            weights=args.weights,
-            trust_model_file=args.trust_model_file,
+            **model_source(args),
             device=args.device,
             host=args.host,
             port=args.port,

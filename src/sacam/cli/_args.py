@@ -278,3 +278,29 @@ def add_dense_options(parser: argparse.ArgumentParser, *, layout: bool = True) -
             default="auto",
             help="detection, YOLO-style output: (B, N, D) rows or (B, D, N) (default: auto)",
         )
+
+
+def method_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """``--method-option`` as ``{method: {key: value}}``; ``--activation`` for every method."""
+    options: dict[str, dict[str, Any]] = {}
+    for method, key, value in args.method_option:
+        options.setdefault(method, {})[key] = value
+    if getattr(args, "activation", None) is not None:
+        for method in args.methods or [default_method()]:
+            options.setdefault(method, {}).setdefault("activation", args.activation)
+    return options
+
+
+def layer_of(args: argparse.Namespace) -> str | list[str] | None:
+    """``--layers`` as the ``layer`` argument: None, one name, or a list of several."""
+    layers: list[str] | None = args.layers
+    return layers if layers is None or len(layers) > 1 else layers[0]
+
+
+def model_source(args: argparse.Namespace) -> dict[str, Any]:
+    """Where the model comes from, as keywords: ``model``, ``weights``, ``trust_model_file``."""
+    return {
+        "model": args.model,
+        "weights": args.weights,
+        "trust_model_file": args.trust_model_file,
+    }

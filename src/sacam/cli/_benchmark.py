@@ -24,6 +24,7 @@ from ._args import (
     existing_file_path,
     install_hint,
     int_at_least,
+    model_source,
     out_dir,
     positive_float,
     unit_float,
@@ -209,9 +210,7 @@ def _benchmark_config(args: argparse.Namespace) -> BenchmarkConfig:
     config = BenchmarkConfig(
         data_dir=data_dir,
         out=args.out,
-        model=args.model,
-        weights=args.weights,
-        trust_model_file=args.trust_model_file,
+        **model_source(args),
         limit=args.limit,
         steps=args.steps,
         annotations=args.annotations,

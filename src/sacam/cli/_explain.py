@@ -27,6 +27,9 @@ from ._args import (
     default_method,
     device_arg,
     int_at_least,
+    layer_of,
+    method_options,
+    model_source,
     out_dir,
     unit_float,
 )
@@ -98,21 +101,6 @@ def add_explain_parser(sub: argparse._SubParsersAction) -> None:
     add_task_options(ex)
 
 
-def method_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """``--method-option`` as ``{method: {key: value}}``; ``--activation`` for every method."""
-    options: dict[str, dict[str, Any]] = {}
-    for method, key, value in args.method_option:
-        options.setdefault(method, {})[key] = value
-    if getattr(args, "activation", None) is not None:
-        for method in args.methods or [default_method()]:
-            options.setdefault(method, {}).setdefault("activation", args.activation)
-    return options
-
-
-def _layer(args: argparse.Namespace) -> str | list[str] | None:
-    return args.layers if args.layers is None or len(args.layers) > 1 else args.layers[0]
-
-
 def _explain_folder(args: argparse.Namespace, methods: list[str]) -> int:
     """``sacam explain DIR``: every image of a folder, locally or on Ray."""
     from ..evaluation.explain_folder import ExplainJob, explain_folder, read_predictions
@@ -127,9 +115,8 @@ def _explain_folder(args: argparse.Namespace, methods: list[str]) -> int:
         data_dir=Path(args.images[0]),
         out=Path(args.out),
         methods=tuple(methods),
-        model=args.model,
-        weights=args.weights,
-        layer=_layer(args),
+        **model_source(args),
+        layer=layer_of(args),
         target=target,
         resize=args.resize,
         images_per_step=args.images_per_step,
@@ -137,7 +124,6 @@ def _explain_folder(args: argparse.Namespace, methods: list[str]) -> int:
         save_maps=args.save_maps,
         cmap=args.cmap,
         alpha=args.alpha,
-        trust_model_file=args.trust_model_file,
         size=pre.size,
         mean=tuple(pre.mean),
         std=tuple(pre.std),
@@ -302,7 +288,7 @@ def explain_command(args: argparse.Namespace) -> int:
     loaded = cli_model(args)
     target = None if args.target is None else resolve_target(args.target, loaded.class_names)
     options = method_options(args)
-    cams = {m: build_method(loaded.model, m, _layer(args), **options.get(m, {})) for m in methods}
+    cams = {m: build_method(loaded.model, m, layer_of(args), **options.get(m, {})) for m in methods}
     size = loaded.preprocess.size
     # each image is reduced to the model's input at once: only one decoded image is held
     sources = list(args.images) or [f"sample:{s}" for s in SAMPLE_IMAGES]

@@ -10,24 +10,22 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
 
 from ..api import explain_full
 from ..errors import SacamError
 from ..models import LoadedModel
 from ..targets import SemanticSegmentationTarget
-from ..viz import overlay
-from ._args import EXIT_IMAGE
+from ._args import EXIT_IMAGE, layer_of, method_options
 from ._model import cli_model
 from ._tasks import (
+    TaskInput,
     class_name,
     describe_output,
     file_safe,
-    layer_of,
     load_images,
-    options_of,
     out_folder,
+    save_map,
     task_label,
 )
 
@@ -42,10 +40,9 @@ def segmentation_command(args: argparse.Namespace, methods: list[str]) -> int:
     out = out_folder(args)
     print(f"model {loaded.name} (segmentation), method(s) {', '.join(methods)}")
     written = 0
-    for name, pixels in images:
-        x = loaded.preprocess.normalize(pixels)[None].to(args.device)
+    for image in images:
         with torch.inference_mode():
-            scores = loaded.model(x)
+            scores = loaded.model(image.x)
         if not (isinstance(scores, torch.Tensor) and scores.ndim == 4):
             raise SacamError(
                 f"--task segmentation needs a model whose output is a (B, classes, H, W) "
@@ -54,10 +51,10 @@ def segmentation_command(args: argparse.Namespace, methods: list[str]) -> int:
         mask = scores[0].argmax(0)
         present = [c for c in mask.unique().tolist() if label is None or c == label]
         if not present:
-            print(f"{name}: class {label} is not in the predicted mask")
+            print(f"{image.name}: class {label} is not in the predicted mask")
         for method in methods:
             for cls in present:
-                written += _explain_class(args, loaded, x, pixels, name, method, cls, mask)
+                written += _explain_class(args, loaded, image, method, cls, mask)
     print(f"wrote {written} file(s) to {out}/")
     return EXIT_IMAGE if len(images) < len(args.images) else 0
 
@@ -65,27 +62,23 @@ def segmentation_command(args: argparse.Namespace, methods: list[str]) -> int:
 def _explain_class(
     args: argparse.Namespace,
     loaded: LoadedModel,
-    x: torch.Tensor,
-    pixels: torch.Tensor,
-    name: str,
+    image: TaskInput,
     method: str,
     cls: int,
     mask: torch.Tensor,
 ) -> int:
     """One class's map of a segmentation (its pixels of the predicted mask); files written."""
     target = SemanticSegmentationTarget(cls, (mask == cls).float())
-    options = options_of(args).get(method, {})
+    options = method_options(args).get(method, {})
     start = time.perf_counter()
-    ex = explain_full(loaded.model, x, method, layer_of(args), target, **options)
+    ex = explain_full(loaded.model, image.x, method, layer_of(args), target, **options)
     elapsed = time.perf_counter() - start
     cam = ex.maps[0].detach().float().cpu()
     label = class_name(loaded, cls)
-    stem = f"{name}_{file_safe(label.split(' (')[0])}_{method}"
-    overlay(pixels, cam, cmap=args.cmap, alpha=args.alpha).save(args.out / f"{stem}.png")
-    np.save(args.out / f"{stem}.npy", cam.numpy().astype(np.float16))
+    path = save_map(args, image, cam, f"{image.name}_{file_safe(label)}_{method}")
     share = float((mask == cls).float().mean())
     print(
-        f"{name}: {label} {share:.1%} of the pixels, {method} at "
-        f"{'+'.join(ex.layers)}, {elapsed:.2f} s -> {args.out / stem}.png"
+        f"{image.name}: {label} {share:.1%} of the pixels, {method} at "
+        f"{'+'.join(ex.layers)}, {elapsed:.2f} s -> {path}"
     )
     return 2

@@ -18,6 +18,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,15 @@ from ..errors import InputError, SacamError
 from ..images import SAMPLE_IMAGES, load_image
 from ..models import LoadedModel
 from ..viz import draw_detections, overlay
-from ._args import EXIT_IMAGE, add_dense_options, existing_file, int_at_least, unit_float
+from ._args import (
+    EXIT_IMAGE,
+    add_dense_options,
+    existing_file,
+    int_at_least,
+    layer_of,
+    method_options,
+    unit_float,
+)
 from ._classes import resolve_target
 from ._model import cli_model, read_class_names
 
@@ -122,7 +131,8 @@ def check_task_options(args: argparse.Namespace) -> None:
     if args.task != "classification":
         folder = len(args.images) == 1 and Path(args.images[0]).is_dir()
         flag = next((f for f, on in (("a folder", folder), ("--engine ray", args.engine == "ray"),
-                     ("--save-maps", args.save_maps), ("--workers", args.workers is not None))
+                     ("--save-maps", args.save_maps), ("--workers", args.workers is not None),
+                     ("--activation", args.activation is not None))
                      if on), None)  # fmt: skip
         if flag is not None:
             raise SacamError(
@@ -167,15 +177,30 @@ def task_label(text: str, loaded: LoadedModel) -> int:
     return resolve_target(text, loaded.class_names)
 
 
-def load_images(args: argparse.Namespace, loaded: LoadedModel) -> list[tuple[str, torch.Tensor]]:
-    """The readable images as (unique name, [0, 1] pixels); an unreadable one is reported."""
+@dataclass(frozen=True)
+class TaskInput:
+    """One image of a detection or segmentation command.
+
+    Attributes:
+        name: a unique name for its output files (the file's stem, ``-2``... if repeated).
+        pixels: ``(3, H, W)`` pixels in [0, 1] at the model's input size.
+        x: the model's input, ``(1, 3, H, W)``, normalised and on the run's device.
+    """
+
+    name: str
+    pixels: torch.Tensor
+    x: torch.Tensor
+
+
+def load_images(args: argparse.Namespace, loaded: LoadedModel) -> list[TaskInput]:
+    """The readable images of ``args.images``; an unreadable one is reported and skipped."""
     sources = list(args.images) or [f"sample:{s}" for s in SAMPLE_IMAGES]
     size = loaded.preprocess.size
-    found: list[tuple[str, torch.Tensor]] = []
+    found: list[TaskInput] = []
     for src in sources:
         stem = src.split(":", 1)[1] if src.startswith("sample:") else Path(src).stem
         name, k = stem, 1
-        while name in {n for n, _ in found}:
+        while name in {f.name for f in found}:
             k += 1
             name = f"{stem}-{k}"
         try:
@@ -183,8 +208,18 @@ def load_images(args: argparse.Namespace, loaded: LoadedModel) -> list[tuple[str
         except InputError as exc:
             print(f"sacam: error: {exc}", file=sys.stderr)
             continue
-        found.append((name, loaded.preprocess.pixels(image)))
+        pixels = loaded.preprocess.pixels(image)
+        x = loaded.preprocess.normalize(pixels)[None].to(args.device)
+        found.append(TaskInput(name, pixels, x))
     return found
+
+
+def save_map(args: argparse.Namespace, image: TaskInput, cam: torch.Tensor, stem: str) -> Path:
+    """Write ``cam`` over ``image`` as ``{stem}.png`` and as ``{stem}.npy``; the PNG's path."""
+    path = args.out / f"{stem}.png"
+    overlay(image.pixels, cam, cmap=args.cmap, alpha=args.alpha).save(path)
+    np.save(args.out / f"{stem}.npy", cam.numpy().astype(np.float16))
+    return Path(path)
 
 
 def dense_format(args: argparse.Namespace) -> detection.DenseFormat:
@@ -244,24 +279,22 @@ def detection_command(args: argparse.Namespace, methods: list[str]) -> int:
     if not images:
         return EXIT_IMAGE
     out = out_folder(args)
-    first = loaded.preprocess.normalize(images[0][1])[None].to(args.device)
-    kind = check_detector(loaded, first, dense)
+    kind = check_detector(loaded, images[0].x, dense)
     print(f"model {loaded.name} ({kind} detections), method(s) {', '.join(methods)}")
     written = 0
-    for name, pixels in images:
-        x = loaded.preprocess.normalize(pixels)[None].to(args.device)
+    for image in images:
         found = detection.detect(
             loaded.model,
-            x,
+            image.x,
             score_threshold=args.score_threshold,
             classes=None if label is None else [label],
             dense=dense,
         )
         chosen = _chosen(found, args.box)
         if not chosen:
-            print(f"{name}: {_nothing(args, len(found))}")
+            print(f"{image.name}: {_nothing(args, len(found))}")
         for method in methods:
-            written += _explain_image(args, loaded, x, pixels, name, method, chosen, out)
+            written += _explain_image(args, loaded, image, method, chosen)
     print(f"wrote {written} file(s) to {out}/")
     return EXIT_IMAGE if len(images) < len(args.images) else 0
 
@@ -284,41 +317,34 @@ def out_folder(args: argparse.Namespace) -> Path:
 def _explain_image(
     args: argparse.Namespace,
     loaded: LoadedModel,
-    x: torch.Tensor,
-    pixels: torch.Tensor,
-    name: str,
+    image: TaskInput,
     method: str,
     chosen: Sequence[tuple[int, detection.Detection]],
-    out: Path,
 ) -> int:
     """Explain ``chosen`` detections of one image with one method; returns files written."""
-    options = options_of(args).get(method, {})
+    options = method_options(args).get(method, {})
     records: list[Any] = []  # DetectionRecords (frozen: read-only for viz's protocol)
-    written = 0
     for k, found in chosen:
         start = time.perf_counter()
         ex = detection.explain(
-            loaded.model, x, found.target(), method, layer_of(args), dense=dense_format(args),
-            **options,
+            loaded.model, image.x, found.target(), method, layer_of(args),
+            dense=dense_format(args), **options,
         )  # fmt: skip
         elapsed = time.perf_counter() - start
         cam = ex.maps[0].detach().float().cpu()
         records.append(detection.DetectionRecord(found.box, found.label, found.score, cam))
         cls = class_name(loaded, found.label)
-        stem = f"{name}_det{k}_{file_safe(cls.split(' (')[0])}_{method}"
-        overlay(pixels, cam, cmap=args.cmap, alpha=args.alpha).save(out / f"{stem}.png")
-        np.save(out / f"{stem}.npy", cam.numpy().astype(np.float16))
+        path = save_map(args, image, cam, f"{image.name}_det{k}_{file_safe(cls)}_{method}")
         box = ", ".join(f"{v:.1f}" for v in found.box)
         print(
-            f"{name} #{k}: {cls} {found.score:.3f} box [{box}], {method} at "
-            f"{'+'.join(ex.layers)}, {elapsed:.2f} s -> {out / stem}.png"
+            f"{image.name} #{k}: {cls} {found.score:.3f} box [{box}], {method} at "
+            f"{'+'.join(ex.layers)}, {elapsed:.2f} s -> {path}"
         )
-        written += 2
     picture = draw_detections(
-        pixels, records, class_names=_names(loaded), cmap=args.cmap, alpha=args.alpha
+        image.pixels, records, class_names=_names(loaded), cmap=args.cmap, alpha=args.alpha
     )
-    picture.save(out / f"{name}_detections_{method}.png")
-    return written + 1
+    picture.save(args.out / f"{image.name}_detections_{method}.png")
+    return 2 * len(records) + 1
 
 
 def _names(loaded: LoadedModel) -> dict[int, str]:
@@ -326,18 +352,6 @@ def _names(loaded: LoadedModel) -> dict[int, str]:
 
 
 def file_safe(text: str) -> str:
-    """A class name fit for a file name."""
-    kept = "".join(c if c.isalnum() or c in "-." else "-" for c in text.strip())
+    """A class name fit for a file name (without a `` (index)`` suffix)."""
+    kept = "".join(c if c.isalnum() or c in "-." else "-" for c in text.split(" (")[0].strip())
     return kept.strip("-")[:40] or "class"
-
-
-def options_of(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    options: dict[str, dict[str, Any]] = {}
-    for method, key, value in args.method_option:
-        options.setdefault(method, {})[key] = value
-    return options
-
-
-def layer_of(args: argparse.Namespace) -> str | list[str] | None:
-    layers = args.layers
-    return layers if layers is None or len(layers) > 1 else layers[0]

@@ -23,7 +23,7 @@ from .adversarial import (
     adversarial_examples,
     explanation_attack,
 )
-from .registry import MetricBatch, MetricOutput, register_metric
+from .registry import MetricBatch, MetricOutput, Need, register_metric
 from .robustness import center_of_mass_shift, spearman, ssim, topk_intersection
 
 
@@ -89,17 +89,20 @@ def _record(
         values[f"{prefix}_{short}@{tag}"] = val
 
 
+ATTACK_NEEDS: tuple[Need, ...] = ("gradients", "attacks", "method")
+"""What both attack metrics need: gradients, the attack settings and the method's maps."""
+
+
 @register_metric(
     "adversarial",
     values=[],
     swept=_measured("adv", ADVERSARY_KINDS, "{KIND} adversarial example")
     + _per_kind("adv", ADVERSARY_KINDS, "flipped", False, "share of labels flipped (per model)"),
     source="map of the clean class on the clean vs the adversarial image (FGSM, PGD)",
-    needs=("gradients", "attacks", "method"),
+    needs=ATTACK_NEEDS,
 )
 def _adversarial(batch: MetricBatch) -> MetricOutput:
     b, cfg = batch, batch.config
-    assert b.explain is not None
     values: dict[str, torch.Tensor] = {}
     for eps in cfg.epsilons:
         for kind in ADVERSARY_KINDS:
@@ -150,11 +153,10 @@ def graph_map_fn(batch: MetricBatch) -> tuple[GraphMapFn, bool]:
     swept=_measured("xattack", MAP_ATTACK_KINDS, "{kind} attack on the map")
     + _per_kind("xattack", MAP_ATTACK_KINDS, "steps", True, "label-preserving steps kept"),
     source="Ghorbani et al. 1710.10547, white-box on each method's own map",
-    needs=("gradients", "attacks", "method"),
+    needs=ATTACK_NEEDS,
 )
-def _explanation_attack(batch: MetricBatch) -> MetricOutput:
-    b, cfg = batch, batch.config
-    assert b.explain is not None
+def _explanation_attack(b: MetricBatch) -> MetricOutput:
+    cfg = b.config
     map_fn, white_box = graph_map_fn(b)
     with torch.no_grad():  # the attacked map on the clean images (the method's own: b.maps)
         attacked_clean = b.maps if white_box else map_fn(b.images, b.classes).detach()

@@ -143,9 +143,7 @@ class EigenGradCAM(_Decomposition):
 
     def layer_map(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """First-component projection of ``g ⊙ A``, ``(B, h, w)``."""
-        if layer.gradients is None:  # pragma: no cover - the engine always provides them
-            raise RuntimeError("eigen-grad-cam called without gradients")
-        prod = layer.gradients * layer.activations
+        prod = layer.grads * layer.activations
         if self.variant == "pytorch-grad-cam":
             return numpy_2d_projection(prod)
         return principal_projection(prod, center=self.center, reference=prod.sum(dim=1))

@@ -116,9 +116,7 @@ class FDCAM(PerturbationCAM):
 
     def weights(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """``exp(minmax(s)) · minmax(g) − ½``, ``(B, K)``."""
-        if layer.gradients is None:  # pragma: no cover - the engine always provides them
-            raise RuntimeError("fd-cam called without gradients")
-        grads, _ = normalize_maps(layer.gradients.mean(dim=(2, 3)))
+        grads, _ = normalize_maps(layer.grads.mean(dim=(2, 3)))
         scores, _ = normalize_maps(self.switch_scores(layer, ctx))
         return torch.exp(scores) * grads - 0.5
 

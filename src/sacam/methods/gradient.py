@@ -17,12 +17,6 @@ from ..registry import register_method
 from ._options import check_variant
 
 
-def _grads(layer: LayerData) -> torch.Tensor:
-    if layer.gradients is None:  # pragma: no cover - the engine always provides them
-        raise RuntimeError("gradient method called without gradients")
-    return layer.gradients
-
-
 @register_method(
     "grad-cam",
     paper="Selvaraju et al., ICCV 2017",
@@ -51,7 +45,7 @@ class GradCAM(BaseCAM):
 
     def weights(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """Spatial mean of the gradient, ``(B, K)``."""
-        g = _grads(layer)
+        g = layer.grads
         return g.mean(dim=spatial_dims(g))
 
 
@@ -107,7 +101,7 @@ class GradCAMPlusPlus(BaseCAM):
 
     def weights(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """Grad-CAM++ channel weights, ``(B, K)``."""
-        g = _grads(layer)
+        g = layer.grads
         g2 = g * g
         alpha = gradcampp_alpha(g2, g2 * g, layer.activations, self.variant)
         return (alpha * g.clamp_min(0)).sum(dim=spatial_dims(g))
@@ -172,7 +166,7 @@ class XGradCAM(BaseCAM):
     def weights(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """Activation-weighted sums of the gradient, ``(B, K)``."""
         a = layer.activations
-        num = (a * _grads(layer)).sum(dim=spatial_dims(a))
+        num = (a * layer.grads).sum(dim=spatial_dims(a))
         total = a.sum(dim=spatial_dims(a))
         if self.variant == "pytorch-grad-cam":
             return num / (total + 1e-7)
@@ -213,7 +207,7 @@ class LayerCAM(BaseCAM):
 
     def channel_maps(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """``ReLU(g) ⊙ A``, ``(B, K, h, w)``."""
-        return _grads(layer).clamp_min(0) * layer.activations
+        return layer.grads.clamp_min(0) * layer.activations
 
 
 @register_method(
@@ -245,7 +239,7 @@ class HiResCAM(BaseCAM):
 
     def channel_maps(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """``g ⊙ A``, ``(B, K, h, w)``."""
-        return _grads(layer) * layer.activations
+        return layer.grads * layer.activations
 
 
 @register_method(
@@ -279,4 +273,4 @@ class GradCAMElementWise(BaseCAM):
 
     def channel_maps(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """``ReLU(g ⊙ A)``, ``(B, K, h, w)``."""
-        return (_grads(layer) * layer.activations).clamp_min(0)
+        return (layer.grads * layer.activations).clamp_min(0)

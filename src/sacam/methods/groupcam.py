@@ -121,9 +121,7 @@ class GroupCAM(PerturbationCAM):
 
     def group_masks(self, layer: LayerData) -> torch.Tensor:
         """The de-noised initial masks ``M_g``, ``(B, G, h, w)``."""
-        if layer.gradients is None:  # pragma: no cover - the engine always provides them
-            raise RuntimeError("group-cam called without gradients")
-        weighted = layer.gradients.mean(dim=(2, 3), keepdim=True) * layer.activations
+        weighted = layer.grads.mean(dim=(2, 3), keepdim=True) * layer.activations
         masks = torch.stack([g.sum(dim=1) for g in weighted.chunk(self.groups, dim=1)], dim=1)
         masks = masks.clamp_min(0)
         if self.denoise_quantile is not None:

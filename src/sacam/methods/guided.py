@@ -158,9 +158,7 @@ class GuidedGradCAM(BaseCAM):
 
     def layer_map(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """``reduce(M ⊙ G)`` at the input's resolution, ``(B, H, W)``."""
-        if layer.gradients is None:  # pragma: no cover - the engine always provides them
-            raise RuntimeError("guided-grad-cam called without gradients")
-        weights = layer.gradients.mean(dim=(2, 3))
+        weights = layer.grads.mean(dim=(2, 3))
         raw = torch.einsum("bk,bkhw->bhw", weights, layer.activations).clamp_min(0)
         size = tuple(ctx.images.shape[-2:])
         up = F.interpolate(raw[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]

@@ -88,6 +88,4 @@ class SegEigenCAM(BaseCAM):
 
     def layer_map(self, layer: LayerData, ctx: CallContext) -> torch.Tensor:
         """Sign-corrected first-component projection of ``|g| ⊙ A``, ``(B, h, w)``."""
-        if layer.gradients is None:  # pragma: no cover - the engine always provides them
-            raise RuntimeError("seg-eigen-cam called without gradients")
-        return max_abs_projection(layer.gradients.abs() * layer.activations)
+        return max_abs_projection(layer.grads.abs() * layer.activations)

@@ -42,8 +42,7 @@ from .maps import MapReader, MapWriter, drop_unsaved
 from .predictions import load_predictions, predict_batch, predict_missing
 from .report import write_report
 from .state import Run, check_methods
-from .store import PairResult, ResultsStore, RunLock, pair_results
-from .store import check_settings as _check_settings
+from .store import PairResult, ResultsStore, RunLock, check_settings, pair_results
 from .summary import summarize
 from .tasks import run_task_benchmark
 
@@ -271,7 +270,7 @@ def _prepare(config: BenchmarkConfig, progress: bool | None) -> Run:
     check_labels(dataset.items, len(lm.class_names) or _n_classes(lm, config.device))
     check_methods(config, lm.model)  # a bad layer or option fails before any file is written
     settings = config.settings() | {"metrics": [m.name for m in metrics]}
-    _check_settings(config.out, settings, BenchmarkConfig(config.data_dir).settings())
+    check_settings(config.out, settings, BenchmarkConfig(config.data_dir).settings())
     store = ResultsStore(config.out)
     done = store.done_pairs()
     _, missing = missing_by_method(dataset.items, config.methods, done)
