@@ -11,7 +11,6 @@ random baseline is the object's share of the image.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
@@ -25,57 +24,28 @@ from sacam.errors import SacamError
 from sacam.evaluation.config import BenchmarkConfig
 from sacam.evaluation.runner import run_benchmark
 from sacam.evaluation.runner.task_data import read_detection, read_images
-from tests.support.detectors import scenes
 from tests.support.segmenters import square_scenes
+from tests.support.task_sets import (
+    DETECTOR,
+    SEGMENTER,
+    detection_config,
+    result_rows,
+    save_png,
+    write_detection_set,
+)
 
-DETECTOR = "tests.support.task_models:detector"
-SEGMENTER = "tests.support.segmenters:segmenter"
 PLAIN = ["--mean", "0", "0", "0", "--std", "1", "1", "1"]
-FAST = {"tolerance": 0.0, "steps": 16, "curve_inputs_per_pass": 64}
-
-
-def _png(image: torch.Tensor, path: Path) -> None:
-    arr = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    Image.fromarray(arr).save(path)
 
 
 @pytest.fixture(scope="module")
 def detection_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     """12 scenes of one or two squares and a plain grey image with one (absent) object."""
     root = tmp_path_factory.mktemp("detection-set")
-    images, boxes, labels = scenes(12, seed=11, objects=(1, 2))
-    rows = []
-    for i, image in enumerate(images):
-        _png(image, root / f"scene{i:02d}.png")
-        for box, label in zip(boxes[i].tolist(), labels[i].tolist(), strict=True):
-            rows.append([f"scene{i:02d}.png", label, *box])
-    _png(torch.full((3, 64, 64), 0.5), root / "plain.png")
-    rows.append(["plain.png", 1, 10.0, 10.0, 26.0, 26.0])
-    with (root / "annotations.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["file", "label", "x0", "y0", "x1", "y1"])
-        writer.writerows(rows)
-    return root, len(rows)
+    return root, write_detection_set(root, 12)
 
 
 def _config(data: Path, out: Path, **changes: Any) -> BenchmarkConfig:
-    settings: dict[str, Any] = {
-        "out": out,
-        "model": DETECTOR,
-        "image_size": 64,
-        "mean": (0.0, 0.0, 0.0),
-        "std": (1.0, 1.0, 1.0),
-        "methods": ["grad-cam", "random"],
-        "task": "detection",
-        "layer": ["backbone"],
-        **FAST,
-    }
-    return BenchmarkConfig(data, **(settings | changes))
-
-
-def _rows(out: Path) -> list[dict[str, str]]:
-    with (out / "results.csv").open(newline="") as f:
-        return list(csv.DictReader(f))
+    return detection_config(data, out, **({"steps": 16} | changes))
 
 
 def _mean(rows: list[dict[str, str]], method: str, column: str) -> float:
@@ -88,7 +58,7 @@ def detection_run(detection_set, tmp_path_factory) -> tuple[dict[str, Any], list
     data, _ = detection_set
     out = tmp_path_factory.mktemp("detection-run")
     summary = run_benchmark(_config(data, out), progress=False)
-    return summary, _rows(out)
+    return summary, result_rows(out)
 
 
 def test_one_row_per_object_and_method_and_the_missed_counted(detection_set, detection_run):
@@ -163,7 +133,7 @@ def test_sacam_benchmark_task_detection(detection_set, tmp_path, capsys) -> None
     args += ["--metrics", "pointing", "energy_pointing", "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    rows = _rows(out)
+    rows = result_rows(out)
     assert len(rows) == detection_set[1]
     missed = sum(r["status"] == "missed" for r in rows)
     assert f"{missed} missed" in printed and "| grad-cam |" in printed
@@ -186,7 +156,7 @@ def test_a_yolo_style_detector_read_by_the_dense_options(detection_set, tmp_path
     args += ["--methods", "grad-cam", "--layer", "net.backbone", "--tolerance", "0"]
     args += ["--metrics", "pointing", "deletion", "--steps", "8", "--out", str(tmp_path / "run")]
     assert main(args) == 0
-    rows = _rows(tmp_path / "run")
+    rows = result_rows(tmp_path / "run")
     assert len(rows) == n_objects
     explained = [r for r in rows if r["status"] == "explained"]
     assert len(explained) >= n_objects - 3
@@ -218,10 +188,10 @@ def segmentation_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, in
     x, y = square_scenes(8, seed=5)
     lines = ["file,mask"]
     for i in range(len(x)):
-        _png(x[i], root / f"s{i}.png")
+        save_png(x[i], root / f"s{i}.png")
         Image.fromarray(y[i].numpy().astype(np.uint8), mode="L").save(root / f"m{i}.png")
         lines.append(f"s{i}.png,m{i}.png")
-    _png(torch.zeros(3, 32, 32), root / "dark.png")
+    save_png(torch.zeros(3, 32, 32), root / "dark.png")
     mask = np.zeros((32, 32), np.uint8)
     mask[8:16, 8:16] = 2
     Image.fromarray(mask, mode="L").save(root / "dark-mask.png")
@@ -236,7 +206,7 @@ def test_segmentation_benchmark_scores_each_class_in_its_mask(segmentation_set, 
         data, tmp_path, model=SEGMENTER, image_size=32, task="segmentation", layer=["features"]
     )
     summary = run_benchmark(config, progress=False)
-    rows = _rows(tmp_path)
+    rows = result_rows(tmp_path)
     assert len(rows) == 2 * n_objects
     dark = [r for r in rows if r["image"] == "dark.png"]
     assert [r["status"] for r in dark] == ["missed", "missed"] and summary["missed"] == 1
@@ -256,7 +226,7 @@ def test_sacam_benchmark_task_segmentation(segmentation_set, tmp_path, capsys) -
     args += ["--metrics", "pointing", "--tolerance", "0", "--out", str(tmp_path / "run")]
     assert main(args) == 0
     assert "1 missed" in capsys.readouterr().out
-    rows = _rows(tmp_path / "run")
+    rows = result_rows(tmp_path / "run")
     assert len(rows) == n_objects
     assert _mean(rows, "grad-cam", "pointing_game") >= 0.9
 
@@ -274,13 +244,13 @@ def test_instances_each_get_their_own_map(tmp_path) -> None:
     two[0, 0:8, 0:8] = two[0, 24:32, 24:32] = 1.0
     rows = ["file,mask,label"]
     for i in range(len(x)):
-        _png(x[i], tmp_path / f"s{i}.png")
+        save_png(x[i], tmp_path / f"s{i}.png")
         for label in (1, 2):
             Image.fromarray(((y[i] == label).numpy() * 255).astype(np.uint8)).save(
                 tmp_path / f"s{i}-{label}.png"
             )
             rows.append(f"s{i}.png,s{i}-{label}.png,{label}")
-    _png(two, tmp_path / "two.png")
+    save_png(two, tmp_path / "two.png")
     for k, (r, c) in enumerate([(0, 0), (24, 24)]):
         mask = np.zeros((32, 32), np.uint8)
         mask[r : r + 8, c : c + 8] = 255
@@ -298,7 +268,7 @@ def test_instances_each_get_their_own_map(tmp_path) -> None:
         metrics=["pointing", "energy_pointing"],
     )
     summary = run_benchmark(config, progress=False)
-    results = _rows(tmp_path / "out")
+    results = result_rows(tmp_path / "out")
     assert len(results) == 2 * (2 * len(x) + 2) and summary["missed"] == 0
     pair = [r for r in results if r["image"] == "two.png" and r["method"] == "layer-cam"]
     # each instance is found alone (IoU 1 with its own square, not 1/2 with the pair) ...

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from sacam.cli import main
@@ -26,35 +25,26 @@ from sacam.errors import SacamError
 from sacam.evaluation.config import BenchmarkConfig
 from sacam.evaluation.runner import run_benchmark, tasks
 from sacam.evaluation.stats import format_mean_ci
-from tests.support.detectors import scenes
 from tests.support.segmenters import square_scenes
+from tests.support.task_sets import (
+    DETECTOR,
+    SEGMENTER,
+    detection_config,
+    result_rows,
+    save_png,
+    write_detection_set,
+)
 
-DETECTOR = "tests.support.task_models:detector"
-SEGMENTER = "tests.support.segmenters:segmenter"
 METHODS = ["grad-cam", "random"]
 METRICS = ["pointing", "energy_pointing", "deletion"]
 IMAGE_ROWS = tasks._image_rows  # the real one, under the spies below
-
-
-def _png(image: torch.Tensor, path: Path) -> None:
-    arr = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    Image.fromarray(arr).save(path)
 
 
 @pytest.fixture(scope="module")
 def scenes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Six scenes of one or two squares and a plain image whose one object is never found."""
     root = tmp_path_factory.mktemp("task-scenes")
-    images, boxes, labels = scenes(6, seed=11, objects=(1, 2))
-    rows = [["file", "label", "x0", "y0", "x1", "y1"]]
-    for i, image in enumerate(images):
-        _png(image, root / f"scene{i:02d}.png")
-        for box, label in zip(boxes[i].tolist(), labels[i].tolist(), strict=True):
-            rows.append([f"scene{i:02d}.png", label, *box])
-    _png(torch.full((3, 64, 64), 0.5), root / "plain.png")
-    rows.append(["plain.png", 1, 10.0, 10.0, 26.0, 26.0])
-    with (root / "annotations.csv").open("w", newline="") as f:
-        csv.writer(f).writerows(rows)
+    write_detection_set(root, 6)
     return root
 
 
@@ -63,26 +53,15 @@ def _names(data: Path) -> list[str]:
 
 
 def _config(data: Path, out: Path, **changes: Any) -> BenchmarkConfig:
-    settings: dict[str, Any] = {
-        "out": out,
-        "model": DETECTOR,
-        "image_size": 64,
-        "mean": (0.0, 0.0, 0.0),
-        "std": (1.0, 1.0, 1.0),
-        "methods": METHODS,
-        "metrics": METRICS,
-        "task": "detection",
-        "layer": ["backbone"],
-        "tolerance": 0.0,
-        "steps": 8,
-        "curve_inputs_per_pass": 64,
-    }
-    return BenchmarkConfig(data, **(settings | changes))
+    return detection_config(data, out, **({"metrics": METRICS, "steps": 8} | changes))
 
 
-def _rows(out: Path) -> list[dict[str, str]]:
-    with (out / "results.csv").open(newline="") as f:
-        return list(csv.DictReader(f))
+def _broken_copy(scenes: Path, tmp_path: Path, name: str, data: bytes) -> Path:
+    """A copy of the scenes in which ``name`` holds ``data`` (not a readable image)."""
+    copy = tmp_path / "data"
+    shutil.copytree(scenes, copy)
+    (copy / name).write_bytes(data)
+    return copy
 
 
 def _key(row: dict[str, str]) -> tuple[str, str, int]:
@@ -106,7 +85,7 @@ def whole(scenes_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[d
     """One uninterrupted run: its summary and rows."""
     out = tmp_path_factory.mktemp("task-whole")
     summary = run_benchmark(_config(scenes_dir, out), progress=False)
-    return summary, _rows(out)
+    return summary, result_rows(out)
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch, stop_at: str | None = None) -> list[tuple[str, tuple]]:
@@ -149,7 +128,7 @@ def test_an_interrupted_and_cut_run_resumes_to_the_rows_of_a_whole_run(
     _spy(monkeypatch, stop_at=names[3])
     with pytest.raises(KeyboardInterrupt):
         run_benchmark(_config(scenes_dir, out), progress=False)
-    kept = _rows(out)
+    kept = result_rows(out)
     assert sorted({r["image"] for r in kept}) == names[:3]  # Ctrl-C keeps what was written
     # a kill in the middle of the last line: the third image's last method loses a row
     text = (out / "results.csv").read_text()
@@ -160,14 +139,14 @@ def test_an_interrupted_and_cut_run_resumes_to_the_rows_of_a_whole_run(
     summary = run_benchmark(_config(scenes_dir, out), progress=False)
     # the first two images are skipped, the cut one computed again for its cut method only
     assert computed == [(names[2], ("random",))] + [(n, tuple(METHODS)) for n in names[3:]]
-    rows = _rows(out)
+    rows = result_rows(out)
     assert len({_key(r) for r in rows}) == len(rows)
     assert _comparable(rows) == _comparable(whole[1])
     assert _values(summary) == _values(whole[0])
     # a finished run is not computed again
     computed.clear()
     assert _values(run_benchmark(_config(scenes_dir, out), progress=False)) == _values(whole[0])
-    assert computed == [] and len(_rows(out)) == len(rows)
+    assert computed == [] and len(result_rows(out)) == len(rows)
 
 
 def test_a_method_added_on_resume_is_computed_for_every_image(
@@ -181,7 +160,7 @@ def test_a_method_added_on_resume_is_computed_for_every_image(
     assert computed == [(n, ("random",)) for n in names[:2]] + [
         (n, tuple(METHODS)) for n in names[2:]
     ]
-    assert _comparable(_rows(out)) == _comparable(whole[1])
+    assert _comparable(result_rows(out)) == _comparable(whole[1])
     assert _values(summary) == _values(whole[0])
     # a smaller --limit summarises its own images only, and counts the other rows
     small = run_benchmark(_config(scenes_dir, out, limit=2), progress=False)
@@ -206,9 +185,7 @@ def test_other_settings_in_the_same_folder_are_refused(scenes_dir, tmp_path, cha
 def test_an_unreadable_image_is_a_failure_and_the_others_are_scored(
     scenes_dir, whole, tmp_path
 ) -> None:
-    data = tmp_path / "data"
-    shutil.copytree(scenes_dir, data)
-    (data / "scene03.png").write_bytes(b"not an image")
+    data = _broken_copy(scenes_dir, tmp_path, "scene03.png", b"not an image")
     out = tmp_path / "run"
     summary = run_benchmark(_config(data, out), progress=False)
     with (out / "failures.csv").open(newline="") as f:
@@ -216,23 +193,21 @@ def test_an_unreadable_image_is_a_failure_and_the_others_are_scored(
     assert [r["image"] for r in failures] == ["scene03.png"]
     assert failures[0]["error"].startswith("InputError")
     others = [r for r in whole[1] if r["image"] != "scene03.png"]
-    assert _comparable(_rows(out)) == _comparable(others)
+    assert _comparable(result_rows(out)) == _comparable(others)
     assert summary["failures"] == 1
     assert json.loads((out / "summary.json").read_text())["failures"] == 1
     # repaired, it is scored on the rerun and its failure row goes
     shutil.copy(scenes_dir / "scene03.png", data / "scene03.png")
     summary = run_benchmark(_config(data, out), progress=False)
     assert (out / "failures.csv").read_text() == "image,error\n"
-    assert _comparable(_rows(out)) == _comparable(whole[1])
+    assert _comparable(result_rows(out)) == _comparable(whole[1])
     assert summary["failures"] == 0 and _values(summary) == _values(whole[0])
 
 
 def test_the_command_prints_failures_and_the_files_it_wrote_and_the_report(
     scenes_dir, tmp_path, capsys
 ) -> None:
-    data = tmp_path / "data"
-    shutil.copytree(scenes_dir, data)
-    (data / "scene01.png").write_bytes(b"\x89PNG broken")
+    data = _broken_copy(scenes_dir, tmp_path, "scene01.png", b"\x89PNG broken")
     out = tmp_path / "run"
     args = ["benchmark", str(data), "--model", DETECTOR, "--task", "detection", "--size", "64"]
     args += ["--mean", "0", "0", "0", "--std", "1", "1", "1", "--layer", "backbone"]
@@ -263,7 +238,7 @@ def test_a_mask_that_cannot_be_read_as_classes_is_a_failure(tmp_path) -> None:
     x, y = square_scenes(3, seed=5)
     lines = ["file,mask"]
     for i in range(len(x)):
-        _png(x[i], tmp_path / f"s{i}.png")
+        save_png(x[i], tmp_path / f"s{i}.png")
         mask = y[i].numpy().astype(np.uint8)
         if i == 1:  # an RGB picture, not one class index per pixel
             Image.fromarray(np.repeat(mask[..., None], 3, axis=2)).save(tmp_path / f"m{i}.png")
@@ -280,7 +255,7 @@ def test_a_mask_that_cannot_be_read_as_classes_is_a_failure(tmp_path) -> None:
         failures = list(csv.DictReader(f))
     assert [r["image"] for r in failures] == ["s1.png"]
     assert "one class index per pixel" in failures[0]["error"]
-    rows = _rows(out)
+    rows = result_rows(out)
     assert sorted({r["image"] for r in rows}) == ["s0.png", "s2.png"]
     assert len(rows) == 2 * 2 * len(METHODS)  # two classes in each scene
     assert summary["failures"] == 1 and summary["images"] == 2
@@ -292,7 +267,7 @@ def test_a_cut_segmentation_run_resumes_to_the_rows_of_a_whole_run(tmp_path) -> 
     x, y = square_scenes(3, seed=7)
     lines = ["file,mask"]
     for i in range(len(x)):
-        _png(x[i], tmp_path / f"s{i}.png")
+        save_png(x[i], tmp_path / f"s{i}.png")
         Image.fromarray(y[i].numpy().astype(np.uint8), mode="L").save(tmp_path / f"m{i}.png")
         lines.append(f"s{i}.png,m{i}.png")
     (tmp_path / "annotations.csv").write_text("\n".join(lines) + "\n")
@@ -305,7 +280,7 @@ def test_a_cut_segmentation_run_resumes_to_the_rows_of_a_whole_run(tmp_path) -> 
     # a write cut between two lines: the last object of the second image's last method lost
     (out / "results.csv").write_text(text[: text.rstrip("\n").rfind("\n") + 1])
     summary = run_benchmark(_config(tmp_path, out, **settings), progress=False)
-    rows = _rows(out)
+    rows = result_rows(out)
     assert len({_key(r) for r in rows}) == len(rows) == 3 * 2 * len(METHODS)
-    assert _comparable(rows) == _comparable(_rows(tmp_path / "whole"))
+    assert _comparable(rows) == _comparable(result_rows(tmp_path / "whole"))
     assert _values(summary) == _values(whole)
