@@ -12,29 +12,27 @@ when one is clicked or picked from the list.
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Annotated, Any
 
 import torch
-from fastapi import APIRouter, Form
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, Form, Request
 from PIL import Image
 from pydantic import BaseModel, Field
 
 from .. import detection
 from ..errors import ModelError
 from ..models import LoadedModel
-from ..viz import overlay
-from .deps import ClientDep, ServeState, StateDep
-from .inputs import check_layer, check_methods, prepare_pixels
+from .deps import ClientDep, StateDep
+from .inputs import check_layer, check_methods
+from .jobs import result_or_cancel
 from .progress import JobError, Progress
 from .results import ResultStore, StoredResult
 from .schemas import ERRORS, NOT_FOUND, ImageField, JobOut, MethodName
-from .service import ModelFacts, map_image, png_data_url, probe_model
+from .service import ModelFacts, png_data_url, probe_model
+from .tasks import explain_each, explanation_answer, require_task, upload_pixels
 
 router = APIRouter(prefix="/api")
 
@@ -173,80 +171,40 @@ def run_explain_detection(
 
     ``passes`` (method -> forward passes of one map) plans the job's progress.
     """
-    planned = [(passes or {}).get(name, 1) for name in methods]
-    progress.plan(planned)
     result = DetectionResult(
         uuid.uuid4().hex, stored.x, stored.pixels, found.label, layer, {}, {},
         detections=stored.detections,
     )  # fmt: skip
     explained = {"class_index": found.label, "name": _name(loaded, found.label),
                  "probability": found.score}  # fmt: skip
-    answer: dict[str, Any] = {
-        "result_id": result.id,
-        "model": loaded.name,
-        "image": png_data_url(
-            Image.fromarray(
-                (stored.pixels.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
-            )
-        ),
-        "predictions": [explained],
-        "explained_class": explained,
-        "layer": layer,
-        "maps": [],
-        "box": list(found.box),
-    }
-    for k, name in enumerate(methods):
-        progress.stage(k, name, planned[k])
-        start = time.perf_counter()
-        ex = detection.explain(loaded.model, stored.x, found.target(), name, layer, dense=dense)
-        elapsed = time.perf_counter() - start
-        cam = ex.maps[0].detach().float().cpu()
-        result.maps[name] = cam
-        answer["maps"].append(
-            {
-                "method": name,
-                "overlay": png_data_url(overlay(stored.pixels, cam)),
-                "heatmap": png_data_url(overlay(stored.pixels, cam, alpha=1.0)),
-                "map": png_data_url(map_image(cam)),
-                "time_s": round(elapsed, 4),
-                "constant": bool(ex.constant[0]),
-            }
-        )
-        progress.publish({**answer, "maps": list(answer["maps"])})
+    answer = {**explanation_answer(loaded, result, explained), "box": list(found.box)}
+    target = found.target()
+    explain = partial(detection.explain, loaded.model, stored.x, target, layer=layer, dense=dense)
+    explain_each(methods, passes or {}, progress, answer, result, explain)
     store.put(client, result)
     return answer
 
 
-def _detector_only(state: ServeState) -> None:
-    if state.task != "detection":
-        raise JobError(400, "this server explains a classifier: start it with --task detection")
-
-
 @router.post("/detect", response_model=DetectOut, responses=ERRORS)
 async def detect(
+    request: Request,
     state: StateDep,
     client: ClientDep,
     image: ImageField,
     score_threshold: Annotated[float, Form(ge=0.0, le=1.0)] = 0.5,
 ) -> Any:
-    """Run the detector on the image and list its detections, best first."""
-    _detector_only(state)
-    state.worker.check_room()
-    data = await image.read()
-    await image.close()
-    async with state.decode_slots:
-        pixels = await run_in_threadpool(prepare_pixels, data, state.max_pixels, state.loaded)
-    del data
+    """Run the detector on the image and list its detections, best first.
+
+    The work stops when the client gives up waiting (closes the connection).
+    """
+    require_task(state, "detection")
+    pixels = await upload_pixels(state, image)
     fn = partial(
         run_detect, state.loaded, state.facts, state.store, pixels, score_threshold,
         state.dense, client=client,
     )  # fmt: skip
     job = state.worker.submit("detect", fn, owner=client)
-    assert job.future is not None
-    try:
-        return await asyncio.wrap_future(job.future)
-    finally:
-        state.worker.forget(job.id)
+    return await result_or_cancel(state, job, request)
 
 
 @router.post(
@@ -259,7 +217,7 @@ async def explain_detection_job(
     body: ExplainDetectionIn, state: StateDep, client: ClientDep
 ) -> Any:
     """Explain one detection of a kept result with each method, as a job."""
-    _detector_only(state)
+    require_task(state, "detection")
     stored = state.store.get(client, body.result_id)
     if not isinstance(stored, DetectionResult):
         raise JobError(400, "this result holds no detections: send the image to /api/detect")

@@ -15,12 +15,11 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, UploadFile
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from . import service
 from .deps import ClientDep, ServeState, StateDep
-from .inputs import check_layer, check_methods, parse_target, prepare_pixels
+from .inputs import check_layer, check_methods, parse_target
 from .progress import Job, JobCancelled, JobError
 from .schemas import (
     ERRORS,
@@ -36,6 +35,7 @@ from .schemas import (
     TargetField,
 )
 from .service import ExplainInput
+from .tasks import require_task, upload_pixels
 
 router = APIRouter(prefix="/api")
 
@@ -96,16 +96,12 @@ def _submit_explain(
 
 
 async def _explain_job(state: ServeState, client: str, form: _ExplainForm) -> Job:
+    require_task(state, "classification")
     chosen = check_methods(form.methods or [state.default_method])
     _refuse_unavailable(state, chosen)
     chosen_layer = check_layer(form.layer, state.facts)
     index = parse_target(form.target, state.loaded, state.facts.n_classes)
-    state.worker.check_room()  # refuse before decoding when the queue is full
-    data = await form.image.read()
-    await form.image.close()
-    async with state.decode_slots:
-        pixels = await run_in_threadpool(prepare_pixels, data, state.max_pixels, state.loaded)
-    del data
+    pixels = await upload_pixels(state, form.image)  # a full queue: refused before decoding
     return _submit_explain(state, client, ExplainInput(pixels=pixels), chosen, index, chosen_layer)
 
 
@@ -118,7 +114,7 @@ def _job(state: ServeState, job_id: str) -> Job:
         ) from None
 
 
-async def _result_or_cancel(state: ServeState, job: Job, request: Request) -> Any:
+async def result_or_cancel(state: ServeState, job: Job, request: Request) -> Any:
     """The job's result; the job is cancelled as soon as the client goes away."""
     assert job.future is not None
     future = asyncio.wrap_future(job.future)
@@ -149,7 +145,7 @@ async def explain(request: Request, state: StateDep, client: ClientDep, form: Ex
     The work stops when the client gives up waiting (closes the connection).
     """
     job = await _explain_job(state, client, form)
-    return await _result_or_cancel(state, job, request)
+    return await result_or_cancel(state, job, request)
 
 
 @router.post("/jobs/explain", response_model=JobOut, status_code=202, responses=ERRORS)
@@ -164,6 +160,7 @@ async def explain_job(state: StateDep, client: ClientDep, form: ExplainForm) -> 
 )
 async def reexplain_job(body: ReexplainIn, state: StateDep, client: ClientDep) -> Any:
     """Explain a kept result's image again (another class, layer or methods), as a job."""
+    require_task(state, "classification")
     stored = state.store.get(client, body.result_id)
     chosen = check_methods(body.methods or list(stored.maps) or [state.default_method])
     _refuse_unavailable(state, chosen)
@@ -178,6 +175,7 @@ async def reexplain_job(body: ReexplainIn, state: StateDep, client: ClientDep) -
 )
 async def curves_job(body: CurvesIn, state: StateDep, client: ClientDep) -> Any:
     """Deletion and insertion curves of an explanation's maps, as a job."""
+    require_task(state, "classification")  # the curves score a class probability
     stored = state.store.get(client, body.result_id)
     missing = [m for m in body.methods or [] if m not in stored.maps]
     if missing:

@@ -1,0 +1,106 @@
+"""What the routes of the three tasks share: the task check, the upload, the map loop.
+
+A server explains one kind of model, named by its task (``"classification"``,
+``"detection"`` or ``"segmentation"``); :func:`require_task` refuses a route of another
+task with the option to start the server with. :func:`upload_pixels` turns an upload into
+the model's pixels once the queue has room; :func:`explain_each` runs each chosen method
+on a kept image, publishing each map as soon as its method ends, into the answer
+:func:`explanation_answer` starts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from fastapi import UploadFile
+from fastapi.concurrency import run_in_threadpool
+
+from ..explanation import Explanation
+from ..models import LoadedModel
+from .deps import ServeState
+from .inputs import prepare_pixels
+from .progress import JobError, Progress
+from .results import StoredResult
+from .service import image_data_url, map_entry
+
+MODEL_OF_TASK = {
+    "classification": "classifier",
+    "detection": "detector",
+    "segmentation": "segmenter",
+}
+"""The tasks a server can have, and the kind of model each one explains."""
+
+
+def require_task(state: ServeState, task: str) -> None:
+    """Refuse (400) a route of ``task`` on a server started for another task."""
+    if state.task != task:
+        raise JobError(
+            400,
+            f"this server explains a {MODEL_OF_TASK.get(state.task, state.task)}; this request "
+            f"needs a {MODEL_OF_TASK[task]}: start sacam serve with --task {task}",
+        )
+
+
+async def upload_pixels(state: ServeState, image: UploadFile) -> torch.Tensor:
+    """The model's ``(3, size, size)`` pixels of an upload (:func:`~.inputs.prepare_pixels`).
+
+    A full queue is refused (429) before the upload is read; the upload is decoded in a
+    thread, :data:`~sacam.serve.deps.DECODE_SLOTS` uploads at a time.
+    """
+    state.worker.check_room()
+    data = await image.read()
+    await image.close()
+    async with state.decode_slots:
+        return await run_in_threadpool(prepare_pixels, data, state.max_pixels, state.loaded)
+
+
+def explain_each(
+    methods: list[str],
+    passes: Mapping[str, int],
+    progress: Progress,
+    answer: dict[str, Any],
+    result: StoredResult,
+    explain: Callable[[str], Explanation],
+) -> None:
+    """Explain ``result``'s image with each method, one stage each; maps go to ``answer``.
+
+    Args:
+        methods: the method names, checked.
+        passes: method -> forward passes of one map (the plan of the job's progress; 1
+            for a method it does not name).
+        progress: the job's progress reporter; ``answer`` is published after each map.
+        answer: an explanation answer whose ``maps`` list receives each method's entry.
+        result: the result the maps are kept in (``result.maps``); its pixels are drawn.
+        explain: the method name -> its :class:`~sacam.explanation.Explanation`.
+    """
+    planned = [passes.get(name, 1) for name in methods]
+    progress.plan(planned)
+    for k, name in enumerate(methods):
+        progress.stage(k, name, planned[k])
+        start = time.perf_counter()
+        ex = explain(name)
+        entry, result.maps[name] = map_entry(name, result.pixels, ex, time.perf_counter() - start)
+        answer["maps"].append(entry)
+        progress.publish({**answer, "maps": list(answer["maps"])})
+
+
+def explanation_answer(
+    loaded: LoadedModel, result: StoredResult, explained: dict[str, Any]
+) -> dict[str, Any]:
+    """The answer of an explanation of ``result``, without maps yet.
+
+    ``explained`` is its one prediction: a detection's label and score, or a class
+    region's label and share of the pixels.
+    """
+    return {
+        "result_id": result.id,
+        "model": loaded.name,
+        "image": image_data_url(result.pixels),
+        "predictions": [explained],
+        "explained_class": explained,
+        "layer": result.layer,
+        "maps": [],
+    }
