@@ -2,12 +2,14 @@
 
 Fast browser checks that need no real model: the page shows its place in the queue,
 a reload cancels the job it started, a page of another origin cannot start a job, and
-the first screen has no serious accessibility problem (axe-core).
+the first screen has no serious accessibility problem (axe-core). A segmenter's page (the
+small trained segmenter of the tests) colours its classes and explains the clicked one.
 """
 
 from __future__ import annotations
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.support.serve import (
@@ -214,3 +216,51 @@ def test_the_page_works_from_the_keyboard_and_the_first_result_fits(browser) -> 
         page.wait_for_function(
             "() => document.querySelector('#explained').textContent.includes('blue')"
         )
+
+
+def test_a_segmenter_page_colours_the_classes_and_explains_a_clicked_one(browser) -> None:  # noqa: ANN001
+    from tests.serve.test_segmentation import scene_png, segmenter_model
+
+    png, truth = scene_png()
+    with live_server(create_app(segmenter_model(), task="segmentation")) as base:
+        context = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)
+        page = context.new_page()
+        page.goto(base + "/")
+        page.wait_for_function(
+            "() => document.querySelector('#explain').textContent === 'Segment image'"
+        )
+        assert page.is_checked("#methods input[value='grad-cam']")
+        assert page.is_hidden("#curves-section")
+        page.set_input_files("#file-input", files=[
+            {"name": "scene.png", "mimeType": "image/png", "buffer": png}
+        ])  # fmt: skip
+        page.wait_for_function("() => !document.querySelector('#explain').disabled")
+        page.click("#explain")
+        page.wait_for_selector("#segment-legend button")
+        legend = page.locator("#segment-legend button")
+        assert legend.count() == 3
+        assert {legend.nth(k).get_attribute("data-class") for k in range(3)} == {"0", "1", "2"}
+        page.click("#segment-legend button[data-class='1']")  # the legend: the red square
+        page.wait_for_selector("#maps .card[data-method='grad-cam'] img.overlay")
+        text = page.text_content("#segment-explained") or ""
+        assert text.startswith("Maps explain “red” (1), ")
+        pressed = page.get_attribute("#segment-legend button[data-class='1']", "aria-pressed")
+        assert pressed == "true"
+        red = page.get_attribute("#maps .card[data-method='grad-cam'] img.overlay", "src")
+        assert red and red.startswith("data:image/png;base64,")
+        page.locator("#job").wait_for(state="hidden")
+        # a pixel of the picture: the middle of the blue square picks class 2
+        rows, cols = np.nonzero(truth == 2)
+        view = page.locator("#segment-view img")
+        box = view.bounding_box()
+        assert box is not None
+        x, y = (cols.mean() + 0.5) / 32 * box["width"], (rows.mean() + 0.5) / 32 * box["height"]
+        view.click(position={"x": x, "y": y})
+        page.wait_for_function(
+            "() => document.querySelector('#segment-explained').textContent"
+            ".startsWith('Maps explain “blue” (2), ')"
+        )
+        blue = page.get_attribute("#maps .card[data-method='grad-cam'] img.overlay", "src")
+        assert blue and blue != red
+        assert serious_accessibility_problems(page) == []
+        context.close()

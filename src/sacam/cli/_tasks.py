@@ -98,10 +98,11 @@ def add_serve_task_options(parser: argparse.ArgumentParser) -> None:
     """``sacam serve``'s ``--task``, input size, class names and dense-output options."""
     parser.add_argument(
         "--task",
-        choices=TASKS[:2],
+        choices=TASKS,
         default="classification",
-        help="classification (default) or detection: the page lists the detections and "
-        "explains the one you click",
+        help="classification (default); detection: the page draws the detections and "
+        "explains the one you click; segmentation: the page colours the predicted classes "
+        "and explains the one you click in the legend or the picture",
     )
     parser.add_argument(
         "--size", type=int_at_least(1), default=None, help="side in pixels of the model's input"

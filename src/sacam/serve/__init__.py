@@ -54,7 +54,7 @@ def serve(
             ``127.0.0.1``, ``::1`` and ``host`` always are); a request that names
             another host is refused, so that no other site can reach the app through a
             name of its own that resolves to this machine.
-        task: ``"classification"`` or ``"detection"`` (:func:`create_app`).
+        task: ``"classification"``, ``"detection"`` or ``"segmentation"`` (:func:`create_app`).
         dense: a detector's YOLO-style output format (:func:`create_app`).
         size: the side of the model's input (:func:`~sacam.models.load_model`).
         class_names: the class names (:func:`~sacam.models.load_model`).

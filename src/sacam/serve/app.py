@@ -14,7 +14,10 @@ Routes (the OpenAPI document is at ``/openapi.json``):
 - ``GET /api/results/{id}/attention``: SA-CAM's attention row of one layer position
   (:mod:`sacam.serve.jobs`);
 - for a detector (``task="detection"``): ``POST /api/detect`` lists an image's detections,
-  ``POST /api/jobs/explain-detection`` explains one (:mod:`sacam.serve.detect`).
+  ``POST /api/jobs/explain-detection`` explains one (:mod:`sacam.serve.detect`);
+- for a segmenter (``task="segmentation"``): ``POST /api/segment`` lists the classes of an
+  image's predicted label map, ``POST /api/jobs/explain-segment`` explains one
+  (:mod:`sacam.serve.segment`).
 
 All model work runs on one worker thread (:mod:`sacam.serve.worker`) with a bounded
 queue (429 with ``Retry-After`` when full), so the event loop stays free: ``/api/health``
@@ -26,7 +29,7 @@ are recognised by decoding their content, and no client input ever names a serve
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -44,12 +47,14 @@ from ..errors import SacamError
 from ..images import DEFAULT_MAX_PIXELS
 from ..models import LoadedModel
 from ..registry import list_methods
-from . import detect, info, jobs, service
+from . import detect, info, jobs, segment, service
 from .deps import ServeState, passes_per_method, unavailable_methods
 from .detect import detection_facts
 from .guard import Guard
 from .progress import JobError
 from .results import ResultStore
+from .segment import segmentation_facts
+from .tasks import MODEL_OF_TASK
 from .worker import ModelWorker
 
 STATIC = resources.files("sacam.serve").joinpath("static")
@@ -80,7 +85,8 @@ def create_app(
         allowed_hosts: host names the app answers to besides ``localhost``,
             ``127.0.0.1`` and ``::1`` (e.g. the machine's name when it listens on all
             interfaces); requests naming another host get 400.
-        task: ``"classification"`` or ``"detection"`` (:mod:`sacam.serve.detect`).
+        task: ``"classification"``, ``"detection"`` (:mod:`sacam.serve.detect`) or
+            ``"segmentation"`` (:mod:`sacam.serve.segment`).
         dense: how to read a detector's YOLO-style dense output.
 
     Returns:
@@ -119,7 +125,7 @@ def _add_routes(app: FastAPI) -> None:
     _add_error_handlers(app)
     app.add_api_route("/", _index, include_in_schema=False, methods=["GET"])
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
-    for router in (info.router, jobs.router, detect.router):
+    for router in (info.router, jobs.router, detect.router, segment.router):
         app.include_router(router)
 
 
@@ -134,9 +140,10 @@ class _Limits:
     max_queue: int
 
     def check(self, task: str) -> None:
-        """Refuse a task other than the two served, and limits that are not positive."""
-        if task not in ("classification", "detection"):
-            raise SacamError(f"task must be 'classification' or 'detection', got {task!r}")
+        """Refuse a task that is not served, and limits that are not positive."""
+        if task not in MODEL_OF_TASK:
+            served = ", ".join(repr(t) for t in MODEL_OF_TASK)
+            raise SacamError(f"task must be one of {served}, got {task!r}")
         for name in ("max_upload_mb", "results_mb"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0 < value < math.inf):
@@ -155,10 +162,14 @@ def _start(
 ) -> ServeState:
     """Start the model thread and measure the model on it (its layers, classes, passes)."""
     limits.check(task)
+    default = _default_method(task)
     worker = ModelWorker(loaded.model, max_queue=limits.max_queue)
-    probe = (
-        service.model_facts if task == "classification" else partial(detection_facts, dense=dense)
-    )
+    probes: dict[str, Callable[[LoadedModel], service.ModelFacts]] = {
+        "classification": service.model_facts,
+        "detection": partial(detection_facts, dense=dense),
+        "segmentation": partial(segmentation_facts, method=default),
+    }
+    probe = probes[task]
     try:
         facts_job = worker.submit("start-up", lambda _progress: probe(loaded))
         assert facts_job.future is not None
@@ -176,7 +187,7 @@ def _start(
         store=ResultStore(limits.keep_results, int(limits.results_mb * 2**20)),
         max_upload_mb=limits.max_upload_mb,
         max_pixels=limits.max_pixels,
-        default_method=_default_method(task),
+        default_method=default,
         unavailable=unavailable_methods(loaded.model),
         passes=passes,
         task=task,
@@ -185,7 +196,7 @@ def _start(
 
 
 def _default_method(task: str) -> str:
-    """SA-CAM for a classifier; Grad-CAM for a detector (one pass and one gradient a map)."""
+    """SA-CAM for a classifier; :data:`sacam.detection.DEFAULT_METHOD` for the other tasks."""
     wanted = "sa-cam" if task == "classification" else DEFAULT_METHOD
     return wanted if wanted in list_methods() else list_methods()[0]
 

@@ -40,7 +40,8 @@ class ServeState:
         unavailable: method -> why it cannot explain this model.
         passes: method -> forward passes (images through the model) for one map at the
             automatic layer.
-        task: ``"classification"`` or ``"detection"`` (:mod:`sacam.serve.detect`).
+        task: ``"classification"``, ``"detection"`` (:mod:`sacam.serve.detect`) or
+            ``"segmentation"`` (:mod:`sacam.serve.segment`).
         dense: how to read a detector's YOLO-style dense output.
     """
 

@@ -56,7 +56,9 @@ class HealthOut(BaseModel):
     jobs_pending: int
     max_queue: int
     max_upload_mb: float
-    task: str = Field(default="classification", description="classification or detection")
+    task: str = Field(
+        default="classification", description="classification, detection or segmentation"
+    )
 
 
 class MethodOut(BaseModel):

@@ -4,6 +4,7 @@
 import { clearCharts, drawCurves } from "./charts.js";
 import { $, api, el, say, seconds, state } from "./common.js";
 import { setupDetection } from "./detect.js";
+import { setupSegmentation } from "./segment.js";
 import { applyColours, downloadJson, drawColorbar, mapCard, originalCard, pendingCard } from "./maps.js";
 
 const FAMILY_ORDER = ["attention", "gradient", "activation", "decomposition", "transformer", "baseline", "perturbation"];
@@ -18,6 +19,7 @@ async function init() {
     ]);
     $("#model-info").textContent = `model ${health.model} on ${health.device} · sacam ${health.version}`;
     if (health.task === "detection") setupDetection({ runJob, render, chosenMethods, busy });
+    if (health.task === "segmentation") setupSegmentation({ runJob, render, chosenMethods, busy });
     showMethods(methods);
     layers = layerList;
     showLayers(false);
@@ -189,7 +191,7 @@ function busy() {
 }
 
 async function explain() {
-  if (state.detect) { state.detect(); return; }  // a detector's page (detect.js)
+  if (state.upload) { state.upload(); return; }  // a detector's or segmenter's page (detect.js, segment.js)
   if (!state.image || busy()) return;
   const form = new FormData();
   form.append("image", state.image, state.imageName || "image");

@@ -11,7 +11,7 @@ let found = null;  // the answer of /api/detect
 
 export function setupDetection(functions) {
   page = functions;
-  state.detect = detect;
+  state.upload = detect;
   $("#explain").textContent = "Detect objects";
   $("#curves-section").hidden = true;     // deletion/insertion curves score a class probability
   document.querySelector(".classes").hidden = true;
