@@ -19,7 +19,6 @@ from typing import Annotated, Any
 
 import torch
 from fastapi import APIRouter, Form, Request
-from PIL import Image
 from pydantic import BaseModel, Field
 
 from .. import detection
@@ -31,7 +30,7 @@ from .jobs import result_or_cancel
 from .progress import JobError, Progress
 from .results import ResultStore, StoredResult
 from .schemas import ERRORS, NOT_FOUND, ImageField, JobOut, MethodName
-from .service import ModelFacts, png_data_url, probe_model
+from .service import ModelFacts, image_data_url, probe_model
 from .tasks import explain_each, explanation_answer, require_task, upload_pixels
 
 router = APIRouter(prefix="/api")
@@ -121,11 +120,10 @@ def run_detect(
         uuid.uuid4().hex, x, pixels, -1, facts.default_layer, {}, {}, detections=found
     )
     store.put(client, result)
-    arr = (pixels.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     return {
         "result_id": result.id,
         "model": loaded.name,
-        "image": png_data_url(Image.fromarray(arr)),
+        "image": image_data_url(pixels),
         "width": int(pixels.shape[2]),
         "height": int(pixels.shape[1]),
         "detections": [

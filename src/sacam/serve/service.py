@@ -26,6 +26,7 @@ from .. import list_layers
 from ..api import build_method
 from ..errors import ModelError, TargetError
 from ..evaluation.faithfulness import deletion, insertion
+from ..explanation import Explanation
 from ..methods.attention import SALayerInspection
 from ..models import LoadedModel
 from ..scores import class_probabilities, output_logits
@@ -126,6 +127,32 @@ def map_image(cam: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr, mode="L")
 
 
+def image_data_url(pixels: torch.Tensor) -> str:
+    """``(3, H, W)`` pixels in [0, 1] as a PNG data URL."""
+    arr = pixels.permute(1, 2, 0).clamp(0, 1).numpy() * 255.0
+    return png_data_url(Image.fromarray(arr.round().astype(np.uint8)))
+
+
+def map_entry(
+    name: str, pixels: torch.Tensor, ex: Explanation, elapsed: float
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """One method's map of one image as an answer entry, and the map on the CPU.
+
+    The entry carries the map over the image (``overlay``), alone in colour (``heatmap``)
+    and in grey (``map``) as PNG data URLs, the seconds it took and its constant flag.
+    """
+    cam = ex.maps[0].detach().float().cpu()
+    entry: dict[str, Any] = {
+        "method": name,
+        "overlay": png_data_url(overlay(pixels, cam)),
+        "heatmap": png_data_url(overlay(pixels, cam, alpha=1.0)),
+        "map": png_data_url(map_image(cam)),
+        "time_s": round(elapsed, 4),
+        "constant": bool(ex.constant[0]),
+    }
+    return entry, cam
+
+
 def _prediction(loaded: LoadedModel, index: int, prob: float) -> dict[str, Any]:
     return {"class_index": index, "name": loaded.class_name(index), "probability": prob}
 
@@ -182,7 +209,7 @@ def run_explain(
     answer: dict[str, Any] = {
         "result_id": result.id,
         "model": loaded.name,
-        "image": png_data_url(Image.fromarray(_to_uint8(pixels))),
+        "image": image_data_url(pixels),
         "predictions": [
             _prediction(loaded, int(i), float(p))
             for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
@@ -230,17 +257,7 @@ def _explain_one(
     """One method's map of ``result``'s image (kept in ``result``) as an answer entry."""
     start = time.perf_counter()
     ex = cam.explain(result.x, result.class_index)
-    elapsed = time.perf_counter() - start
-    cam_map = ex.maps[0].detach().float().cpu()
-    result.maps[name] = cam_map
-    entry: dict[str, Any] = {
-        "method": name,
-        "overlay": png_data_url(overlay(result.pixels, cam_map)),
-        "heatmap": png_data_url(overlay(result.pixels, cam_map, alpha=1.0)),
-        "map": png_data_url(map_image(cam_map)),
-        "time_s": round(elapsed, 4),
-        "constant": bool(ex.constant[0]),
-    }
+    entry, result.maps[name] = map_entry(name, result.pixels, ex, time.perf_counter() - start)
     for found in ex.extras.values():
         inspection = found.get(ex.layers[0]) if isinstance(found, dict) else None
         if isinstance(inspection, SALayerInspection):
@@ -252,11 +269,6 @@ def _explain_one(
             result.inspections[name] = dataclasses.replace(inspection, **cpu)
             entry["attention"] = {"layer": ex.layers[0], "grid": list(shape[2:])}
     return entry
-
-
-def _to_uint8(pixels: torch.Tensor) -> np.ndarray:
-    arr = pixels.permute(1, 2, 0).clamp(0, 1).numpy() * 255.0
-    return arr.round().astype(np.uint8)
 
 
 def attention_row(stored: StoredResult, method: str, row: int, col: int) -> dict[str, Any]:
