@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import SacamError
 from ._args import add_dense_options, unit_float
+from ._tasks import add_task_argument
 
 if TYPE_CHECKING:
     from ..evaluation.config import BenchmarkConfig
@@ -26,13 +27,9 @@ _DENSE = (
 
 def add_benchmark_task_options(parser: argparse.ArgumentParser) -> None:
     """Add ``--task``, ``--min-iou``, ``--score-threshold`` and ``--tolerance``."""
-    from ..evaluation.config import TASKS
-
-    parser.add_argument(
-        "--task",
-        choices=TASKS,
-        default="classification",
-        help="classification (default); detection or segmentation: one map per annotated "
+    add_task_argument(
+        parser,
+        "classification (default); detection or segmentation: one map per annotated "
         "object of --annotations (file,label,x0,y0,x1,y1 boxes; file,mask class-index "
         "masks or file,mask,label instances), scored with pointing, energy_pointing, "
         "deletion and insertion; rerun into the same --out to resume, failures.csv lists "

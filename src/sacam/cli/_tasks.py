@@ -67,13 +67,16 @@ def box_arg(text: str) -> detection.Box:
     return x1, y1, x2, y2
 
 
+def add_task_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``--task``: classification (the default), detection or segmentation."""
+    parser.add_argument("--task", choices=TASKS, default="classification", help=help_text)
+
+
 def add_task_options(parser: argparse.ArgumentParser) -> None:
     """``--task`` and the detection options of ``sacam explain``."""
-    parser.add_argument(
-        "--task",
-        choices=TASKS,
-        default="classification",
-        help="what the model does: classification (default), detection (boxes: torchvision "
+    add_task_argument(
+        parser,
+        "what the model does: classification (default), detection (boxes: torchvision "
         "dicts or a YOLO-style tensor) or segmentation (a (B, classes, H, W) score map); "
         f"detection and segmentation default to --method {TASK_METHOD}",
     )
@@ -96,11 +99,9 @@ def add_task_options(parser: argparse.ArgumentParser) -> None:
 
 def add_serve_task_options(parser: argparse.ArgumentParser) -> None:
     """``sacam serve``'s ``--task``, input size, class names and dense-output options."""
-    parser.add_argument(
-        "--task",
-        choices=TASKS,
-        default="classification",
-        help="classification (default); detection: the page draws the detections and "
+    add_task_argument(
+        parser,
+        "classification (default); detection: the page draws the detections and "
         "explains the one you click; segmentation: the page colours the predicted classes "
         "and explains the one you click in the legend or the picture",
     )

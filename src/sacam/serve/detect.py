@@ -26,12 +26,12 @@ from ..errors import ModelError
 from ..models import LoadedModel
 from .deps import ClientDep, StateDep
 from .inputs import check_layer, check_methods
-from .jobs import result_or_cancel
 from .progress import JobError, Progress
 from .results import ResultStore, StoredResult
-from .schemas import ERRORS, NOT_FOUND, ImageField, JobOut, MethodName
+from .schemas import ERRORS, JOB_ON_KEPT_RESULT, ImageField, MethodName
 from .service import ModelFacts, image_data_url, probe_model
-from .tasks import explain_each, explanation_answer, require_task, upload_pixels
+from .tasks import explain_each, explanation_answer, kept_result, one_pass_input, upload_job
+from .worker import JobFn
 
 router = APIRouter(prefix="/api")
 
@@ -112,9 +112,7 @@ def run_detect(
     client: str = "",
 ) -> dict[str, Any]:
     """Detect the objects of one image and keep it; the answer of ``POST /api/detect``."""
-    progress.plan([1])
-    progress.stage(0, "detecting", 1)
-    x = loaded.preprocess.normalize(pixels)[None].to(facts.device)
+    x = one_pass_input(loaded, facts.device, pixels, progress, "detecting")
     found = detection.detect(loaded.model, x, score_threshold=score_threshold, dense=dense)
     result = DetectionResult(
         uuid.uuid4().hex, x, pixels, -1, facts.default_layer, {}, {}, detections=found
@@ -195,30 +193,22 @@ async def detect(
 
     The work stops when the client gives up waiting (closes the connection).
     """
-    require_task(state, "detection")
-    pixels = await upload_pixels(state, image)
-    fn = partial(
-        run_detect, state.loaded, state.facts, state.store, pixels, score_threshold,
-        state.dense, client=client,
-    )  # fmt: skip
-    job = state.worker.submit("detect", fn, owner=client)
-    return await result_or_cancel(state, job, request)
+
+    def work(pixels: torch.Tensor) -> JobFn:
+        return partial(
+            run_detect, state.loaded, state.facts, state.store, pixels, score_threshold,
+            state.dense, client=client,
+        )  # fmt: skip
+
+    return await upload_job(request, state, client, image, "detection", "detect", work)
 
 
-@router.post(
-    "/jobs/explain-detection",
-    response_model=JobOut,
-    status_code=202,
-    responses={**ERRORS, **NOT_FOUND},
-)
+@router.post("/jobs/explain-detection", **JOB_ON_KEPT_RESULT)
 async def explain_detection_job(
     body: ExplainDetectionIn, state: StateDep, client: ClientDep
 ) -> Any:
     """Explain one detection of a kept result with each method, as a job."""
-    require_task(state, "detection")
-    stored = state.store.get(client, body.result_id)
-    if not isinstance(stored, DetectionResult):
-        raise JobError(400, "this result holds no detections: send the image to /api/detect")
+    stored = kept_result(state, client, body.result_id, "detection", DetectionResult)
     found = _chosen(stored, body)
     methods = check_methods(body.methods or [state.default_method])
     layer = check_layer(body.layer, state.facts)

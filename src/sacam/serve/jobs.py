@@ -7,7 +7,6 @@ time) before it is queued, so a waiting job holds the model's input, not the pic
 
 from __future__ import annotations
 
-import asyncio
 import io
 from dataclasses import dataclass
 from functools import partial
@@ -20,9 +19,10 @@ from fastapi.responses import Response
 from . import service
 from .deps import ClientDep, ServeState, StateDep
 from .inputs import check_layer, check_methods, parse_target
-from .progress import Job, JobCancelled, JobError
+from .progress import Job, JobError
 from .schemas import (
     ERRORS,
+    JOB_ON_KEPT_RESULT,
     NOT_FOUND,
     AttentionOut,
     CurvesIn,
@@ -35,12 +35,10 @@ from .schemas import (
     TargetField,
 )
 from .service import ExplainInput
-from .tasks import require_task, upload_pixels
+from .tasks import require_task, result_or_cancel, upload_pixels
 
 router = APIRouter(prefix="/api")
 
-DISCONNECT_POLL_S = 0.2
-"""How often a waiting ``POST /api/explain`` checks whether its client is still there."""
 JobId = Annotated[str, Path(max_length=64)]
 
 
@@ -114,30 +112,6 @@ def _job(state: ServeState, job_id: str) -> Job:
         ) from None
 
 
-async def result_or_cancel(state: ServeState, job: Job, request: Request) -> Any:
-    """The job's result; the job is cancelled as soon as the client goes away."""
-    assert job.future is not None
-    future = asyncio.wrap_future(job.future)
-    try:
-        while True:
-            done, _ = await asyncio.wait({future}, timeout=DISCONNECT_POLL_S)
-            if done:
-                return future.result()
-            if await request.is_disconnected():
-                state.worker.cancel(job.id)
-                future.add_done_callback(_retrieved)  # nobody waits for it any more
-                raise JobCancelled(job.id)
-    except JobCancelled:
-        raise HTTPException(409, "the request was cancelled") from None
-    finally:
-        state.worker.forget(job.id)
-
-
-def _retrieved(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
 @router.post("/explain", response_model=ExplainOut, responses=ERRORS)
 async def explain(request: Request, state: StateDep, client: ClientDep, form: ExplainForm) -> Any:
     """Classify the image and explain one class with each method; answer when done.
@@ -155,9 +129,7 @@ async def explain_job(state: StateDep, client: ClientDep, form: ExplainForm) -> 
     return state.worker.describe(job)
 
 
-@router.post(
-    "/jobs/reexplain", response_model=JobOut, status_code=202, responses={**ERRORS, **NOT_FOUND}
-)
+@router.post("/jobs/reexplain", **JOB_ON_KEPT_RESULT)
 async def reexplain_job(body: ReexplainIn, state: StateDep, client: ClientDep) -> Any:
     """Explain a kept result's image again (another class, layer or methods), as a job."""
     require_task(state, "classification")
@@ -170,9 +142,7 @@ async def reexplain_job(body: ReexplainIn, state: StateDep, client: ClientDep) -
     return state.worker.describe(job)
 
 
-@router.post(
-    "/jobs/curves", response_model=JobOut, status_code=202, responses={**ERRORS, **NOT_FOUND}
-)
+@router.post("/jobs/curves", **JOB_ON_KEPT_RESULT)
 async def curves_job(body: CurvesIn, state: StateDep, client: ClientDep) -> Any:
     """Deletion and insertion curves of an explanation's maps, as a job."""
     require_task(state, "classification")  # the curves score a class probability

@@ -250,3 +250,10 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "unknown name or id"},
     422: {"model": ErrorOut, "description": "malformed request"},
 }
+
+JOB_ON_KEPT_RESULT: dict[str, Any] = {
+    "response_model": JobOut,
+    "status_code": 202,
+    "responses": {**ERRORS, **NOT_FOUND},
+}
+"""The route settings of a job on a kept result: answers 202 with the job, or 404."""

@@ -33,12 +33,19 @@ from ..scores import output_logits, predict
 from ..targets import SemanticSegmentationTarget
 from .deps import ClientDep, StateDep
 from .inputs import check_layer, check_methods
-from .jobs import result_or_cancel
 from .progress import JobError, Progress
 from .results import ResultStore, StoredResult
-from .schemas import ERRORS, MAX_LAYER, MAX_METHODS, NOT_FOUND, ImageField, JobOut, MethodName
+from .schemas import (
+    ERRORS,
+    JOB_ON_KEPT_RESULT,
+    MAX_LAYER,
+    MAX_METHODS,
+    ImageField,
+    MethodName,
+)
 from .service import ModelFacts, image_data_url, png_data_url, probe_model
-from .tasks import explain_each, explanation_answer, require_task, upload_pixels
+from .tasks import explain_each, explanation_answer, kept_result, one_pass_input, upload_job
+from .worker import JobFn
 
 router = APIRouter(prefix="/api")
 
@@ -166,9 +173,7 @@ def run_segment(
     client: str = "",
 ) -> dict[str, Any]:
     """Segment one image and keep it; the answer of ``POST /api/segment``."""
-    progress.plan([1])
-    progress.stage(0, "segmenting", 1)
-    x = loaded.preprocess.normalize(pixels)[None].to(facts.device)
+    x = one_pass_input(loaded, facts.device, pixels, progress, "segmenting")
     labels = predict(loaded.model, x)[0].cpu()
     counts = torch.bincount(labels.flatten(), minlength=facts.n_classes)
     present = [c for c in counts.argsort(descending=True, stable=True).tolist() if counts[c]]
@@ -258,25 +263,17 @@ async def segment(request: Request, state: StateDep, client: ClientDep, image: I
 
     The work stops when the client gives up waiting (closes the connection).
     """
-    require_task(state, "segmentation")
-    pixels = await upload_pixels(state, image)
-    fn = partial(run_segment, state.loaded, state.facts, state.store, pixels, client=client)
-    job = state.worker.submit("segment", fn, owner=client)
-    return await result_or_cancel(state, job, request)
+
+    def work(pixels: torch.Tensor) -> JobFn:
+        return partial(run_segment, state.loaded, state.facts, state.store, pixels, client=client)
+
+    return await upload_job(request, state, client, image, "segmentation", "segment", work)
 
 
-@router.post(
-    "/jobs/explain-segment",
-    response_model=JobOut,
-    status_code=202,
-    responses={**ERRORS, **NOT_FOUND},
-)
+@router.post("/jobs/explain-segment", **JOB_ON_KEPT_RESULT)
 async def explain_segment_job(body: ExplainSegmentIn, state: StateDep, client: ClientDep) -> Any:
     """Explain one predicted class of a kept result with each method, as a job."""
-    require_task(state, "segmentation")
-    stored = state.store.get(client, body.result_id)
-    if not isinstance(stored, SegmentationResult):
-        raise JobError(400, "this result holds no label map: send the image to /api/segment")
+    stored = kept_result(state, client, body.result_id, "segmentation", SegmentationResult)
     cls = _checked_class(stored, body.class_index, state.facts.n_classes)
     methods = check_methods(body.methods or [state.default_method])
     layer = check_layer(body.layer, state.facts)

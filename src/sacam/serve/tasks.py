@@ -10,21 +10,23 @@ on a kept image, publishing each map as soon as its method ends, into the answer
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
-from fastapi import UploadFile
+from fastapi import HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from ..explanation import Explanation
 from ..models import LoadedModel
 from .deps import ServeState
 from .inputs import prepare_pixels
-from .progress import JobError, Progress
+from .progress import Job, JobCancelled, JobError, Progress
 from .results import StoredResult
 from .service import image_data_url, map_entry
+from .worker import JobFn
 
 MODEL_OF_TASK = {
     "classification": "classifier",
@@ -32,6 +34,13 @@ MODEL_OF_TASK = {
     "segmentation": "segmenter",
 }
 """The tasks a server can have, and the kind of model each one explains."""
+ROUTE_OF_TASK = {"detection": "/api/detect", "segmentation": "/api/segment"}
+"""Where the image of a detection or segmentation explanation is sent first."""
+
+DISCONNECT_POLL_S = 0.2
+"""How often a request that waits for its answer checks whether its client is still there."""
+
+R = TypeVar("R", bound=StoredResult)
 
 
 def require_task(state: ServeState, task: str) -> None:
@@ -42,6 +51,22 @@ def require_task(state: ServeState, task: str) -> None:
             f"this server explains a {MODEL_OF_TASK.get(state.task, state.task)}; this request "
             f"needs a {MODEL_OF_TASK[task]}: start sacam serve with --task {task}",
         )
+
+
+def kept_result(state: ServeState, client: str, result_id: str, task: str, kind: type[R]) -> R:
+    """The kept result of ``task`` a request explains: the task checked, then the result.
+
+    Raises:
+        JobError: 400 for a route of another task or a result of another kind (it says
+            where to send the image first), 404 for an unknown or expired result.
+    """
+    require_task(state, task)
+    stored = state.store.get(client, result_id)
+    if not isinstance(stored, kind):
+        raise JobError(
+            400, f"this result holds no {task} output: send the image to {ROUTE_OF_TASK[task]}"
+        )
+    return stored
 
 
 async def upload_pixels(state: ServeState, image: UploadFile) -> torch.Tensor:
@@ -55,6 +80,59 @@ async def upload_pixels(state: ServeState, image: UploadFile) -> torch.Tensor:
     await image.close()
     async with state.decode_slots:
         return await run_in_threadpool(prepare_pixels, data, state.max_pixels, state.loaded)
+
+
+async def result_or_cancel(state: ServeState, job: Job, request: Request) -> Any:
+    """The job's result; the job is cancelled as soon as the client goes away."""
+    assert job.future is not None
+    future = asyncio.wrap_future(job.future)
+    try:
+        while True:
+            done, _ = await asyncio.wait({future}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return future.result()
+            if await request.is_disconnected():
+                state.worker.cancel(job.id)
+                future.add_done_callback(_retrieved)  # nobody waits for it any more
+                raise JobCancelled(job.id)
+    except JobCancelled:
+        raise HTTPException(409, "the request was cancelled") from None
+    finally:
+        state.worker.forget(job.id)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+async def upload_job(
+    request: Request,
+    state: ServeState,
+    client: str,
+    image: UploadFile,
+    task: str,
+    kind: str,
+    work: Callable[[torch.Tensor], JobFn],
+) -> Any:
+    """Run ``work(pixels)`` on an upload as a job named ``kind``; its answer when done.
+
+    The task is checked first, then the queue's room and the upload
+    (:func:`upload_pixels`); the job is cancelled when the client goes away.
+    """
+    require_task(state, task)
+    pixels = await upload_pixels(state, image)
+    job = state.worker.submit(kind, work(pixels), owner=client)
+    return await result_or_cancel(state, job, request)
+
+
+def one_pass_input(
+    loaded: LoadedModel, device: torch.device, pixels: torch.Tensor, progress: Progress, stage: str
+) -> torch.Tensor:
+    """The model's input ``(1, 3, H, W)`` of a job that runs the model once, as ``stage``."""
+    progress.plan([1])
+    progress.stage(0, stage, 1)
+    return loaded.preprocess.normalize(pixels)[None].to(device)
 
 
 def explain_each(
