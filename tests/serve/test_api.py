@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import struct
-import time
 import zlib
 
 import numpy as np
@@ -23,6 +22,7 @@ from tests.support.serve import (
     red_green_png,
     require,
     softmax,
+    wait_job,
 )
 
 require("fastapi")
@@ -52,16 +52,6 @@ def client(loaded):  # noqa: ANN001, ANN201
 def post_explain(client, png: bytes, methods=("grad-cam",), **fields):  # noqa: ANN001, ANN201
     data = {"methods": list(methods), **fields}
     return client.post("/api/explain", files={"image": ("x.png", png, "image/png")}, data=data)
-
-
-def wait_job(client, job_id: str, timeout: float = 60.0) -> dict:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = client.get(f"/api/jobs/{job_id}").json()
-        if info["status"] in ("done", "error", "cancelled"):
-            return info
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} did not finish")
 
 
 def test_health_methods_layers_samples(client) -> None:  # noqa: ANN001

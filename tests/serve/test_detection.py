@@ -7,8 +7,6 @@ classes, so each detection's map must lie on its own square.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -16,7 +14,7 @@ from PIL import Image
 from sacam.models import load_model
 from sacam.preprocess import Preprocess
 from tests.support.detectors import scenes
-from tests.support.serve import decode_data_url, png_bytes, require
+from tests.support.serve import decode_data_url, png_bytes, require, run_job
 from tests.support.task_models import detector
 
 require("fastapi")
@@ -55,22 +53,8 @@ def detect(client, png: bytes, **fields):  # noqa: ANN001, ANN201
     return client.post("/api/detect", files=files, data=fields)
 
 
-def wait_job(client, job_id: str, timeout: float = 60.0) -> dict:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = client.get(f"/api/jobs/{job_id}").json()
-        if info["status"] in ("done", "error", "cancelled"):
-            return info
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish")
-
-
 def explain(client, body: dict) -> dict:  # noqa: ANN001
-    response = client.post("/api/jobs/explain-detection", json=body)
-    assert response.status_code == 202, response.text
-    info = wait_job(client, response.json()["job_id"])
-    assert info["status"] == "done", info
-    return info["result"]
+    return run_job(client, "/api/jobs/explain-detection", body)
 
 
 def peak(result: dict) -> tuple[int, int]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -23,7 +22,15 @@ from sacam.models import LoadedModel, load_model
 from sacam.preprocess import Preprocess
 from tests.support.segmenters import segmenter as trained_copy
 from tests.support.segmenters import square_scenes
-from tests.support.serve import colour_model, decode_data_url, png_bytes, require, wait_until
+from tests.support.serve import (
+    colour_model,
+    decode_data_url,
+    png_bytes,
+    require,
+    run_job,
+    wait_job,
+    wait_until,
+)
 
 require("fastapi")
 require("python_multipart")
@@ -68,22 +75,8 @@ def segment(client, png: bytes, **headers):  # noqa: ANN001, ANN003, ANN201
     return client.post("/api/segment", files=files, headers=headers)
 
 
-def wait_job(client, job_id: str, timeout: float = 60.0) -> dict:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = client.get(f"/api/jobs/{job_id}").json()
-        if info["status"] in ("done", "error", "cancelled"):
-            return info
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish")
-
-
 def explain(client, body: dict) -> dict:  # noqa: ANN001
-    response = client.post("/api/jobs/explain-segment", json=body)
-    assert response.status_code == 202, response.text
-    info = wait_job(client, response.json()["job_id"])
-    assert info["status"] == "done", info
-    return info["result"]
+    return run_job(client, "/api/jobs/explain-segment", body)
 
 
 def test_health_and_default_method_say_segmentation(client) -> None:  # noqa: ANN001

@@ -41,7 +41,7 @@ def test_health_answers_while_score_cam_runs(slow) -> None:  # noqa: ANN001
             target=lambda: answer.update(r=c.post("/api/explain", **form(["score-cam"])))
         )
         explain.start()
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300  # a hang guard, not a speed test
         while c.get("/api/health").json()["jobs_pending"] == 0:
             assert time.monotonic() < deadline and explain.is_alive()
             time.sleep(0.01)
@@ -64,7 +64,7 @@ def test_progress_and_cancel_of_a_long_job(slow) -> None:  # noqa: ANN001
         job = c.post("/api/jobs/explain", **form(["grad-cam", "score-cam"])).json()
         assert job["status"] == "queued"
         seen = []
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300  # a hang guard, not a speed test
         while True:
             info = c.get(f"/api/jobs/{job['job_id']}").json()
             seen.append(info["progress"])

@@ -29,7 +29,7 @@ def worker(net):  # noqa: ANN001, ANN201
     w.close()
 
 
-def wait(job, timeout: float = 30.0) -> None:  # noqa: ANN001
+def wait(job, timeout: float = 300.0) -> None:  # noqa: ANN001 (a hang guard)
     deadline = time.monotonic() + timeout
     while job.status in ("queued", "running"):
         assert time.monotonic() < deadline, f"job still {job.status}"

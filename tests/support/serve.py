@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -169,12 +170,37 @@ def gated_model() -> LoadedModel:
     )
 
 
-def wait_until(condition: object, what: str, timeout: float = 60.0) -> None:
-    """Poll ``condition()`` until it is true; fail naming ``what`` after ``timeout`` s."""
+def wait_until(condition: object, what: str, timeout: float = 300.0) -> None:
+    """Poll ``condition()`` until it is true; fail naming ``what`` after ``timeout`` s.
+
+    The timeout only ends a wait that would never end: it is long enough for a loaded
+    machine, so a test fails on what it checks, not on the machine's speed.
+    """
     deadline = time.monotonic() + timeout
     while not condition():  # type: ignore[operator]
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.01)
+
+
+def wait_job(client: Any, job_id: str, timeout: float = 300.0) -> dict[str, Any]:
+    """Poll ``GET /api/jobs/{job_id}`` with a test client until the job ends; its state."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info: dict[str, Any] = client.get(f"/api/jobs/{job_id}").json()
+        if info["status"] in ("done", "error", "cancelled"):
+            return info
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s")
+
+
+def run_job(client: Any, route: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Post ``body`` to the job route ``route``, wait, and return the finished job's result."""
+    response = client.post(route, json=body)
+    assert response.status_code == 202, response.text
+    info = wait_job(client, response.json()["job_id"])
+    assert info["status"] == "done", info
+    result: dict[str, Any] = info["result"]
+    return result
 
 
 CHROMIUM = "/usr/bin/chromium"
