@@ -90,3 +90,25 @@ export function seconds(s) {
   if (s < 90) return `${Math.round(s)} s`;
   return `${Math.round(s / 60)} min`;
 }
+
+// Mark the one button of `selector` whose data-`key` is `value` as pressed, the others not.
+export function pressOnly(selector, key, value) {
+  for (const b of document.querySelectorAll(selector)) {
+    const on = b.dataset[key] === String(value);
+    b.setAttribute("aria-pressed", String(on));
+    b.classList.toggle("active", on);
+  }
+}
+
+// Post `body` as JSON to the job route `path` through the page's job runner; errors are said.
+export async function postJob(page, path, body, onDone, onPartial) {
+  try {
+    await page.runJob(path, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(body),
+    }, onDone, onPartial);
+  } catch (err) {
+    say(err.message, true, err.expired);
+  }
+}

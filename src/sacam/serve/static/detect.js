@@ -4,7 +4,7 @@
 // chosen methods, and the maps appear as they do for a classifier.
 "use strict";
 
-import { $, api, el, say, state } from "./common.js";
+import { $, api, el, postJob, pressOnly, say, state } from "./common.js";
 
 let page = null;   // the functions of app.js this module calls: runJob, render, chosenMethods, busy
 let found = null;  // the answer of /api/detect
@@ -75,19 +75,11 @@ function showDetections() {
   }
 }
 
-function mark(d) {
-  for (const b of document.querySelectorAll("#detections-panel button[data-index]")) {
-    const on = b.dataset.index === String(d.index);
-    b.setAttribute("aria-pressed", String(on));
-    b.classList.toggle("active", on);
-  }
-}
-
 async function explainDetection(d) {
   if (!found || page.busy()) return;
   const methods = page.chosenMethods();
   if (methods.length === 0) { say("choose at least one method first", true); return; }
-  mark(d);
+  pressOnly("#detections-panel button[data-index]", "index", d.index);
   const body = { result_id: found.result_id, index: d.index, methods };
   const layer = $("#layer").value;
   if (layer) body.layer = layer;
@@ -97,13 +89,8 @@ async function explainDetection(d) {
     $("#detection-explained").textContent =
       `Maps explain detection ${d.index + 1}: ${d.name} (${d.label}), score ${d.score.toFixed(3)}, at layer ${result.layer}.`;
   };
-  try {
-    await page.runJob("/api/jobs/explain-detection", {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify(body),
-    }, (result) => { done(result); say(`explained detection ${d.index + 1} with ${result.maps.length} method(s).`); }, done);
-  } catch (err) {
-    say(err.message, true, err.expired);
-  }
+  await postJob(page, "/api/jobs/explain-detection", body, (result) => {
+    done(result);
+    say(`explained detection ${d.index + 1} with ${result.maps.length} method(s).`);
+  }, done);
 }

@@ -5,7 +5,7 @@
 // appear as they do for a classifier.
 "use strict";
 
-import { $, api, el, loadImage, say, state } from "./common.js";
+import { $, api, el, loadImage, postJob, pressOnly, say, state } from "./common.js";
 
 let page = null;       // the functions of app.js this module calls: runJob, render, chosenMethods, busy
 let found = null;      // the answer of /api/segment
@@ -94,19 +94,11 @@ function pickPixel(ev, picture) {
   else say("the class of that pixel is one of the smallest, which are not listed: pick a listed class", true);
 }
 
-function mark(c) {
-  for (const b of document.querySelectorAll("#segment-legend button")) {
-    const on = b.dataset.class === String(c.class_index);
-    b.setAttribute("aria-pressed", String(on));
-    b.classList.toggle("active", on);
-  }
-}
-
 async function explainClass(c) {
   if (!found || page.busy()) return;
   const methods = page.chosenMethods();
   if (methods.length === 0) { say("choose at least one method first", true); return; }
-  mark(c);
+  pressOnly("#segment-legend button", "class", c.class_index);
   const body = { result_id: found.result_id, class_index: c.class_index, methods };
   const layer = $("#layer").value;
   if (layer) body.layer = layer;
@@ -116,13 +108,8 @@ async function explainClass(c) {
     $("#segment-explained").textContent =
       `Maps explain “${c.name}” (${c.class_index}), ${percent(c.share)} of the pixels, at layer ${result.layer}.`;
   };
-  try {
-    await page.runJob("/api/jobs/explain-segment", {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify(body),
-    }, (result) => { done(result); say(`explained ${c.name} with ${result.maps.length} method(s).`); }, done);
-  } catch (err) {
-    say(err.message, true, err.expired);
-  }
+  await postJob(page, "/api/jobs/explain-segment", body, (result) => {
+    done(result);
+    say(`explained ${c.name} with ${result.maps.length} method(s).`);
+  }, done);
 }
