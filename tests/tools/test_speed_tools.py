@@ -78,3 +78,13 @@ def test_first_call_times_two_calls_on_an_unseen_model() -> None:
     first, second = (float(c.split()[0]) for c in cells[2:4])
     assert first > 0 and second > 0 and math.isfinite(float(cells[4]))
     assert cells[5] == "yes"  # both calls gave the same bits
+
+
+def test_sacam_cost_times_sacam_against_its_base_in_pairs() -> None:
+    out = run_tool("sacam_cost.py", "--batch", "2", "--calls", "3", "--size", "64")
+    times = {r[0]: float(r[1]) for r in (_row(out, f"| {m}") for m in ("grad-cam", "sa-cam"))}
+    assert all(t > 0 for t in times.values())
+    ratios = re.search(r"median of the pairs' ratios ([\d.]+), ratio of the medians ([\d.]+)", out)
+    assert ratios is not None, out
+    # SA-CAM runs Grad-CAM's pass and more: never a fraction of it, never many times it
+    assert all(0.5 < float(r) < 5 for r in ratios.groups())
