@@ -141,6 +141,15 @@ def test_a_bom_is_accepted(tmp_path) -> None:
     assert len(_pairs(tmp_path / "out")) == 4
 
 
+AT_A_TERMINAL = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'sacam'; runpy.run_module('sacam.cli', run_name='__main__')"
+)
+"""``python -m sacam.cli`` as a terminal starts it: Ctrl-C raises KeyboardInterrupt even
+when this test runs under a shell that ignores SIGINT (a background job of a script
+passes SIG_IGN to its children, and Python keeps an ignored SIGINT ignored)."""
+
+
 @pytest.mark.script
 def test_ctrl_c_exits_cleanly_keeps_results_and_resumes(tmp_path, monkeypatch) -> None:
     """A real process, a real SIGINT; a second run meanwhile is refused.
@@ -157,7 +166,7 @@ def test_ctrl_c_exits_cleanly_keeps_results_and_resumes(tmp_path, monkeypatch) -
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path)]))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sacam.cli", *args],
+        [sys.executable, "-c", AT_A_TERMINAL, *args],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
