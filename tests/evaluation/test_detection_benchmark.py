@@ -32,6 +32,7 @@ from tests.support.task_sets import (
     result_rows,
     save_png,
     write_detection_set,
+    write_segmentation_scenes,
 )
 
 PLAIN = ["--mean", "0", "0", "0", "--std", "1", "1", "1"]
@@ -185,19 +186,14 @@ def test_bad_task_options_say_what_to_do(detection_set, tmp_path, capsys, extra,
 def segmentation_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     """8 scenes with a red and a blue square and their masks; a dark image with one object."""
     root = tmp_path_factory.mktemp("segmentation-set")
-    x, y = square_scenes(8, seed=5)
-    lines = ["file,mask"]
-    for i in range(len(x)):
-        save_png(x[i], root / f"s{i}.png")
-        Image.fromarray(y[i].numpy().astype(np.uint8), mode="L").save(root / f"m{i}.png")
-        lines.append(f"s{i}.png,m{i}.png")
+    lines = write_segmentation_scenes(root, 8, seed=5)
     save_png(torch.zeros(3, 32, 32), root / "dark.png")
     mask = np.zeros((32, 32), np.uint8)
     mask[8:16, 8:16] = 2
     Image.fromarray(mask, mode="L").save(root / "dark-mask.png")
     lines.append("dark.png,dark-mask.png")
     (root / "annotations.csv").write_text("\n".join(lines) + "\n")
-    return root, 2 * len(x) + 1
+    return root, 2 * 8 + 1  # two classes in each scene, one object in the dark image
 
 
 def test_segmentation_benchmark_scores_each_class_in_its_mask(segmentation_set, tmp_path):

@@ -33,6 +33,7 @@ from tests.support.task_sets import (
     result_rows,
     save_png,
     write_detection_set,
+    write_segmentation_scenes,
 )
 
 METHODS = ["grad-cam", "random"]
@@ -264,12 +265,7 @@ def test_a_mask_that_cannot_be_read_as_classes_is_a_failure(tmp_path) -> None:
 
 def test_a_cut_segmentation_run_resumes_to_the_rows_of_a_whole_run(tmp_path) -> None:
     """The image written last is checked against the classes of its mask."""
-    x, y = square_scenes(3, seed=7)
-    lines = ["file,mask"]
-    for i in range(len(x)):
-        save_png(x[i], tmp_path / f"s{i}.png")
-        Image.fromarray(y[i].numpy().astype(np.uint8), mode="L").save(tmp_path / f"m{i}.png")
-        lines.append(f"s{i}.png,m{i}.png")
+    lines = write_segmentation_scenes(tmp_path, 3, seed=7)
     (tmp_path / "annotations.csv").write_text("\n".join(lines) + "\n")
     settings = {"model": SEGMENTER, "image_size": 32, "task": "segmentation"}
     settings |= {"layer": ["features"], "metrics": ["pointing", "energy_pointing"]}

@@ -18,6 +18,7 @@ from PIL import Image
 
 from sacam.evaluation.config import BenchmarkConfig
 from tests.support.detectors import scenes
+from tests.support.segmenters import square_scenes
 
 DETECTOR = "tests.support.task_models:detector"
 SEGMENTER = "tests.support.segmenters:segmenter"
@@ -44,6 +45,21 @@ def write_detection_set(root: Path, n: int, seed: int = 11) -> int:
         writer.writerow(["file", "label", "x0", "y0", "x1", "y1"])
         writer.writerows(rows)
     return len(rows)
+
+
+def write_segmentation_scenes(root: Path, n: int, seed: int) -> list[str]:
+    """``n`` square scenes as ``s{i}.png`` with class masks ``m{i}.png``; the CSV lines.
+
+    The lines start with the header ``file,mask``; write them as ``annotations.csv``
+    (after any more rows).
+    """
+    x, y = square_scenes(n, seed=seed)
+    lines = ["file,mask"]
+    for i in range(len(x)):
+        save_png(x[i], root / f"s{i}.png")
+        Image.fromarray(y[i].numpy().astype(np.uint8), mode="L").save(root / f"m{i}.png")
+        lines.append(f"s{i}.png,m{i}.png")
+    return lines
 
 
 def detection_config(data: Path, out: Path, **changes: Any) -> BenchmarkConfig:
